@@ -1,0 +1,14 @@
+//! Compiles the protobuf contracts with `protox` (pure Rust, no `protoc`) and generates tonic code.
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protos = ["proto/enclava/discovery/v1/discovery.proto"];
+    for p in protos {
+        println!("cargo:rerun-if-changed={p}");
+    }
+    let fds = protox::compile(protos, ["proto"])?;
+    tonic_prost_build::configure()
+        // camelCase JSON for `enclava find --json`, the seed's field names.
+        .type_attribute(".", "#[derive(serde::Serialize)]")
+        .type_attribute(".", "#[serde(rename_all = \"camelCase\")]")
+        .compile_fds(fds)?;
+    Ok(())
+}

@@ -1,0 +1,240 @@
+//! Real services for tests and benchmarks: a `redis-server` on a free loopback port, and a real
+//! 3-master Redis Cluster made with `redis-cli --cluster create`. Each one lives in its own
+//! temporary folder and is killed on drop. No fixed ports; every wait is bounded.
+//!
+//! # Layout
+//! - [`RedisServer`]: one server, restartable on the same port (to test recovery).
+//! - [`RedisCluster`]: three primaries, no replicas.
+//! - [`free_port`]: a loopback port nobody listens on.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a server may take to answer PING after it starts.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A loopback TCP port that is free right now.
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A port `p` with `p` and `p + 10000` (the cluster bus) both free.
+fn free_cluster_port() -> std::io::Result<u16> {
+    use std::hash::{BuildHasher, RandomState};
+    for attempt in 0u32..500 {
+        // Below the ephemeral range, so that p + 10000 stays a valid port.
+        let p = 15_000 + (RandomState::new().hash_one(attempt) % 30_000) as u16;
+        if TcpListener::bind(("127.0.0.1", p)).is_ok()
+            && TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok()
+        {
+            return Ok(p);
+        }
+    }
+    Err(std::io::Error::other(
+        "no free port pair for a cluster node",
+    ))
+}
+
+fn which(bin: &str) -> Result<PathBuf, String> {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join(bin))
+        .find(|p| p.is_file())
+        .ok_or_else(|| format!("{bin} not found on PATH: install it (Debian: apt-get install redis-server redis-tools)"))
+}
+
+/// Sends one inline command and returns the raw reply (enough for PING and CLUSTER INFO).
+fn raw_command(port: u16, command: &str) -> std::io::Result<String> {
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(200))?;
+    s.set_read_timeout(Some(Duration::from_millis(500)))?;
+    s.write_all(format!("{command}\r\n").as_bytes())?;
+    let mut buf = [0u8; 4096];
+    let n = s.read(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+fn wait_until(what: &str, mut ok: impl FnMut() -> bool) -> Result<(), String> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    while Instant::now() < deadline {
+        if ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(format!("timed out waiting for {what}"))
+}
+
+/// One `redis-server`, killed on drop.
+#[derive(Debug)]
+pub struct RedisServer {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    extra: Vec<String>,
+}
+
+impl RedisServer {
+    /// Starts a server on a free loopback port.
+    pub fn start() -> Result<RedisServer, String> {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server with extra `redis-server` arguments.
+    pub fn start_with(extra: &[&str]) -> Result<RedisServer, String> {
+        let mut last = String::new();
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+            let port = free_port().map_err(|e| e.to_string())?;
+            let mut s = RedisServer {
+                port,
+                dir,
+                child: None,
+                extra: extra.iter().map(|s| s.to_string()).collect(),
+            };
+            match s.spawn() {
+                Ok(()) => return Ok(s),
+                Err(e) => last = e,
+            }
+        }
+        Err(format!(
+            "redis-server did not start on any of 5 free ports: {last}"
+        ))
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
+        self.child = Some(spawn_redis(self.port, self.dir.path(), &self.extra)?);
+        let port = self.port;
+        wait_until("redis-server", || {
+            raw_command(port, "PING").is_ok_and(|r| r.starts_with("+PONG"))
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (SIGKILL); its data is lost.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port, empty.
+    pub fn restart(&mut self) -> Result<(), String> {
+        self.stop();
+        self.spawn()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn spawn_redis(port: u16, dir: &Path, extra: &[String]) -> Result<Child, String> {
+    Command::new(which("redis-server")?)
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(dir)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start redis-server: {e}"))
+}
+
+/// A real Redis Cluster of three primaries, killed on drop.
+#[derive(Debug)]
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts three cluster-enabled servers and joins them with `redis-cli --cluster create`.
+    pub fn start() -> Result<RedisCluster, String> {
+        let cli = which("redis-cli")?;
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+            let port = free_cluster_port().map_err(|e| e.to_string())?;
+            let extra = [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "2000",
+            ]
+            .map(String::from)
+            .to_vec();
+            let mut s = RedisServer {
+                port,
+                dir,
+                child: None,
+                extra,
+            };
+            s.spawn()?;
+            nodes.push(s);
+        }
+        let mut create = Command::new(cli);
+        create.arg("--cluster").arg("create");
+        for n in &nodes {
+            create.arg(format!("127.0.0.1:{}", n.port));
+        }
+        let out = create
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run redis-cli: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "redis-cli --cluster create failed: {}",
+                String::from_utf8_lossy(&out.stdout)
+            ));
+        }
+        let ports: Vec<u16> = nodes.iter().map(|n| n.port).collect();
+        wait_until("cluster_state:ok on every node", || {
+            ports.iter().all(|p| {
+                raw_command(*p, "CLUSTER INFO").is_ok_and(|r| r.contains("cluster_state:ok"))
+            })
+        })?;
+        Ok(RedisCluster { nodes })
+    }
+
+    /// `redis+cluster://127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3`
+    pub fn url(&self) -> String {
+        let nodes: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        format!("redis+cluster://{}", nodes.join(","))
+    }
+
+    /// `redis://127.0.0.1:P` of each primary.
+    pub fn node_urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+}
