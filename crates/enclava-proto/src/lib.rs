@@ -10,3 +10,13 @@ pub mod discovery {
         tonic::include_proto!("enclava.discovery.v1");
     }
 }
+
+/// Serializes `bytes` fields as base64 strings in JSON output.
+pub mod base64_bytes {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+
+    pub fn serialize<S: serde::Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(v))
+    }
+}

@@ -87,6 +87,9 @@ pub trait Registry: Send + Sync + std::fmt::Debug {
     /// Every index that currently exists in this namespace and service.
     async fn indexes(&self) -> Result<Vec<Index>>;
 
+    /// Checks that the store answers.
+    async fn ping(&self) -> Result<()>;
+
     /// Round trips made so far (for tests and metrics).
     fn round_trips(&self) -> u64;
 }

@@ -143,6 +143,10 @@ impl Registry for MemoryRegistry {
             .collect())
     }
 
+    async fn ping(&self) -> Result<()> {
+        Ok(())
+    }
+
     fn round_trips(&self) -> u64 {
         self.round_trips.load(Ordering::Relaxed)
     }

@@ -382,6 +382,10 @@ impl Registry for RedisRegistry {
         Ok(out)
     }
 
+    async fn ping(&self) -> Result<()> {
+        self.batch(vec![cmd("PING")]).await.map(drop)
+    }
+
     fn round_trips(&self) -> u64 {
         self.round_trips.load(Ordering::Relaxed)
     }

@@ -1,1 +1,170 @@
-fn main() {}
+//! The `enclava` command: parses options (flags, `ENCLAVA_*` environment, config file), sets up
+//! logs, and runs `server`, `node`, `find` or `bench`.
+//!
+//! # Layout
+//! - `cli`: the flags. - `config`: the config file and layering. - `bench`: `enclava bench …`.
+
+mod bench;
+mod cli;
+mod config;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use cli::{Cli, Command, FindArgs, NodeArgs, ServerArgs};
+use config::Layer;
+use enclava_client::{FindEnclaveRequest, ManagerClient};
+use enclava_proto::discovery::v1::EnclavePolicy;
+use enclava_registry::{Keys, Registry, RegistrySpec};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    enclava_telemetry::init_logs(
+        match cli.log_format {
+            cli::LogFormat::Text => enclava_telemetry::LogFormat::Text,
+            cli::LogFormat::Json => enclava_telemetry::LogFormat::Json,
+        },
+        "info",
+    );
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let env = |k: &str| std::env::var(k).ok();
+    let file = config::load(cli.config.as_deref(), &env)?;
+    match cli.command {
+        Command::Server(a) => server(a.or_file(file.server)).await,
+        Command::Node(a) => node(a.or_file(file.node), &env).await,
+        Command::Find(a) => find(a.or_file(file.find)).await,
+        Command::Bench(cli::BenchCommand::Discovery(a)) => bench::discovery(a).await,
+    }
+}
+
+fn open_registry(registry: Option<&str>, namespace: Option<&str>, service: Option<&str>) -> anyhow::Result<Arc<dyn Registry>> {
+    let spec: RegistrySpec = registry.unwrap_or("memory").parse().map_err(anyhow::Error::msg)?;
+    let keys = Keys::new(namespace.unwrap_or("enclava"), service.unwrap_or("enclava"))
+        .map_err(|e| anyhow::anyhow!("--namespace/--service: {e}"))?;
+    Ok(enclava_registry::open(&spec, keys)?)
+}
+
+async fn bind(listen: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}: is another process using it? choose another with --listen"))
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+    tracing::info!("shutting down");
+}
+
+async fn server(a: ServerArgs) -> anyhow::Result<ExitCode> {
+    let registry = open_registry(a.registry.as_deref(), a.namespace.as_deref(), a.service.as_deref())?;
+    let config = enclava_server::ServerConfig {
+        cache_ttl: Duration::from_millis(a.cache_ttl_ms.unwrap_or(1000)),
+        sweep_interval: Duration::from_millis(a.sweep_interval_ms.unwrap_or(10_000).max(100)),
+    };
+    let listener = bind(a.listen.as_deref().unwrap_or("127.0.0.1:7000")).await?;
+    tracing::info!(registry = ?registry, "starting enclave manager");
+    enclava_server::serve(config, registry, listener, shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn default_node_dir(env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<PathBuf> {
+    if let Some(d) = env("XDG_DATA_HOME") {
+        return Ok(PathBuf::from(d).join("enclava/node"));
+    }
+    match env("HOME") {
+        Some(h) => Ok(PathBuf::from(h).join(".local/share/enclava/node")),
+        None => bail!("no --data-dir given and no HOME to put one in: pass --data-dir DIR"),
+    }
+}
+
+async fn node(a: NodeArgs, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<ExitCode> {
+    if a.registry.as_deref().is_none_or(|r| r == "memory") {
+        tracing::warn!("registry is `memory`: only this process can see this node; pass --registry redis://HOST:PORT to be found");
+    }
+    let registry = open_registry(a.registry.as_deref(), a.namespace.as_deref(), a.service.as_deref())?;
+    let config = enclava_node::NodeConfig {
+        platform: a.platform.unwrap_or_else(|| "sim".into()),
+        data_dir: match a.data_dir {
+            Some(d) => d,
+            None => default_node_dir(env)?,
+        },
+        data: a.data,
+        advertise: a.advertise,
+    };
+    if config.platform == "sim" {
+        tracing::warn!("platform sim is a simulated TEE for testing: it is NOT confidential");
+    }
+    let listener = bind(a.listen.as_deref().unwrap_or("127.0.0.1:0")).await?;
+    let node = enclava_node::start(config, registry, listener).await?;
+    println!("instance {} listening on {}", node.instance_id(), node.addr());
+    shutdown_signal().await;
+    node.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn find(a: FindArgs) -> anyhow::Result<ExitCode> {
+    let url = a.server.unwrap_or_else(|| "http://127.0.0.1:7000".into());
+    let mut client = ManagerClient::connect(&url).await?;
+    let req = FindEnclaveRequest {
+        dataaccess: a.data.clone().unwrap_or_default(),
+        platform: a.platform.unwrap_or_default(),
+        policy: a.measurement.map(|m| EnclavePolicy { mrenclave: m }),
+        limit: a.limit.unwrap_or(1),
+        enclave_deny_list: a.deny,
+    };
+    let resp = client.find(req).await?;
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&resp)?)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if resp.found.is_empty() {
+        writeln!(out, "no live enclave matches; check that a node with that data or measurement is running and uses the same --registry, --namespace and --service")?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    writeln!(out, "{:<34} {:<9} {:<18} {:<5} CONNECTION", "INSTANCE", "PLATFORM", "MEASUREMENT", "HOT")?;
+    for e in &resp.found {
+        let m = e.policy.as_ref().map(|p| p.mrenclave.as_str()).unwrap_or("");
+        let short = if m.len() > 16 { format!("{}…", &m[..16]) } else { m.to_owned() };
+        writeln!(out, "{:<34} {:<9} {:<18} {:<5} {}", e.instance_id, e.platform, short, e.hot, e.connection_string)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

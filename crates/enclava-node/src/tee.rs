@@ -1,0 +1,175 @@
+//! The platform adapter: what a node needs from its TEE (platform name, a stable instance id
+//! derived from its sealing identity, its measurement). `sim` is the platform for machines without
+//! a TEE: its sealing key is a file in the node's data folder. Real platforms answer "not available
+//! on this host" until they run on hardware; never a fake.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256, Sha384};
+use zeroize::Zeroizing;
+
+use crate::NodeError;
+
+/// What a node needs from its TEE.
+pub trait Tee: Send + Sync + std::fmt::Debug {
+    /// `sim`, `sgx`, `tdx`, `sev-snp`, `nitro`.
+    fn platform(&self) -> &str;
+    /// Stable across restarts of the same sealed identity, different for another.
+    fn instance_id(&self) -> &str;
+    /// The measurement of the running workload, lowercase hex.
+    fn measurement(&self) -> &str;
+}
+
+/// Opens the TEE adapter for `platform`.
+pub fn open(platform: &str, data_dir: &Path) -> Result<Box<dyn Tee>, NodeError> {
+    match platform {
+        "sim" => Ok(Box::new(SimTee::open(data_dir)?)),
+        "sgx" | "tdx" | "sev-snp" | "nitro" => Err(NodeError::PlatformUnavailable(platform.to_owned())),
+        other => Err(NodeError::Config(format!(
+            "unknown platform {other:?}: use sim (or sgx, tdx, sev-snp, nitro on such hardware)"
+        ))),
+    }
+}
+
+/// The simulated TEE: a 32-byte sealing key in `DATA_DIR/sim/sealing.key` (mode 0600) stands for
+/// the hardware's sealing identity.
+pub struct SimTee {
+    sealing_key: Zeroizing<[u8; 32]>,
+    instance_id: String,
+    measurement: String,
+}
+
+impl std::fmt::Debug for SimTee {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimTee")
+            .field("instance_id", &self.instance_id)
+            .field("measurement", &self.measurement)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The workload a discovery-only node runs: this node program, at this version.
+pub fn sim_workload() -> String {
+    format!("enclava-node {}", env!("CARGO_PKG_VERSION"))
+}
+
+/// SHA-384 of a workload description: a changed workload changes the measurement.
+pub fn sim_measurement(workload: &[u8]) -> String {
+    let mut h = Sha384::new();
+    h.update(b"enclava/sim/measurement/v1\0");
+    h.update(workload);
+    hex::encode(h.finalize())
+}
+
+impl SimTee {
+    /// Loads the sealing key from `data_dir`, or makes one on first start.
+    pub fn open(data_dir: &Path) -> Result<SimTee, NodeError> {
+        let dir = data_dir.join("sim");
+        let io = |what, path: &Path| {
+            let path = path.to_owned();
+            move |source| NodeError::Io { what, path, source }
+        };
+        std::fs::create_dir_all(&dir).map_err(io("cannot create the data folder", &dir))?;
+        let path = dir.join("sealing.key");
+        let sealing_key = match std::fs::read(&path) {
+            Ok(bytes) => Zeroizing::new(<[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| {
+                NodeError::Config(format!(
+                    "the sealing key {} is not 32 bytes: it is damaged. Remove it to make a new identity (the instance id will change)",
+                    path.display()
+                ))
+            })?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => create_key(&path)?,
+            Err(e) => return Err(io("cannot read the sealing key", &path)(e)),
+        };
+        let mut h = Sha256::new();
+        h.update(b"enclava/instance-id/v1\0");
+        h.update(sealing_key.as_slice());
+        let instance_id = hex::encode(&h.finalize()[..16]);
+        let measurement = sim_measurement(sim_workload().as_bytes());
+        Ok(SimTee { sealing_key, instance_id, measurement })
+    }
+
+    /// The sealing key (for sealing data to this identity).
+    pub fn sealing_key(&self) -> &[u8; 32] {
+        &self.sealing_key
+    }
+}
+
+fn create_key(path: &PathBuf) -> Result<Zeroizing<[u8; 32]>, NodeError> {
+    let mut key = Zeroizing::new([0u8; 32]);
+    rand::fill(key.as_mut_slice());
+    let tmp = path.with_extension("key.tmp");
+    let err = |what| move |source| NodeError::Io { what, path: path.clone(), source };
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(&tmp).map_err(err("cannot create the sealing key"))?;
+    f.write_all(key.as_slice()).map_err(err("cannot write the sealing key"))?;
+    f.sync_all().map_err(err("cannot sync the sealing key"))?;
+    // Rename is atomic: a crash leaves either no key or a whole one.
+    std::fs::rename(&tmp, path).map_err(err("cannot install the sealing key"))?;
+    Ok(key)
+}
+
+impl Tee for SimTee {
+    fn platform(&self) -> &str {
+        "sim"
+    }
+
+    fn instance_id(&self) -> &str {
+        &self.instance_id
+    }
+
+    fn measurement(&self) -> &str {
+        &self.measurement
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instance_id_is_stable_per_folder_and_differs_between_folders() {
+        let a = tempfile::tempdir().expect("tmp");
+        let b = tempfile::tempdir().expect("tmp");
+        let a1 = SimTee::open(a.path()).expect("open");
+        let a2 = SimTee::open(a.path()).expect("reopen");
+        let b1 = SimTee::open(b.path()).expect("open");
+        assert_eq!(a1.instance_id(), a2.instance_id());
+        assert_ne!(a1.instance_id(), b1.instance_id());
+        assert_eq!(a1.measurement(), b1.measurement(), "same workload, same measurement");
+        assert_eq!(a1.measurement().len(), 96, "SHA-384 hex");
+        assert!(!format!("{a1:?}").contains(&hex::encode(a1.sealing_key())), "no key in Debug");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(a.path().join("sim/sealing.key")).expect("key").permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    #[test]
+    fn a_damaged_key_is_an_error_not_a_new_identity() {
+        let d = tempfile::tempdir().expect("tmp");
+        std::fs::create_dir_all(d.path().join("sim")).expect("mkdir");
+        std::fs::write(d.path().join("sim/sealing.key"), b"short").expect("write");
+        let err = SimTee::open(d.path()).expect_err("damaged");
+        assert!(err.to_string().contains("damaged"), "{err}");
+    }
+
+    #[test]
+    fn workload_changes_measurement() {
+        assert_ne!(sim_measurement(b"a"), sim_measurement(b"b"));
+    }
+
+    #[test]
+    fn real_platforms_say_they_are_unavailable() {
+        let d = tempfile::tempdir().expect("tmp");
+        let err = open("tdx", d.path()).expect_err("no hardware");
+        assert!(err.to_string().contains("not available on this host"));
+        assert!(open("quantum", d.path()).is_err());
+    }
+}

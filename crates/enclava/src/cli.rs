@@ -1,0 +1,138 @@
+//! The command line: every subcommand's flags, each with an `ENCLAVA_*` environment twin and a key
+//! in the config file's table for that command.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Deserialize;
+
+const CONFIG_HELP: &str = "Every option can also be set by its ENCLAVA_* environment variable (shown with each option) \
+or in the config file (--config, ENCLAVA_CONFIG, or config.toml in ENCLAVA_CONFIG_DIR / ~/.config/enclava), \
+in the table named after the command, with the long flag name as key. Flags beat the environment, which beats the file.";
+
+/// Enclava: an attested compute fabric.
+#[derive(Debug, Parser)]
+#[command(name = "enclava", version, about, after_help = CONFIG_HELP)]
+pub struct Cli {
+    /// Config file (TOML) with [server], [node] and [find] tables.
+    #[arg(long, global = true, env = "ENCLAVA_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, global = true, env = "ENCLAVA_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the control plane: the enclave manager (gRPC FindEnclave, ListEnclaves), /health, /metrics.
+    #[command(after_help = CONFIG_HELP)]
+    Server(ServerArgs),
+    /// Run an enclave node: publish its presence and info in the registry.
+    #[command(after_help = CONFIG_HELP)]
+    Node(NodeArgs),
+    /// Ask the enclave manager for live enclaves.
+    #[command(after_help = CONFIG_HELP)]
+    Find(FindArgs),
+    /// Measure Enclava against its floors.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+/// `enclava server`
+#[derive(Debug, Default, Args, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ServerArgs {
+    /// Registry: `memory`, `redis://host:port` or `redis+cluster://host:port[,host:port...]` [default: memory]
+    #[arg(long, env = "ENCLAVA_REGISTRY")]
+    pub registry: Option<String>,
+    /// Address for gRPC and HTTP (/health, /metrics) [default: 127.0.0.1:7000]
+    #[arg(long, env = "ENCLAVA_LISTEN")]
+    pub listen: Option<String>,
+    /// Registry key namespace [default: enclava]
+    #[arg(long, env = "ENCLAVA_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Registry service name [default: enclava]
+    #[arg(long, env = "ENCLAVA_SERVICE")]
+    pub service: Option<String>,
+    /// FindEnclave cache lifetime in ms, never past a returned enclave's presence; 0 disables [default: 1000]
+    #[arg(long, env = "ENCLAVA_CACHE_TTL_MS")]
+    pub cache_ttl_ms: Option<u64>,
+    /// How often expired instances are swept from the indexes, in ms [default: 10000]
+    #[arg(long, env = "ENCLAVA_SWEEP_INTERVAL_MS")]
+    pub sweep_interval_ms: Option<u64>,
+}
+
+/// `enclava node`
+#[derive(Debug, Default, Args, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct NodeArgs {
+    /// TEE platform: sim (no hardware needed; not confidential), sgx, tdx, sev-snp, nitro [default: sim]
+    #[arg(long, env = "ENCLAVA_PLATFORM")]
+    pub platform: Option<String>,
+    /// Registry: `memory`, `redis://host:port` or `redis+cluster://host:port[,...]` [default: memory]
+    #[arg(long, env = "ENCLAVA_REGISTRY")]
+    pub registry: Option<String>,
+    /// A data (model) id this node has access to; repeat for more (env: comma-separated)
+    #[arg(long = "data", env = "ENCLAVA_DATA", value_delimiter = ',')]
+    #[serde(default)]
+    pub data: Vec<String>,
+    /// Address for the node's endpoints (/health, /metrics) [default: 127.0.0.1:0, any free port]
+    #[arg(long, env = "ENCLAVA_LISTEN")]
+    pub listen: Option<String>,
+    /// Connection string published in the registry [default: the listen address]
+    #[arg(long, env = "ENCLAVA_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Folder for the node's sealed identity; the same folder keeps the same instance id
+    /// [default: ~/.local/share/enclava/node]
+    #[arg(long, env = "ENCLAVA_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Registry key namespace [default: enclava]
+    #[arg(long, env = "ENCLAVA_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Registry service name [default: enclava]
+    #[arg(long, env = "ENCLAVA_SERVICE")]
+    pub service: Option<String>,
+}
+
+/// `enclava find`
+#[derive(Debug, Default, Args, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FindArgs {
+    /// Enclave manager URL [default: http://127.0.0.1:7000]
+    #[arg(long, env = "ENCLAVA_SERVER")]
+    pub server: Option<String>,
+    /// Find enclaves with access to this data (model) id
+    #[arg(long, env = "ENCLAVA_DATA")]
+    pub data: Option<String>,
+    /// Find enclaves with this measurement (hex)
+    #[arg(long, env = "ENCLAVA_MEASUREMENT")]
+    pub measurement: Option<String>,
+    /// Only enclaves on this platform
+    #[arg(long, env = "ENCLAVA_PLATFORM")]
+    pub platform: Option<String>,
+    /// How many enclaves to return [default: 1]
+    #[arg(long, env = "ENCLAVA_LIMIT")]
+    pub limit: Option<i32>,
+    /// An instance id not to return; repeat for more (env: comma-separated)
+    #[arg(long = "deny", env = "ENCLAVA_DENY", value_delimiter = ',')]
+    #[serde(default)]
+    pub deny: Vec<String>,
+    /// Print the FindEnclaveResponse as JSON
+    #[arg(long, env = "ENCLAVA_JSON")]
+    #[serde(default)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// FindEnclave and heartbeats against a local redis-server, next to the raw Redis floor.
+    Discovery(crate::bench::DiscoveryArgs),
+}
