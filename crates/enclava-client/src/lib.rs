@@ -12,7 +12,9 @@ pub use pb::{FindEnclaveRequest, FindEnclaveResponse, ListEnclavesRequest, ListE
 /// What can go wrong asking the manager.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach the enclave manager at {url}: {reason}. Is `enclava server` running there? (--server, ENCLAVA_SERVER)")]
+    #[error(
+        "cannot reach the enclave manager at {url}: {reason}. Is `enclava server` running there? (--server, ENCLAVA_SERVER)"
+    )]
     Connect { url: String, reason: String },
     #[error("the enclave manager refused the request ({code:?}): {message}")]
     Status { code: tonic::Code, message: String },
@@ -20,7 +22,10 @@ pub enum ClientError {
 
 impl From<tonic::Status> for ClientError {
     fn from(s: tonic::Status) -> Self {
-        ClientError::Status { code: s.code(), message: s.message().to_owned() }
+        ClientError::Status {
+            code: s.code(),
+            message: s.message().to_owned(),
+        }
     }
 }
 
@@ -33,23 +38,37 @@ pub struct ManagerClient {
 impl ManagerClient {
     /// Connects to `url` (`http://host:port`).
     pub async fn connect(url: &str) -> Result<ManagerClient, ClientError> {
-        let err = |reason: String| ClientError::Connect { url: url.to_owned(), reason };
+        let err = |reason: String| ClientError::Connect {
+            url: url.to_owned(),
+            reason,
+        };
         let endpoint = Endpoint::from_shared(url.to_owned())
             .map_err(|e| err(format!("not a URL ({e})")))?
             .connect_timeout(Duration::from_secs(3))
             .timeout(Duration::from_secs(10))
             .tcp_nodelay(true);
-        let channel = endpoint.connect().await.map_err(|e| err(source_chain(&e)))?;
-        Ok(ManagerClient { inner: EnclaveManagerClient::new(channel) })
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| err(source_chain(&e)))?;
+        Ok(ManagerClient {
+            inner: EnclaveManagerClient::new(channel),
+        })
     }
 
     /// Asks for live enclaves.
-    pub async fn find(&mut self, req: FindEnclaveRequest) -> Result<FindEnclaveResponse, ClientError> {
+    pub async fn find(
+        &mut self,
+        req: FindEnclaveRequest,
+    ) -> Result<FindEnclaveResponse, ClientError> {
         Ok(self.inner.find_enclave(req).await?.into_inner())
     }
 
     /// Lists one page of enclaves.
-    pub async fn list(&mut self, req: ListEnclavesRequest) -> Result<ListEnclavesResponse, ClientError> {
+    pub async fn list(
+        &mut self,
+        req: ListEnclavesRequest,
+    ) -> Result<ListEnclavesResponse, ClientError> {
         Ok(self.inner.list_enclaves(req).await?.into_inner())
     }
 }

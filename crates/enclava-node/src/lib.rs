@@ -31,10 +31,16 @@ pub use publisher::NodeMetrics;
 pub enum NodeError {
     #[error("{0}")]
     Config(String),
-    #[error("platform {0:?} is not available on this host: it needs TEE hardware this machine does not have; use --platform sim to test without one")]
+    #[error(
+        "platform {0:?} is not available on this host: it needs TEE hardware this machine does not have; use --platform sim to test without one"
+    )]
     PlatformUnavailable(String),
     #[error("{what} {path}: {source}")]
-    Io { what: &'static str, path: PathBuf, source: std::io::Error },
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// How a node is set up.
@@ -60,14 +66,19 @@ pub struct RequestKey {
 
 impl std::fmt::Debug for RequestKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RequestKey").field("public", &self.public).finish_non_exhaustive()
+        f.debug_struct("RequestKey")
+            .field("public", &self.public)
+            .finish_non_exhaustive()
     }
 }
 
 impl RequestKey {
     fn generate() -> RequestKey {
         let (private, public) = X25519HkdfSha256::gen_keypair();
-        RequestKey { private, public: public.to_bytes().to_vec() }
+        RequestKey {
+            private,
+            public: public.to_bytes().to_vec(),
+        }
     }
 
     pub fn public(&self) -> &[u8] {
@@ -114,7 +125,9 @@ impl NodeHandle {
     /// Gives the node access to `data`, or changes its hot state; republished at once.
     pub fn set_data(&self, data: &str, hot: bool) -> Result<(), NodeError> {
         check_name("data id", data).map_err(NodeError::Config)?;
-        self.data.send_if_modified(|m| m.insert(data.to_owned(), DataAccessJson { hot }) != Some(DataAccessJson { hot }));
+        self.data.send_if_modified(|m| {
+            m.insert(data.to_owned(), DataAccessJson { hot }) != Some(DataAccessJson { hot })
+        });
         Ok(())
     }
 
@@ -146,9 +159,11 @@ pub async fn start(
     listener: TcpListener,
 ) -> Result<NodeHandle, NodeError> {
     let tee = tee::open(&config.platform, &config.data_dir)?;
-    let addr = listener
-        .local_addr()
-        .map_err(|source| NodeError::Io { what: "cannot read the address of", path: "listener".into(), source })?;
+    let addr = listener.local_addr().map_err(|source| NodeError::Io {
+        what: "cannot read the address of",
+        path: "listener".into(),
+        source,
+    })?;
     let mut data = BTreeMap::new();
     for d in &config.data {
         check_name("data id", d).map_err(NodeError::Config)?;
@@ -160,7 +175,10 @@ pub async fn start(
         service_name: registry.keys().service().to_owned(),
         platform: tee.platform().to_owned(),
         service_version: env!("CARGO_PKG_VERSION").to_owned(),
-        policy: PolicyJson { mrenclave: tee.measurement().to_owned(), extra: Default::default() },
+        policy: PolicyJson {
+            mrenclave: tee.measurement().to_owned(),
+            extra: Default::default(),
+        },
         // Evidence is published here once the node can produce it (evidence issue); never a fake.
         attestation: Vec::new(),
         pubkey: request_key.public().to_vec(),
@@ -171,7 +189,13 @@ pub async fn start(
     let metrics = Arc::new(NodeMetrics::new());
     let (data_tx, data_rx) = watch::channel(data);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let publisher = tokio::spawn(publisher::run(registry.clone(), info, data_rx, stop_rx, metrics.clone()));
+    let publisher = tokio::spawn(publisher::run(
+        registry.clone(),
+        info,
+        data_rx,
+        stop_rx,
+        metrics.clone(),
+    ));
 
     let health_metrics = metrics.clone();
     let instance_id = tee.instance_id().to_owned();

@@ -42,12 +42,35 @@ impl NodeMetrics {
             reregistrations: Counter::default(),
             registered: AtomicBool::new(false),
         };
-        r.register("heartbeats", "Presence heartbeats written", m.heartbeats.clone());
-        r.register("heartbeats_late", "Heartbeats completed more than 500 ms after their tick", m.heartbeats_late.clone());
-        r.register("heartbeats_failed", "Heartbeats the registry did not accept", m.heartbeats_failed.clone());
-        r.register("info_publishes", "Info and index publications", m.info_publishes.clone());
-        r.register("reregistrations", "Full re-registrations after the registry lost this node", m.reregistrations.clone());
-        NodeMetrics { registry: Arc::new(r), ..m }
+        r.register(
+            "heartbeats",
+            "Presence heartbeats written",
+            m.heartbeats.clone(),
+        );
+        r.register(
+            "heartbeats_late",
+            "Heartbeats completed more than 500 ms after their tick",
+            m.heartbeats_late.clone(),
+        );
+        r.register(
+            "heartbeats_failed",
+            "Heartbeats the registry did not accept",
+            m.heartbeats_failed.clone(),
+        );
+        r.register(
+            "info_publishes",
+            "Info and index publications",
+            m.info_publishes.clone(),
+        );
+        r.register(
+            "reregistrations",
+            "Full re-registrations after the registry lost this node",
+            m.reregistrations.clone(),
+        );
+        NodeMetrics {
+            registry: Arc::new(r),
+            ..m
+        }
     }
 
     pub fn registry(&self) -> Arc<Metrics> {
@@ -84,6 +107,10 @@ pub async fn run(
     let mut refresh = tokio::time::interval_at(Instant::now() + INFO_PERIOD, INFO_PERIOD);
     refresh.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut failing = false;
+    // After registering from an absence, publish once more a heartbeat later: a FindEnclave prune
+    // or a sweep that saw us absent just before we came back may have removed fresh index entries.
+    let mut confirm = false;
+    let mut confirm_next_tick = false;
 
     loop {
         tokio::select! {
@@ -101,6 +128,12 @@ pub async fn run(
                         if !was_present && !need_publish {
                             tracing::warn!(instance = %id, "the registry lost this node; registering again in full");
                             metrics.reregistrations.inc();
+                            need_publish = true;
+                        }
+                        if !was_present {
+                            confirm = true;
+                        }
+                        if std::mem::take(&mut confirm_next_tick) {
                             need_publish = true;
                         }
                     }
@@ -134,15 +167,25 @@ pub async fn run(
                     metrics.info_publishes.inc();
                     metrics.registered.store(true, Ordering::Relaxed);
                     refresh.reset();
+                    confirm_next_tick = std::mem::take(&mut confirm);
                 }
-                Err(e) => tracing::warn!(instance = %id, error = %e, "info publication failed; retrying"),
+                Err(e) => {
+                    tracing::warn!(instance = %id, error = %e, "info publication failed; retrying")
+                }
             }
         }
     }
-    let entries: Vec<Index> = info.index_entries().into_iter().map(|(ix, _)| ix).chain(published).collect();
+    let entries: Vec<Index> = info
+        .index_entries()
+        .into_iter()
+        .map(|(ix, _)| ix)
+        .chain(published)
+        .collect();
     match registry.withdraw(&id, &entries).await {
         Ok(()) => tracing::info!(instance = %id, "withdrawn from the registry"),
-        Err(e) => tracing::warn!(instance = %id, error = %e, "could not withdraw; entries expire on their own"),
+        Err(e) => {
+            tracing::warn!(instance = %id, error = %e, "could not withdraw; entries expire on their own")
+        }
     }
 }
 
@@ -153,10 +196,14 @@ async fn publish(
     published: &mut BTreeSet<Index>,
 ) -> enclava_registry::Result<()> {
     let entries = info.index_entries();
-    registry.publish(&info.instance_id, &info.to_json(), &entries).await?;
+    registry
+        .publish(&info.instance_id, &info.to_json(), &entries)
+        .await?;
     let now: BTreeSet<Index> = entries.into_iter().map(|(ix, _)| ix).collect();
-    let stale: Vec<(Index, String)> =
-        published.difference(&now).map(|ix| (ix.clone(), info.instance_id.clone())).collect();
+    let stale: Vec<(Index, String)> = published
+        .difference(&now)
+        .map(|ix| (ix.clone(), info.instance_id.clone()))
+        .collect();
     registry.remove(&stale).await?;
     *published = now;
     tracing::debug!(instance = %info.instance_id, data = info.data_access.len(), "info published");

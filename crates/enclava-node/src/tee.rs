@@ -25,7 +25,9 @@ pub trait Tee: Send + Sync + std::fmt::Debug {
 pub fn open(platform: &str, data_dir: &Path) -> Result<Box<dyn Tee>, NodeError> {
     match platform {
         "sim" => Ok(Box::new(SimTee::open(data_dir)?)),
-        "sgx" | "tdx" | "sev-snp" | "nitro" => Err(NodeError::PlatformUnavailable(platform.to_owned())),
+        "sgx" | "tdx" | "sev-snp" | "nitro" => {
+            Err(NodeError::PlatformUnavailable(platform.to_owned()))
+        }
         other => Err(NodeError::Config(format!(
             "unknown platform {other:?}: use sim (or sgx, tdx, sev-snp, nitro on such hardware)"
         ))),
@@ -87,7 +89,11 @@ impl SimTee {
         h.update(sealing_key.as_slice());
         let instance_id = hex::encode(&h.finalize()[..16]);
         let measurement = sim_measurement(sim_workload().as_bytes());
-        Ok(SimTee { sealing_key, instance_id, measurement })
+        Ok(SimTee {
+            sealing_key,
+            instance_id,
+            measurement,
+        })
     }
 
     /// The sealing key (for sealing data to this identity).
@@ -100,13 +106,22 @@ fn create_key(path: &PathBuf) -> Result<Zeroizing<[u8; 32]>, NodeError> {
     let mut key = Zeroizing::new([0u8; 32]);
     rand::fill(key.as_mut_slice());
     let tmp = path.with_extension("key.tmp");
-    let err = |what| move |source| NodeError::Io { what, path: path.clone(), source };
+    let err = |what| {
+        move |source| NodeError::Io {
+            what,
+            path: path.clone(),
+            source,
+        }
+    };
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut f = opts.open(&tmp).map_err(err("cannot create the sealing key"))?;
-    f.write_all(key.as_slice()).map_err(err("cannot write the sealing key"))?;
+    let mut f = opts
+        .open(&tmp)
+        .map_err(err("cannot create the sealing key"))?;
+    f.write_all(key.as_slice())
+        .map_err(err("cannot write the sealing key"))?;
     f.sync_all().map_err(err("cannot sync the sealing key"))?;
     // Rename is atomic: a crash leaves either no key or a whole one.
     std::fs::rename(&tmp, path).map_err(err("cannot install the sealing key"))?;
@@ -140,13 +155,23 @@ mod tests {
         let b1 = SimTee::open(b.path()).expect("open");
         assert_eq!(a1.instance_id(), a2.instance_id());
         assert_ne!(a1.instance_id(), b1.instance_id());
-        assert_eq!(a1.measurement(), b1.measurement(), "same workload, same measurement");
+        assert_eq!(
+            a1.measurement(),
+            b1.measurement(),
+            "same workload, same measurement"
+        );
         assert_eq!(a1.measurement().len(), 96, "SHA-384 hex");
-        assert!(!format!("{a1:?}").contains(&hex::encode(a1.sealing_key())), "no key in Debug");
+        assert!(
+            !format!("{a1:?}").contains(&hex::encode(a1.sealing_key())),
+            "no key in Debug"
+        );
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(a.path().join("sim/sealing.key")).expect("key").permissions().mode();
+            let mode = std::fs::metadata(a.path().join("sim/sealing.key"))
+                .expect("key")
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
     }

@@ -119,6 +119,29 @@ struct Candidate {
     mrenclave: Option<String>,
 }
 
+/// Reads a `bydataaccess` value. The canonical form Enclava writes, `{"hot":B,"mrenclave":"M"}`,
+/// is read without a JSON parser (FindEnclave reads every entry of an index); anything else goes
+/// through serde.
+pub fn parse_data_entry(raw: &str) -> Result<(bool, std::borrow::Cow<'_, str>), String> {
+    let fast = || {
+        let rest = raw.strip_prefix(r#"{"hot":"#)?;
+        let (hot, rest) = match rest.strip_prefix("true") {
+            Some(r) => (true, r),
+            None => (false, rest.strip_prefix("false")?),
+        };
+        let m = rest
+            .strip_prefix(r#","mrenclave":""#)?
+            .strip_suffix(r#""}"#)?;
+        (!m.contains(['"', '\\'])).then_some((hot, std::borrow::Cow::Borrowed(m)))
+    };
+    match fast() {
+        Some(v) => Ok(v),
+        None => serde_json::from_str::<DataIndexEntry>(raw)
+            .map(|e| (e.hot, std::borrow::Cow::Owned(e.mrenclave)))
+            .map_err(|e| e.to_string()),
+    }
+}
+
 /// Runs FindEnclave's steps 1–3.
 pub async fn find(reg: &dyn Registry, q: &FindQuery) -> Result<FindOutcome> {
     // Step 1: the candidates, in the seed's order.
@@ -137,8 +160,13 @@ pub async fn find(reg: &dyn Registry, q: &FindQuery) -> Result<FindOutcome> {
             continue;
         }
         let (hot, mrenclave) = match &index {
-            Index::Data(_) => match serde_json::from_str::<DataIndexEntry>(&raw) {
-                Ok(e) => (e.hot, Some(e.mrenclave)),
+            Index::Data(_) => match parse_data_entry(&raw) {
+                Ok((hot, m)) => {
+                    if q.measurement.as_deref().is_some_and(|want| want != m) {
+                        continue;
+                    }
+                    (hot, Some(m.into_owned()))
+                }
                 Err(e) => {
                     tracing::warn!(instance = %id, index = %reg.keys().index(&index), error = %e, "malformed index entry");
                     (false, None)
@@ -146,11 +174,6 @@ pub async fn find(reg: &dyn Registry, q: &FindQuery) -> Result<FindOutcome> {
             },
             _ => (false, q.measurement.clone()),
         };
-        if let (Some(want), Some(have)) = (&q.measurement, &mrenclave)
-            && want != have
-        {
-            continue;
-        }
         candidates.push(Candidate { id, hot, mrenclave });
     }
     // Spread load over equal candidates, then prefer hot ones (a stable sort keeps the shuffle).
@@ -243,6 +266,35 @@ pub async fn find(reg: &dyn Registry, q: &FindQuery) -> Result<FindOutcome> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn data_entries_parse_fast_and_slow() {
+        assert_eq!(
+            parse_data_entry(r#"{"hot":true,"mrenclave":"ab"}"#),
+            Ok((true, "ab".into()))
+        );
+        assert_eq!(
+            parse_data_entry(r#"{"hot":false,"mrenclave":"ab"}"#),
+            Ok((false, "ab".into()))
+        );
+        assert_eq!(
+            parse_data_entry(r#"{ "mrenclave": "ab", "hot": true }"#),
+            Ok((true, "ab".into()))
+        );
+        assert_eq!(
+            parse_data_entry(r#"{"hot":true,"mrenclave":"a\u0062"}"#),
+            Ok((true, "ab".into()))
+        );
+        for bad in [
+            "",
+            "{}",
+            "garbage",
+            r#"{"hot":1,"mrenclave":"ab"}"#,
+            r#"{"hot":true,"mrenclave":"ab"#,
+        ] {
+            assert!(parse_data_entry(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn bad_requests_are_refused_with_a_reason() {

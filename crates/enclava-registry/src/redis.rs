@@ -26,12 +26,14 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// SCAN batch size for the sweeper.
 const SCAN_COUNT: usize = 1000;
 
+struct ClusterConn {
+    client: ClusterClient,
+    conn: Mutex<Option<ClusterConnection>>,
+}
+
 enum Conn {
     Single(ConnectionManager),
-    Cluster {
-        client: ClusterClient,
-        conn: Mutex<Option<ClusterConnection>>,
-    },
+    Cluster(Box<ClusterConn>),
 }
 
 /// A registry on Redis or Redis Cluster.
@@ -105,10 +107,10 @@ impl RedisRegistry {
             })?;
         Ok(RedisRegistry {
             keys,
-            conn: Conn::Cluster {
+            conn: Conn::Cluster(Box::new(ClusterConn {
                 client,
                 conn: Mutex::new(None),
-            },
+            })),
             target,
             round_trips: AtomicU64::new(0),
         })
@@ -122,9 +124,10 @@ impl RedisRegistry {
     }
 
     async fn cluster_conn(&self) -> Result<ClusterConnection> {
-        let Conn::Cluster { client, conn } = &self.conn else {
+        let Conn::Cluster(cluster) = &self.conn else {
             return Err(RegistryError::Invalid("not a cluster".into()));
         };
+        let ClusterConn { client, conn } = cluster.as_ref();
         let mut guard = conn.lock().await;
         if let Some(c) = guard.as_ref() {
             return Ok(c.clone());
@@ -147,6 +150,13 @@ impl RedisRegistry {
         }
         self.round_trips.fetch_add(1, Ordering::Relaxed);
         match &self.conn {
+            Conn::Single(manager) if cmds.len() == 1 => {
+                let c = cmds.into_iter().next().unwrap_or_else(|| cmd("PING"));
+                c.query_async::<Value>(&mut manager.clone())
+                    .await
+                    .map(|v| vec![v])
+                    .map_err(|e| self.unavailable(e))
+            }
             Conn::Single(manager) => {
                 let mut pipe = Pipeline::with_capacity(cmds.len());
                 for c in cmds {
@@ -156,7 +166,7 @@ impl RedisRegistry {
                     .await
                     .map_err(|e| self.unavailable(e))
             }
-            Conn::Cluster { .. } => {
+            Conn::Cluster(_) => {
                 let conn = self.cluster_conn().await?;
                 try_join_all(cmds.into_iter().map(|c| {
                     let mut conn = conn.clone();
@@ -192,7 +202,7 @@ impl RedisRegistry {
                     .query_async(&mut m.clone())
                     .await
                     .map_err(|e| self.unavailable(e))?,
-                (Conn::Cluster { .. }, Some((host, port))) => {
+                (Conn::Cluster(_), Some((host, port))) => {
                     let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
                         host: host.clone(),
                         port: *port,
@@ -203,7 +213,7 @@ impl RedisRegistry {
                         .await
                         .map_err(|e| self.unavailable(e))?
                 }
-                (Conn::Cluster { .. }, None) => {
+                (Conn::Cluster(_), None) => {
                     return Err(RegistryError::Invalid("SCAN needs a node".into()));
                 }
             };
@@ -365,7 +375,7 @@ impl Registry for RedisRegistry {
         let pattern = format!("{}by*", glob_escape(&self.keys.index_prefix()));
         let keys = match &self.conn {
             Conn::Single(_) => self.scan(&pattern, None).await?,
-            Conn::Cluster { .. } => {
+            Conn::Cluster(_) => {
                 let mut all = Vec::new();
                 for node in self.primaries().await? {
                     all.extend(self.scan(&pattern, Some(node)).await?);

@@ -219,7 +219,7 @@ pub fn check_name(what: &str, v: &str) -> Result<(), String> {
 /// Checks a measurement: lowercase hex, even length, at most 64 bytes.
 pub fn check_measurement(v: &str) -> Result<(), String> {
     let ok = !v.is_empty()
-        && v.len() % 2 == 0
+        && v.len().is_multiple_of(2)
         && v.len() <= 128
         && v.bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));

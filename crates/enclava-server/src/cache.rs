@@ -28,7 +28,10 @@ pub struct FindCache {
 
 impl FindCache {
     pub fn new(ttl: Duration) -> FindCache {
-        FindCache { ttl, map: Mutex::default() }
+        FindCache {
+            ttl,
+            map: Mutex::default(),
+        }
     }
 
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<FindQuery, Entry>> {
@@ -40,7 +43,8 @@ impl FindCache {
         if ids.is_empty() {
             return;
         }
-        self.map().retain(|_, e| !e.live.iter().any(|f| ids.contains(&f.info.instance_id)));
+        self.map()
+            .retain(|_, e| !e.live.iter().any(|f| ids.contains(&f.info.instance_id)));
     }
 
     /// Up to `q.limit` cached enclaves, hot ones first, equal ones in random order.
@@ -76,15 +80,24 @@ impl FindCache {
                 map.clear();
             }
         }
-        map.insert(q.clone(), Entry { live: live.to_vec(), expires });
+        map.insert(
+            q.clone(),
+            Entry {
+                live: live.to_vec(),
+                expires,
+            },
+        );
     }
 }
 
-/// The first `limit` of `live` after shuffling within the hot and the cold group.
+/// `limit` of `live`: hot ones first, each group in random order. Clones only what it returns.
 pub fn pick(live: &[Found], limit: usize) -> Vec<Found> {
-    let mut v = live.to_vec();
-    v.shuffle(&mut rand::rng());
-    v.sort_by_key(|f| !f.hot);
-    v.truncate(limit);
-    v
+    let mut order: Vec<usize> = (0..live.len()).collect();
+    order.shuffle(&mut rand::rng());
+    order.sort_by_key(|&i| !live[i].hot);
+    order
+        .into_iter()
+        .take(limit)
+        .map(|i| live[i].clone())
+        .collect()
 }

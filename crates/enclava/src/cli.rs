@@ -18,7 +18,12 @@ pub struct Cli {
     #[arg(long, global = true, env = "ENCLAVA_CONFIG")]
     pub config: Option<PathBuf>,
     /// Log format on stderr.
-    #[arg(long, global = true, env = "ENCLAVA_LOG_FORMAT", default_value = "text")]
+    #[arg(
+        long,
+        global = true,
+        env = "ENCLAVA_LOG_FORMAT",
+        default_value = "text"
+    )]
     pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
@@ -32,6 +37,8 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run everything in one process on embedded defaults, with a demo.
+    Dev(crate::dev::DevArgs),
     /// Run the control plane: the enclave manager (gRPC FindEnclave, ListEnclaves), /health, /metrics.
     #[command(after_help = CONFIG_HELP)]
     Server(ServerArgs),

@@ -2,11 +2,13 @@
 //! logs, and runs `server`, `node`, `find` or `bench`.
 //!
 //! # Layout
-//! - `cli`: the flags. - `config`: the config file and layering. - `bench`: `enclava bench …`.
+//! - `cli`: the flags. - `config`: the config file and layering. - `dev`: `enclava dev`.
+//! - `bench`: `enclava bench …`.
 
 mod bench;
 mod cli;
 mod config;
+mod dev;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -24,14 +26,23 @@ use enclava_registry::{Keys, Registry, RegistrySpec};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A benchmark prints a table; only warnings belong beside it.
+    let default_filter = if matches!(cli.command, Command::Bench(_)) {
+        "warn"
+    } else {
+        "info"
+    };
     enclava_telemetry::init_logs(
         match cli.log_format {
             cli::LogFormat::Text => enclava_telemetry::LogFormat::Text,
             cli::LogFormat::Json => enclava_telemetry::LogFormat::Json,
         },
-        "info",
+        default_filter,
     );
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -54,12 +65,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Server(a) => server(a.or_file(file.server)).await,
         Command::Node(a) => node(a.or_file(file.node), &env).await,
         Command::Find(a) => find(a.or_file(file.find)).await,
+        Command::Dev(a) => dev::dev(a).await,
         Command::Bench(cli::BenchCommand::Discovery(a)) => bench::discovery(a).await,
     }
 }
 
-fn open_registry(registry: Option<&str>, namespace: Option<&str>, service: Option<&str>) -> anyhow::Result<Arc<dyn Registry>> {
-    let spec: RegistrySpec = registry.unwrap_or("memory").parse().map_err(anyhow::Error::msg)?;
+fn open_registry(
+    registry: Option<&str>,
+    namespace: Option<&str>,
+    service: Option<&str>,
+) -> anyhow::Result<Arc<dyn Registry>> {
+    let spec: RegistrySpec = registry
+        .unwrap_or("memory")
+        .parse()
+        .map_err(anyhow::Error::msg)?;
     let keys = Keys::new(namespace.unwrap_or("enclava"), service.unwrap_or("enclava"))
         .map_err(|e| anyhow::anyhow!("--namespace/--service: {e}"))?;
     Ok(enclava_registry::open(&spec, keys)?)
@@ -94,7 +113,11 @@ async fn shutdown_signal() {
 }
 
 async fn server(a: ServerArgs) -> anyhow::Result<ExitCode> {
-    let registry = open_registry(a.registry.as_deref(), a.namespace.as_deref(), a.service.as_deref())?;
+    let registry = open_registry(
+        a.registry.as_deref(),
+        a.namespace.as_deref(),
+        a.service.as_deref(),
+    )?;
     let config = enclava_server::ServerConfig {
         cache_ttl: Duration::from_millis(a.cache_ttl_ms.unwrap_or(1000)),
         sweep_interval: Duration::from_millis(a.sweep_interval_ms.unwrap_or(10_000).max(100)),
@@ -117,9 +140,15 @@ fn default_node_dir(env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<Path
 
 async fn node(a: NodeArgs, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<ExitCode> {
     if a.registry.as_deref().is_none_or(|r| r == "memory") {
-        tracing::warn!("registry is `memory`: only this process can see this node; pass --registry redis://HOST:PORT to be found");
+        tracing::warn!(
+            "registry is `memory`: only this process can see this node; pass --registry redis://HOST:PORT to be found"
+        );
     }
-    let registry = open_registry(a.registry.as_deref(), a.namespace.as_deref(), a.service.as_deref())?;
+    let registry = open_registry(
+        a.registry.as_deref(),
+        a.namespace.as_deref(),
+        a.service.as_deref(),
+    )?;
     let config = enclava_node::NodeConfig {
         platform: a.platform.unwrap_or_else(|| "sim".into()),
         data_dir: match a.data_dir {
@@ -134,7 +163,11 @@ async fn node(a: NodeArgs, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Resu
     }
     let listener = bind(a.listen.as_deref().unwrap_or("127.0.0.1:0")).await?;
     let node = enclava_node::start(config, registry, listener).await?;
-    println!("instance {} listening on {}", node.instance_id(), node.addr());
+    println!(
+        "instance {} listening on {}",
+        node.instance_id(),
+        node.addr()
+    );
     shutdown_signal().await;
     node.shutdown().await;
     Ok(ExitCode::SUCCESS)
@@ -157,14 +190,33 @@ async fn find(a: FindArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if resp.found.is_empty() {
-        writeln!(out, "no live enclave matches; check that a node with that data or measurement is running and uses the same --registry, --namespace and --service")?;
+        writeln!(
+            out,
+            "no live enclave matches; check that a node with that data or measurement is running and uses the same --registry, --namespace and --service"
+        )?;
         return Ok(ExitCode::SUCCESS);
     }
-    writeln!(out, "{:<34} {:<9} {:<18} {:<5} CONNECTION", "INSTANCE", "PLATFORM", "MEASUREMENT", "HOT")?;
+    writeln!(
+        out,
+        "{:<34} {:<9} {:<18} {:<5} CONNECTION",
+        "INSTANCE", "PLATFORM", "MEASUREMENT", "HOT"
+    )?;
     for e in &resp.found {
-        let m = e.policy.as_ref().map(|p| p.mrenclave.as_str()).unwrap_or("");
-        let short = if m.len() > 16 { format!("{}…", &m[..16]) } else { m.to_owned() };
-        writeln!(out, "{:<34} {:<9} {:<18} {:<5} {}", e.instance_id, e.platform, short, e.hot, e.connection_string)?;
+        let m = e
+            .policy
+            .as_ref()
+            .map(|p| p.mrenclave.as_str())
+            .unwrap_or("");
+        let short = if m.len() > 16 {
+            format!("{}…", &m[..16])
+        } else {
+            m.to_owned()
+        };
+        writeln!(
+            out,
+            "{:<34} {:<9} {:<18} {:<5} {}",
+            e.instance_id, e.platform, short, e.hot, e.connection_string
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }

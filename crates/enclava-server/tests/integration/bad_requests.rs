@@ -1,0 +1,114 @@
+//! Bad requests get INVALID_ARGUMENT with a message that says what to send, never a panic, and
+//! leave the server serving.
+
+use std::sync::Arc;
+
+use enclava_client::{ClientError, FindEnclaveRequest, ListEnclavesRequest};
+use enclava_proto::discovery::v1::EnclavePolicy;
+use enclava_registry::memory::MemoryRegistry;
+use enclava_server::ServerConfig;
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_invalid_argument() {
+    let registry = Arc::new(MemoryRegistry::new(keys()));
+    let server = Server::start(registry, ServerConfig::default()).await;
+    let mut c = server.client().await;
+    let huge: Vec<String> = (0..100_000).map(|i| format!("{i:032x}")).collect();
+    let cases: Vec<(FindEnclaveRequest, &str)> = vec![
+        (FindEnclaveRequest::default(), "send a data id"),
+        (
+            FindEnclaveRequest {
+                limit: -1,
+                ..find_req("d", 1)
+            },
+            "limit is -1",
+        ),
+        (
+            FindEnclaveRequest {
+                limit: i32::MAX,
+                ..find_req("d", 1)
+            },
+            "at most",
+        ),
+        (
+            FindEnclaveRequest {
+                enclave_deny_list: huge,
+                ..find_req("d", 1)
+            },
+            "deny list",
+        ),
+        (
+            FindEnclaveRequest {
+                platform: "quantum".into(),
+                ..find_req("d", 1)
+            },
+            "unknown platform",
+        ),
+        (
+            FindEnclaveRequest {
+                platform: "sim".into(),
+                ..Default::default()
+            },
+            "send a data id",
+        ),
+        (
+            FindEnclaveRequest {
+                policy: Some(EnclavePolicy {
+                    mrenclave: "not hex".into(),
+                }),
+                ..Default::default()
+            },
+            "hex",
+        ),
+        (find_req("has space", 1), "whitespace"),
+        (find_req(&"x".repeat(10_000), 1), "longer than"),
+    ];
+    for (req, want) in cases {
+        match c.find(req).await {
+            Err(ClientError::Status {
+                code: tonic::Code::InvalidArgument,
+                message,
+            }) => {
+                assert!(message.contains(want), "{message:?} should say {want:?}")
+            }
+            other => panic!("expected INVALID_ARGUMENT ({want}), got {other:?}"),
+        }
+    }
+    for req in [
+        ListEnclavesRequest {
+            page_size: -5,
+            ..Default::default()
+        },
+        ListEnclavesRequest {
+            platform: "quantum".into(),
+            ..Default::default()
+        },
+        ListEnclavesRequest {
+            mrenclave: "XYZ".into(),
+            ..Default::default()
+        },
+    ] {
+        let err = c.list(req).await.expect_err("invalid");
+        assert!(
+            matches!(
+                err,
+                ClientError::Status {
+                    code: tonic::Code::InvalidArgument,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+    // Still serving.
+    assert!(
+        c.find(find_req("d", 1))
+            .await
+            .expect("valid request")
+            .found
+            .is_empty()
+    );
+    server.stop().await;
+}

@@ -1,0 +1,7 @@
+//! End-to-end tests of discovery: the server and nodes in-process, on the in-memory registry, a
+//! real `redis-server` and a real 3-master Redis Cluster, each on free loopback ports.
+
+mod bad_requests;
+mod discovery;
+mod reliability;
+mod support;

@@ -1,0 +1,157 @@
+//! The sandbox: starts a server and nodes in-process over a given registry, with bounded waits.
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use enclava_client::{FindEnclaveRequest, ManagerClient};
+use enclava_node::{NodeConfig, NodeHandle};
+use enclava_proto::discovery::v1::EnclavePolicy;
+use enclava_registry::redis::RedisRegistry;
+use enclava_registry::{Keys, Registry, RegistrySpec};
+use enclava_server::ServerConfig;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+
+pub fn keys() -> Keys {
+    Keys::new("enclava", "enclava").expect("valid")
+}
+
+pub fn redis(url: &str, keys: Keys) -> Arc<dyn Registry> {
+    match url.parse::<RegistrySpec>().expect("registry url") {
+        RegistrySpec::Cluster(nodes) => {
+            Arc::new(RedisRegistry::cluster(&nodes, keys).expect("cluster"))
+        }
+        spec => enclava_registry::open(&spec, keys).expect("registry"),
+    }
+}
+
+/// A running in-process server.
+pub struct Server {
+    pub url: String,
+    pub http: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    pub async fn start(registry: Arc<dyn Registry>, config: ServerConfig) -> Server {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let http = listener.local_addr().expect("addr");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(enclava_server::serve(config, registry, listener, async {
+            let _ = rx.await;
+        }));
+        Server {
+            url: format!("http://{http}"),
+            http,
+            stop: Some(tx),
+            task,
+        }
+    }
+
+    pub async fn client(&self) -> ManagerClient {
+        ManagerClient::connect(&self.url).await.expect("connect")
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+/// Starts a `sim` node with its identity in `dir`.
+pub async fn node(registry: Arc<dyn Registry>, dir: &Path, data: &[&str]) -> NodeHandle {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let config = NodeConfig {
+        platform: "sim".into(),
+        data_dir: dir.to_owned(),
+        data: data.iter().map(|s| s.to_string()).collect(),
+        advertise: None,
+    };
+    enclava_node::start(config, registry, listener)
+        .await
+        .expect("node starts")
+}
+
+pub fn find_req(data: &str, limit: i32) -> FindEnclaveRequest {
+    FindEnclaveRequest {
+        dataaccess: data.into(),
+        limit,
+        ..Default::default()
+    }
+}
+
+pub fn by_measurement(m: &str, limit: i32) -> FindEnclaveRequest {
+    FindEnclaveRequest {
+        policy: Some(EnclavePolicy {
+            mrenclave: m.into(),
+        }),
+        limit,
+        ..Default::default()
+    }
+}
+
+/// Ids FindEnclave returns.
+pub async fn found(client: &mut ManagerClient, req: FindEnclaveRequest) -> Vec<String> {
+    let mut ids: Vec<String> = client
+        .find(req)
+        .await
+        .expect("find")
+        .found
+        .into_iter()
+        .map(|e| e.instance_id)
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// Polls `check` every 50 ms until it is true; panics with `what` after `limit`.
+pub async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A plain HTTP/1.1 GET on loopback; returns (status, body).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .expect("in time")
+        .expect("read");
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
