@@ -116,7 +116,8 @@ pub struct FindOutcome {
 struct Candidate {
     id: String,
     hot: bool,
-    mrenclave: Option<String>,
+    /// The index value, read again only if the candidate turns out dead (to prune it).
+    raw: String,
 }
 
 /// Reads a `bydataaccess` value. The canonical form Enclava writes, `{"hot":B,"mrenclave":"M"}`,
@@ -159,22 +160,18 @@ pub async fn find(reg: &dyn Registry, q: &FindQuery) -> Result<FindOutcome> {
         if q.deny.contains(&id) {
             continue;
         }
-        let (hot, mrenclave) = match &index {
+        let hot = match &index {
             Index::Data(_) => match parse_data_entry(&raw) {
-                Ok((hot, m)) => {
-                    if q.measurement.as_deref().is_some_and(|want| want != m) {
-                        continue;
-                    }
-                    (hot, Some(m.into_owned()))
-                }
+                Ok((_, m)) if q.measurement.as_deref().is_some_and(|want| want != m) => continue,
+                Ok((hot, _)) => hot,
                 Err(e) => {
                     tracing::warn!(instance = %id, index = %reg.keys().index(&index), error = %e, "malformed index entry");
-                    (false, None)
+                    false
                 }
             },
-            _ => (false, q.measurement.clone()),
+            _ => false,
         };
-        candidates.push(Candidate { id, hot, mrenclave });
+        candidates.push(Candidate { id, hot, raw });
     }
     // Spread load over equal candidates, then prefer hot ones (a stable sort keeps the shuffle).
     candidates.shuffle(&mut rand::rng());
@@ -196,8 +193,14 @@ pub async fn find(reg: &dyn Registry, q: &FindQuery) -> Result<FindOutcome> {
             let Some(ttl) = probe.presence_ttl else {
                 // Absent: remove it from every index that still names it.
                 prune.insert((index.clone(), cand.id.clone()));
-                if let Some(m) = &cand.mrenclave {
-                    prune.insert((Index::Measurement(m.clone()), cand.id.clone()));
+                let measurement = match &index {
+                    Index::Data(_) => parse_data_entry(&cand.raw)
+                        .ok()
+                        .map(|(_, m)| m.into_owned()),
+                    _ => q.measurement.clone(),
+                };
+                if let Some(m) = measurement {
+                    prune.insert((Index::Measurement(m), cand.id.clone()));
                 }
                 if let Some(Ok(info)) = &info {
                     for (idx, _) in info.index_entries() {

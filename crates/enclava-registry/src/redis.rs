@@ -23,6 +23,8 @@ use crate::{Index, Keys, Probe, Registry, RegistryError, Result};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Connections to a standalone Redis.
+const POOL: usize = 4;
 /// SCAN batch size for the sweeper.
 const SCAN_COUNT: usize = 1000;
 
@@ -32,7 +34,9 @@ struct ClusterConn {
 }
 
 enum Conn {
-    Single(ConnectionManager),
+    /// A few multiplexed connections, used in turn: replies are parsed by each connection's own
+    /// task, so large index reads do not queue behind one another on one core.
+    Single(Vec<ConnectionManager>),
     Cluster(Box<ClusterConn>),
 }
 
@@ -74,12 +78,15 @@ impl RedisRegistry {
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_millis(200));
-        let manager = ConnectionManager::new_lazy_with_config(client, config).map_err(|e| {
-            RegistryError::Invalid(format!("cannot set up Redis client for {target}: {e}"))
-        })?;
+        let managers = (0..POOL)
+            .map(|_| ConnectionManager::new_lazy_with_config(client.clone(), config.clone()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                RegistryError::Invalid(format!("cannot set up Redis client for {target}: {e}"))
+            })?;
         Ok(RedisRegistry {
             keys,
-            conn: Conn::Single(manager),
+            conn: Conn::Single(managers),
             target,
             round_trips: AtomicU64::new(0),
         })
@@ -116,6 +123,12 @@ impl RedisRegistry {
         })
     }
 
+    /// The next pooled connection, in turn.
+    fn manager(&self, pool: &[ConnectionManager]) -> ConnectionManager {
+        let n = self.round_trips.load(Ordering::Relaxed) as usize;
+        pool[n % pool.len()].clone()
+    }
+
     fn unavailable(&self, e: RedisError) -> RegistryError {
         RegistryError::Unavailable {
             target: self.target.clone(),
@@ -150,19 +163,19 @@ impl RedisRegistry {
         }
         self.round_trips.fetch_add(1, Ordering::Relaxed);
         match &self.conn {
-            Conn::Single(manager) if cmds.len() == 1 => {
+            Conn::Single(pool) if cmds.len() == 1 => {
                 let c = cmds.into_iter().next().unwrap_or_else(|| cmd("PING"));
-                c.query_async::<Value>(&mut manager.clone())
+                c.query_async::<Value>(&mut self.manager(pool))
                     .await
                     .map(|v| vec![v])
                     .map_err(|e| self.unavailable(e))
             }
-            Conn::Single(manager) => {
+            Conn::Single(pool) => {
                 let mut pipe = Pipeline::with_capacity(cmds.len());
                 for c in cmds {
                     pipe.add_command(c);
                 }
-                pipe.query_async(&mut manager.clone())
+                pipe.query_async(&mut self.manager(pool))
                     .await
                     .map_err(|e| self.unavailable(e))
             }
@@ -198,8 +211,8 @@ impl RedisRegistry {
                 .arg(SCAN_COUNT);
             self.round_trips.fetch_add(1, Ordering::Relaxed);
             let reply: Value = match (&self.conn, &node) {
-                (Conn::Single(m), _) => c
-                    .query_async(&mut m.clone())
+                (Conn::Single(pool), _) => c
+                    .query_async(&mut self.manager(pool))
                     .await
                     .map_err(|e| self.unavailable(e))?,
                 (Conn::Cluster(_), Some((host, port))) => {
