@@ -1,0 +1,124 @@
+//! Evidence in, claims out: one verifier for SGX DCAP quotes, TDX quotes, SEV-SNP reports, AWS
+//! Nitro attestation documents and Enclava's simulated TEE, and one policy check over the claims.
+//! It knows nothing of networks, Redis or storage; "now" is always an argument.
+//!
+//! # Layout
+//! - [`claims`]: the normalised claims every format yields.
+//! - [`dcap`]: SGX and TDX quotes, with `dcap-qvl` and Intel collateral.
+//! - [`snp`]: SEV-SNP reports: AMD chain (VCEK or VLEK), CRLs, report signature, TCB and chip id.
+//! - [`nitro`]: AWS Nitro attestation documents (COSE_Sign1, chain to the AWS root).
+//! - [`sim`]: the simulated TEE: a per-deployment root, certified hardware keys, signed evidence.
+//! - [`policy`]: what a relying party accepts, and `check` that lists every failed rule.
+//! - [`binding`]: report data that binds a public key (and a nonce) to evidence.
+//! - [`roots`]: pinned trust anchors (Intel SGX root, AMD ARKs, AWS Nitro root).
+
+pub mod binding;
+pub mod claims;
+pub mod dcap;
+pub mod nitro;
+pub mod policy;
+pub mod roots;
+pub mod sim;
+pub mod snp;
+pub mod time;
+
+pub use claims::{Claims, Platform};
+pub use policy::{Policy, Verdict};
+
+/// Why evidence did not verify. Every variant says what failed in words.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    /// The input cannot be read as evidence of the claimed kind (unusable input).
+    #[error("malformed evidence: {0}")]
+    Malformed(String),
+    /// Collateral, a certificate or a CRL is not valid at the verification time.
+    #[error("expired collateral: {0}")]
+    ExpiredCollateral(String),
+    /// Collateral needed for this evidence was not given.
+    #[error("missing collateral: {0}")]
+    MissingCollateral(String),
+    /// A signature or certificate chain does not verify, or a certificate is revoked.
+    #[error("verification failed: {0}")]
+    Invalid(String),
+    /// Signatures verify but the platform's TCB matches no known level.
+    #[error("TCB not supported: {0}")]
+    TcbNotSupported(String),
+}
+
+impl VerifyError {
+    /// Whether the input itself was unusable (exit status 2), rather than evidence that failed (1).
+    pub fn is_unusable_input(&self) -> bool {
+        matches!(
+            self,
+            VerifyError::Malformed(_) | VerifyError::MissingCollateral(_)
+        )
+    }
+}
+
+/// Evidence of one platform, as produced by the TEE.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Evidence {
+    /// An SGX (v3) or TDX (v4, v5) DCAP quote.
+    Dcap(Vec<u8>),
+    /// An SEV-SNP attestation report and the VCEK or VLEK that signed it (DER or PEM).
+    SevSnp { report: Vec<u8>, vek: Vec<u8> },
+    /// An AWS Nitro attestation document (COSE_Sign1, raw CBOR or base64).
+    Nitro(Vec<u8>),
+    /// Enclava sim evidence.
+    Sim(Vec<u8>),
+}
+
+impl Evidence {
+    /// Recognises the format of a single evidence file: a DCAP quote, a raw SNP report (needs its
+    /// VEK separately, so it is refused here), a Nitro document, or sim evidence.
+    pub fn detect(bytes: Vec<u8>) -> Result<Evidence, VerifyError> {
+        if bytes.starts_with(sim::MAGIC) {
+            return Ok(Evidence::Sim(bytes));
+        }
+        if bytes.len() >= 8 {
+            let version = u16::from_le_bytes([bytes[0], bytes[1]]);
+            let tee = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+            if matches!(version, 3..=5) && matches!(tee, 0 | 0x81) {
+                return Ok(Evidence::Dcap(bytes));
+            }
+        }
+        if bytes.len() == snp::REPORT_LEN || bytes.starts_with(b"HCLA") {
+            return Err(VerifyError::MissingCollateral(
+                "an SEV-SNP report needs the VCEK or VLEK that signed it (--certs vcek.der,ask.pem,ark.pem)".into(),
+            ));
+        }
+        if nitro::looks_like(&bytes) {
+            return Ok(Evidence::Nitro(bytes));
+        }
+        Err(VerifyError::Malformed(
+            "not a DCAP quote, SEV-SNP report, Nitro document or sim evidence".into(),
+        ))
+    }
+}
+
+/// What evidence is checked against, besides the pinned roots.
+#[derive(Debug, Clone, Default)]
+pub struct Collateral {
+    /// Intel collateral for a DCAP quote (TCB info, QE identity, CRLs, issuer chains).
+    pub dcap: Option<dcap_qvl::QuoteCollateralV3>,
+    /// AMD certificates (DER): the ASK or ASVK, and the ARK, which must be a pinned ARK.
+    pub amd_certs: Vec<Vec<u8>>,
+    /// AMD CRLs (DER), each signed by an ARK.
+    pub amd_crls: Vec<Vec<u8>>,
+    /// This deployment's sim root public key.
+    pub sim_root: Option<sim::RootPublicKey>,
+}
+
+/// Verifies evidence against collateral at `now` (Unix seconds) and returns its claims.
+pub fn verify(
+    evidence: &Evidence,
+    collateral: &Collateral,
+    now: u64,
+) -> Result<Claims, VerifyError> {
+    match evidence {
+        Evidence::Dcap(quote) => dcap::verify(quote, collateral, now),
+        Evidence::SevSnp { report, vek } => snp::verify(report, vek, collateral, now),
+        Evidence::Nitro(doc) => nitro::verify(doc, now),
+        Evidence::Sim(bytes) => sim::verify(bytes, collateral, now),
+    }
+}
