@@ -10,14 +10,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .type_attribute(".", "#[derive(serde::Serialize)]")
         .type_attribute(".", "#[serde(rename_all = \"camelCase\")]")
         // Binary fields as base64 strings, like the registry's info JSON.
-        .field_attribute(
-            "EnclaveInfo.attestation",
-            "#[serde(with = \"crate::base64_bytes\")]",
-        )
-        .field_attribute(
-            "EnclaveInfo.pubkey",
-            "#[serde(with = \"crate::base64_bytes\")]",
-        )
+        .field_attribute("EnclaveInfo.attestation", "#[serde(with = \"crate::base64_bytes\")]")
+        .field_attribute("EnclaveInfo.pubkey", "#[serde(with = \"crate::base64_bytes\")]")
         .compile_fds(fds)?;
     Ok(())
 }

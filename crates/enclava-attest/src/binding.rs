@@ -17,12 +17,7 @@ pub fn report_data(label: &str, public_key: &[u8], nonce: Option<&[u8]>) -> [u8;
 }
 
 /// Whether `report_data` binds exactly this label, key and nonce.
-pub fn check(
-    report_data_in_evidence: &[u8],
-    label: &str,
-    public_key: &[u8],
-    nonce: Option<&[u8]>,
-) -> bool {
+pub fn check(report_data_in_evidence: &[u8], label: &str, public_key: &[u8], nonce: Option<&[u8]>) -> bool {
     report_data_in_evidence == report_data(label, public_key, nonce).as_slice()
 }
 
@@ -41,9 +36,6 @@ mod tests {
         assert!(!check(&rd, NODE_KEY, b"kex", Some(b"nonce")));
         assert!(!check(&rd, "other", b"key", Some(b"nonce")));
         // Lengths are encoded: moving a byte from key to nonce changes the result.
-        assert_ne!(
-            report_data("l", b"ab", Some(b"c")),
-            report_data("l", b"a", Some(b"bc"))
-        );
+        assert_ne!(report_data("l", b"ab", Some(b"c")), report_data("l", b"a", Some(b"bc")));
     }
 }

@@ -5,9 +5,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 /// A TEE platform.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Platform {
     Sgx,
@@ -19,13 +17,7 @@ pub enum Platform {
 }
 
 impl Platform {
-    pub const ALL: [Platform; 5] = [
-        Platform::Sgx,
-        Platform::Tdx,
-        Platform::SevSnp,
-        Platform::Nitro,
-        Platform::Sim,
-    ];
+    pub const ALL: [Platform; 5] = [Platform::Sgx, Platform::Tdx, Platform::SevSnp, Platform::Nitro, Platform::Sim];
 
     /// The name used in the registry, policies and the CLI.
     pub fn as_str(self) -> &'static str {

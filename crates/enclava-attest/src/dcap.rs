@@ -25,10 +25,7 @@ fn classify(text: String) -> VerifyError {
         VerifyError::ExpiredCollateral(text)
     } else if lower.contains("no matching tcb level") || lower.contains("tcb not supported") {
         VerifyError::TcbNotSupported(text)
-    } else if lower.contains("failed to parse")
-        || lower.contains("decode")
-        || lower.contains("unsupported quote")
-    {
+    } else if lower.contains("failed to parse") || lower.contains("decode") || lower.contains("unsupported quote") {
         VerifyError::Malformed(text)
     } else {
         VerifyError::Invalid(text)
@@ -39,8 +36,7 @@ fn classify(text: String) -> VerifyError {
 pub fn verify(quote: &[u8], collateral: &Collateral, now: u64) -> Result<Claims, VerifyError> {
     let coll = collateral.dcap.as_ref().ok_or_else(|| {
         VerifyError::MissingCollateral(
-            "a DCAP quote needs Intel collateral (--collateral collateral.json or a pcs/ folder)"
-                .into(),
+            "a DCAP quote needs Intel collateral (--collateral collateral.json or a pcs/ folder)".into(),
         )
     })?;
     check_embedded_root(quote)?;
@@ -49,14 +45,8 @@ pub fn verify(quote: &[u8], collateral: &Collateral, now: u64) -> Result<Claims,
         .verify(quote, coll, now)
         .map_err(|e| classify(format!("{e:#}")))?;
     let mut raw = BTreeMap::new();
-    raw.insert(
-        "qe_status".into(),
-        format!("{:?}", verified.qe_status.status),
-    );
-    raw.insert(
-        "platform_status".into(),
-        format!("{:?}", verified.platform_status.status),
-    );
+    raw.insert("qe_status".into(), format!("{:?}", verified.qe_status.status));
+    raw.insert("platform_status".into(), format!("{:?}", verified.platform_status.status));
     let base = |platform, measurement: &[u8], report_data: &[u8], debug| Claims {
         platform,
         measurement: measurement.to_vec(),
@@ -76,12 +66,7 @@ pub fn verify(quote: &[u8], collateral: &Collateral, now: u64) -> Result<Claims,
             raw.insert("misc_select".into(), format!("{:#010x}", r.misc_select));
             raw.insert("attributes".into(), hex::encode(r.attributes));
             raw.insert("mr_signer".into(), hex::encode(r.mr_signer));
-            let mut c = base(
-                Platform::Sgx,
-                &r.mr_enclave,
-                &r.report_data,
-                r.attributes[0] & 0x02 != 0,
-            );
+            let mut c = base(Platform::Sgx, &r.mr_enclave, &r.report_data, r.attributes[0] & 0x02 != 0);
             c.signer = r.mr_signer.to_vec();
             c.product_id = Some(r.isv_prod_id);
             c.security_version = Some(u32::from(r.isv_svn));
@@ -109,12 +94,7 @@ pub fn verify(quote: &[u8], collateral: &Collateral, now: u64) -> Result<Claims,
             ] {
                 raw.insert(name.into(), hex::encode(v));
             }
-            let mut c = base(
-                Platform::Tdx,
-                &td.mr_td,
-                &td.report_data,
-                td.td_attributes[0] & 0x01 != 0,
-            );
+            let mut c = base(Platform::Tdx, &td.mr_td, &td.report_data, td.td_attributes[0] & 0x01 != 0);
             c.signer = td.mr_owner.to_vec();
             c
         }
@@ -132,17 +112,14 @@ fn check_embedded_root(quote: &[u8]) -> Result<(), VerifyError> {
     };
     let text = String::from_utf8_lossy(&quote[start..]);
     let text = text.trim_end_matches(|c: char| c == '\0' || c.is_whitespace());
-    let certs = roots::pem_certs(text).map_err(|e| {
-        VerifyError::Invalid(format!("the quote's certificate chain is damaged: {e}"))
-    })?;
+    let certs = roots::pem_certs(text)
+        .map_err(|e| VerifyError::Invalid(format!("the quote's certificate chain is damaged: {e}")))?;
     match certs.last() {
         Some(last) if last.as_slice() == roots::INTEL_SGX_ROOT_CA => Ok(()),
-        Some(_) => Err(VerifyError::Invalid(
-            "the quote's certificate chain does not end with the Intel SGX root".into(),
-        )),
-        None => Err(VerifyError::Invalid(
-            "the quote's certificate chain is empty".into(),
-        )),
+        Some(_) => {
+            Err(VerifyError::Invalid("the quote's certificate chain does not end with the Intel SGX root".into()))
+        }
+        None => Err(VerifyError::Invalid("the quote's certificate chain is empty".into())),
     }
 }
 
@@ -170,21 +147,14 @@ struct SignedQeIdentity<'a> {
 /// `pck_crl_issuer_chain.pem`, `root_ca_crl.der`. Signed bodies are kept byte for byte.
 pub fn collateral_from_pcs_dir(dir: &Path) -> Result<QuoteCollateralV3, String> {
     let read = |name: &str| {
-        std::fs::read(dir.join(name))
-            .map_err(|e| format!("cannot read {}: {e}", dir.join(name).display()))
+        std::fs::read(dir.join(name)).map_err(|e| format!("cannot read {}: {e}", dir.join(name).display()))
     };
-    let text = |name: &str| {
-        read(name).and_then(|b| String::from_utf8(b).map_err(|_| format!("{name} is not text")))
-    };
+    let text = |name: &str| read(name).and_then(|b| String::from_utf8(b).map_err(|_| format!("{name} is not text")));
     let tcb_raw = text("tcb_info.json")?;
-    let tcb: SignedTcbInfo =
-        serde_json::from_str(&tcb_raw).map_err(|e| format!("tcb_info.json: {e}"))?;
+    let tcb: SignedTcbInfo = serde_json::from_str(&tcb_raw).map_err(|e| format!("tcb_info.json: {e}"))?;
     let qe_raw = text("qe_identity.json")?;
-    let qe: SignedQeIdentity =
-        serde_json::from_str(&qe_raw).map_err(|e| format!("qe_identity.json: {e}"))?;
-    let unhex = |what: &str, s: &str| {
-        hex::decode(s).map_err(|e| format!("{what} signature is not hex: {e}"))
-    };
+    let qe: SignedQeIdentity = serde_json::from_str(&qe_raw).map_err(|e| format!("qe_identity.json: {e}"))?;
+    let unhex = |what: &str, s: &str| hex::decode(s).map_err(|e| format!("{what} signature is not hex: {e}"));
     Ok(QuoteCollateralV3 {
         pck_crl_issuer_chain: text("pck_crl_issuer_chain.pem")?,
         root_ca_crl: read("root_ca_crl.der")?,

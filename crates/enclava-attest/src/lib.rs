@@ -48,10 +48,7 @@ pub enum VerifyError {
 impl VerifyError {
     /// Whether the input itself was unusable (exit status 2), rather than evidence that failed (1).
     pub fn is_unusable_input(&self) -> bool {
-        matches!(
-            self,
-            VerifyError::Malformed(_) | VerifyError::MissingCollateral(_)
-        )
+        matches!(self, VerifyError::Malformed(_) | VerifyError::MissingCollateral(_))
     }
 }
 
@@ -90,9 +87,7 @@ impl Evidence {
         if nitro::looks_like(&bytes) {
             return Ok(Evidence::Nitro(bytes));
         }
-        Err(VerifyError::Malformed(
-            "not a DCAP quote, SEV-SNP report, Nitro document or sim evidence".into(),
-        ))
+        Err(VerifyError::Malformed("not a DCAP quote, SEV-SNP report, Nitro document or sim evidence".into()))
     }
 }
 
@@ -110,11 +105,7 @@ pub struct Collateral {
 }
 
 /// Verifies evidence against collateral at `now` (Unix seconds) and returns its claims.
-pub fn verify(
-    evidence: &Evidence,
-    collateral: &Collateral,
-    now: u64,
-) -> Result<Claims, VerifyError> {
+pub fn verify(evidence: &Evidence, collateral: &Collateral, now: u64) -> Result<Claims, VerifyError> {
     match evidence {
         Evidence::Dcap(quote) => dcap::verify(quote, collateral, now),
         Evidence::SevSnp { report, vek } => snp::verify(report, vek, collateral, now),

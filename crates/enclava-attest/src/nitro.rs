@@ -23,11 +23,7 @@ pub fn looks_like(bytes: &[u8]) -> bool {
 }
 
 fn decode_base64(bytes: &[u8]) -> Option<Vec<u8>> {
-    let text: Vec<u8> = bytes
-        .iter()
-        .copied()
-        .filter(|b| !b.is_ascii_whitespace())
-        .collect();
+    let text: Vec<u8> = bytes.iter().copied().filter(|b| !b.is_ascii_whitespace()).collect();
     base64::engine::general_purpose::STANDARD.decode(text).ok()
 }
 
@@ -36,9 +32,7 @@ fn malformed(m: impl std::fmt::Display) -> VerifyError {
 }
 
 fn field<'a>(map: &'a [(Value, Value)], name: &str) -> Option<&'a Value> {
-    map.iter()
-        .find(|(k, _)| k.as_text() == Some(name))
-        .map(|(_, v)| v)
+    map.iter().find(|(k, _)| k.as_text() == Some(name)).map(|(_, v)| v)
 }
 
 fn bytes_field(map: &[(Value, Value)], name: &str) -> Result<Option<Vec<u8>>, VerifyError> {
@@ -62,15 +56,9 @@ pub fn verify(document: &[u8], now: u64) -> Result<Claims, VerifyError> {
     if sign1.protected.header.alg != Some(coset::Algorithm::Assigned(iana::Algorithm::ES384)) {
         return Err(malformed("the signature algorithm is not ES384"));
     }
-    let payload = sign1
-        .payload
-        .as_deref()
-        .ok_or_else(|| malformed("no payload"))?;
-    let doc: Value = ciborium::de::from_reader(payload)
-        .map_err(|e| malformed(format!("payload is not CBOR: {e}")))?;
-    let map = doc
-        .as_map()
-        .ok_or_else(|| malformed("payload is not a map"))?;
+    let payload = sign1.payload.as_deref().ok_or_else(|| malformed("no payload"))?;
+    let doc: Value = ciborium::de::from_reader(payload).map_err(|e| malformed(format!("payload is not CBOR: {e}")))?;
+    let map = doc.as_map().ok_or_else(|| malformed("payload is not a map"))?;
     let text = |name: &str| field(map, name).and_then(Value::as_text).map(str::to_owned);
     let module_id = text("module_id").ok_or_else(|| malformed("no module_id"))?;
     if text("digest").as_deref() != Some("SHA384") {
@@ -81,14 +69,8 @@ pub fn verify(document: &[u8], now: u64) -> Result<Claims, VerifyError> {
         .and_then(|i| u64::try_from(i).ok())
         .ok_or_else(|| malformed("no timestamp"))?;
     let mut pcrs = BTreeMap::new();
-    for (k, v) in field(map, "pcrs")
-        .and_then(Value::as_map)
-        .ok_or_else(|| malformed("no pcrs"))?
-    {
-        let index = k
-            .as_integer()
-            .and_then(|i| u8::try_from(i).ok())
-            .ok_or_else(|| malformed("PCR index"))?;
+    for (k, v) in field(map, "pcrs").and_then(Value::as_map).ok_or_else(|| malformed("no pcrs"))? {
+        let index = k.as_integer().and_then(|i| u8::try_from(i).ok()).ok_or_else(|| malformed("PCR index"))?;
         let value = v.as_bytes().ok_or_else(|| malformed("PCR value"))?;
         if !matches!(value.len(), 32 | 48 | 64) {
             return Err(malformed(format!("PCR{index} has {} bytes", value.len())));
@@ -100,35 +82,22 @@ pub fn verify(document: &[u8], now: u64) -> Result<Claims, VerifyError> {
         .and_then(Value::as_array)
         .ok_or_else(|| malformed("no cabundle"))?
         .iter()
-        .map(|c| {
-            c.as_bytes()
-                .cloned()
-                .ok_or_else(|| malformed("cabundle entry"))
-        })
+        .map(|c| c.as_bytes().cloned().ok_or_else(|| malformed("cabundle entry")))
         .collect::<Result<_, _>>()?;
 
     // The chain: cabundle[0] is the pinned root; the rest are intermediates, root first.
     let root = roots::aws_nitro_root();
     if bundle.first() != Some(&root) {
-        return Err(VerifyError::Invalid(
-            "the CA bundle does not start with the pinned AWS Nitro root".into(),
-        ));
+        return Err(VerifyError::Invalid("the CA bundle does not start with the pinned AWS Nitro root".into()));
     }
     let root_der = CertificateDer::from(root.as_slice());
-    let anchor = webpki::anchor_from_trusted_cert(&root_der)
-        .map_err(|e| malformed(format!("AWS root: {e:?}")))?;
-    let intermediates: Vec<CertificateDer<'_>> = bundle[1..]
-        .iter()
-        .map(|c| CertificateDer::from(c.as_slice()))
-        .collect();
+    let anchor = webpki::anchor_from_trusted_cert(&root_der).map_err(|e| malformed(format!("AWS root: {e:?}")))?;
+    let intermediates: Vec<CertificateDer<'_>> =
+        bundle[1..].iter().map(|c| CertificateDer::from(c.as_slice())).collect();
     let leaf_der = CertificateDer::from(leaf.as_slice());
-    let ee = webpki::EndEntityCert::try_from(&leaf_der)
-        .map_err(|e| malformed(format!("certificate: {e:?}")))?;
+    let ee = webpki::EndEntityCert::try_from(&leaf_der).map_err(|e| malformed(format!("certificate: {e:?}")))?;
     ee.verify_for_usage(
-        &[
-            webpki::ring::ECDSA_P384_SHA384,
-            webpki::ring::ECDSA_P256_SHA256,
-        ],
+        &[webpki::ring::ECDSA_P384_SHA384, webpki::ring::ECDSA_P256_SHA256],
         &[anchor],
         &intermediates,
         UnixTime::since_unix_epoch(Duration::from_secs(now)),
@@ -137,36 +106,24 @@ pub fn verify(document: &[u8], now: u64) -> Result<Claims, VerifyError> {
         None,
     )
     .map_err(|e| match e {
-        webpki::Error::CertExpired { .. } | webpki::Error::CertNotValidYet { .. } => {
-            VerifyError::ExpiredCollateral(format!(
-                "the Nitro certificate chain is not valid at {}: {e:?}",
-                crate::time::format_rfc3339(now)
-            ))
-        }
-        e => VerifyError::Invalid(format!(
-            "the Nitro certificate does not chain to the AWS root: {e:?}"
-        )),
+        webpki::Error::CertExpired { .. } | webpki::Error::CertNotValidYet { .. } => VerifyError::ExpiredCollateral(
+            format!("the Nitro certificate chain is not valid at {}: {e:?}", crate::time::format_rfc3339(now)),
+        ),
+        e => VerifyError::Invalid(format!("the Nitro certificate does not chain to the AWS root: {e:?}")),
     })?;
 
     // The COSE signature, with the leaf's P-384 key.
-    let cert = x509_cert::Certificate::from_der(&leaf)
-        .map_err(|e| malformed(format!("certificate: {e}")))?;
+    let cert = x509_cert::Certificate::from_der(&leaf).map_err(|e| malformed(format!("certificate: {e}")))?;
     let key = p384::ecdsa::VerifyingKey::from_sec1_bytes(
-        cert.tbs_certificate
-            .subject_public_key_info
-            .subject_public_key
-            .raw_bytes(),
+        cert.tbs_certificate.subject_public_key_info.subject_public_key.raw_bytes(),
     )
     .map_err(|_| malformed("the certificate key is not P-384"))?;
     sign1
         .verify_signature(b"", |sig, data| {
-            let sig =
-                p384::ecdsa::Signature::from_slice(sig).map_err(|_| "bad signature encoding")?;
+            let sig = p384::ecdsa::Signature::from_slice(sig).map_err(|_| "bad signature encoding")?;
             key.verify(data, &sig).map_err(|_| "signature mismatch")
         })
-        .map_err(|e| {
-            VerifyError::Invalid(format!("the document signature does not verify ({e})"))
-        })?;
+        .map_err(|e| VerifyError::Invalid(format!("the document signature does not verify ({e})")))?;
 
     let user_data = bytes_field(map, "user_data")?;
     let report_data = match &user_data {

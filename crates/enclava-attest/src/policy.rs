@@ -114,10 +114,7 @@ impl Policy {
 
     /// Platforms this policy allows.
     pub fn platforms(&self) -> Vec<Platform> {
-        Platform::ALL
-            .into_iter()
-            .filter(|p| self.rules(*p).is_some())
-            .collect()
+        Platform::ALL.into_iter().filter(|p| self.rules(*p).is_some()).collect()
     }
 
     /// The sim root this policy trusts, if it names `sim`.
@@ -130,10 +127,7 @@ impl Policy {
 
     /// The seed's `EnclavePolicy { mrenclave }`: any confidential platform with this measurement.
     pub fn from_measurement(m: &str) -> Policy {
-        let rules = PlatformRules {
-            measurements: vec![m.to_lowercase()],
-            ..Default::default()
-        };
+        let rules = PlatformRules { measurements: vec![m.to_lowercase()], ..Default::default() };
         Policy {
             sgx: Some(rules.clone()),
             tdx: Some(rules.clone()),
@@ -149,26 +143,20 @@ impl Policy {
         let value: serde_json::Value = match serde_json::from_str(text) {
             Ok(v) => v,
             Err(_) => {
-                let t: toml::Value = toml::from_str(text)
-                    .map_err(|e| format!("not a policy in TOML or JSON: {e}"))?;
+                let t: toml::Value = toml::from_str(text).map_err(|e| format!("not a policy in TOML or JSON: {e}"))?;
                 serde_json::to_value(t).map_err(|e| e.to_string())?
             }
         };
         let policy = if value.get("mrenclave").is_some() {
-            let seed: SeedPolicy =
-                serde_json::from_value(value).map_err(|e| format!("EnclavePolicy: {e}"))?;
+            let seed: SeedPolicy = serde_json::from_value(value).map_err(|e| format!("EnclavePolicy: {e}"))?;
             Policy::from_measurement(&seed.mrenclave)
         } else if value.get("mr_enclave").is_some() {
-            let m: BlindAiManifest =
-                serde_json::from_value(value).map_err(|e| format!("BlindAI manifest: {e}"))?;
+            let m: BlindAiManifest = serde_json::from_value(value).map_err(|e| format!("BlindAI manifest: {e}"))?;
             Policy {
                 allow_debug: m.allow_debug,
                 sgx: Some(PlatformRules {
                     measurements: vec![m.mr_enclave.to_lowercase()],
-                    signers: m
-                        .mr_signer
-                        .map(|s| vec![s.to_lowercase()])
-                        .unwrap_or_default(),
+                    signers: m.mr_signer.map(|s| vec![s.to_lowercase()]).unwrap_or_default(),
                     product_ids: m.isv_prodid.into_iter().collect(),
                     min_security_version: m.isv_svn,
                     attributes_flags: m.attributes_flags,
@@ -188,8 +176,7 @@ impl Policy {
 
     /// Reads a policy file.
     pub fn load(path: &Path) -> Result<Policy, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read policy {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read policy {}: {e}", path.display()))?;
         Policy::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
 
@@ -201,9 +188,7 @@ impl Policy {
         for p in self.platforms() {
             let Some(r) = self.rules(p) else { continue };
             if r.measurements.is_empty() && !r.any_measurement {
-                return Err(format!(
-                    "[{p}] lists no measurements: list them, or set any_measurement = true"
-                ));
+                return Err(format!("[{p}] lists no measurements: list them, or set any_measurement = true"));
             }
             for m in r.measurements.iter().chain(&r.signers) {
                 if hex::decode(m).is_err() {
@@ -211,9 +196,7 @@ impl Policy {
                 }
             }
             if (r.root.is_some()) != (p == Platform::Sim) {
-                return Err(format!(
-                    "[{p}] root is for [sim] only, and [sim] needs its deployment's root"
-                ));
+                return Err(format!("[{p}] root is for [sim] only, and [sim] needs its deployment's root"));
             }
         }
         self.sim_root().map(drop)
@@ -230,18 +213,13 @@ fn mask_check(
 ) {
     let Some(want) = want else { return };
     let mask = mask.unwrap_or(u64::MAX);
-    let have = raw_hex.and_then(|h| hex::decode(h).ok()).and_then(|b| {
-        b.get(offset..offset + 8)
-            .map(|s| u64::from_le_bytes(s.try_into().unwrap_or_default()))
-    });
+    let have = raw_hex
+        .and_then(|h| hex::decode(h).ok())
+        .and_then(|b| b.get(offset..offset + 8).map(|s| u64::from_le_bytes(s.try_into().unwrap_or_default())));
     match have {
         Some(h) if h & mask == want & mask => {}
-        Some(h) => out.push(format!(
-            "attributes {name} {h:#x} do not match {want:#x} under mask {mask:#x}"
-        )),
-        None => out.push(format!(
-            "the evidence has no attributes to check {name} against"
-        )),
+        Some(h) => out.push(format!("attributes {name} {h:#x} do not match {want:#x} under mask {mask:#x}")),
+        None => out.push(format!("the evidence has no attributes to check {name} against")),
     }
 }
 
@@ -256,10 +234,7 @@ pub fn check(policy: &Policy, claims: &Claims, now: u64, report_data: Option<&[u
     if let (Some(max), Some(at)) = (policy.max_age_seconds, claims.issued_at)
         && now.saturating_sub(at) > max
     {
-        f.push(format!(
-            "the evidence is {} s old, older than the {max} s this policy accepts",
-            now - at
-        ));
+        f.push(format!("the evidence is {} s old, older than the {max} s this policy accepts", now - at));
     }
     if let Some(want) = report_data
         && want != claims.report_data.as_slice()
@@ -268,15 +243,8 @@ pub fn check(policy: &Policy, claims: &Claims, now: u64, report_data: Option<&[u
     }
     match policy.rules(p) {
         None => {
-            let allowed: Vec<&str> = policy
-                .platforms()
-                .into_iter()
-                .map(Platform::as_str)
-                .collect();
-            f.push(format!(
-                "platform {p} is not allowed by this policy (it allows {})",
-                allowed.join(", ")
-            ));
+            let allowed: Vec<&str> = policy.platforms().into_iter().map(Platform::as_str).collect();
+            f.push(format!("platform {p} is not allowed by this policy (it allows {})", allowed.join(", ")));
         }
         Some(r) => {
             let m = claims.measurement_hex();
@@ -290,60 +258,28 @@ pub fn check(policy: &Policy, claims: &Claims, now: u64, report_data: Option<&[u
             if !r.signers.is_empty() && !r.signers.iter().any(|x| x.eq_ignore_ascii_case(&s)) {
                 f.push(format!("signer {s} is not one this policy allows for {p}"));
             }
-            if !r.product_ids.is_empty()
-                && !claims
-                    .product_id
-                    .is_some_and(|id| r.product_ids.contains(&id))
-            {
-                f.push(format!(
-                    "product id {:?} is not one of {:?}",
-                    claims.product_id, r.product_ids
-                ));
+            if !r.product_ids.is_empty() && !claims.product_id.is_some_and(|id| r.product_ids.contains(&id)) {
+                f.push(format!("product id {:?} is not one of {:?}", claims.product_id, r.product_ids));
             }
             if let Some(min) = r.min_security_version
                 && claims.security_version.is_none_or(|v| v < min)
             {
-                f.push(format!(
-                    "security version {:?} is below the minimum {min}",
-                    claims.security_version
-                ));
+                f.push(format!("security version {:?} is below the minimum {min}", claims.security_version));
             }
             if let Some(status) = &claims.tcb_status {
-                let accepted = r
-                    .tcb_statuses
-                    .clone()
-                    .unwrap_or_else(|| vec!["UpToDate".into()]);
+                let accepted = r.tcb_statuses.clone().unwrap_or_else(|| vec!["UpToDate".into()]);
                 if !accepted.iter().any(|a| a == status) {
-                    f.push(format!(
-                        "TCB status {status} is not accepted (accepted: {})",
-                        accepted.join(", ")
-                    ));
+                    f.push(format!("TCB status {status} is not accepted (accepted: {})", accepted.join(", ")));
                 }
             }
             for a in &claims.advisories {
                 if !r.allowed_advisories.contains(a) {
-                    f.push(format!(
-                        "advisory {a} applies to this platform and is not allowed"
-                    ));
+                    f.push(format!("advisory {a} applies to this platform and is not allowed"));
                 }
             }
             let attrs = claims.raw.get("attributes");
-            mask_check(
-                attrs,
-                0,
-                r.attributes_flags,
-                r.attributes_mask_flags,
-                "flags",
-                &mut f,
-            );
-            mask_check(
-                attrs,
-                8,
-                r.attributes_xfrm,
-                r.attributes_mask_xfrm,
-                "xfrm",
-                &mut f,
-            );
+            mask_check(attrs, 0, r.attributes_flags, r.attributes_mask_flags, "flags", &mut f);
+            mask_check(attrs, 8, r.attributes_xfrm, r.attributes_mask_xfrm, "xfrm", &mut f);
             if p == Platform::Sim {
                 let want = r.root.as_deref().unwrap_or_default();
                 if claims.raw.get("sim_root").map(String::as_str) != Some(want) {
@@ -352,10 +288,7 @@ pub fn check(policy: &Policy, claims: &Claims, now: u64, report_data: Option<&[u
             }
         }
     }
-    Verdict {
-        accepted: f.is_empty(),
-        failures: f,
-    }
+    Verdict { accepted: f.is_empty(), failures: f }
 }
 
 #[cfg(test)]
@@ -403,28 +336,18 @@ mod tests {
             "TCB status",
             "advisory",
         ] {
-            assert!(
-                v.failures.iter().any(|f| f.contains(want)),
-                "{want} missing from {:?}",
-                v.failures
-            );
+            assert!(v.failures.iter().any(|f| f.contains(want)), "{want} missing from {:?}", v.failures);
         }
         let ok = Policy::parse("[sgx]\nany_measurement = true\n").expect("parses");
         assert!(check(&ok, &claims(Platform::Sgx), 100, None).accepted);
         let v = check(&ok, &claims(Platform::Tdx), 100, None);
-        assert!(
-            v.failures[0].contains("platform tdx is not allowed"),
-            "{v:?}"
-        );
+        assert!(v.failures[0].contains("platform tdx is not allowed"), "{v:?}");
     }
 
     #[test]
     fn sim_needs_naming_with_its_root() {
         let root = "aa".repeat(32);
-        let p = Policy::parse(&format!(
-            "[sim]\nroot = \"{root}\"\nany_measurement = true\n"
-        ))
-        .expect("parses");
+        let p = Policy::parse(&format!("[sim]\nroot = \"{root}\"\nany_measurement = true\n")).expect("parses");
         let mut c = claims(Platform::Sim);
         c.tcb_status = None;
         c.raw.insert("sim_root".into(), root.clone());
@@ -433,25 +356,13 @@ mod tests {
         assert!(!check(&p, &c, 100, None).accepted);
         let no_sim = Policy::parse("[sgx]\nany_measurement = true\n").expect("parses");
         assert!(!check(&no_sim, &c, 100, None).accepted);
-        assert!(
-            Policy::parse("[sim]\nany_measurement = true\n").is_err(),
-            "sim without its root"
-        );
+        assert!(Policy::parse("[sim]\nany_measurement = true\n").is_err(), "sim without its root");
     }
 
     #[test]
     fn seed_and_blindai_forms_map() {
-        let seed =
-            Policy::parse(&format!("{{\"mrenclave\": \"{}\"}}", "AB".repeat(32))).expect("seed");
-        assert_eq!(
-            seed.platforms(),
-            vec![
-                Platform::Sgx,
-                Platform::Tdx,
-                Platform::SevSnp,
-                Platform::Nitro
-            ]
-        );
+        let seed = Policy::parse(&format!("{{\"mrenclave\": \"{}\"}}", "AB".repeat(32))).expect("seed");
+        assert_eq!(seed.platforms(), vec![Platform::Sgx, Platform::Tdx, Platform::SevSnp, Platform::Nitro]);
         assert!(check(&seed, &claims(Platform::Sgx), 100, None).accepted);
         assert!(!seed.allow_debug);
         let manifest = format!(
@@ -461,15 +372,9 @@ mod tests {
         let b = Policy::parse(&manifest).expect("blindai");
         assert!(b.allow_debug);
         let mut c = claims(Platform::Sgx);
-        c.raw.insert(
-            "attributes".into(),
-            format!("{}{}", hex::encode(5u64.to_le_bytes()), "00".repeat(8)),
-        );
+        c.raw.insert("attributes".into(), format!("{}{}", hex::encode(5u64.to_le_bytes()), "00".repeat(8)));
         assert!(check(&b, &c, 100, None).accepted);
-        c.raw.insert(
-            "attributes".into(),
-            format!("{}{}", hex::encode(7u64.to_le_bytes()), "00".repeat(8)),
-        );
+        c.raw.insert("attributes".into(), format!("{}{}", hex::encode(7u64.to_le_bytes()), "00".repeat(8)));
         assert!(!check(&b, &c, 100, None).accepted);
     }
 
@@ -479,10 +384,7 @@ mod tests {
             ("", "no platform"),
             ("[sgx]\n", "no measurements"),
             ("[sgx]\nmeasurements = [\"zz\"]\n", "not hex"),
-            (
-                "[sgx]\nany_measurement = true\nbogus = 1\n",
-                "unknown field",
-            ),
+            ("[sgx]\nany_measurement = true\nbogus = 1\n", "unknown field"),
             ("[sgx]\nany_measurement = true\nroot = \"aa\"\n", "root"),
         ] {
             let err = Policy::parse(text).expect_err(text);

@@ -17,15 +17,9 @@ pub const AMD_ARKS_PEM: &[(&str, &str)] = &[
 pub fn pem_certs(pem: &str) -> Result<Vec<Vec<u8>>, String> {
     let mut out = Vec::new();
     for block in pem.split("-----BEGIN CERTIFICATE-----").skip(1) {
-        let end = block
-            .find("-----END CERTIFICATE-----")
-            .ok_or("unterminated PEM certificate")?;
-        let pem = format!(
-            "-----BEGIN CERTIFICATE-----{}-----END CERTIFICATE-----\n",
-            &block[..end]
-        );
-        let (label, der) = der::pem::decode_vec(pem.as_bytes())
-            .map_err(|e| format!("bad PEM certificate: {e}"))?;
+        let end = block.find("-----END CERTIFICATE-----").ok_or("unterminated PEM certificate")?;
+        let pem = format!("-----BEGIN CERTIFICATE-----{}-----END CERTIFICATE-----\n", &block[..end]);
+        let (label, der) = der::pem::decode_vec(pem.as_bytes()).map_err(|e| format!("bad PEM certificate: {e}"))?;
         if label != "CERTIFICATE" {
             return Err(format!("unexpected PEM label {label}"));
         }
@@ -38,10 +32,7 @@ pub fn pem_certs(pem: &str) -> Result<Vec<Vec<u8>>, String> {
 pub fn der_or_pem(bytes: &[u8]) -> Result<Vec<u8>, String> {
     if bytes.starts_with(b"-----BEGIN") {
         let text = std::str::from_utf8(bytes).map_err(|_| "PEM is not text")?;
-        pem_certs(text)?
-            .into_iter()
-            .next()
-            .ok_or_else(|| "no certificate in PEM".into())
+        pem_certs(text)?.into_iter().next().ok_or_else(|| "no certificate in PEM".into())
     } else {
         Ok(bytes.to_vec())
     }
@@ -49,18 +40,12 @@ pub fn der_or_pem(bytes: &[u8]) -> Result<Vec<u8>, String> {
 
 /// The pinned AWS Nitro root, DER.
 pub fn aws_nitro_root() -> Vec<u8> {
-    pem_certs(AWS_NITRO_ROOT_PEM)
-        .ok()
-        .and_then(|v| v.into_iter().next())
-        .unwrap_or_default()
+    pem_certs(AWS_NITRO_ROOT_PEM).ok().and_then(|v| v.into_iter().next()).unwrap_or_default()
 }
 
 /// The pinned AMD ARKs, DER, with their product names.
 pub fn amd_arks() -> Vec<(&'static str, Vec<u8>)> {
-    AMD_ARKS_PEM
-        .iter()
-        .filter_map(|(name, pem)| Some((*name, pem_certs(pem).ok()?.into_iter().next()?)))
-        .collect()
+    AMD_ARKS_PEM.iter().filter_map(|(name, pem)| Some((*name, pem_certs(pem).ok()?.into_iter().next()?))).collect()
 }
 
 #[cfg(test)]

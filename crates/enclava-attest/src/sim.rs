@@ -38,9 +38,7 @@ impl RootPublicKey {
 
     pub fn from_hex(s: &str) -> Result<RootPublicKey, String> {
         let b = hex::decode(s.trim()).map_err(|e| format!("sim root is not hex: {e}"))?;
-        Ok(RootPublicKey(b.try_into().map_err(|_| {
-            "a sim root public key is 32 bytes".to_owned()
-        })?))
+        Ok(RootPublicKey(b.try_into().map_err(|_| "a sim root public key is 32 bytes".to_owned())?))
     }
 }
 
@@ -58,8 +56,7 @@ fn write_secret(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 fn keypair(pkcs8: &[u8], what: &str) -> Result<Ed25519KeyPair, String> {
-    Ed25519KeyPair::from_pkcs8(pkcs8)
-        .map_err(|e| format!("{what} is not an Ed25519 PKCS#8 key: {e}"))
+    Ed25519KeyPair::from_pkcs8(pkcs8).map_err(|e| format!("{what} is not an Ed25519 PKCS#8 key: {e}"))
 }
 
 fn generate_pkcs8() -> Result<Zeroizing<Vec<u8>>, String> {
@@ -77,9 +74,7 @@ pub struct SimRoot {
 
 impl std::fmt::Debug for SimRoot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SimRoot")
-            .field("public", &self.public().to_hex())
-            .finish_non_exhaustive()
+        f.debug_struct("SimRoot").field("public", &self.public().to_hex()).finish_non_exhaustive()
     }
 }
 
@@ -103,20 +98,14 @@ impl SimRoot {
     pub fn save(&self, dir: &Path) -> std::io::Result<()> {
         std::fs::create_dir_all(dir)?;
         write_secret(&dir.join(Self::KEY_FILE), &self.pkcs8)?;
-        std::fs::write(
-            dir.join(Self::PUB_FILE),
-            format!("{}\n", self.public().to_hex()),
-        )
+        std::fs::write(dir.join(Self::PUB_FILE), format!("{}\n", self.public().to_hex()))
     }
 
     /// Reads the root from `dir`.
     pub fn load(dir: &Path) -> Result<SimRoot, String> {
         let path = dir.join(Self::KEY_FILE);
         let pkcs8 = Zeroizing::new(std::fs::read(&path).map_err(|e| {
-            format!(
-                "cannot read the sim root {}: {e} (make one with `enclava sim init`)",
-                path.display()
-            )
+            format!("cannot read the sim root {}: {e} (make one with `enclava sim init`)", path.display())
         })?);
         let key = keypair(&pkcs8, &path.display().to_string())?;
         Ok(SimRoot { pkcs8, key })
@@ -128,8 +117,7 @@ impl SimRoot {
             return Self::load(dir);
         }
         let root = Self::generate()?;
-        root.save(dir)
-            .map_err(|e| format!("cannot save the sim root in {}: {e}", dir.display()))?;
+        root.save(dir).map_err(|e| format!("cannot save the sim root in {}: {e}", dir.display()))?;
         Ok(root)
     }
 
@@ -144,17 +132,9 @@ impl SimRoot {
 
 /// Reads a root public key from a `sim-root.pub` file or a folder holding one.
 pub fn load_root_public(path: &Path) -> Result<RootPublicKey, String> {
-    let file = if path.is_dir() {
-        path.join(SimRoot::PUB_FILE)
-    } else {
-        path.to_owned()
-    };
-    let text = std::fs::read_to_string(&file).map_err(|e| {
-        format!(
-            "cannot read the sim root public key {}: {e}",
-            file.display()
-        )
-    })?;
+    let file = if path.is_dir() { path.join(SimRoot::PUB_FILE) } else { path.to_owned() };
+    let text = std::fs::read_to_string(&file)
+        .map_err(|e| format!("cannot read the sim root public key {}: {e}", file.display()))?;
     RootPublicKey::from_hex(&text)
 }
 
@@ -168,9 +148,7 @@ pub struct SimHardware {
 
 impl std::fmt::Debug for SimHardware {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SimHardware")
-            .field("root", &self.root.to_hex())
-            .finish_non_exhaustive()
+        f.debug_struct("SimHardware").field("root", &self.root.to_hex()).finish_non_exhaustive()
     }
 }
 
@@ -194,12 +172,7 @@ impl SimHardware {
         let pkcs8 = generate_pkcs8()?;
         let key = keypair(&pkcs8, "the new hardware key")?;
         let cert = root.certify(key.public_key().as_ref());
-        Ok(SimHardware {
-            key,
-            pkcs8,
-            root: root.public(),
-            cert,
-        })
+        Ok(SimHardware { key, pkcs8, root: root.public(), cert })
     }
 
     /// Loads the hardware key kept in `dir`, or makes one certified by `root` and keeps it there.
@@ -214,17 +187,10 @@ impl SimHardware {
             let key = keypair(&pkcs8, &kp.display().to_string())?;
             let mut c = [0u8; 64];
             c.copy_from_slice(&cert[32..]);
-            return Ok(SimHardware {
-                key,
-                pkcs8,
-                root: root.public(),
-                cert: c,
-            });
+            return Ok(SimHardware { key, pkcs8, root: root.public(), cert: c });
         }
         let hw = Self::generate(root)?;
-        let io = |e: std::io::Error| {
-            format!("cannot save the sim hardware key in {}: {e}", dir.display())
-        };
+        let io = |e: std::io::Error| format!("cannot save the sim hardware key in {}: {e}", dir.display());
         std::fs::create_dir_all(dir).map_err(io)?;
         write_secret(&kp, &hw.pkcs8).map_err(io)?;
         let mut cert = root.public().0.to_vec();
@@ -266,25 +232,16 @@ pub fn verify(bytes: &[u8], collateral: &Collateral, now: u64) -> Result<Claims,
     let u16_at = |o: usize| u16::from_le_bytes([bytes[o], bytes[o + 1]]);
     let version = u16_at(8);
     if version != VERSION {
-        return Err(malformed(&format!(
-            "version {version}, this verifier reads {VERSION}"
-        )));
+        return Err(malformed(&format!("version {version}, this verifier reads {VERSION}")));
     }
     let flags = u16_at(10);
     if flags & !1 != 0 {
         return Err(malformed(&format!("unknown flags {flags:#x}")));
     }
     let root = collateral.sim_root.ok_or_else(|| {
-        VerifyError::MissingCollateral(
-            "sim evidence needs this deployment's sim root public key".into(),
-        )
+        VerifyError::MissingCollateral("sim evidence needs this deployment's sim root public key".into())
     })?;
-    let (root_in, hw_pub, hw_cert, sig) = (
-        &bytes[170..202],
-        &bytes[202..234],
-        &bytes[234..298],
-        &bytes[298..],
-    );
+    let (root_in, hw_pub, hw_cert, sig) = (&bytes[170..202], &bytes[202..234], &bytes[234..298], &bytes[298..]);
     if root_in != root.0 {
         return Err(VerifyError::Invalid(format!(
             "signed under another deployment's sim root ({}), not {}",
@@ -296,30 +253,22 @@ pub fn verify(bytes: &[u8], collateral: &Collateral, now: u64) -> Result<Claims,
     cert_msg.extend_from_slice(hw_pub);
     UnparsedPublicKey::new(&ED25519, root.0)
         .verify(&cert_msg, hw_cert)
-        .map_err(|_| {
-            VerifyError::Invalid("the hardware key is not certified by the sim root".into())
-        })?;
+        .map_err(|_| VerifyError::Invalid("the hardware key is not certified by the sim root".into()))?;
     UnparsedPublicKey::new(&ED25519, hw_pub)
         .verify(&bytes[..SIGNED_LEN], sig)
         .map_err(|_| VerifyError::Invalid("the evidence signature does not verify".into()))?;
     let timestamp = u64::from_le_bytes(bytes[162..170].try_into().unwrap_or_default());
     if timestamp > now.saturating_add(CLOCK_SKEW) {
-        return Err(VerifyError::Invalid(format!(
-            "evidence dated {timestamp}, in the future"
-        )));
+        return Err(VerifyError::Invalid(format!("evidence dated {timestamp}, in the future")));
     }
-    let raw = BTreeMap::from([
-        ("hardware_key".to_owned(), hex::encode(hw_pub)),
-        ("sim_root".to_owned(), root.to_hex()),
-    ]);
+    let raw =
+        BTreeMap::from([("hardware_key".to_owned(), hex::encode(hw_pub)), ("sim_root".to_owned(), root.to_hex())]);
     Ok(Claims {
         platform: Platform::Sim,
         measurement: bytes[12..60].to_vec(),
         signer: bytes[60..92].to_vec(),
         product_id: Some(u16_at(92)),
-        security_version: Some(u32::from_le_bytes(
-            bytes[94..98].try_into().unwrap_or_default(),
-        )),
+        security_version: Some(u32::from_le_bytes(bytes[94..98].try_into().unwrap_or_default())),
         tcb_status: None,
         advisories: Vec::new(),
         debug: flags & 1 == 1,
@@ -334,21 +283,11 @@ mod tests {
     use super::*;
 
     fn report() -> SimReport {
-        SimReport {
-            measurement: [7; 48],
-            signer: [1; 32],
-            product_id: 3,
-            svn: 9,
-            debug: false,
-            report_data: [5; 64],
-        }
+        SimReport { measurement: [7; 48], signer: [1; 32], product_id: 3, svn: 9, debug: false, report_data: [5; 64] }
     }
 
     fn coll(root: &SimRoot) -> Collateral {
-        Collateral {
-            sim_root: Some(root.public()),
-            ..Default::default()
-        }
+        Collateral { sim_root: Some(root.public()), ..Default::default() }
     }
 
     #[test]
@@ -361,44 +300,28 @@ mod tests {
         assert_eq!(claims.platform, Platform::Sim);
         assert_eq!(claims.measurement, vec![7; 48]);
         assert_eq!(claims.report_data, vec![5; 64]);
-        assert_eq!(
-            (claims.product_id, claims.security_version, claims.debug),
-            (Some(3), Some(9), false)
-        );
+        assert_eq!((claims.product_id, claims.security_version, claims.debug), (Some(3), Some(9), false));
 
         let other = SimRoot::generate().expect("root");
         let err = verify(&ev, &coll(&other), 1000).expect_err("another deployment");
         assert!(err.to_string().contains("another deployment"), "{err}");
         // A hardware key of another root, relabelled with ours.
-        let foreign = SimHardware::generate(&other)
-            .expect("hw")
-            .evidence(&report(), 1000);
+        let foreign = SimHardware::generate(&other).expect("hw").evidence(&report(), 1000);
         let mut relabelled = foreign.clone();
         relabelled[170..202].copy_from_slice(&root.public().0);
         assert!(verify(&relabelled, &coll(&root), 1000).is_err());
-        assert!(matches!(
-            verify(&ev, &Collateral::default(), 1000),
-            Err(VerifyError::MissingCollateral(_))
-        ));
-        assert!(
-            verify(&ev, &coll(&root), 1000 - CLOCK_SKEW - 1).is_err(),
-            "from the future"
-        );
+        assert!(matches!(verify(&ev, &Collateral::default(), 1000), Err(VerifyError::MissingCollateral(_))));
+        assert!(verify(&ev, &coll(&root), 1000 - CLOCK_SKEW - 1).is_err(), "from the future");
     }
 
     #[test]
     fn every_byte_is_covered_by_a_signature() {
         let root = SimRoot::generate().expect("root");
-        let ev = SimHardware::generate(&root)
-            .expect("hw")
-            .evidence(&report(), 1000);
+        let ev = SimHardware::generate(&root).expect("hw").evidence(&report(), 1000);
         for i in 0..LEN {
             let mut m = ev.clone();
             m[i] ^= 0x01;
-            assert!(
-                verify(&m, &coll(&root), 1000).is_err(),
-                "flipping byte {i} went unnoticed"
-            );
+            assert!(verify(&m, &coll(&root), 1000).is_err(), "flipping byte {i} went unnoticed");
         }
         assert!(verify(&ev[..LEN - 1], &coll(&root), 1000).is_err());
     }
@@ -417,10 +340,7 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.path().join(SimRoot::KEY_FILE))
-                .expect("key")
-                .permissions()
-                .mode();
+            let mode = std::fs::metadata(dir.path().join(SimRoot::KEY_FILE)).expect("key").permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
     }

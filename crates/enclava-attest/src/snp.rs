@@ -35,8 +35,7 @@ fn invalid(m: impl Into<String>) -> VerifyError {
 }
 
 fn parse_cert(der: &[u8], what: &str) -> Result<Certificate, VerifyError> {
-    Certificate::from_der(der)
-        .map_err(|e| VerifyError::Malformed(format!("{what} is not an X.509 certificate: {e}")))
+    Certificate::from_der(der).map_err(|e| VerifyError::Malformed(format!("{what} is not an X.509 certificate: {e}")))
 }
 
 fn unix(t: &x509_cert::time::Time) -> u64 {
@@ -77,78 +76,46 @@ fn tcb_extension(c: &Certificate, oid: &str) -> Result<Option<u8>, VerifyError> 
     let Some(v) = extension(c, oid) else {
         return Ok(None);
     };
-    let n = u64::from_der(v).map_err(|e| {
-        VerifyError::Malformed(format!("VEK extension {oid} is not an INTEGER: {e}"))
-    })?;
-    u8::try_from(n)
-        .map(Some)
-        .map_err(|_| VerifyError::Malformed(format!("VEK extension {oid} is {n}, above 255")))
+    let n =
+        u64::from_der(v).map_err(|e| VerifyError::Malformed(format!("VEK extension {oid} is not an INTEGER: {e}")))?;
+    u8::try_from(n).map(Some).map_err(|_| VerifyError::Malformed(format!("VEK extension {oid} is {n}, above 255")))
 }
 
 /// An Azure HCL report: returns the SNP report and checks its runtime data is bound.
 fn unwrap_hcl(bytes: &[u8], raw: &mut BTreeMap<String, String>) -> Result<Vec<u8>, VerifyError> {
     let malformed = |m: &str| VerifyError::Malformed(format!("Azure HCL report: {m}"));
-    let report = bytes
-        .get(0x20..0x20 + REPORT_LEN)
-        .ok_or_else(|| malformed("too short"))?
-        .to_vec();
-    let len = bytes
-        .get(0x4D0..0x4D4)
-        .ok_or_else(|| malformed("no runtime data"))?;
+    let report = bytes.get(0x20..0x20 + REPORT_LEN).ok_or_else(|| malformed("too short"))?.to_vec();
+    let len = bytes.get(0x4D0..0x4D4).ok_or_else(|| malformed("no runtime data"))?;
     let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
-    let var_data = bytes
-        .get(0x4D4..0x4D4 + len)
-        .ok_or_else(|| malformed("runtime data runs past the end"))?;
+    let var_data = bytes.get(0x4D4..0x4D4 + len).ok_or_else(|| malformed("runtime data runs past the end"))?;
     let digest = Sha256::digest(var_data);
     let report_data = &report[0x50..0x90];
     if report_data[..32] != digest[..] || report_data[32..].iter().any(|b| *b != 0) {
-        return Err(invalid(
-            "the HCL runtime data is not bound by the report's report data",
-        ));
+        return Err(invalid("the HCL runtime data is not bound by the report's report data"));
     }
-    raw.insert(
-        "hcl_runtime_data".into(),
-        String::from_utf8_lossy(var_data).into_owned(),
-    );
+    raw.insert("hcl_runtime_data".into(), String::from_utf8_lossy(var_data).into_owned());
     Ok(report)
 }
 
 /// Verifies an SNP report (or an Azure HCL report holding one) signed by `vek` (DER or PEM).
-pub fn verify(
-    report_bytes: &[u8],
-    vek: &[u8],
-    collateral: &Collateral,
-    now: u64,
-) -> Result<Claims, VerifyError> {
+pub fn verify(report_bytes: &[u8], vek: &[u8], collateral: &Collateral, now: u64) -> Result<Claims, VerifyError> {
     let mut raw = BTreeMap::new();
-    let bytes = if report_bytes.starts_with(b"HCLA") {
-        unwrap_hcl(report_bytes, &mut raw)?
-    } else {
-        report_bytes.to_vec()
-    };
+    let bytes =
+        if report_bytes.starts_with(b"HCLA") { unwrap_hcl(report_bytes, &mut raw)? } else { report_bytes.to_vec() };
     if bytes.len() != REPORT_LEN {
-        return Err(VerifyError::Malformed(format!(
-            "an SNP report is {REPORT_LEN} bytes, this is {}",
-            bytes.len()
-        )));
+        return Err(VerifyError::Malformed(format!("an SNP report is {REPORT_LEN} bytes, this is {}", bytes.len())));
     }
     let report = AttestationReport::from_bytes(&bytes)
         .map_err(|e| VerifyError::Malformed(format!("not an SNP attestation report: {e}")))?;
 
     // The chain: a pinned ARK, an intermediate from the collateral that it signs, and the VEK.
-    let vek_der =
-        roots::der_or_pem(vek).map_err(|e| VerifyError::Malformed(format!("VEK: {e}")))?;
+    let vek_der = roots::der_or_pem(vek).map_err(|e| VerifyError::Malformed(format!("VEK: {e}")))?;
     let vek_x509 = parse_cert(&vek_der, "the VEK")?;
-    let vek_sev =
-        SevCert::from_der(&vek_der).map_err(|e| VerifyError::Malformed(format!("VEK: {e}")))?;
+    let vek_sev = SevCert::from_der(&vek_der).map_err(|e| VerifyError::Malformed(format!("VEK: {e}")))?;
     let arks = roots::amd_arks();
     let mut chain_found = None;
     let mut last_error = String::from("no ASK or ASVK in the collateral");
-    for inter_der in collateral
-        .amd_certs
-        .iter()
-        .filter(|d| !arks.iter().any(|(_, a)| a == *d))
-    {
+    for inter_der in collateral.amd_certs.iter().filter(|d| !arks.iter().any(|(_, a)| a == *d)) {
         let Ok(inter_sev) = SevCert::from_der(inter_der) else {
             continue;
         };
@@ -156,13 +123,7 @@ pub fn verify(
             let Ok(ark_sev) = SevCert::from_der(ark_der) else {
                 continue;
             };
-            let chain = Chain {
-                ca: ca::Chain {
-                    ark: ark_sev,
-                    ask: inter_sev.clone(),
-                },
-                vek: vek_sev.clone(),
-            };
+            let chain = Chain { ca: ca::Chain { ark: ark_sev, ask: inter_sev.clone() }, vek: vek_sev.clone() };
             match (&chain).verify() {
                 Ok(_) => {
                     chain_found = Some((*product, ark_der.clone(), inter_der.clone()));
@@ -177,61 +138,38 @@ pub fn verify(
     }
     let Some((product, ark_der, inter_der)) = chain_found else {
         if collateral.amd_certs.is_empty() {
-            return Err(VerifyError::MissingCollateral(
-                "an SNP report needs the AMD ASK (or ASVK) certificate".into(),
-            ));
+            return Err(VerifyError::MissingCollateral("an SNP report needs the AMD ASK (or ASVK) certificate".into()));
         }
-        return Err(invalid(format!(
-            "the VEK does not chain to a pinned AMD root: {last_error}"
-        )));
+        return Err(invalid(format!("the VEK does not chain to a pinned AMD root: {last_error}")));
     };
     let ark = parse_cert(&ark_der, "the ARK")?;
     let inter = parse_cert(&inter_der, "the ASK")?;
-    for (c, what) in [
-        (&ark, "the ARK"),
-        (&inter, "the ASK/ASVK"),
-        (&vek_x509, "the VEK"),
-    ] {
+    for (c, what) in [(&ark, "the ARK"), (&inter, "the ASK/ASVK"), (&vek_x509, "the VEK")] {
         check_validity(c, what, now)?;
         // RFC 5280 4.1.1.2: the unsigned outer algorithm must repeat the signed one.
         if c.signature_algorithm != c.tbs_certificate.signature {
-            return Err(invalid(format!(
-                "{what}'s signature algorithm differs from the one it signed"
-            )));
+            return Err(invalid(format!("{what}'s signature algorithm differs from the one it signed")));
         }
     }
 
     // CRLs issued by this ARK: signed by it, current, and not revoking the intermediate.
-    let ark_key = rsa::RsaPublicKey::from_pkcs1_der(
-        ark.tbs_certificate
-            .subject_public_key_info
-            .subject_public_key
-            .raw_bytes(),
-    )
-    .map_err(|e| VerifyError::Malformed(format!("ARK key: {e}")))?;
+    let ark_key =
+        rsa::RsaPublicKey::from_pkcs1_der(ark.tbs_certificate.subject_public_key_info.subject_public_key.raw_bytes())
+            .map_err(|e| VerifyError::Malformed(format!("ARK key: {e}")))?;
     let mut crl_checked = false;
     for crl_der in &collateral.amd_crls {
-        let crl = CertificateList::from_der(crl_der)
-            .map_err(|e| VerifyError::Malformed(format!("not a CRL: {e}")))?;
+        let crl = CertificateList::from_der(crl_der).map_err(|e| VerifyError::Malformed(format!("not a CRL: {e}")))?;
         if crl.tbs_cert_list.issuer != ark.tbs_certificate.subject {
             continue;
         }
-        let tbs = crl
-            .tbs_cert_list
-            .to_der()
-            .map_err(|e| VerifyError::Malformed(format!("CRL: {e}")))?;
+        let tbs = crl.tbs_cert_list.to_der().map_err(|e| VerifyError::Malformed(format!("CRL: {e}")))?;
         let sig = rsa::pss::Signature::try_from(crl.signature.raw_bytes())
             .map_err(|e| invalid(format!("CRL signature: {e}")))?;
         rsa::pss::VerifyingKey::<sha2::Sha384>::new(ark_key.clone())
             .verify(&tbs, &sig)
             .map_err(|_| invalid("the CRL is not signed by the ARK"))?;
         let this = unix(&crl.tbs_cert_list.this_update);
-        let next = crl
-            .tbs_cert_list
-            .next_update
-            .as_ref()
-            .map(unix)
-            .unwrap_or(u64::MAX);
+        let next = crl.tbs_cert_list.next_update.as_ref().map(unix).unwrap_or(u64::MAX);
         if now < this || now > next {
             return Err(VerifyError::ExpiredCollateral(format!(
                 "the {product} CRL is current from {} to {}",
@@ -245,10 +183,7 @@ pub fn verify(
                 if r.serial_number == c.tbs_certificate.serial_number
                     && c.tbs_certificate.issuer == crl.tbs_cert_list.issuer
                 {
-                    return Err(invalid(format!(
-                        "{} is revoked by the {product} CRL",
-                        subject_cn(c)
-                    )));
+                    return Err(invalid(format!("{} is revoked by the {product} CRL", subject_cn(c))));
                 }
             }
         }
@@ -257,14 +192,8 @@ pub fn verify(
 
     // The report signature, over the raw bytes: r and s are 72-byte little-endian fields holding
     // 48-byte values; the rest of the 512-byte signature area is reserved and must be zero.
-    if bytes[0x2D0..0x2E8]
-        .iter()
-        .chain(&bytes[0x318..0x4A0])
-        .any(|b| *b != 0)
-    {
-        return Err(invalid(
-            "the report's signature area has non-zero reserved bytes",
-        ));
+    if bytes[0x2D0..0x2E8].iter().chain(&bytes[0x318..0x4A0]).any(|b| *b != 0) {
+        return Err(invalid("the report's signature area has non-zero reserved bytes"));
     }
     let be = |le: &[u8]| -> Vec<u8> { le[..48].iter().rev().copied().collect() };
     let (r, s) = (be(&bytes[0x2A0..0x2E8]), be(&bytes[0x2E8..0x330]));
@@ -274,15 +203,10 @@ pub fn verify(
     )
     .map_err(|_| invalid("the report signature is not a P-384 signature"))?;
     let key = p384::ecdsa::VerifyingKey::from_sec1_bytes(
-        vek_x509
-            .tbs_certificate
-            .subject_public_key_info
-            .subject_public_key
-            .raw_bytes(),
+        vek_x509.tbs_certificate.subject_public_key_info.subject_public_key.raw_bytes(),
     )
     .map_err(|_| VerifyError::Malformed("the VEK key is not P-384".into()))?;
-    key.verify(&bytes[..SIGNED_LEN], &sig)
-        .map_err(|_| invalid("the report is not signed by the VEK"))?;
+    key.verify(&bytes[..SIGNED_LEN], &sig).map_err(|_| invalid("the report is not signed by the VEK"))?;
 
     // The VEK certifies this TCB and this chip.
     let t = &report.reported_tcb;
@@ -297,47 +221,28 @@ pub fn verify(
         if let (Some(h), Some(w)) = (have, want)
             && h != w
         {
-            return Err(invalid(format!(
-                "the VEK certifies {name} SVN {h}, the report's reported TCB says {w}"
-            )));
+            return Err(invalid(format!("the VEK certifies {name} SVN {h}, the report's reported TCB says {w}")));
         }
         if have.is_none() && oid != OID_FMC {
-            return Err(VerifyError::Malformed(format!(
-                "the VEK lacks its {name} TCB extension"
-            )));
+            return Err(VerifyError::Malformed(format!("the VEK lacks its {name} TCB extension")));
         }
     }
     if let Some(hwid) = extension(&vek_x509, OID_HWID)
         && hwid != report.chip_id
     {
-        return Err(invalid(
-            "the VCEK was issued for another chip (hwID differs from chip_id)",
-        ));
+        return Err(invalid("the VCEK was issued for another chip (hwID differs from chip_id)"));
     }
 
-    let signing = if report.key_info.signing_key() == 1 {
-        "vlek"
-    } else {
-        "vcek"
-    };
+    let signing = if report.key_info.signing_key() == 1 { "vlek" } else { "vcek" };
     raw.insert("version".into(), report.version.to_string());
     raw.insert("policy".into(), format!("{:#x}", report.policy.0));
     raw.insert("vmpl".into(), report.vmpl.to_string());
-    raw.insert(
-        "reported_tcb".into(),
-        format!(
-            "bl {} tee {} snp {} ucode {}",
-            t.bootloader, t.tee, t.snp, t.microcode
-        ),
-    );
+    raw.insert("reported_tcb".into(), format!("bl {} tee {} snp {} ucode {}", t.bootloader, t.tee, t.snp, t.microcode));
     raw.insert("chip_id".into(), hex::encode(report.chip_id));
     raw.insert("host_data".into(), hex::encode(report.host_data));
     raw.insert("family_id".into(), hex::encode(report.family_id));
     raw.insert("image_id".into(), hex::encode(report.image_id));
-    raw.insert(
-        "author_key_digest".into(),
-        hex::encode(report.author_key_digest),
-    );
+    raw.insert("author_key_digest".into(), hex::encode(report.author_key_digest));
     raw.insert("report_id".into(), hex::encode(report.report_id));
     raw.insert("signing_key".into(), signing.into());
     raw.insert("product".into(), product.into());
@@ -345,9 +250,7 @@ pub fn verify(
     if let Some(p) = extension(&vek_x509, OID_PRODUCT) {
         raw.insert(
             "vek_product".into(),
-            String::from_utf8_lossy(p)
-                .trim_matches(|c: char| !c.is_ascii_graphic())
-                .into(),
+            String::from_utf8_lossy(p).trim_matches(|c: char| !c.is_ascii_graphic()).into(),
         );
     }
     Ok(Claims {

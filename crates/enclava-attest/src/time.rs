@@ -24,16 +24,8 @@ pub fn parse_rfc3339(s: &str) -> Result<u64, String> {
     {
         return Err(err());
     }
-    let num =
-        |r: std::ops::Range<usize>| s.get(r).and_then(|x| x.parse::<i64>().ok()).ok_or_else(err);
-    let (y, mo, d, h, mi, sec) = (
-        num(0..4)?,
-        num(5..7)?,
-        num(8..10)?,
-        num(11..13)?,
-        num(14..16)?,
-        num(17..19)?,
-    );
+    let num = |r: std::ops::Range<usize>| s.get(r).and_then(|x| x.parse::<i64>().ok()).ok_or_else(err);
+    let (y, mo, d, h, mi, sec) = (num(0..4)?, num(5..7)?, num(8..10)?, num(11..13)?, num(14..16)?, num(17..19)?);
     if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
         return Err(err());
     }
@@ -47,10 +39,7 @@ pub fn parse_rfc3339(s: &str) -> Result<u64, String> {
     }
     let offset = match rest {
         "Z" | "z" => 0,
-        _ if rest.len() == 6
-            && matches!(rest.as_bytes()[0], b'+' | b'-')
-            && rest.as_bytes()[3] == b':' =>
-        {
+        _ if rest.len() == 6 && matches!(rest.as_bytes()[0], b'+' | b'-') && rest.as_bytes()[3] == b':' => {
             let sign = if rest.starts_with('-') { -1 } else { 1 };
             sign * (num(s.len() - 5..s.len() - 3)? * 3600 + num(s.len() - 2..s.len())? * 60)
         }
@@ -73,12 +62,7 @@ pub fn format_rfc3339(t: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs % 3600 / 60, secs % 60)
 }
 
 #[cfg(test)]
@@ -92,21 +76,13 @@ mod tests {
         assert_eq!(parse_rfc3339("2026-03-01T00:00:00Z"), Ok(1_772_323_200));
         assert_eq!(parse_rfc3339("2023-07-01T01:00:00Z"), Ok(1_688_173_200));
         assert_eq!(parse_rfc3339("2025-01-06T16:07:05.123Z"), Ok(1_736_179_625));
-        assert_eq!(
-            parse_rfc3339("2025-07-01T02:00:00+02:00"),
-            Ok(1_751_328_000)
-        );
+        assert_eq!(parse_rfc3339("2025-07-01T02:00:00+02:00"), Ok(1_751_328_000));
         for t in [0, 951_782_400, 1_751_328_000, 4_102_444_800] {
             assert_eq!(parse_rfc3339(&format_rfc3339(t)), Ok(t));
         }
-        for bad in [
-            "",
-            "2025-07-01",
-            "2025-13-01T00:00:00Z",
-            "2025-07-01T00:00:00",
-            "yesterday",
-            "2025-07-01T00:00:00.Z",
-        ] {
+        for bad in
+            ["", "2025-07-01", "2025-13-01T00:00:00Z", "2025-07-01T00:00:00", "yesterday", "2025-07-01T00:00:00.Z"]
+        {
             assert!(parse_rfc3339(bad).is_err(), "{bad}");
         }
     }

@@ -9,9 +9,7 @@ use enclava_attest::time::parse_rfc3339;
 use enclava_attest::{Claims, Collateral, Evidence, Platform, VerifyError, dcap, roots, verify};
 
 fn data(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("testdata")
-        .join(rel)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata").join(rel)
 }
 
 fn read(rel: &str) -> Vec<u8> {
@@ -26,10 +24,7 @@ const JULY_2025: &str = "2025-07-01T00:00:00Z";
 
 fn dcap_coll(dir: &str) -> Collateral {
     Collateral {
-        dcap: Some(
-            dcap::collateral_from_json(&read(&format!("{dir}/collateral.json")))
-                .expect("collateral"),
-        ),
+        dcap: Some(dcap::collateral_from_json(&read(&format!("{dir}/collateral.json"))).expect("collateral")),
         ..Default::default()
     }
 }
@@ -42,24 +37,14 @@ fn amd_coll(chain: &str, crl: Option<&str>) -> Collateral {
             vec![der::pem::decode_vec(&pem).expect("crl pem").1]
         })
         .unwrap_or_default();
-    Collateral {
-        amd_certs: roots::pem_certs(&text).expect("chain"),
-        amd_crls,
-        ..Default::default()
-    }
+    Collateral { amd_certs: roots::pem_certs(&text).expect("chain"), amd_crls, ..Default::default() }
 }
 
 fn no_debug_any() -> Policy {
     Policy::parse("[sgx]\nany_measurement = true\ntcb_statuses = [\"UpToDate\", \"ConfigurationAndSWHardeningNeeded\"]\nallowed_advisories = [\"INTEL-SA-00289\", \"INTEL-SA-00615\"]\n[tdx]\nany_measurement = true\n[sev-snp]\nany_measurement = true\n[nitro]\nany_measurement = true\n").expect("policy")
 }
 
-fn snp(
-    dir: &str,
-    report: &str,
-    vek: &str,
-    chain: &str,
-    crl: Option<&str>,
-) -> (Evidence, Collateral) {
+fn snp(dir: &str, report: &str, vek: &str, chain: &str, crl: Option<&str>) -> (Evidence, Collateral) {
     let ev = Evidence::SevSnp {
         report: read(&format!("sev-snp/{dir}/{report}")),
         vek: read(&format!("sev-snp/{dir}/{vek}")),
@@ -71,17 +56,10 @@ fn snp(
 
 #[test]
 fn sgx_v3_verifies_with_its_status_and_advisories() {
-    let c = verify(
-        &Evidence::Dcap(read("sgx-dcap-v3/quote.dat")),
-        &dcap_coll("sgx-dcap-v3"),
-        at(JULY_2025),
-    )
-    .expect("verifies");
+    let c = verify(&Evidence::Dcap(read("sgx-dcap-v3/quote.dat")), &dcap_coll("sgx-dcap-v3"), at(JULY_2025))
+        .expect("verifies");
     assert_eq!(c.platform, Platform::Sgx);
-    assert_eq!(
-        c.tcb_status.as_deref(),
-        Some("ConfigurationAndSWHardeningNeeded")
-    );
+    assert_eq!(c.tcb_status.as_deref(), Some("ConfigurationAndSWHardeningNeeded"));
     let mut adv = c.advisories.clone();
     adv.sort();
     assert_eq!(adv, vec!["INTEL-SA-00289", "INTEL-SA-00615"]);
@@ -91,37 +69,18 @@ fn sgx_v3_verifies_with_its_status_and_advisories() {
     // A strict policy (UpToDate only, no advisories) says exactly why it refuses.
     let strict = Policy::parse("[sgx]\nany_measurement = true\n").expect("policy");
     let v = check(&strict, &c, at(JULY_2025), None);
-    assert!(
-        v.failures
-            .iter()
-            .any(|f| f.contains("TCB status ConfigurationAndSWHardeningNeeded")),
-        "{v:?}"
-    );
-    assert!(
-        v.failures.iter().any(|f| f.contains("INTEL-SA-00289")),
-        "{v:?}"
-    );
+    assert!(v.failures.iter().any(|f| f.contains("TCB status ConfigurationAndSWHardeningNeeded")), "{v:?}");
+    assert!(v.failures.iter().any(|f| f.contains("INTEL-SA-00289")), "{v:?}");
 }
 
 #[test]
 fn tdx_v4_and_v5_verify_up_to_date() {
-    let c = verify(
-        &Evidence::Dcap(read("tdx-v4/quote.dat")),
-        &dcap_coll("tdx-v4"),
-        at(JULY_2025),
-    )
-    .expect("v4");
-    assert_eq!(
-        (c.platform, c.tcb_status.as_deref(), c.advisories.len()),
-        (Platform::Tdx, Some("UpToDate"), 0)
-    );
+    let c = verify(&Evidence::Dcap(read("tdx-v4/quote.dat")), &dcap_coll("tdx-v4"), at(JULY_2025)).expect("v4");
+    assert_eq!((c.platform, c.tcb_status.as_deref(), c.advisories.len()), (Platform::Tdx, Some("UpToDate"), 0));
     assert_eq!(c.measurement.len(), 48);
-    let c = verify(
-        &Evidence::Dcap(read("tdx-v5/quote_uptodate.dat")),
-        &dcap_coll("tdx-v5"),
-        at("2026-03-01T00:00:00Z"),
-    )
-    .expect("v5");
+    let c =
+        verify(&Evidence::Dcap(read("tdx-v5/quote_uptodate.dat")), &dcap_coll("tdx-v5"), at("2026-03-01T00:00:00Z"))
+            .expect("v5");
     assert_eq!(c.tcb_status.as_deref(), Some("UpToDate"));
     assert!(check(&no_debug_any(), &c, 0, None).accepted);
 }
@@ -129,16 +88,8 @@ fn tdx_v4_and_v5_verify_up_to_date() {
 #[test]
 fn the_two_no_tcb_match_quotes_fail() {
     for (q, dir, t) in [
-        (
-            "tdx-v5/quote_no_tcb_match.dat",
-            "tdx-v5",
-            "2026-03-01T00:00:00Z",
-        ),
-        (
-            "tdx-v4-2023/quote_tcb_not_supported.dat",
-            "tdx-v4-2023",
-            "2023-07-01T01:00:00Z",
-        ),
+        ("tdx-v5/quote_no_tcb_match.dat", "tdx-v5", "2026-03-01T00:00:00Z"),
+        ("tdx-v4-2023/quote_tcb_not_supported.dat", "tdx-v4-2023", "2023-07-01T01:00:00Z"),
     ] {
         let err = verify(&Evidence::Dcap(read(q)), &dcap_coll(dir), at(t)).expect_err(q);
         assert!(matches!(err, VerifyError::TcbNotSupported(_)), "{q}: {err}");
@@ -162,28 +113,13 @@ fn the_debug_td_verifies_and_a_no_debug_policy_refuses_it() {
 #[test]
 fn dcap_past_the_window_is_expired_collateral() {
     for (q, dir, t) in [
-        (
-            "sgx-dcap-v3/quote.dat",
-            "sgx-dcap-v3",
-            "2025-07-20T00:00:00Z",
-        ),
+        ("sgx-dcap-v3/quote.dat", "sgx-dcap-v3", "2025-07-20T00:00:00Z"),
         ("tdx-v4/quote.dat", "tdx-v4", "2025-07-20T00:00:00Z"),
-        (
-            "tdx-v5/quote_uptodate.dat",
-            "tdx-v5",
-            "2026-03-21T00:00:00Z",
-        ),
-        (
-            "sgx-dcap-v3/quote.dat",
-            "sgx-dcap-v3",
-            "2025-06-01T00:00:00Z",
-        ),
+        ("tdx-v5/quote_uptodate.dat", "tdx-v5", "2026-03-21T00:00:00Z"),
+        ("sgx-dcap-v3/quote.dat", "sgx-dcap-v3", "2025-06-01T00:00:00Z"),
     ] {
         let err = verify(&Evidence::Dcap(read(q)), &dcap_coll(dir), at(t)).expect_err(q);
-        assert!(
-            matches!(err, VerifyError::ExpiredCollateral(_)),
-            "{q} at {t}: {err}"
-        );
+        assert!(matches!(err, VerifyError::ExpiredCollateral(_)), "{q} at {t}: {err}");
         assert!(err.to_string().starts_with("expired collateral"));
     }
 }
@@ -194,21 +130,13 @@ fn pcs_folders_give_the_same_collateral() {
         let from_pcs = dcap::collateral_from_pcs_dir(&data(&format!("{dir}/pcs"))).expect(dir);
         let from_json = dcap_coll(dir).dcap.expect("json");
         assert_eq!(from_pcs.tcb_info, from_json.tcb_info, "{dir}");
-        assert_eq!(
-            from_pcs.qe_identity_signature, from_json.qe_identity_signature,
-            "{dir}"
-        );
+        assert_eq!(from_pcs.qe_identity_signature, from_json.qe_identity_signature, "{dir}");
     }
     let coll = Collateral {
         dcap: Some(dcap::collateral_from_pcs_dir(&data("tdx-v4/pcs")).expect("pcs")),
         ..Default::default()
     };
-    verify(
-        &Evidence::Dcap(read("tdx-v4/quote.dat")),
-        &coll,
-        at(JULY_2025),
-    )
-    .expect("verifies from pcs/");
+    verify(&Evidence::Dcap(read("tdx-v4/quote.dat")), &coll, at(JULY_2025)).expect("verifies from pcs/");
 }
 
 // ---- AMD SEV-SNP ----
@@ -220,13 +148,7 @@ fn snp_ok(dir: &str, report: &str, vek: &str, chain: &str, crl: Option<&str>) ->
 
 #[test]
 fn snp_samples_verify() {
-    let c = snp_ok(
-        "milan-virtee",
-        "report.bin",
-        "vcek.der",
-        "milan_cert_chain.pem",
-        Some("milan_crl.pem"),
-    );
+    let c = snp_ok("milan-virtee", "report.bin", "vcek.der", "milan_cert_chain.pem", Some("milan_crl.pem"));
     assert_eq!(
         c.measurement_hex(),
         "7a1e5c266c0108dbc9bb94fa926951320940915d0aafb42464bd88b579ea158d3e1a0dc39b2c60bd95b9c480cd81841f"
@@ -235,52 +157,19 @@ fn snp_samples_verify() {
     assert!(!c.debug);
     assert!(check(&no_debug_any(), &c, 0, None).accepted);
 
-    let c = snp_ok(
-        "milan-go-sev-guest",
-        "report.bin",
-        "vcek.der",
-        "milan_cert_chain.pem",
-        Some("milan_crl.pem"),
-    );
+    let c = snp_ok("milan-go-sev-guest", "report.bin", "vcek.der", "milan_cert_chain.pem", Some("milan_crl.pem"));
     assert!(c.debug, "policy 0xb0000 allows debug");
     assert!(!check(&no_debug_any(), &c, 0, None).accepted);
 
-    let c = snp_ok(
-        "milan-idblock-trustee",
-        "report.bin",
-        "vcek.der",
-        "milan_cert_chain.pem",
-        Some("milan_crl.pem"),
-    );
-    assert_eq!(
-        c.raw["reported_tcb"], "bl 3 tee 0 snp 8 ucode 115",
-        "compared against reported_tcb, not current_tcb"
-    );
+    let c = snp_ok("milan-idblock-trustee", "report.bin", "vcek.der", "milan_cert_chain.pem", Some("milan_crl.pem"));
+    assert_eq!(c.raw["reported_tcb"], "bl 3 tee 0 snp 8 ucode 115", "compared against reported_tcb, not current_tcb");
 
-    let c = snp_ok(
-        "milan-vlek-trustee",
-        "report.bin",
-        "vlek.der",
-        "milan_vlek_cert_chain.pem",
-        None,
-    );
+    let c = snp_ok("milan-vlek-trustee", "report.bin", "vlek.der", "milan_vlek_cert_chain.pem", None);
     assert_eq!(c.raw["signing_key"], "vlek");
 
-    let c = snp_ok(
-        "genoa-azure-openpcc",
-        "report.bin",
-        "vcek.pem",
-        "genoa_cert_chain.pem",
-        Some("genoa_crl.pem"),
-    );
+    let c = snp_ok("genoa-azure-openpcc", "report.bin", "vcek.pem", "genoa_cert_chain.pem", Some("genoa_crl.pem"));
     assert_eq!(c.raw["product"], "Genoa");
-    let h = snp_ok(
-        "genoa-azure-openpcc",
-        "hcl_report.bin",
-        "vcek.pem",
-        "genoa_cert_chain.pem",
-        Some("genoa_crl.pem"),
-    );
+    let h = snp_ok("genoa-azure-openpcc", "hcl_report.bin", "vcek.pem", "genoa_cert_chain.pem", Some("genoa_crl.pem"));
     assert_eq!(h.measurement, c.measurement);
     assert!(h.raw["hcl_runtime_data"].contains("HCLAkPub"));
 }
@@ -288,25 +177,10 @@ fn snp_samples_verify() {
 #[test]
 fn snp_wrong_chain_tcb_or_time_fail() {
     // A Milan VCEK against the Genoa chain.
-    let (ev, coll) = snp(
-        "milan-virtee",
-        "report.bin",
-        "vcek.der",
-        "genoa_cert_chain.pem",
-        None,
-    );
-    assert!(matches!(
-        verify(&ev, &coll, at(JULY_2025)),
-        Err(VerifyError::Invalid(_))
-    ));
+    let (ev, coll) = snp("milan-virtee", "report.bin", "vcek.der", "genoa_cert_chain.pem", None);
+    assert!(matches!(verify(&ev, &coll, at(JULY_2025)), Err(VerifyError::Invalid(_))));
     // Another chip's VCEK.
-    let (_, coll) = snp(
-        "milan-virtee",
-        "report.bin",
-        "vcek.der",
-        "milan_cert_chain.pem",
-        None,
-    );
+    let (_, coll) = snp("milan-virtee", "report.bin", "vcek.der", "milan_cert_chain.pem", None);
     let ev = Evidence::SevSnp {
         report: read("sev-snp/milan-virtee/report.bin"),
         vek: read("sev-snp/milan-idblock-trustee/vcek.der"),
@@ -314,37 +188,16 @@ fn snp_wrong_chain_tcb_or_time_fail() {
     let err = verify(&ev, &coll, at(JULY_2025)).expect_err("other chip");
     assert!(matches!(err, VerifyError::Invalid(_)), "{err}");
     // Past the Milan CRL's nextUpdate, and past the VLEK's life.
-    let (ev, coll) = snp(
-        "milan-virtee",
-        "report.bin",
-        "vcek.der",
-        "milan_cert_chain.pem",
-        Some("milan_crl.pem"),
-    );
-    assert!(matches!(
-        verify(&ev, &coll, at("2026-06-01T00:00:00Z")),
-        Err(VerifyError::ExpiredCollateral(_))
-    ));
-    let (ev, coll) = snp(
-        "milan-vlek-trustee",
-        "report.bin",
-        "vlek.der",
-        "milan_vlek_cert_chain.pem",
-        None,
-    );
-    assert!(matches!(
-        verify(&ev, &coll, at("2025-12-11T00:00:00Z")),
-        Err(VerifyError::ExpiredCollateral(_))
-    ));
+    let (ev, coll) = snp("milan-virtee", "report.bin", "vcek.der", "milan_cert_chain.pem", Some("milan_crl.pem"));
+    assert!(matches!(verify(&ev, &coll, at("2026-06-01T00:00:00Z")), Err(VerifyError::ExpiredCollateral(_))));
+    let (ev, coll) = snp("milan-vlek-trustee", "report.bin", "vlek.der", "milan_vlek_cert_chain.pem", None);
+    assert!(matches!(verify(&ev, &coll, at("2025-12-11T00:00:00Z")), Err(VerifyError::ExpiredCollateral(_))));
     // No intermediate at all.
     let ev = Evidence::SevSnp {
         report: read("sev-snp/milan-virtee/report.bin"),
         vek: read("sev-snp/milan-virtee/vcek.der"),
     };
-    assert!(matches!(
-        verify(&ev, &Collateral::default(), at(JULY_2025)),
-        Err(VerifyError::MissingCollateral(_))
-    ));
+    assert!(matches!(verify(&ev, &Collateral::default(), at(JULY_2025)), Err(VerifyError::MissingCollateral(_))));
 }
 
 // ---- AWS Nitro ----
@@ -352,22 +205,12 @@ fn snp_wrong_chain_tcb_or_time_fail() {
 #[test]
 fn nitro_documents_verify_at_their_time() {
     let prod = read("aws-nitro/attestation_prod.cose");
-    let c = verify(
-        &Evidence::Nitro(prod.clone()),
-        &Collateral::default(),
-        at("2025-01-06T16:07:05Z"),
-    )
-    .expect("prod");
+    let c = verify(&Evidence::Nitro(prod.clone()), &Collateral::default(), at("2025-01-06T16:07:05Z")).expect("prod");
     assert_eq!(c.platform, Platform::Nitro);
     assert!(!c.debug);
     assert_eq!(c.measurement.len(), 48);
     assert!(check(&no_debug_any(), &c, 0, None).accepted);
-    let err = verify(
-        &Evidence::Nitro(prod),
-        &Collateral::default(),
-        at("2025-01-06T20:00:00Z"),
-    )
-    .expect_err("later");
+    let err = verify(&Evidence::Nitro(prod), &Collateral::default(), at("2025-01-06T20:00:00Z")).expect_err("later");
     assert!(matches!(err, VerifyError::ExpiredCollateral(_)), "{err}");
 
     let debug = read("aws-nitro/attestation_debug.b64");
@@ -412,12 +255,7 @@ fn assert_all_fail(
 /// chain, then each certificate's base64 body (signed by its issuer, or pinned for the root).
 /// PEM markers, line breaks and the padding after the chain are covered by no signature.
 fn signed_tail(q: &[u8], body_end: usize) -> Vec<usize> {
-    let find = |from: usize, pat: &[u8]| {
-        q[from..]
-            .windows(pat.len())
-            .position(|w| w == pat)
-            .map(|p| p + from)
-    };
+    let find = |from: usize, pat: &[u8]| q[from..].windows(pat.len()).position(|w| w == pat).map(|p| p + from);
     let begin: &[u8] = b"-----BEGIN CERTIFICATE-----";
     let first = find(0, begin).expect("embedded chain");
     let mut out: Vec<usize> = (body_end..first).collect();
@@ -436,16 +274,8 @@ fn flipping_any_signed_byte_of_a_dcap_quote_fails() {
     for (q, dir, t) in [
         ("sgx-dcap-v3/quote.dat", "sgx-dcap-v3", JULY_2025),
         ("tdx-v4/quote.dat", "tdx-v4", JULY_2025),
-        (
-            "tdx-v5/quote_uptodate.dat",
-            "tdx-v5",
-            "2026-03-01T00:00:00Z",
-        ),
-        (
-            "tdx-v4-2023/quote_debug_td.dat",
-            "tdx-v4-2023",
-            "2023-07-01T01:00:00Z",
-        ),
+        ("tdx-v5/quote_uptodate.dat", "tdx-v5", "2026-03-01T00:00:00Z"),
+        ("tdx-v4-2023/quote_debug_td.dat", "tdx-v4-2023", "2023-07-01T01:00:00Z"),
     ] {
         let quote = read(q);
         let coll = dcap_coll(dir);
@@ -461,9 +291,7 @@ fn flipping_any_signed_byte_of_a_dcap_quote_fails() {
         let mut places = positions(0..body_end, 120);
         let tail = signed_tail(&quote, body_end);
         places.extend(positions(0..tail.len(), 250).into_iter().map(|i| tail[i]));
-        assert_all_fail(q, &quote, places, |m| {
-            verify(&Evidence::Dcap(m), &coll, now)
-        });
+        assert_all_fail(q, &quote, places, |m| verify(&Evidence::Dcap(m), &coll, now));
         // Signed collateral: TCB info and QE identity bodies, and their signatures.
         let base = coll.dcap.clone().expect("collateral");
         for i in positions(0..base.tcb_info.len(), 25) {
@@ -471,26 +299,14 @@ fn flipping_any_signed_byte_of_a_dcap_quote_fails() {
             let mut b = c.tcb_info.into_bytes();
             b[i] = if b[i] == b'1' { b'2' } else { b'1' };
             c.tcb_info = String::from_utf8_lossy(&b).into_owned();
-            let coll = Collateral {
-                dcap: Some(c),
-                ..Default::default()
-            };
-            assert!(
-                verify(&Evidence::Dcap(quote.clone()), &coll, now).is_err(),
-                "{q}: tcb_info byte {i}"
-            );
+            let coll = Collateral { dcap: Some(c), ..Default::default() };
+            assert!(verify(&Evidence::Dcap(quote.clone()), &coll, now).is_err(), "{q}: tcb_info byte {i}");
         }
         for i in positions(0..base.qe_identity_signature.len(), 8) {
             let mut c = base.clone();
             c.qe_identity_signature[i] ^= 1;
-            let coll = Collateral {
-                dcap: Some(c),
-                ..Default::default()
-            };
-            assert!(
-                verify(&Evidence::Dcap(quote.clone()), &coll, now).is_err(),
-                "{q}: qe identity signature byte {i}"
-            );
+            let coll = Collateral { dcap: Some(c), ..Default::default() };
+            assert!(verify(&Evidence::Dcap(quote.clone()), &coll, now).is_err(), "{q}: qe identity signature byte {i}");
         }
     }
 }
@@ -498,82 +314,28 @@ fn flipping_any_signed_byte_of_a_dcap_quote_fails() {
 #[test]
 fn flipping_any_signed_byte_of_an_snp_report_or_its_certificates_fails() {
     for (dir, report, vek, chain, crl) in [
-        (
-            "milan-virtee",
-            "report.bin",
-            "vcek.der",
-            "milan_cert_chain.pem",
-            Some("milan_crl.pem"),
-        ),
-        (
-            "milan-vlek-trustee",
-            "report.bin",
-            "vlek.der",
-            "milan_vlek_cert_chain.pem",
-            None,
-        ),
-        (
-            "genoa-azure-openpcc",
-            "report.bin",
-            "vcek.pem",
-            "genoa_cert_chain.pem",
-            Some("genoa_crl.pem"),
-        ),
+        ("milan-virtee", "report.bin", "vcek.der", "milan_cert_chain.pem", Some("milan_crl.pem")),
+        ("milan-vlek-trustee", "report.bin", "vlek.der", "milan_vlek_cert_chain.pem", None),
+        ("genoa-azure-openpcc", "report.bin", "vcek.pem", "genoa_cert_chain.pem", Some("genoa_crl.pem")),
     ] {
-        let (Evidence::SevSnp { report: r, vek: v }, coll) = snp(dir, report, vek, chain, crl)
-        else {
-            unreachable!()
-        };
+        let (Evidence::SevSnp { report: r, vek: v }, coll) = snp(dir, report, vek, chain, crl) else { unreachable!() };
         let now = at(JULY_2025);
         // The signed region (0..0x2A0), every byte; the signature, a sample.
         let mut places: Vec<usize> = (0..0x2A0).collect();
         places.extend(positions(0x2A0..0x330, 40));
-        assert_all_fail(dir, &r, places, |m| {
-            verify(
-                &Evidence::SevSnp {
-                    report: m,
-                    vek: v.clone(),
-                },
-                &coll,
-                now,
-            )
-        });
+        assert_all_fail(dir, &r, places, |m| verify(&Evidence::SevSnp { report: m, vek: v.clone() }, &coll, now));
         // The VEK certificate (DER).
         let vek_der = roots::der_or_pem(&v).expect("der");
-        assert_all_fail(
-            &format!("{dir} VEK"),
-            &vek_der,
-            positions(4..vek_der.len(), 60),
-            |m| {
-                verify(
-                    &Evidence::SevSnp {
-                        report: r.clone(),
-                        vek: m,
-                    },
-                    &coll,
-                    now,
-                )
-            },
-        );
+        assert_all_fail(&format!("{dir} VEK"), &vek_der, positions(4..vek_der.len(), 60), |m| {
+            verify(&Evidence::SevSnp { report: r.clone(), vek: m }, &coll, now)
+        });
         // The intermediate certificate.
         let inter = coll.amd_certs[0].clone();
-        assert_all_fail(
-            &format!("{dir} ASK"),
-            &inter,
-            positions(4..inter.len(), 40),
-            |m| {
-                let mut c = coll.clone();
-                c.amd_certs[0] = m;
-                verify(
-                    &Evidence::SevSnp {
-                        report: r.clone(),
-                        vek: v.clone(),
-                    },
-                    &c,
-                    now,
-                )
-            },
-        );
+        assert_all_fail(&format!("{dir} ASK"), &inter, positions(4..inter.len(), 40), |m| {
+            let mut c = coll.clone();
+            c.amd_certs[0] = m;
+            verify(&Evidence::SevSnp { report: r.clone(), vek: v.clone() }, &c, now)
+        });
     }
 }
 

@@ -22,10 +22,7 @@ pub enum ClientError {
 
 impl From<tonic::Status> for ClientError {
     fn from(s: tonic::Status) -> Self {
-        ClientError::Status {
-            code: s.code(),
-            message: s.message().to_owned(),
-        }
+        ClientError::Status { code: s.code(), message: s.message().to_owned() }
     }
 }
 
@@ -38,37 +35,23 @@ pub struct ManagerClient {
 impl ManagerClient {
     /// Connects to `url` (`http://host:port`).
     pub async fn connect(url: &str) -> Result<ManagerClient, ClientError> {
-        let err = |reason: String| ClientError::Connect {
-            url: url.to_owned(),
-            reason,
-        };
+        let err = |reason: String| ClientError::Connect { url: url.to_owned(), reason };
         let endpoint = Endpoint::from_shared(url.to_owned())
             .map_err(|e| err(format!("not a URL ({e})")))?
             .connect_timeout(Duration::from_secs(3))
             .timeout(Duration::from_secs(10))
             .tcp_nodelay(true);
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| err(source_chain(&e)))?;
-        Ok(ManagerClient {
-            inner: EnclaveManagerClient::new(channel),
-        })
+        let channel = endpoint.connect().await.map_err(|e| err(source_chain(&e)))?;
+        Ok(ManagerClient { inner: EnclaveManagerClient::new(channel) })
     }
 
     /// Asks for live enclaves.
-    pub async fn find(
-        &mut self,
-        req: FindEnclaveRequest,
-    ) -> Result<FindEnclaveResponse, ClientError> {
+    pub async fn find(&mut self, req: FindEnclaveRequest) -> Result<FindEnclaveResponse, ClientError> {
         Ok(self.inner.find_enclave(req).await?.into_inner())
     }
 
     /// Lists one page of enclaves.
-    pub async fn list(
-        &mut self,
-        req: ListEnclavesRequest,
-    ) -> Result<ListEnclavesResponse, ClientError> {
+    pub async fn list(&mut self, req: ListEnclavesRequest) -> Result<ListEnclavesResponse, ClientError> {
         Ok(self.inner.list_enclaves(req).await?.into_inner())
     }
 }
@@ -82,4 +65,30 @@ fn source_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+/// Checks a found enclave before anything is sent to it (seed note 3): its published evidence must
+/// verify, bind its published key, and satisfy `policy` at `now`. Returns the claims, or every
+/// reason it is refused.
+pub fn verify_enclave(
+    info: &pb::EnclaveInfo,
+    policy: &enclava_attest::Policy,
+    now: u64,
+) -> Result<enclava_attest::Claims, Vec<String>> {
+    use enclava_attest::{Collateral, Evidence, binding, policy::check};
+    if info.attestation.is_empty() {
+        return Err(vec!["it publishes no evidence".into()]);
+    }
+    let evidence = Evidence::detect(info.attestation.clone()).map_err(|e| vec![e.to_string()])?;
+    let collateral = Collateral { sim_root: policy.sim_root().map_err(|e| vec![e])?, ..Default::default() };
+    let claims = enclava_attest::verify(&evidence, &collateral, now).map_err(|e| vec![e.to_string()])?;
+    let bound = binding::report_data(binding::NODE_KEY, &info.pubkey, None);
+    let verdict = check(policy, &claims, now, Some(&bound));
+    if !verdict.accepted {
+        return Err(verdict.failures);
+    }
+    if claims.measurement_hex() != info.policy.as_ref().map(|p| p.mrenclave.as_str()).unwrap_or_default() {
+        return Err(vec!["its evidence's measurement differs from the one it registered".into()]);
+    }
+    Ok(claims)
 }

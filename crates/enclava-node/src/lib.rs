@@ -36,11 +36,7 @@ pub enum NodeError {
     )]
     PlatformUnavailable(String),
     #[error("{what} {path}: {source}")]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { what: &'static str, path: PathBuf, source: std::io::Error },
 }
 
 /// How a node is set up.
@@ -54,6 +50,9 @@ pub struct NodeConfig {
     pub data: Vec<String>,
     /// The connection string published in the registry; defaults to the listen address.
     pub advertise: Option<String>,
+    /// For `sim`: the deployment's sim root folder (`enclava sim init`), which certifies this
+    /// node's simulated hardware key. Without it the node publishes no evidence.
+    pub sim_root: Option<PathBuf>,
 }
 
 /// The node's request key: an X25519 HPKE key pair made at each start. The private half never
@@ -66,19 +65,14 @@ pub struct RequestKey {
 
 impl std::fmt::Debug for RequestKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RequestKey")
-            .field("public", &self.public)
-            .finish_non_exhaustive()
+        f.debug_struct("RequestKey").field("public", &self.public).finish_non_exhaustive()
     }
 }
 
 impl RequestKey {
     fn generate() -> RequestKey {
         let (private, public) = X25519HkdfSha256::gen_keypair();
-        RequestKey {
-            private,
-            public: public.to_bytes().to_vec(),
-        }
+        RequestKey { private, public: public.to_bytes().to_vec() }
     }
 
     pub fn public(&self) -> &[u8] {
@@ -125,9 +119,8 @@ impl NodeHandle {
     /// Gives the node access to `data`, or changes its hot state; republished at once.
     pub fn set_data(&self, data: &str, hot: bool) -> Result<(), NodeError> {
         check_name("data id", data).map_err(NodeError::Config)?;
-        self.data.send_if_modified(|m| {
-            m.insert(data.to_owned(), DataAccessJson { hot }) != Some(DataAccessJson { hot })
-        });
+        self.data
+            .send_if_modified(|m| m.insert(data.to_owned(), DataAccessJson { hot }) != Some(DataAccessJson { hot }));
         Ok(())
     }
 
@@ -158,7 +151,7 @@ pub async fn start(
     registry: Arc<dyn Registry>,
     listener: TcpListener,
 ) -> Result<NodeHandle, NodeError> {
-    let tee = tee::open(&config.platform, &config.data_dir)?;
+    let tee: Arc<dyn tee::Tee> = tee::open(&config.platform, &config.data_dir, config.sim_root.as_deref())?.into();
     let addr = listener.local_addr().map_err(|source| NodeError::Io {
         what: "cannot read the address of",
         path: "listener".into(),
@@ -175,11 +168,8 @@ pub async fn start(
         service_name: registry.keys().service().to_owned(),
         platform: tee.platform().to_owned(),
         service_version: env!("CARGO_PKG_VERSION").to_owned(),
-        policy: PolicyJson {
-            mrenclave: tee.measurement().to_owned(),
-            extra: Default::default(),
-        },
-        // Evidence is published here once the node can produce it (evidence issue); never a fake.
+        policy: PolicyJson { mrenclave: tee.measurement().to_owned(), extra: Default::default() },
+        // Refreshed before every publication; empty when this TEE cannot attest, never a fake.
         attestation: Vec::new(),
         pubkey: request_key.public().to_vec(),
         connection_string: config.advertise.clone().unwrap_or_else(|| addr.to_string()),
@@ -189,13 +179,18 @@ pub async fn start(
     let metrics = Arc::new(NodeMetrics::new());
     let (data_tx, data_rx) = watch::channel(data);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let publisher = tokio::spawn(publisher::run(
-        registry.clone(),
-        info,
-        data_rx,
-        stop_rx,
-        metrics.clone(),
-    ));
+    // Evidence binds the request key, so a client can check it is talking to this enclave.
+    let report_data =
+        enclava_attest::binding::report_data(enclava_attest::binding::NODE_KEY, request_key.public(), None);
+    let attest_tee = tee.clone();
+    let attest: publisher::Attest = Arc::new(move || {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        attest_tee.evidence(&report_data, now).unwrap_or_default()
+    });
+    if attest().is_empty() {
+        tracing::warn!(platform = %tee.platform(), "this node cannot attest (for sim, pass --sim-root); clients that verify will refuse it");
+    }
+    let publisher = tokio::spawn(publisher::run(registry.clone(), info, data_rx, stop_rx, metrics.clone(), attest));
 
     let health_metrics = metrics.clone();
     let instance_id = tee.instance_id().to_owned();

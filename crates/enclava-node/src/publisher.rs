@@ -42,35 +42,20 @@ impl NodeMetrics {
             reregistrations: Counter::default(),
             registered: AtomicBool::new(false),
         };
-        r.register(
-            "heartbeats",
-            "Presence heartbeats written",
-            m.heartbeats.clone(),
-        );
+        r.register("heartbeats", "Presence heartbeats written", m.heartbeats.clone());
         r.register(
             "heartbeats_late",
             "Heartbeats completed more than 500 ms after their tick",
             m.heartbeats_late.clone(),
         );
-        r.register(
-            "heartbeats_failed",
-            "Heartbeats the registry did not accept",
-            m.heartbeats_failed.clone(),
-        );
-        r.register(
-            "info_publishes",
-            "Info and index publications",
-            m.info_publishes.clone(),
-        );
+        r.register("heartbeats_failed", "Heartbeats the registry did not accept", m.heartbeats_failed.clone());
+        r.register("info_publishes", "Info and index publications", m.info_publishes.clone());
         r.register(
             "reregistrations",
             "Full re-registrations after the registry lost this node",
             m.reregistrations.clone(),
         );
-        NodeMetrics {
-            registry: Arc::new(r),
-            ..m
-        }
+        NodeMetrics { registry: Arc::new(r), ..m }
     }
 
     pub fn registry(&self) -> Arc<Metrics> {
@@ -89,6 +74,9 @@ impl Default for NodeMetrics {
     }
 }
 
+/// Makes fresh evidence for the info's `attestation` field (empty when the node cannot attest).
+pub type Attest = Arc<dyn Fn() -> Vec<u8> + Send + Sync>;
+
 /// Runs until `stop` turns true, then withdraws.
 pub async fn run(
     registry: Arc<dyn Registry>,
@@ -96,6 +84,7 @@ pub async fn run(
     mut data: watch::Receiver<BTreeMap<String, DataAccessJson>>,
     mut stop: watch::Receiver<bool>,
     metrics: Arc<NodeMetrics>,
+    attest: Attest,
 ) {
     let id = info.instance_id.clone();
     info.data_access = data.borrow_and_update().clone();
@@ -161,6 +150,7 @@ pub async fn run(
             _ = stop.changed() => break,
         }
         if need_publish {
+            info.attestation = attest();
             match publish(registry.as_ref(), &info, &mut published).await {
                 Ok(()) => {
                     need_publish = false;
@@ -175,12 +165,7 @@ pub async fn run(
             }
         }
     }
-    let entries: Vec<Index> = info
-        .index_entries()
-        .into_iter()
-        .map(|(ix, _)| ix)
-        .chain(published)
-        .collect();
+    let entries: Vec<Index> = info.index_entries().into_iter().map(|(ix, _)| ix).chain(published).collect();
     match registry.withdraw(&id, &entries).await {
         Ok(()) => tracing::info!(instance = %id, "withdrawn from the registry"),
         Err(e) => {
@@ -196,14 +181,10 @@ async fn publish(
     published: &mut BTreeSet<Index>,
 ) -> enclava_registry::Result<()> {
     let entries = info.index_entries();
-    registry
-        .publish(&info.instance_id, &info.to_json(), &entries)
-        .await?;
+    registry.publish(&info.instance_id, &info.to_json(), &entries).await?;
     let now: BTreeSet<Index> = entries.into_iter().map(|(ix, _)| ix).collect();
-    let stale: Vec<(Index, String)> = published
-        .difference(&now)
-        .map(|ix| (ix.clone(), info.instance_id.clone()))
-        .collect();
+    let stale: Vec<(Index, String)> =
+        published.difference(&now).map(|ix| (ix.clone(), info.instance_id.clone())).collect();
     registry.remove(&stale).await?;
     *published = now;
     tracing::debug!(instance = %info.instance_id, data = info.data_access.len(), "info published");

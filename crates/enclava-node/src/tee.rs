@@ -6,6 +6,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use enclava_attest::sim::{SimHardware, SimReport, SimRoot};
 use sha2::{Digest, Sha256, Sha384};
 use zeroize::Zeroizing;
 
@@ -19,15 +20,24 @@ pub trait Tee: Send + Sync + std::fmt::Debug {
     fn instance_id(&self) -> &str;
     /// The measurement of the running workload, lowercase hex.
     fn measurement(&self) -> &str;
+    /// Fresh evidence binding `report_data`, dated `now`; `None` when this TEE cannot attest.
+    fn evidence(&self, report_data: &[u8; 64], now: u64) -> Option<Vec<u8>>;
 }
 
-/// Opens the TEE adapter for `platform`.
-pub fn open(platform: &str, data_dir: &Path) -> Result<Box<dyn Tee>, NodeError> {
+/// Opens the TEE adapter for `platform`. For `sim`, `sim_root` is the deployment's sim root, which
+/// certifies the node's simulated hardware key; without it the node cannot attest.
+pub fn open(platform: &str, data_dir: &Path, sim_root: Option<&Path>) -> Result<Box<dyn Tee>, NodeError> {
     match platform {
-        "sim" => Ok(Box::new(SimTee::open(data_dir)?)),
-        "sgx" | "tdx" | "sev-snp" | "nitro" => {
-            Err(NodeError::PlatformUnavailable(platform.to_owned()))
+        "sim" => {
+            let mut tee = SimTee::open(data_dir)?;
+            if let Some(root_dir) = sim_root {
+                let root = SimRoot::load(root_dir).map_err(NodeError::Config)?;
+                let hw = SimHardware::load_or_create(&data_dir.join("sim"), &root).map_err(NodeError::Config)?;
+                tee.hardware = Some(hw);
+            }
+            Ok(Box::new(tee))
         }
+        "sgx" | "tdx" | "sev-snp" | "nitro" => Err(NodeError::PlatformUnavailable(platform.to_owned())),
         other => Err(NodeError::Config(format!(
             "unknown platform {other:?}: use sim (or sgx, tdx, sev-snp, nitro on such hardware)"
         ))),
@@ -40,6 +50,7 @@ pub struct SimTee {
     sealing_key: Zeroizing<[u8; 32]>,
     instance_id: String,
     measurement: String,
+    hardware: Option<SimHardware>,
 }
 
 impl std::fmt::Debug for SimTee {
@@ -89,11 +100,7 @@ impl SimTee {
         h.update(sealing_key.as_slice());
         let instance_id = hex::encode(&h.finalize()[..16]);
         let measurement = sim_measurement(sim_workload().as_bytes());
-        Ok(SimTee {
-            sealing_key,
-            instance_id,
-            measurement,
-        })
+        Ok(SimTee { sealing_key, instance_id, measurement, hardware: None })
     }
 
     /// The sealing key (for sealing data to this identity).
@@ -106,22 +113,13 @@ fn create_key(path: &PathBuf) -> Result<Zeroizing<[u8; 32]>, NodeError> {
     let mut key = Zeroizing::new([0u8; 32]);
     rand::fill(key.as_mut_slice());
     let tmp = path.with_extension("key.tmp");
-    let err = |what| {
-        move |source| NodeError::Io {
-            what,
-            path: path.clone(),
-            source,
-        }
-    };
+    let err = |what| move |source| NodeError::Io { what, path: path.clone(), source };
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut f = opts
-        .open(&tmp)
-        .map_err(err("cannot create the sealing key"))?;
-    f.write_all(key.as_slice())
-        .map_err(err("cannot write the sealing key"))?;
+    let mut f = opts.open(&tmp).map_err(err("cannot create the sealing key"))?;
+    f.write_all(key.as_slice()).map_err(err("cannot write the sealing key"))?;
     f.sync_all().map_err(err("cannot sync the sealing key"))?;
     // Rename is atomic: a crash leaves either no key or a whole one.
     std::fs::rename(&tmp, path).map_err(err("cannot install the sealing key"))?;
@@ -140,6 +138,15 @@ impl Tee for SimTee {
     fn measurement(&self) -> &str {
         &self.measurement
     }
+
+    fn evidence(&self, report_data: &[u8; 64], now: u64) -> Option<Vec<u8>> {
+        let hw = self.hardware.as_ref()?;
+        let mut measurement = [0u8; 48];
+        hex::decode_to_slice(&self.measurement, &mut measurement).ok()?;
+        let report =
+            SimReport { measurement, signer: [0; 32], product_id: 0, svn: 0, debug: false, report_data: *report_data };
+        Some(hw.evidence(&report, now))
+    }
 }
 
 #[cfg(test)]
@@ -155,23 +162,13 @@ mod tests {
         let b1 = SimTee::open(b.path()).expect("open");
         assert_eq!(a1.instance_id(), a2.instance_id());
         assert_ne!(a1.instance_id(), b1.instance_id());
-        assert_eq!(
-            a1.measurement(),
-            b1.measurement(),
-            "same workload, same measurement"
-        );
+        assert_eq!(a1.measurement(), b1.measurement(), "same workload, same measurement");
         assert_eq!(a1.measurement().len(), 96, "SHA-384 hex");
-        assert!(
-            !format!("{a1:?}").contains(&hex::encode(a1.sealing_key())),
-            "no key in Debug"
-        );
+        assert!(!format!("{a1:?}").contains(&hex::encode(a1.sealing_key())), "no key in Debug");
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(a.path().join("sim/sealing.key"))
-                .expect("key")
-                .permissions()
-                .mode();
+            let mode = std::fs::metadata(a.path().join("sim/sealing.key")).expect("key").permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
     }
@@ -193,8 +190,8 @@ mod tests {
     #[test]
     fn real_platforms_say_they_are_unavailable() {
         let d = tempfile::tempdir().expect("tmp");
-        let err = open("tdx", d.path()).expect_err("no hardware");
+        let err = open("tdx", d.path(), None).expect_err("no hardware");
         assert!(err.to_string().contains("not available on this host"));
-        assert!(open("quantum", d.path()).is_err());
+        assert!(open("quantum", d.path(), None).is_err());
     }
 }

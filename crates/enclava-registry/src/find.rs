@@ -10,9 +10,7 @@ use std::time::Duration;
 
 use rand::seq::SliceRandom;
 
-use crate::schema::{
-    DataIndexEntry, EnclaveInfoJson, Index, check_measurement, check_name, is_known_platform,
-};
+use crate::schema::{DataIndexEntry, EnclaveInfoJson, Index, check_measurement, check_name, is_known_platform};
 use crate::{Registry, RegistryError, Result};
 
 /// The most enclaves one call may ask for.
@@ -48,30 +46,20 @@ impl FindQuery {
             limit: match limit {
                 0 => 1,
                 l if l < 0 => {
-                    return Err(format!(
-                        "limit is {l}: send a limit from 1 to {MAX_LIMIT}, or 0 for 1"
-                    ));
+                    return Err(format!("limit is {l}: send a limit from 1 to {MAX_LIMIT}, or 0 for 1"));
                 }
                 l if l as u64 > MAX_LIMIT as u64 => {
-                    return Err(format!(
-                        "limit is {l}: at most {MAX_LIMIT} enclaves per call"
-                    ));
+                    return Err(format!("limit is {l}: at most {MAX_LIMIT} enclaves per call"));
                 }
                 l => l as usize,
             },
             deny: deny.iter().cloned().collect(),
         };
         if deny.len() > MAX_DENY {
-            return Err(format!(
-                "the deny list has {} ids: at most {MAX_DENY}",
-                deny.len()
-            ));
+            return Err(format!("the deny list has {} ids: at most {MAX_DENY}", deny.len()));
         }
         if q.data.is_none() && q.measurement.is_none() {
-            return Err(
-                "say what to find: send a data id (dataaccess) or a measurement (policy.mrenclave)"
-                    .into(),
-            );
+            return Err("say what to find: send a data id (dataaccess) or a measurement (policy.mrenclave)".into());
         }
         if let Some(d) = &q.data {
             check_name("data id", d)?;
@@ -82,10 +70,7 @@ impl FindQuery {
         if let Some(p) = &q.platform
             && !is_known_platform(p)
         {
-            return Err(format!(
-                "unknown platform {p:?}: use one of {}",
-                crate::schema::PLATFORMS.join(", ")
-            ));
+            return Err(format!("unknown platform {p:?}: use one of {}", crate::schema::PLATFORMS.join(", ")));
         }
         Ok(q)
     }
@@ -130,9 +115,7 @@ pub fn parse_data_entry(raw: &str) -> Result<(bool, std::borrow::Cow<'_, str>), 
             Some(r) => (true, r),
             None => (false, rest.strip_prefix("false")?),
         };
-        let m = rest
-            .strip_prefix(r#","mrenclave":""#)?
-            .strip_suffix(r#""}"#)?;
+        let m = rest.strip_prefix(r#","mrenclave":""#)?.strip_suffix(r#""}"#)?;
         (!m.contains(['"', '\\'])).then_some((hot, std::borrow::Cow::Borrowed(m)))
     };
     match fast() {
@@ -150,9 +133,7 @@ pub async fn find(reg: &dyn Registry, q: &FindQuery) -> Result<FindOutcome> {
         (Some(d), _) => Index::Data(d.clone()),
         (None, Some(m)) => Index::Measurement(m.clone()),
         (None, None) => {
-            return Err(RegistryError::Invalid(
-                "send a data id or a measurement".into(),
-            ));
+            return Err(RegistryError::Invalid("send a data id or a measurement".into()));
         }
     };
     let mut candidates: Vec<Candidate> = Vec::new();
@@ -194,9 +175,7 @@ pub async fn find(reg: &dyn Registry, q: &FindQuery) -> Result<FindOutcome> {
                 // Absent: remove it from every index that still names it.
                 prune.insert((index.clone(), cand.id.clone()));
                 let measurement = match &index {
-                    Index::Data(_) => parse_data_entry(&cand.raw)
-                        .ok()
-                        .map(|(_, m)| m.into_owned()),
+                    Index::Data(_) => parse_data_entry(&cand.raw).ok().map(|(_, m)| m.into_owned()),
                     _ => q.measurement.clone(),
                 };
                 if let Some(m) = measurement {
@@ -228,29 +207,16 @@ pub async fn find(reg: &dyn Registry, q: &FindQuery) -> Result<FindOutcome> {
                 }
             };
             if q.platform.as_ref().is_some_and(|p| *p != info.platform)
-                || q.measurement
-                    .as_ref()
-                    .is_some_and(|m| *m != info.policy.mrenclave)
+                || q.measurement.as_ref().is_some_and(|m| *m != info.policy.mrenclave)
             {
                 continue;
             }
-            let hot = q
-                .data
-                .as_ref()
-                .and_then(|d| info.data_access.get(d))
-                .is_some_and(|a| a.hot);
-            if q.data
-                .as_ref()
-                .is_some_and(|d| !info.data_access.contains_key(d))
-            {
+            let hot = q.data.as_ref().and_then(|d| info.data_access.get(d)).is_some_and(|a| a.hot);
+            if q.data.as_ref().is_some_and(|d| !info.data_access.contains_key(d)) {
                 // The index is older than the info: the enclave dropped this data.
                 continue;
             }
-            out.live.push(Found {
-                info,
-                hot,
-                presence_ttl: ttl,
-            });
+            out.live.push(Found { info, hot, presence_ttl: ttl });
         }
     }
     if !prune.is_empty() {
@@ -258,10 +224,7 @@ pub async fn find(reg: &dyn Registry, q: &FindQuery) -> Result<FindOutcome> {
         out.pruned = dead.len();
         let entries: Vec<(Index, String)> = prune.into_iter().collect();
         reg.remove(&entries).await?;
-        tracing::debug!(
-            pruned = out.pruned,
-            "removed absent instances from the indexes"
-        );
+        tracing::debug!(pruned = out.pruned, "removed absent instances from the indexes");
     }
     Ok(out)
 }
@@ -272,29 +235,11 @@ mod tests {
 
     #[test]
     fn data_entries_parse_fast_and_slow() {
-        assert_eq!(
-            parse_data_entry(r#"{"hot":true,"mrenclave":"ab"}"#),
-            Ok((true, "ab".into()))
-        );
-        assert_eq!(
-            parse_data_entry(r#"{"hot":false,"mrenclave":"ab"}"#),
-            Ok((false, "ab".into()))
-        );
-        assert_eq!(
-            parse_data_entry(r#"{ "mrenclave": "ab", "hot": true }"#),
-            Ok((true, "ab".into()))
-        );
-        assert_eq!(
-            parse_data_entry(r#"{"hot":true,"mrenclave":"a\u0062"}"#),
-            Ok((true, "ab".into()))
-        );
-        for bad in [
-            "",
-            "{}",
-            "garbage",
-            r#"{"hot":1,"mrenclave":"ab"}"#,
-            r#"{"hot":true,"mrenclave":"ab"#,
-        ] {
+        assert_eq!(parse_data_entry(r#"{"hot":true,"mrenclave":"ab"}"#), Ok((true, "ab".into())));
+        assert_eq!(parse_data_entry(r#"{"hot":false,"mrenclave":"ab"}"#), Ok((false, "ab".into())));
+        assert_eq!(parse_data_entry(r#"{ "mrenclave": "ab", "hot": true }"#), Ok((true, "ab".into())));
+        assert_eq!(parse_data_entry(r#"{"hot":true,"mrenclave":"a\u0062"}"#), Ok((true, "ab".into())));
+        for bad in ["", "{}", "garbage", r#"{"hot":1,"mrenclave":"ab"}"#, r#"{"hot":true,"mrenclave":"ab"#] {
             assert!(parse_data_entry(bad).is_err(), "{bad}");
         }
     }

@@ -156,10 +156,7 @@ mod tests {
         );
         assert_eq!(
             "redis+cluster://a:1,b:2".parse::<RegistrySpec>(),
-            Ok(RegistrySpec::Cluster(vec![
-                "redis://a:1".into(),
-                "redis://b:2".into()
-            ]))
+            Ok(RegistrySpec::Cluster(vec!["redis://a:1".into(), "redis://b:2".into()]))
         );
         assert!("redis+cluster://".parse::<RegistrySpec>().is_err());
         assert!("postgres://x".parse::<RegistrySpec>().is_err());

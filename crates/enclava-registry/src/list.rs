@@ -45,51 +45,30 @@ pub async fn list(reg: &dyn Registry, q: &ListQuery) -> Result<ListPage> {
     } else if let Some(p) = &q.platform {
         vec![Index::Platform(p.clone())]
     } else {
-        reg.indexes()
-            .await?
-            .into_iter()
-            .filter(|i| matches!(i, Index::Platform(_)))
-            .collect()
+        reg.indexes().await?.into_iter().filter(|i| matches!(i, Index::Platform(_))).collect()
     };
     let mut ids = BTreeSet::new();
     for src in &sources {
         ids.extend(reg.index(src).await?.into_iter().map(|(id, _)| id));
     }
     let page_size = q.page_size.clamp(1, MAX_PAGE);
-    let page: Vec<String> = ids
-        .into_iter()
-        .filter(|id| q.after.as_ref().is_none_or(|a| id > a))
-        .take(page_size + 1)
-        .collect();
+    let page: Vec<String> =
+        ids.into_iter().filter(|id| q.after.as_ref().is_none_or(|a| id > a)).take(page_size + 1).collect();
     let more = page.len() > page_size;
     let page = &page[..page.len().min(page_size)];
     let probes = reg.probe(page, true).await?;
     let mut items = Vec::with_capacity(page.len());
     for (id, probe) in page.iter().zip(probes) {
-        let info = probe
-            .info
-            .as_deref()
-            .and_then(|raw| EnclaveInfoJson::parse(raw).ok());
+        let info = probe.info.as_deref().and_then(|raw| EnclaveInfoJson::parse(raw).ok());
         if let Some(info) = &info {
             let mismatch = q.platform.as_ref().is_some_and(|p| *p != info.platform)
-                || q.measurement
-                    .as_ref()
-                    .is_some_and(|m| *m != info.policy.mrenclave)
-                || q.data
-                    .as_ref()
-                    .is_some_and(|d| !info.data_access.contains_key(d));
+                || q.measurement.as_ref().is_some_and(|m| *m != info.policy.mrenclave)
+                || q.data.as_ref().is_some_and(|d| !info.data_access.contains_key(d));
             if mismatch {
                 continue;
             }
         }
-        items.push(Listed {
-            instance_id: id.clone(),
-            present: probe.presence_ttl.is_some(),
-            info,
-        });
+        items.push(Listed { instance_id: id.clone(), present: probe.presence_ttl.is_some(), info });
     }
-    Ok(ListPage {
-        items,
-        next_after: more.then(|| page.last().cloned()).flatten(),
-    })
+    Ok(ListPage { items, next_after: more.then(|| page.last().cloned()).flatten() })
 }

@@ -39,11 +39,7 @@ pub struct MemoryRegistry {
 
 impl MemoryRegistry {
     pub fn new(keys: Keys) -> MemoryRegistry {
-        MemoryRegistry {
-            keys,
-            state: Mutex::default(),
-            round_trips: AtomicU64::new(0),
-        }
+        MemoryRegistry { keys, state: Mutex::default(), round_trips: AtomicU64::new(0) }
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -65,28 +61,16 @@ impl Registry for MemoryRegistry {
         let key = self.keys.presence(id);
         let mut s = self.state();
         let existed = s.get(&key, now).is_some();
-        s.strings.insert(
-            key,
-            (id.to_owned(), now + Duration::from_secs(PRESENCE_TTL_SECS)),
-        );
+        s.strings.insert(key, (id.to_owned(), now + Duration::from_secs(PRESENCE_TTL_SECS)));
         Ok(existed)
     }
 
     async fn publish(&self, id: &str, info_json: &str, entries: &[(Index, String)]) -> Result<()> {
         let now = Instant::now();
         let mut s = self.state();
-        s.strings.insert(
-            self.keys.info(id),
-            (
-                info_json.to_owned(),
-                now + Duration::from_secs(INFO_TTL_SECS),
-            ),
-        );
+        s.strings.insert(self.keys.info(id), (info_json.to_owned(), now + Duration::from_secs(INFO_TTL_SECS)));
         for (index, value) in entries {
-            s.hashes
-                .entry(self.keys.index(index))
-                .or_default()
-                .insert(id.to_owned(), value.clone());
+            s.hashes.entry(self.keys.index(index)).or_default().insert(id.to_owned(), value.clone());
         }
         Ok(())
     }
@@ -115,14 +99,8 @@ impl Registry for MemoryRegistry {
         Ok(ids
             .iter()
             .map(|id| Probe {
-                presence_ttl: s
-                    .get(&self.keys.presence(id), now)
-                    .map(|(_, exp)| exp - now),
-                info: if with_info {
-                    s.get(&self.keys.info(id), now).map(|(v, _)| v.clone())
-                } else {
-                    None
-                },
+                presence_ttl: s.get(&self.keys.presence(id), now).map(|(_, exp)| exp - now),
+                info: if with_info { s.get(&self.keys.info(id), now).map(|(v, _)| v.clone()) } else { None },
             })
             .collect())
     }
@@ -137,10 +115,7 @@ impl Registry for MemoryRegistry {
 
     async fn indexes(&self) -> Result<Vec<Index>> {
         let s = self.state();
-        Ok(s.hashes
-            .keys()
-            .filter_map(|k| self.keys.parse_index(k))
-            .collect())
+        Ok(s.hashes.keys().filter_map(|k| self.keys.parse_index(k)).collect())
     }
 
     async fn ping(&self) -> Result<()> {

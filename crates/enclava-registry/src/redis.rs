@@ -51,10 +51,7 @@ pub struct RedisRegistry {
 
 impl std::fmt::Debug for RedisRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisRegistry")
-            .field("target", &self.target)
-            .field("keys", &self.keys)
-            .finish()
+        f.debug_struct("RedisRegistry").field("target", &self.target).field("keys", &self.keys).finish()
     }
 }
 
@@ -70,8 +67,8 @@ impl RedisRegistry {
     /// A registry on one Redis server; connects on first use.
     pub fn standalone(url: &str, keys: Keys) -> Result<RedisRegistry> {
         let target = redact(url);
-        let client = redis::Client::open(url)
-            .map_err(|e| RegistryError::Invalid(format!("bad Redis URL {target}: {e}")))?;
+        let client =
+            redis::Client::open(url).map_err(|e| RegistryError::Invalid(format!("bad Redis URL {target}: {e}")))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
@@ -81,26 +78,15 @@ impl RedisRegistry {
         let managers = (0..POOL)
             .map(|_| ConnectionManager::new_lazy_with_config(client.clone(), config.clone()))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| {
-                RegistryError::Invalid(format!("cannot set up Redis client for {target}: {e}"))
-            })?;
-        Ok(RedisRegistry {
-            keys,
-            conn: Conn::Single(managers),
-            target,
-            round_trips: AtomicU64::new(0),
-        })
+            .map_err(|e| RegistryError::Invalid(format!("cannot set up Redis client for {target}: {e}")))?;
+        Ok(RedisRegistry { keys, conn: Conn::Single(managers), target, round_trips: AtomicU64::new(0) })
     }
 
     /// A registry on a Redis Cluster, from seed nodes (`redis://host:port` each).
     pub fn cluster(nodes: &[String], keys: Keys) -> Result<RedisRegistry> {
         let target = format!(
             "redis+cluster://{}",
-            nodes
-                .iter()
-                .map(|n| redact(n).trim_start_matches("redis://").to_owned())
-                .collect::<Vec<_>>()
-                .join(",")
+            nodes.iter().map(|n| redact(n).trim_start_matches("redis://").to_owned()).collect::<Vec<_>>().join(",")
         );
         let client = ClusterClient::builder(nodes.iter().map(String::as_str))
             .connection_timeout(CONNECT_TIMEOUT)
@@ -109,15 +95,10 @@ impl RedisRegistry {
             .min_retry_wait(10)
             .max_retry_wait(200)
             .build()
-            .map_err(|e| {
-                RegistryError::Invalid(format!("bad Redis Cluster nodes {target}: {e}"))
-            })?;
+            .map_err(|e| RegistryError::Invalid(format!("bad Redis Cluster nodes {target}: {e}")))?;
         Ok(RedisRegistry {
             keys,
-            conn: Conn::Cluster(Box::new(ClusterConn {
-                client,
-                conn: Mutex::new(None),
-            })),
+            conn: Conn::Cluster(Box::new(ClusterConn { client, conn: Mutex::new(None) })),
             target,
             round_trips: AtomicU64::new(0),
         })
@@ -130,10 +111,7 @@ impl RedisRegistry {
     }
 
     fn unavailable(&self, e: RedisError) -> RegistryError {
-        RegistryError::Unavailable {
-            target: self.target.clone(),
-            reason: e.to_string(),
-        }
+        RegistryError::Unavailable { target: self.target.clone(), reason: e.to_string() }
     }
 
     async fn cluster_conn(&self) -> Result<ClusterConnection> {
@@ -165,19 +143,14 @@ impl RedisRegistry {
         match &self.conn {
             Conn::Single(pool) if cmds.len() == 1 => {
                 let c = cmds.into_iter().next().unwrap_or_else(|| cmd("PING"));
-                c.query_async::<Value>(&mut self.manager(pool))
-                    .await
-                    .map(|v| vec![v])
-                    .map_err(|e| self.unavailable(e))
+                c.query_async::<Value>(&mut self.manager(pool)).await.map(|v| vec![v]).map_err(|e| self.unavailable(e))
             }
             Conn::Single(pool) => {
                 let mut pipe = Pipeline::with_capacity(cmds.len());
                 for c in cmds {
                     pipe.add_command(c);
                 }
-                pipe.query_async(&mut self.manager(pool))
-                    .await
-                    .map_err(|e| self.unavailable(e))
+                pipe.query_async(&mut self.manager(pool)).await.map_err(|e| self.unavailable(e))
             }
             Conn::Cluster(_) => {
                 let conn = self.cluster_conn().await?;
@@ -192,10 +165,8 @@ impl RedisRegistry {
     }
 
     fn decode<T: FromRedisValue>(&self, v: Value) -> Result<T> {
-        T::from_redis_value(v).map_err(|e| RegistryError::Backend {
-            target: self.target.clone(),
-            reason: e.to_string(),
-        })
+        T::from_redis_value(v)
+            .map_err(|e| RegistryError::Backend { target: self.target.clone(), reason: e.to_string() })
     }
 
     /// SCAN one node (or the only server) for keys matching `pattern`.
@@ -204,27 +175,16 @@ impl RedisRegistry {
         let mut cursor: u64 = 0;
         loop {
             let mut c = cmd("SCAN");
-            c.arg(cursor)
-                .arg("MATCH")
-                .arg(pattern)
-                .arg("COUNT")
-                .arg(SCAN_COUNT);
+            c.arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(SCAN_COUNT);
             self.round_trips.fetch_add(1, Ordering::Relaxed);
             let reply: Value = match (&self.conn, &node) {
-                (Conn::Single(pool), _) => c
-                    .query_async(&mut self.manager(pool))
-                    .await
-                    .map_err(|e| self.unavailable(e))?,
+                (Conn::Single(pool), _) => {
+                    c.query_async(&mut self.manager(pool)).await.map_err(|e| self.unavailable(e))?
+                }
                 (Conn::Cluster(_), Some((host, port))) => {
-                    let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
-                        host: host.clone(),
-                        port: *port,
-                    });
-                    self.cluster_conn()
-                        .await?
-                        .route_command(c, routing)
-                        .await
-                        .map_err(|e| self.unavailable(e))?
+                    let routing =
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host: host.clone(), port: *port });
+                    self.cluster_conn().await?.route_command(c, routing).await.map_err(|e| self.unavailable(e))?
                 }
                 (Conn::Cluster(_), None) => {
                     return Err(RegistryError::Invalid("SCAN needs a node".into()));
@@ -243,11 +203,7 @@ impl RedisRegistry {
     async fn primaries(&self) -> Result<Vec<(String, u16)>> {
         self.round_trips.fetch_add(1, Ordering::Relaxed);
         let mut conn = self.cluster_conn().await?;
-        let text: String = cmd("CLUSTER")
-            .arg("NODES")
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| self.unavailable(e))?;
+        let text: String = cmd("CLUSTER").arg("NODES").query_async(&mut conn).await.map_err(|e| self.unavailable(e))?;
         Ok(parse_cluster_primaries(&text))
     }
 }
@@ -291,11 +247,7 @@ impl Registry for RedisRegistry {
         // The seed's `SETEX presence id 3`, written as `SET … EX 3 GET`: same key, value and TTL,
         // and the old value tells in the same command whether the registry had lost us.
         let mut c = cmd("SET");
-        c.arg(self.keys.presence(id))
-            .arg(id)
-            .arg("EX")
-            .arg(PRESENCE_TTL_SECS)
-            .arg("GET");
+        c.arg(self.keys.presence(id)).arg(id).arg("EX").arg(PRESENCE_TTL_SECS).arg("GET");
         let mut replies = self.batch(vec![c]).await?;
         let old: Option<String> = self.decode(replies.pop().unwrap_or(Value::Nil))?;
         Ok(old.is_some())
@@ -362,11 +314,7 @@ impl Registry for RedisRegistry {
                 -1 => Some(Duration::from_secs(PRESENCE_TTL_SECS)),
                 ms => Some(Duration::from_millis(ms.max(0).unsigned_abs())),
             };
-            let info = if with_info {
-                self.decode(it.next().unwrap_or(Value::Nil))?
-            } else {
-                None
-            };
+            let info = if with_info { self.decode(it.next().unwrap_or(Value::Nil))? } else { None };
             out.push(Probe { presence_ttl, info });
         }
         Ok(out)
@@ -396,10 +344,7 @@ impl Registry for RedisRegistry {
                 all
             }
         };
-        let mut out: Vec<Index> = keys
-            .iter()
-            .filter_map(|k| self.keys.parse_index(k))
-            .collect();
+        let mut out: Vec<Index> = keys.iter().filter_map(|k| self.keys.parse_index(k)).collect();
         out.sort();
         out.dedup();
         Ok(out)
@@ -430,13 +375,7 @@ mod tests {
                     b 127.0.0.1:7001@17001 master - 0 0 2 connected 5461-10922\n\
                     c 127.0.0.1:7002@17002 slave a 0 0 1 connected\n\
                     d 127.0.0.1:7003@17003 master,fail - 0 0 3 disconnected\n";
-        assert_eq!(
-            parse_cluster_primaries(text),
-            vec![
-                ("127.0.0.1".to_owned(), 7000),
-                ("127.0.0.1".to_owned(), 7001)
-            ]
-        );
+        assert_eq!(parse_cluster_primaries(text), vec![("127.0.0.1".to_owned(), 7000), ("127.0.0.1".to_owned(), 7001)]);
     }
 
     #[test]

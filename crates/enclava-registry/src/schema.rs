@@ -38,10 +38,7 @@ impl Keys {
     pub fn new(namespace: &str, service: &str) -> Result<Keys, String> {
         check_name("namespace", namespace)?;
         check_name("service", service)?;
-        Ok(Keys {
-            namespace: namespace.to_owned(),
-            service: service.to_owned(),
-        })
+        Ok(Keys { namespace: namespace.to_owned(), service: service.to_owned() })
     }
 
     pub fn namespace(&self) -> &str {
@@ -81,8 +78,7 @@ impl Keys {
         if let Some(v) = rest.strip_prefix("bymrenclave:") {
             return Some(Index::Measurement(v.to_owned()));
         }
-        rest.strip_prefix("bydataaccess:")
-            .map(|v| Index::Data(v.to_owned()))
+        rest.strip_prefix("bydataaccess:").map(|v| Index::Data(v.to_owned()))
     }
 }
 
@@ -177,24 +173,12 @@ impl EnclaveInfoJson {
     /// Every index entry this info implies, with its value.
     pub fn index_entries(&self) -> Vec<(Index, String)> {
         let mut out = vec![
-            (
-                Index::Platform(self.platform.clone()),
-                EMPTY_ENTRY.to_owned(),
-            ),
-            (
-                Index::Measurement(self.policy.mrenclave.clone()),
-                EMPTY_ENTRY.to_owned(),
-            ),
+            (Index::Platform(self.platform.clone()), EMPTY_ENTRY.to_owned()),
+            (Index::Measurement(self.policy.mrenclave.clone()), EMPTY_ENTRY.to_owned()),
         ];
         for (data, access) in &self.data_access {
-            let entry = DataIndexEntry {
-                hot: access.hot,
-                mrenclave: self.policy.mrenclave.clone(),
-            };
-            out.push((
-                Index::Data(data.clone()),
-                serde_json::to_string(&entry).unwrap_or_default(),
-            ));
+            let entry = DataIndexEntry { hot: access.hot, mrenclave: self.policy.mrenclave.clone() };
+            out.push((Index::Data(data.clone()), serde_json::to_string(&entry).unwrap_or_default()));
         }
         out
     }
@@ -209,9 +193,7 @@ pub fn check_name(what: &str, v: &str) -> Result<(), String> {
         return Err(format!("{what} is longer than 256 bytes"));
     }
     if v.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(format!(
-            "{what} {v:?} contains whitespace or control characters"
-        ));
+        return Err(format!("{what} {v:?} contains whitespace or control characters"));
     }
     Ok(())
 }
@@ -221,15 +203,8 @@ pub fn check_measurement(v: &str) -> Result<(), String> {
     let ok = !v.is_empty()
         && v.len().is_multiple_of(2)
         && v.len() <= 128
-        && v.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "measurement {v:?} is not lowercase hex of at most 64 bytes"
-        ))
-    }
+        && v.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if ok { Ok(()) } else { Err(format!("measurement {v:?} is not lowercase hex of at most 64 bytes")) }
 }
 
 mod b64 {
@@ -243,9 +218,7 @@ mod b64 {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         let s = String::deserialize(d)?;
-        STANDARD
-            .decode(s.as_bytes())
-            .map_err(serde::de::Error::custom)
+        STANDARD.decode(s.as_bytes()).map_err(serde::de::Error::custom)
     }
 }
 
@@ -258,18 +231,9 @@ mod tests {
         let k = Keys::new("mithrilcloud", "blindai").expect("valid names");
         assert_eq!(k.presence("ID"), "mithrilcloud:service:blindai:ID:presence");
         assert_eq!(k.info("ID"), "mithrilcloud:blindai:service:ID:info");
-        assert_eq!(
-            k.index(&Index::Platform("sgx".into())),
-            "mithrilcloud:blindai:byplatform:sgx"
-        );
-        assert_eq!(
-            k.index(&Index::Measurement("ab".into())),
-            "mithrilcloud:blindai:bymrenclave:ab"
-        );
-        assert_eq!(
-            k.index(&Index::Data("cchudant/gpt2".into())),
-            "mithrilcloud:blindai:bydataaccess:cchudant/gpt2"
-        );
+        assert_eq!(k.index(&Index::Platform("sgx".into())), "mithrilcloud:blindai:byplatform:sgx");
+        assert_eq!(k.index(&Index::Measurement("ab".into())), "mithrilcloud:blindai:bymrenclave:ab");
+        assert_eq!(k.index(&Index::Data("cchudant/gpt2".into())), "mithrilcloud:blindai:bydataaccess:cchudant/gpt2");
         let idx = Index::Data("a:b".into());
         assert_eq!(k.parse_index(&k.index(&idx)), Some(idx));
         assert_eq!(k.parse_index("other:blindai:byplatform:sgx"), None);
@@ -277,14 +241,8 @@ mod tests {
 
     #[test]
     fn data_entry_is_letter_for_letter() {
-        let e = DataIndexEntry {
-            hot: true,
-            mrenclave: "xx".into(),
-        };
-        assert_eq!(
-            serde_json::to_string(&e).expect("serializes"),
-            r#"{"hot":true,"mrenclave":"xx"}"#
-        );
+        let e = DataIndexEntry { hot: true, mrenclave: "xx".into() };
+        assert_eq!(serde_json::to_string(&e).expect("serializes"), r#"{"hot":true,"mrenclave":"xx"}"#);
     }
 
     #[test]
@@ -297,14 +255,7 @@ mod tests {
         assert_eq!(info.extra["cloud"], "eu");
         let again = EnclaveInfoJson::parse(&info.to_json()).expect("round trip");
         assert_eq!(again, info);
-        for bad in [
-            "",
-            "null",
-            "{}",
-            r#"{"instanceId":""}"#,
-            "[1,2]",
-            r#"{"instanceId":"i","pubkey":"!!"}"#,
-        ] {
+        for bad in ["", "null", "{}", r#"{"instanceId":""}"#, "[1,2]", r#"{"instanceId":"i","pubkey":"!!"}"#] {
             assert!(EnclaveInfoJson::parse(bad).is_err(), "{bad} must not parse");
         }
     }

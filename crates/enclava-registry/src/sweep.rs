@@ -27,11 +27,7 @@ pub async fn sweep(reg: &dyn Registry) -> Result<SweepReport> {
         }
     }
     let ids: Vec<String> = by_id.keys().cloned().collect();
-    let mut report = SweepReport {
-        indexes: indexes.len(),
-        instances: ids.len(),
-        removed: 0,
-    };
+    let mut report = SweepReport { indexes: indexes.len(), instances: ids.len(), removed: 0 };
     for chunk in ids.chunks(PROBE_CHUNK) {
         let probes = reg.probe(chunk, false).await?;
         let dead: Vec<(Index, String)> = chunk

@@ -26,26 +26,18 @@ pub fn info(id: &str, measurement: &str, platform: &str, data: &[(&str, bool)]) 
         service_name: "enclava".into(),
         platform: platform.into(),
         service_version: "0.0.0".into(),
-        policy: PolicyJson {
-            mrenclave: measurement.into(),
-            extra: Default::default(),
-        },
+        policy: PolicyJson { mrenclave: measurement.into(), extra: Default::default() },
         attestation: Vec::new(),
         pubkey: vec![1, 2, 3],
         connection_string: format!("127.0.0.1:{}", 1000 + id.len()),
-        data_access: data
-            .iter()
-            .map(|(d, hot)| (d.to_string(), DataAccessJson { hot: *hot }))
-            .collect(),
+        data_access: data.iter().map(|(d, hot)| (d.to_string(), DataAccessJson { hot: *hot })).collect(),
         extra: Default::default(),
     }
 }
 
 /// Publishes `info` and, when `live`, writes presence as a node would.
 pub async fn register(reg: &dyn Registry, info: &EnclaveInfoJson, live: bool) {
-    reg.publish(&info.instance_id, &info.to_json(), &info.index_entries())
-        .await
-        .expect("publish");
+    reg.publish(&info.instance_id, &info.to_json(), &info.index_entries()).await.expect("publish");
     if live {
         reg.heartbeat(&info.instance_id).await.expect("heartbeat");
     }
@@ -58,40 +50,18 @@ fn q(data: &str, measurement: &str, platform: &str, limit: i64, deny: &[&str]) -
 
 async fn ids(reg: &dyn Registry, query: &FindQuery) -> Vec<String> {
     let out = find(reg, query).await.expect("find");
-    out.live
-        .into_iter()
-        .take(query.limit)
-        .map(|f| f.info.instance_id)
-        .collect()
+    out.live.into_iter().take(query.limit).map(|f| f.info.instance_id).collect()
 }
 
 async fn index_ids(reg: &dyn Registry, index: &Index) -> BTreeSet<String> {
-    reg.index(index)
-        .await
-        .expect("index")
-        .into_iter()
-        .map(|(id, _)| id)
-        .collect()
+    reg.index(index).await.expect("index").into_iter().map(|(id, _)| id).collect()
 }
 
 /// Runs every case, concurrently (the TTL cases wait for real expiry).
 pub async fn run_all(make: &Factory) {
-    let cases = [
-        "hb",
-        "pub",
-        "find",
-        "spread",
-        "prune",
-        "malformed",
-        "rtt",
-        "sweep",
-        "withdraw",
-        "list",
-    ];
-    let r: Vec<Arc<dyn Registry>> = cases
-        .iter()
-        .map(|case| make(&format!("conf{}-{case}", std::process::id())))
-        .collect();
+    let cases = ["hb", "pub", "find", "spread", "prune", "malformed", "rtt", "sweep", "withdraw", "list"];
+    let r: Vec<Arc<dyn Registry>> =
+        cases.iter().map(|case| make(&format!("conf{}-{case}", std::process::id()))).collect();
     tokio::join!(
         heartbeat_reports_loss(r[0].as_ref()),
         publish_writes_info_and_indexes(r[1].as_ref()),
@@ -108,72 +78,31 @@ pub async fn run_all(make: &Factory) {
 
 /// Presence lives 3 s; a heartbeat says whether the registry still had it.
 pub async fn heartbeat_reports_loss(reg: &dyn Registry) {
-    assert!(
-        !reg.heartbeat("n1").await.expect("hb"),
-        "first heartbeat finds no presence"
-    );
-    assert!(
-        reg.heartbeat("n1").await.expect("hb"),
-        "second heartbeat finds its presence"
-    );
+    assert!(!reg.heartbeat("n1").await.expect("hb"), "first heartbeat finds no presence");
+    assert!(reg.heartbeat("n1").await.expect("hb"), "second heartbeat finds its presence");
     let p = reg.probe(&["n1".into()], false).await.expect("probe");
     let ttl = p[0].presence_ttl.expect("present");
-    assert!(
-        ttl <= Duration::from_secs(3) && ttl > Duration::from_millis(2000),
-        "ttl {ttl:?}"
-    );
+    assert!(ttl <= Duration::from_secs(3) && ttl > Duration::from_millis(2000), "ttl {ttl:?}");
     tokio::time::sleep(Duration::from_millis(3200)).await;
-    assert_eq!(
-        reg.probe(&["n1".into()], false).await.expect("probe")[0].presence_ttl,
-        None,
-        "expired after 3 s"
-    );
-    assert!(
-        !reg.heartbeat("n1").await.expect("hb"),
-        "after expiry the heartbeat reports the loss"
-    );
+    assert_eq!(reg.probe(&["n1".into()], false).await.expect("probe")[0].presence_ttl, None, "expired after 3 s");
+    assert!(!reg.heartbeat("n1").await.expect("hb"), "after expiry the heartbeat reports the loss");
 }
 
 /// Info and every index entry are written with the seed's values.
 pub async fn publish_writes_info_and_indexes(reg: &dyn Registry) {
-    let i = info(
-        "n1",
-        M1,
-        "sim",
-        &[("acme/gpt2", true), ("acme/bert", false)],
-    );
+    let i = info("n1", M1, "sim", &[("acme/gpt2", true), ("acme/bert", false)]);
     register(reg, &i, true).await;
     let probe = reg.probe(&["n1".into()], true).await.expect("probe");
+    assert_eq!(EnclaveInfoJson::parse(probe[0].info.as_deref().expect("info")).expect("parses"), i);
+    assert_eq!(reg.index(&Index::Platform("sim".into())).await.expect("idx"), vec![("n1".into(), "{}".into())]);
+    assert_eq!(reg.index(&Index::Measurement(M1.into())).await.expect("idx"), vec![("n1".into(), "{}".into())]);
     assert_eq!(
-        EnclaveInfoJson::parse(probe[0].info.as_deref().expect("info")).expect("parses"),
-        i
-    );
-    assert_eq!(
-        reg.index(&Index::Platform("sim".into()))
-            .await
-            .expect("idx"),
-        vec![("n1".into(), "{}".into())]
-    );
-    assert_eq!(
-        reg.index(&Index::Measurement(M1.into()))
-            .await
-            .expect("idx"),
-        vec![("n1".into(), "{}".into())]
-    );
-    assert_eq!(
-        reg.index(&Index::Data("acme/gpt2".into()))
-            .await
-            .expect("idx"),
+        reg.index(&Index::Data("acme/gpt2".into())).await.expect("idx"),
         vec![("n1".into(), format!(r#"{{"hot":true,"mrenclave":"{M1}"}}"#))]
     );
     assert_eq!(
-        reg.index(&Index::Data("acme/bert".into()))
-            .await
-            .expect("idx"),
-        vec![(
-            "n1".into(),
-            format!(r#"{{"hot":false,"mrenclave":"{M1}"}}"#)
-        )]
+        reg.index(&Index::Data("acme/bert".into())).await.expect("idx"),
+        vec![("n1".into(), format!(r#"{{"hot":false,"mrenclave":"{M1}"}}"#))]
     );
     let all: BTreeSet<Index> = reg.indexes().await.expect("indexes").into_iter().collect();
     let want: BTreeSet<Index> = i.index_entries().into_iter().map(|(ix, _)| ix).collect();
@@ -188,63 +117,22 @@ pub async fn find_semantics(reg: &dyn Registry) {
     register(reg, &info("tdx1", M2, "tdx", &[("e", false)]), true).await;
 
     for _ in 0..10 {
-        assert_eq!(
-            ids(reg, &q("d", "", "", 1, &[])).await,
-            vec!["hot1"],
-            "hot preferred"
-        );
+        assert_eq!(ids(reg, &q("d", "", "", 1, &[])).await, vec!["hot1"], "hot preferred");
     }
-    let all: BTreeSet<String> = ids(reg, &q("d", "", "", 10, &[]))
-        .await
-        .into_iter()
-        .collect();
+    let all: BTreeSet<String> = ids(reg, &q("d", "", "", 10, &[])).await.into_iter().collect();
     assert_eq!(all, ["hot1", "cold1", "other"].map(String::from).into());
-    assert_eq!(
-        ids(reg, &q("d", "", "", 10, &[])).await[0],
-        "hot1",
-        "hot first in a longer answer too"
-    );
-    let m1: BTreeSet<String> = ids(reg, &q("d", M1, "", 10, &[]))
-        .await
-        .into_iter()
-        .collect();
-    assert_eq!(
-        m1,
-        ["hot1", "cold1"].map(String::from).into(),
-        "filtered by measurement"
-    );
-    assert!(
-        ids(reg, &q("d", "", "sgx", 10, &[])).await.is_empty(),
-        "platform filters"
-    );
-    assert_eq!(
-        ids(reg, &q("", M2, "tdx", 10, &[])).await,
-        vec!["tdx1"],
-        "measurement index"
-    );
-    let denied: BTreeSet<String> = ids(reg, &q("d", M1, "", 10, &["hot1"]))
-        .await
-        .into_iter()
-        .collect();
+    assert_eq!(ids(reg, &q("d", "", "", 10, &[])).await[0], "hot1", "hot first in a longer answer too");
+    let m1: BTreeSet<String> = ids(reg, &q("d", M1, "", 10, &[])).await.into_iter().collect();
+    assert_eq!(m1, ["hot1", "cold1"].map(String::from).into(), "filtered by measurement");
+    assert!(ids(reg, &q("d", "", "sgx", 10, &[])).await.is_empty(), "platform filters");
+    assert_eq!(ids(reg, &q("", M2, "tdx", 10, &[])).await, vec!["tdx1"], "measurement index");
+    let denied: BTreeSet<String> = ids(reg, &q("d", M1, "", 10, &["hot1"])).await.into_iter().collect();
     assert_eq!(denied, ["cold1"].map(String::from).into(), "deny list");
-    assert!(
-        ids(reg, &q("nothing", "", "", 1, &[])).await.is_empty(),
-        "unknown data: empty, not an error"
-    );
+    assert!(ids(reg, &q("nothing", "", "", 1, &[])).await.is_empty(), "unknown data: empty, not an error");
     let found = find(reg, &q("d", "", "", 1, &[])).await.expect("find");
     assert!(found.live[0].hot);
     assert!(found.live[0].presence_ttl <= Duration::from_secs(3));
-    assert!(matches!(
-        find(
-            reg,
-            &FindQuery {
-                limit: 1,
-                ..Default::default()
-            }
-        )
-        .await,
-        Err(RegistryError::Invalid(_))
-    ));
+    assert!(matches!(find(reg, &FindQuery { limit: 1, ..Default::default() }).await, Err(RegistryError::Invalid(_))));
 }
 
 /// Equal candidates do not always come back in the same order.
@@ -256,42 +144,23 @@ pub async fn find_spreads_load(reg: &dyn Registry) {
     for _ in 0..60 {
         firsts.insert(ids(reg, &q("d", "", "", 1, &[])).await.remove(0));
     }
-    assert_eq!(
-        firsts.len(),
-        3,
-        "every equal candidate is chosen sometimes: {firsts:?}"
-    );
+    assert_eq!(firsts.len(), 3, "every equal candidate is chosen sometimes: {firsts:?}");
 }
 
 /// An absent candidate is skipped, the next one checked, and the absent one removed everywhere.
 pub async fn find_prunes_the_dead(reg: &dyn Registry) {
     for i in 0..5 {
-        register(
-            reg,
-            &info(&format!("dead{i}"), M1, "sim", &[("d", true), ("x", false)]),
-            false,
-        )
-        .await;
+        register(reg, &info(&format!("dead{i}"), M1, "sim", &[("d", true), ("x", false)]), false).await;
     }
     register(reg, &info("live", M1, "sim", &[("d", false)]), true).await;
-    assert_eq!(
-        ids(reg, &q("d", "", "", 1, &[])).await,
-        vec!["live"],
-        "dead hot ones skipped"
-    );
+    assert_eq!(ids(reg, &q("d", "", "", 1, &[])).await, vec!["live"], "dead hot ones skipped");
     let out = find(reg, &q("d", "", "", 5, &[])).await.expect("find");
     assert_eq!(out.live.len(), 1);
-    for index in [
-        Index::Data("d".into()),
-        Index::Data("x".into()),
-        Index::Measurement(M1.into()),
-        Index::Platform("sim".into()),
-    ] {
+    for index in
+        [Index::Data("d".into()), Index::Data("x".into()), Index::Measurement(M1.into()), Index::Platform("sim".into())]
+    {
         let left = index_ids(reg, &index).await;
-        assert!(
-            left.iter().all(|id| !id.starts_with("dead")),
-            "{index:?} still names {left:?}"
-        );
+        assert!(left.iter().all(|id| !id.starts_with("dead")), "{index:?} still names {left:?}");
     }
 }
 
@@ -299,35 +168,19 @@ pub async fn find_prunes_the_dead(reg: &dyn Registry) {
 pub async fn find_skips_malformed_info(reg: &dyn Registry) {
     let good = info("good", M1, "sim", &[("d", false)]);
     register(reg, &good, true).await;
-    for (id, raw) in [
-        ("bad1", "not json"),
-        ("bad2", "{}"),
-        ("bad3", r#"{"instanceId":"zzz"}"#),
-    ] {
+    for (id, raw) in [("bad1", "not json"), ("bad2", "{}"), ("bad3", r#"{"instanceId":"zzz"}"#)] {
         let fake = info(id, M1, "sim", &[("d", true)]);
-        reg.publish(id, raw, &fake.index_entries())
-            .await
-            .expect("publish");
+        reg.publish(id, raw, &fake.index_entries()).await.expect("publish");
         reg.heartbeat(id).await.expect("hb");
     }
     reg.remove(&[]).await.expect("empty remove is fine");
     // An index entry that is not JSON at all.
-    reg.publish(
-        "bad4",
-        &info("bad4", M1, "sim", &[]).to_json(),
-        &[(Index::Data("d".into()), "garbage".into())],
-    )
-    .await
-    .expect("publish");
-    reg.heartbeat("bad4").await.expect("hb");
-    let out = find(reg, &q("d", "", "", 10, &[]))
+    reg.publish("bad4", &info("bad4", M1, "sim", &[]).to_json(), &[(Index::Data("d".into()), "garbage".into())])
         .await
-        .expect("find never fails on bad data");
-    let got: Vec<&str> = out
-        .live
-        .iter()
-        .map(|f| f.info.instance_id.as_str())
-        .collect();
+        .expect("publish");
+    reg.heartbeat("bad4").await.expect("hb");
+    let out = find(reg, &q("d", "", "", 10, &[])).await.expect("find never fails on bad data");
+    let got: Vec<&str> = out.live.iter().map(|f| f.info.instance_id.as_str()).collect();
     assert_eq!(got, vec!["good"]);
     assert!(out.skipped >= 3, "skipped {}", out.skipped);
 }
@@ -335,29 +188,16 @@ pub async fn find_skips_malformed_info(reg: &dyn Registry) {
 /// One index read, at most two probes and one prune, however many candidates.
 pub async fn find_round_trips_are_constant(reg: &dyn Registry) {
     for i in 0..200 {
-        register(
-            reg,
-            &info(&format!("n{i:03}"), M1, "sim", &[("d", false)]),
-            i % 10 != 0,
-        )
-        .await;
+        register(reg, &info(&format!("n{i:03}"), M1, "sim", &[("d", false)]), i % 10 != 0).await;
     }
     for limit in [1, 5, 50, 1000] {
         let before = reg.round_trips();
         let out = find(reg, &q("d", "", "", limit, &[])).await.expect("find");
         let trips = reg.round_trips() - before;
-        assert!(
-            out.live.len() >= (limit as usize).min(180),
-            "limit {limit}: {} found",
-            out.live.len()
-        );
+        assert!(out.live.len() >= (limit as usize).min(180), "limit {limit}: {} found", out.live.len());
         assert!(trips <= 4, "limit {limit}: {trips} round trips");
     }
-    assert_eq!(
-        index_ids(reg, &Index::Data("d".into())).await.len(),
-        180,
-        "the 20 dead were pruned"
-    );
+    assert_eq!(index_ids(reg, &Index::Data("d".into())).await.len(), 180, "the 20 dead were pruned");
 }
 
 /// The sweeper removes every entry of an instance whose presence expired, and nothing else.
@@ -383,10 +223,7 @@ pub async fn withdraw_removes_everything(reg: &dyn Registry) {
     register(reg, &i, true).await;
     let entries: Vec<Index> = i.index_entries().into_iter().map(|(ix, _)| ix).collect();
     reg.withdraw("n1", &entries).await.expect("withdraw");
-    assert_eq!(
-        reg.probe(&["n1".into()], true).await.expect("probe")[0],
-        Default::default()
-    );
+    assert_eq!(reg.probe(&["n1".into()], true).await.expect("probe")[0], Default::default());
     assert!(reg.indexes().await.expect("indexes").is_empty());
 }
 
@@ -394,31 +231,14 @@ pub async fn withdraw_removes_everything(reg: &dyn Registry) {
 pub async fn list_pages(reg: &dyn Registry) {
     for i in 0..7 {
         let platform = if i % 2 == 0 { "sim" } else { "tdx" };
-        register(
-            reg,
-            &info(&format!("n{i}"), M1, platform, &[("d", false)]),
-            i != 3,
-        )
-        .await;
+        register(reg, &info(&format!("n{i}"), M1, platform, &[("d", false)]), i != 3).await;
     }
     let mut seen = Vec::new();
     let mut after = None;
     for _ in 0..10 {
-        let page = list(
-            reg,
-            &ListQuery {
-                page_size: 3,
-                after: after.clone(),
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("list");
-        seen.extend(
-            page.items
-                .iter()
-                .map(|l| (l.instance_id.clone(), l.present)),
-        );
+        let page =
+            list(reg, &ListQuery { page_size: 3, after: after.clone(), ..Default::default() }).await.expect("list");
+        seen.extend(page.items.iter().map(|l| (l.instance_id.clone(), l.present)));
         after = page.next_after;
         if after.is_none() {
             break;
@@ -426,30 +246,14 @@ pub async fn list_pages(reg: &dyn Registry) {
     }
     let want: Vec<(String, bool)> = (0..7).map(|i| (format!("n{i}"), i != 3)).collect();
     assert_eq!(seen, want);
-    let sim = list(
-        reg,
-        &ListQuery {
-            platform: Some("sim".into()),
-            page_size: 100,
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("list");
-    let sim: BTreeMap<String, bool> = sim
-        .items
-        .into_iter()
-        .map(|l| (l.instance_id, l.present))
-        .collect();
+    let sim = list(reg, &ListQuery { platform: Some("sim".into()), page_size: 100, ..Default::default() })
+        .await
+        .expect("list");
+    let sim: BTreeMap<String, bool> = sim.items.into_iter().map(|l| (l.instance_id, l.present)).collect();
     assert_eq!(sim.len(), 4);
     let by_data = list(
         reg,
-        &ListQuery {
-            data: Some("d".into()),
-            platform: Some("tdx".into()),
-            page_size: 100,
-            ..Default::default()
-        },
+        &ListQuery { data: Some("d".into()), platform: Some("tdx".into()), page_size: 100, ..Default::default() },
     )
     .await
     .expect("list");

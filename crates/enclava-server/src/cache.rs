@@ -28,10 +28,7 @@ pub struct FindCache {
 
 impl FindCache {
     pub fn new(ttl: Duration) -> FindCache {
-        FindCache {
-            ttl,
-            map: Mutex::default(),
-        }
+        FindCache { ttl, map: Mutex::default() }
     }
 
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<FindQuery, Entry>> {
@@ -43,8 +40,7 @@ impl FindCache {
         if ids.is_empty() {
             return;
         }
-        self.map()
-            .retain(|_, e| !e.live.iter().any(|f| ids.contains(&f.info.instance_id)));
+        self.map().retain(|_, e| !e.live.iter().any(|f| ids.contains(&f.info.instance_id)));
     }
 
     /// Up to `q.limit` cached enclaves, hot ones first, equal ones in random order.
@@ -80,13 +76,7 @@ impl FindCache {
                 map.clear();
             }
         }
-        map.insert(
-            q.clone(),
-            Entry {
-                live: live.to_vec(),
-                expires,
-            },
-        );
+        map.insert(q.clone(), Entry { live: live.to_vec(), expires });
     }
 }
 
@@ -95,9 +85,5 @@ pub fn pick(live: &[Found], limit: usize) -> Vec<Found> {
     let mut order: Vec<usize> = (0..live.len()).collect();
     order.shuffle(&mut rand::rng());
     order.sort_by_key(|&i| !live[i].hot);
-    order
-        .into_iter()
-        .take(limit)
-        .map(|i| live[i].clone())
-        .collect()
+    order.into_iter().take(limit).map(|i| live[i].clone()).collect()
 }

@@ -34,10 +34,7 @@ pub struct ServerConfig {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig {
-            cache_ttl: Duration::from_millis(1000),
-            sweep_interval: Duration::from_secs(10),
-        }
+        ServerConfig { cache_ttl: Duration::from_millis(1000), sweep_interval: Duration::from_secs(10) }
     }
 }
 
@@ -52,11 +49,7 @@ pub async fn serve(
     let manager = manager::Manager::new(registry.clone(), config.cache_ttl, metrics.clone());
     let registry_ok = Arc::new(AtomicBool::new(false));
     let background = [
-        tokio::spawn(sweeper(
-            registry.clone(),
-            config.sweep_interval,
-            metrics.clone(),
-        )),
+        tokio::spawn(sweeper(registry.clone(), config.sweep_interval, metrics.clone())),
         tokio::spawn(watch_registry(registry.clone(), registry_ok.clone())),
     ];
 
@@ -64,19 +57,14 @@ pub async fn serve(
     let health = Arc::new(move || {
         let ok = health_ok.load(Ordering::Relaxed);
         let status = if ok { "ok" } else { "registry unavailable" };
-        (
-            ok,
-            serde_json::json!({ "status": status, "roles": ["manager"] }),
-        )
+        (ok, serde_json::json!({ "status": status, "roles": ["manager"] }))
     });
     let router = tonic::service::Routes::new(EnclaveManagerServer::new(manager))
         .into_axum_router()
         .merge(enclava_telemetry::router(metrics.registry(), health));
     let addr = listener.local_addr()?;
     tracing::info!(%addr, cache_ttl_ms = config.cache_ttl.as_millis() as u64, "enclave manager listening");
-    let result = axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let result = axum::serve(listener, router).with_graceful_shutdown(shutdown).await;
     for task in background {
         task.abort();
     }
@@ -85,11 +73,7 @@ pub async fn serve(
 }
 
 /// Removes expired instances from every index, forever.
-async fn sweeper(
-    registry: Arc<dyn Registry>,
-    every: Duration,
-    metrics: Arc<metrics::ServerMetrics>,
-) {
+async fn sweeper(registry: Arc<dyn Registry>, every: Duration, metrics: Arc<metrics::ServerMetrics>) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -99,11 +83,7 @@ async fn sweeper(
                 metrics.sweeps.inc();
                 metrics.swept_entries.inc_by(r.removed as u64);
                 if r.removed > 0 {
-                    tracing::info!(
-                        removed = r.removed,
-                        instances = r.instances,
-                        "swept expired index entries"
-                    );
+                    tracing::info!(removed = r.removed, instances = r.instances, "swept expired index entries");
                 }
             }
             Err(e) => tracing::debug!(error = %e, "sweep skipped"),
@@ -121,9 +101,7 @@ async fn watch_registry(registry: Arc<dyn Registry>, ok: Arc<AtomicBool>) {
             if now_ok {
                 tracing::info!("registry reachable");
             } else {
-                tracing::warn!(
-                    "registry unreachable; FindEnclave answers UNAVAILABLE until it is back"
-                );
+                tracing::warn!("registry unreachable; FindEnclave answers UNAVAILABLE until it is back");
             }
         }
     }

@@ -25,38 +25,18 @@ pub struct Manager {
 }
 
 impl Manager {
-    pub fn new(
-        registry: Arc<dyn Registry>,
-        cache_ttl: Duration,
-        metrics: Arc<ServerMetrics>,
-    ) -> Manager {
-        Manager {
-            registry,
-            cache: Arc::new(FindCache::new(cache_ttl)),
-            metrics,
-        }
+    pub fn new(registry: Arc<dyn Registry>, cache_ttl: Duration, metrics: Arc<ServerMetrics>) -> Manager {
+        Manager { registry, cache: Arc::new(FindCache::new(cache_ttl)), metrics }
     }
 
-    async fn find_enclave(
-        &self,
-        req: pb::FindEnclaveRequest,
-    ) -> Result<pb::FindEnclaveResponse, Status> {
-        let measurement = req
-            .policy
-            .as_ref()
-            .map(|p| p.mrenclave.as_str())
-            .unwrap_or("");
-        let q = FindQuery::new(
-            &req.dataaccess,
-            measurement,
-            &req.platform,
-            i64::from(req.limit),
-            &req.enclave_deny_list,
-        )
-        .map_err(|e| {
-            self.metrics.count("invalid");
-            Status::invalid_argument(e)
-        })?;
+    async fn find_enclave(&self, req: pb::FindEnclaveRequest) -> Result<pb::FindEnclaveResponse, Status> {
+        let measurement = req.policy.as_ref().map(|p| p.mrenclave.as_str()).unwrap_or("");
+        let q =
+            FindQuery::new(&req.dataaccess, measurement, &req.platform, i64::from(req.limit), &req.enclave_deny_list)
+                .map_err(|e| {
+                self.metrics.count("invalid");
+                Status::invalid_argument(e)
+            })?;
         self.cache.evict(&q.deny);
         let found = match self.cache.get(&q) {
             Some(hit) => {
@@ -67,12 +47,11 @@ impl Manager {
                 self.metrics.cache_misses.inc();
                 let started = Instant::now();
                 let outcome = find(self.registry.as_ref(), &q).await.map_err(|e| {
-                    self.metrics
-                        .count(if matches!(e, RegistryError::Unavailable { .. }) {
-                            "unavailable"
-                        } else {
-                            "error"
-                        });
+                    self.metrics.count(if matches!(e, RegistryError::Unavailable { .. }) {
+                        "unavailable"
+                    } else {
+                        "error"
+                    });
                     registry_status(e)
                 })?;
                 self.metrics.pruned.inc_by(outcome.pruned as u64);
@@ -80,17 +59,11 @@ impl Manager {
                 outcome.live.into_iter().take(q.limit).collect()
             }
         };
-        self.metrics
-            .count(if found.is_empty() { "empty" } else { "found" });
-        Ok(pb::FindEnclaveResponse {
-            found: found.into_iter().map(to_proto).collect(),
-        })
+        self.metrics.count(if found.is_empty() { "empty" } else { "found" });
+        Ok(pb::FindEnclaveResponse { found: found.into_iter().map(to_proto).collect() })
     }
 
-    async fn list_enclaves(
-        &self,
-        req: pb::ListEnclavesRequest,
-    ) -> Result<pb::ListEnclavesResponse, Status> {
+    async fn list_enclaves(&self, req: pb::ListEnclavesRequest) -> Result<pb::ListEnclavesResponse, Status> {
         let opt = |s: &str| (!s.is_empty()).then(|| s.to_owned());
         let q = ListQuery {
             platform: opt(&req.platform),
@@ -120,9 +93,7 @@ impl Manager {
                 check_name(what, v).map_err(Status::invalid_argument)?;
             }
         }
-        let page = list(self.registry.as_ref(), &q)
-            .await
-            .map_err(registry_status)?;
+        let page = list(self.registry.as_ref(), &q).await.map_err(registry_status)?;
         let enclaves = page
             .items
             .into_iter()
@@ -131,41 +102,25 @@ impl Manager {
                     .info
                     .as_ref()
                     .map(|i| {
-                        i.data_access
-                            .iter()
-                            .map(|(id, a)| pb::DataAccess {
-                                id: id.clone(),
-                                hot: a.hot,
-                            })
-                            .collect()
+                        i.data_access.iter().map(|(id, a)| pb::DataAccess { id: id.clone(), hot: a.hot }).collect()
                     })
                     .unwrap_or_default();
                 let info = match l.info {
                     Some(info) => info_to_proto(info, false),
-                    None => pb::EnclaveInfo {
-                        instance_id: l.instance_id,
-                        ..Default::default()
-                    },
+                    None => pb::EnclaveInfo { instance_id: l.instance_id, ..Default::default() },
                 };
-                pb::ListedEnclave {
-                    info: Some(info),
-                    present: l.present,
-                    data_access,
-                }
+                pb::ListedEnclave { info: Some(info), present: l.present, data_access }
             })
             .collect();
-        Ok(pb::ListEnclavesResponse {
-            enclaves,
-            next_page_token: page.next_after.unwrap_or_default(),
-        })
+        Ok(pb::ListEnclavesResponse { enclaves, next_page_token: page.next_after.unwrap_or_default() })
     }
 }
 
 fn registry_status(e: RegistryError) -> Status {
     match e {
-        RegistryError::Unavailable { .. } => Status::unavailable(format!(
-            "{e}; the enclave manager reconnects by itself: retry shortly"
-        )),
+        RegistryError::Unavailable { .. } => {
+            Status::unavailable(format!("{e}; the enclave manager reconnects by itself: retry shortly"))
+        }
         RegistryError::Invalid(m) => Status::invalid_argument(m),
         RegistryError::Backend { .. } => Status::internal(e.to_string()),
     }
@@ -177,9 +132,7 @@ fn info_to_proto(info: EnclaveInfoJson, hot: bool) -> pb::EnclaveInfo {
         service_name: info.service_name,
         platform: info.platform,
         service_version: info.service_version,
-        policy: Some(pb::EnclavePolicy {
-            mrenclave: info.policy.mrenclave,
-        }),
+        policy: Some(pb::EnclavePolicy { mrenclave: info.policy.mrenclave }),
         attestation: info.attestation,
         pubkey: info.pubkey,
         connection_string: info.connection_string,
@@ -199,9 +152,7 @@ impl pb::enclave_manager_server::EnclaveManager for Manager {
     ) -> Result<Response<pb::FindEnclaveResponse>, Status> {
         let started = std::time::Instant::now();
         let result = Manager::find_enclave(self, request.into_inner()).await;
-        self.metrics
-            .find_seconds
-            .observe(started.elapsed().as_secs_f64());
+        self.metrics.find_seconds.observe(started.elapsed().as_secs_f64());
         result.map(Response::new)
     }
 
@@ -209,8 +160,6 @@ impl pb::enclave_manager_server::EnclaveManager for Manager {
         &self,
         request: Request<pb::ListEnclavesRequest>,
     ) -> Result<Response<pb::ListEnclavesResponse>, Status> {
-        Manager::list_enclaves(self, request.into_inner())
-            .await
-            .map(Response::new)
+        Manager::list_enclaves(self, request.into_inner()).await.map(Response::new)
     }
 }

@@ -40,41 +40,14 @@ impl ServerMetrics {
             sweeps: Counter::default(),
             swept_entries: Counter::default(),
         };
-        r.register(
-            "finds",
-            "FindEnclave calls by outcome (found, empty, invalid, unavailable)",
-            m.finds.clone(),
-        );
-        r.register(
-            "find_cache_hits",
-            "FindEnclave answers served from the cache",
-            m.cache_hits.clone(),
-        );
-        r.register(
-            "find_cache_misses",
-            "FindEnclave answers read from the registry",
-            m.cache_misses.clone(),
-        );
-        r.register(
-            "find_seconds",
-            "FindEnclave latency",
-            m.find_seconds.clone(),
-        );
-        r.register(
-            "pruned_instances",
-            "Absent instances removed from indexes by FindEnclave",
-            m.pruned.clone(),
-        );
+        r.register("finds", "FindEnclave calls by outcome (found, empty, invalid, unavailable)", m.finds.clone());
+        r.register("find_cache_hits", "FindEnclave answers served from the cache", m.cache_hits.clone());
+        r.register("find_cache_misses", "FindEnclave answers read from the registry", m.cache_misses.clone());
+        r.register("find_seconds", "FindEnclave latency", m.find_seconds.clone());
+        r.register("pruned_instances", "Absent instances removed from indexes by FindEnclave", m.pruned.clone());
         r.register("sweeps", "Completed index sweeps", m.sweeps.clone());
-        r.register(
-            "swept_entries",
-            "Index entries removed by the sweeper",
-            m.swept_entries.clone(),
-        );
-        ServerMetrics {
-            registry: Arc::new(r),
-            ..m
-        }
+        r.register("swept_entries", "Index entries removed by the sweeper", m.swept_entries.clone());
+        ServerMetrics { registry: Arc::new(r), ..m }
     }
 
     pub fn registry(&self) -> Arc<Metrics> {

@@ -24,16 +24,11 @@ pub fn router(metrics: Arc<Metrics>, health: HealthCheck) -> Router {
                     match prometheus_client::encoding::text::encode(&mut body, &metrics) {
                         Ok(()) => (
                             StatusCode::OK,
-                            [(
-                                header::CONTENT_TYPE,
-                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                            )],
+                            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
                             body,
                         )
                             .into_response(),
-                        Err(e) => {
-                            (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response()
-                        }
+                        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
                     }
                 }
             }),
@@ -44,11 +39,7 @@ pub fn router(metrics: Arc<Metrics>, health: HealthCheck) -> Router {
                 let health = health.clone();
                 async move {
                     let (ok, details) = health();
-                    let status = if ok {
-                        StatusCode::OK
-                    } else {
-                        StatusCode::SERVICE_UNAVAILABLE
-                    };
+                    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
                     (status, axum::Json(details))
                 }
             }),
@@ -67,13 +58,9 @@ pub enum LogFormat {
 /// Installs the global `tracing` subscriber; `RUST_LOG` overrides `default_filter`.
 pub fn init_logs(format: LogFormat, default_filter: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),

@@ -27,15 +27,11 @@ fn free_cluster_port() -> std::io::Result<u16> {
     for attempt in 0u32..500 {
         // Below the ephemeral range, so that p + 10000 stays a valid port.
         let p = 15_000 + (RandomState::new().hash_one(attempt) % 30_000) as u16;
-        if TcpListener::bind(("127.0.0.1", p)).is_ok()
-            && TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok()
-        {
+        if TcpListener::bind(("127.0.0.1", p)).is_ok() && TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok() {
             return Ok(p);
         }
     }
-    Err(std::io::Error::other(
-        "no free port pair for a cluster node",
-    ))
+    Err(std::io::Error::other("no free port pair for a cluster node"))
 }
 
 fn which(bin: &str) -> Result<PathBuf, String> {
@@ -44,7 +40,9 @@ fn which(bin: &str) -> Result<PathBuf, String> {
         .flat_map(std::env::split_paths)
         .map(|d| d.join(bin))
         .find(|p| p.is_file())
-        .ok_or_else(|| format!("{bin} not found on PATH: install it (Debian: apt-get install redis-server redis-tools)"))
+        .ok_or_else(|| {
+            format!("{bin} not found on PATH: install it (Debian: apt-get install redis-server redis-tools)")
+        })
 }
 
 /// Sends one inline command and returns the raw reply (enough for PING and CLUSTER INFO).
@@ -90,28 +88,19 @@ impl RedisServer {
         for _ in 0..5 {
             let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
             let port = free_port().map_err(|e| e.to_string())?;
-            let mut s = RedisServer {
-                port,
-                dir,
-                child: None,
-                extra: extra.iter().map(|s| s.to_string()).collect(),
-            };
+            let mut s = RedisServer { port, dir, child: None, extra: extra.iter().map(|s| s.to_string()).collect() };
             match s.spawn() {
                 Ok(()) => return Ok(s),
                 Err(e) => last = e,
             }
         }
-        Err(format!(
-            "redis-server did not start on any of 5 free ports: {last}"
-        ))
+        Err(format!("redis-server did not start on any of 5 free ports: {last}"))
     }
 
     fn spawn(&mut self) -> Result<(), String> {
         self.child = Some(spawn_redis(self.port, self.dir.path(), &self.extra)?);
         let port = self.port;
-        wait_until("redis-server", || {
-            raw_command(port, "PING").is_ok_and(|r| r.starts_with("+PONG"))
-        })
+        wait_until("redis-server", || raw_command(port, "PING").is_ok_and(|r| r.starts_with("+PONG")))
     }
 
     pub fn port(&self) -> u16 {
@@ -146,16 +135,7 @@ impl Drop for RedisServer {
 
 fn spawn_redis(port: u16, dir: &Path, extra: &[String]) -> Result<Child, String> {
     Command::new(which("redis-server")?)
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
         .arg("--dir")
         .arg(dir)
         .args(extra)
@@ -179,22 +159,11 @@ impl RedisCluster {
         for _ in 0..3 {
             let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
             let port = free_cluster_port().map_err(|e| e.to_string())?;
-            let extra = [
-                "--cluster-enabled",
-                "yes",
-                "--cluster-config-file",
-                "nodes.conf",
-                "--cluster-node-timeout",
-                "2000",
-            ]
-            .map(String::from)
-            .to_vec();
-            let mut s = RedisServer {
-                port,
-                dir,
-                child: None,
-                extra,
-            };
+            let extra =
+                ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"]
+                    .map(String::from)
+                    .to_vec();
+            let mut s = RedisServer { port, dir, child: None, extra };
             s.spawn()?;
             nodes.push(s);
         }
@@ -209,27 +178,18 @@ impl RedisCluster {
             .output()
             .map_err(|e| format!("cannot run redis-cli: {e}"))?;
         if !out.status.success() {
-            return Err(format!(
-                "redis-cli --cluster create failed: {}",
-                String::from_utf8_lossy(&out.stdout)
-            ));
+            return Err(format!("redis-cli --cluster create failed: {}", String::from_utf8_lossy(&out.stdout)));
         }
         let ports: Vec<u16> = nodes.iter().map(|n| n.port).collect();
         wait_until("cluster_state:ok on every node", || {
-            ports.iter().all(|p| {
-                raw_command(*p, "CLUSTER INFO").is_ok_and(|r| r.contains("cluster_state:ok"))
-            })
+            ports.iter().all(|p| raw_command(*p, "CLUSTER INFO").is_ok_and(|r| r.contains("cluster_state:ok")))
         })?;
         Ok(RedisCluster { nodes })
     }
 
     /// `redis+cluster://127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3`
     pub fn url(&self) -> String {
-        let nodes: Vec<String> = self
-            .nodes
-            .iter()
-            .map(|n| format!("127.0.0.1:{}", n.port))
-            .collect();
+        let nodes: Vec<String> = self.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
         format!("redis+cluster://{}", nodes.join(","))
     }
 

@@ -79,15 +79,9 @@ async fn drive(ops: Vec<Op>, dur: Duration) -> Stats {
     let secs = started.elapsed().as_secs_f64();
     all.sort_unstable();
     let pct = |p: f64| {
-        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
-            .map_or(0.0, |n| *n as f64 / 1000.0)
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).map_or(0.0, |n| *n as f64 / 1000.0)
     };
-    Stats {
-        ops_per_sec: (all.len() as u64 - errors) as f64 / secs,
-        p50_us: pct(0.50),
-        p99_us: pct(0.99),
-        errors,
-    }
+    Stats { ops_per_sec: (all.len() as u64 - errors) as f64 / secs, p50_us: pct(0.50), p99_us: pct(0.99), errors }
 }
 
 fn bench_info(id: &str) -> EnclaveInfoJson {
@@ -96,10 +90,7 @@ fn bench_info(id: &str) -> EnclaveInfoJson {
         service_name: "enclava".into(),
         platform: "sim".into(),
         service_version: env!("CARGO_PKG_VERSION").into(),
-        policy: PolicyJson {
-            mrenclave: MEASUREMENT.into(),
-            extra: Default::default(),
-        },
+        policy: PolicyJson { mrenclave: MEASUREMENT.into(), extra: Default::default() },
         attestation: Vec::new(),
         pubkey: vec![7; 32],
         connection_string: "127.0.0.1:1".into(),
@@ -111,27 +102,16 @@ fn bench_info(id: &str) -> EnclaveInfoJson {
 /// Registers `n` instances for [`DATA`]; every tenth is dead (index entry, no presence). Returns
 /// a task that keeps the live ones present and puts the dead ones back after FindEnclave prunes
 /// them, so 10 % of candidates stay dead throughout.
-async fn populate(
-    reg: Arc<RedisRegistry>,
-    url: &str,
-    n: usize,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+async fn populate(reg: Arc<RedisRegistry>, url: &str, n: usize) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let mut live = Vec::new();
     let mut dead = Vec::new();
     for i in 0..n {
         let id = format!("{i:032x}");
         let info = bench_info(&id);
-        reg.publish(&id, &info.to_json(), &info.index_entries())
-            .await?;
-        if i % 10 == 9 {
-            dead.push(info)
-        } else {
-            live.push(id)
-        }
+        reg.publish(&id, &info.to_json(), &info.index_entries()).await?;
+        if i % 10 == 9 { dead.push(info) } else { live.push(id) }
     }
-    let mut conn = redis::Client::open(url)?
-        .get_multiplexed_async_connection()
-        .await?;
+    let mut conn = redis::Client::open(url)?.get_multiplexed_async_connection().await?;
     let keys = reg.keys().clone();
     Ok(tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(200));
@@ -140,20 +120,12 @@ async fn populate(
             let mut pipe = redis::pipe();
             if round % 5 == 0 {
                 for id in &live {
-                    pipe.cmd("SETEX")
-                        .arg(keys.presence(id))
-                        .arg(3)
-                        .arg(id)
-                        .ignore();
+                    pipe.cmd("SETEX").arg(keys.presence(id)).arg(3).arg(id).ignore();
                 }
             }
             for info in &dead {
                 for (index, value) in info.index_entries() {
-                    pipe.cmd("HSET")
-                        .arg(keys.index(&index))
-                        .arg(&info.instance_id)
-                        .arg(value)
-                        .ignore();
+                    pipe.cmd("HSET").arg(keys.index(&index)).arg(&info.instance_id).arg(value).ignore();
                 }
             }
             let _: Result<(), _> = pipe.query_async(&mut conn).await;
@@ -168,16 +140,11 @@ fn raw_find(conn: MultiplexedConnection, keys: Keys) -> Op {
         let mut conn = conn.clone();
         let keys = keys.clone();
         Box::pin(async move {
-            let entries: Vec<(String, String)> = redis::cmd("HGETALL")
-                .arg(keys.index(&Index::Data(DATA.into())))
-                .query_async(&mut conn)
-                .await?;
+            let entries: Vec<(String, String)> =
+                redis::cmd("HGETALL").arg(keys.index(&Index::Data(DATA.into()))).query_async(&mut conn).await?;
             let mut pipe = redis::pipe();
             for (id, _) in entries.iter().take(4) {
-                pipe.cmd("PTTL")
-                    .arg(keys.presence(id))
-                    .cmd("GET")
-                    .arg(keys.info(id));
+                pipe.cmd("PTTL").arg(keys.presence(id)).cmd("GET").arg(keys.info(id));
             }
             let _: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
             Ok(())
@@ -189,11 +156,7 @@ fn grpc_find(client: ManagerClient) -> Op {
     Box::new(move || {
         let mut client = client.clone();
         Box::pin(async move {
-            let req = FindEnclaveRequest {
-                dataaccess: DATA.into(),
-                limit: 1,
-                ..Default::default()
-            };
+            let req = FindEnclaveRequest { dataaccess: DATA.into(), limit: 1, ..Default::default() };
             let resp = client.find(req).await?;
             anyhow::ensure!(!resp.found.is_empty(), "nothing found");
             Ok(())
@@ -205,18 +168,11 @@ fn grpc_find(client: ManagerClient) -> Op {
 async fn start_server(
     reg: Arc<dyn Registry>,
     cache_ttl: Duration,
-) -> anyhow::Result<(
-    String,
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<()>,
-)> {
+) -> anyhow::Result<(String, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let config = enclava_server::ServerConfig {
-        cache_ttl,
-        sweep_interval: Duration::from_secs(3600),
-    };
+    let config = enclava_server::ServerConfig { cache_ttl, sweep_interval: Duration::from_secs(3600) };
     let task = tokio::spawn(async move {
         let _ = enclava_server::serve(config, reg, listener, async {
             let _ = rx.await;
@@ -229,25 +185,12 @@ async fn start_server(
 /// `redis-benchmark` figures for SETEX and HGETALL, when the tool is installed.
 fn redis_benchmark(port: u16) -> Option<String> {
     let out = std::process::Command::new("redis-benchmark")
-        .args([
-            "-p",
-            &port.to_string(),
-            "-q",
-            "-n",
-            "100000",
-            "-c",
-            "50",
-            "-P",
-            "16",
-        ])
+        .args(["-p", &port.to_string(), "-q", "-n", "100000", "-c", "50", "-P", "16"])
         .args(["SETEX", "enclava-bench-rb:__rand_int__", "3", "x"])
         .output()
         .ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
-    text.split('\r')
-        .rev()
-        .find(|l| l.contains("requests per second"))
-        .map(|l| l.trim().to_owned())
+    text.split('\r').rev().find(|l| l.contains("requests per second")).map(|l| l.trim().to_owned())
 }
 
 /// Requests in flight, for the SETEX floor and the heartbeat fleet alike.
@@ -277,8 +220,7 @@ async fn heartbeat_trial(reg: Arc<RedisRegistry>, nodes: usize, dur: Duration) -
                     tokio::time::sleep_until(scheduled).await;
                 }
                 let ok = reg.heartbeat(&ids[k % nodes]).await.is_ok();
-                on_time +=
-                    usize::from(ok && scheduled.elapsed() <= enclava_node::publisher::LATE_AFTER);
+                on_time += usize::from(ok && scheduled.elapsed() <= enclava_node::publisher::LATE_AFTER);
             }
             on_time
         });
@@ -302,26 +244,16 @@ pub async fn discovery(a: DiscoveryArgs) -> anyhow::Result<ExitCode> {
             url
         }
     };
-    let port: Option<u16> = url
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.trim_end_matches('/').parse().ok());
+    let port: Option<u16> = url.rsplit(':').next().and_then(|p| p.trim_end_matches('/').parse().ok());
     let client = redis::Client::open(url.as_str()).context("bad --redis URL")?;
-    eprintln!(
-        "discovery benchmark against {url}, {:.1} s per row",
-        dur.as_secs_f64()
-    );
+    eprintln!("discovery benchmark against {url}, {:.1} s per row", dur.as_secs_f64());
 
     println!(
         "{:<34} {:>10} {:>7} {:>11} {:>9} {:>9} {:>13}",
         "what", "candidates", "clients", "ops/s", "p50 µs", "p99 µs", "ratio"
     );
     let row = |what: &str, n: usize, c: usize, s: &Stats, ratio: String| {
-        let err = if s.errors > 0 {
-            format!("  ({} errors)", s.errors)
-        } else {
-            String::new()
-        };
+        let err = if s.errors > 0 { format!("  ({} errors)", s.errors) } else { String::new() };
         println!(
             "{what:<34} {n:>10} {c:>7} {:>11.0} {:>9.0} {:>9.0} {ratio:>13}{err}",
             s.ops_per_sec, s.p50_us, s.p99_us
@@ -330,30 +262,19 @@ pub async fn discovery(a: DiscoveryArgs) -> anyhow::Result<ExitCode> {
     let mut goals: Vec<(String, bool)> = Vec::new();
 
     for &n in &a.candidates {
-        let keys =
-            Keys::new(&format!("enclava-bench{n}"), "enclava").map_err(anyhow::Error::msg)?;
+        let keys = Keys::new(&format!("enclava-bench{n}"), "enclava").map_err(anyhow::Error::msg)?;
         let reg = Arc::new(RedisRegistry::standalone(&url, keys.clone())?);
         let keeper = populate(reg.clone(), &url, n).await?;
         tokio::time::sleep(Duration::from_millis(300)).await;
         let (uncached_url, stop_u, task_u) = start_server(reg.clone(), Duration::ZERO).await?;
-        let (cached_url, stop_c, task_c) =
-            start_server(reg.clone(), Duration::from_millis(1000)).await?;
+        let (cached_url, stop_c, task_c) = start_server(reg.clone(), Duration::from_millis(1000)).await?;
         for &c in &a.clients {
             let mut ops: Vec<Op> = Vec::new();
             for _ in 0..c {
-                ops.push(raw_find(
-                    client.get_multiplexed_async_connection().await?,
-                    keys.clone(),
-                ));
+                ops.push(raw_find(client.get_multiplexed_async_connection().await?, keys.clone()));
             }
             let floor = drive(ops, dur).await;
-            row(
-                "raw Redis, same commands (floor)",
-                n,
-                c,
-                &floor,
-                "1.00× floor".into(),
-            );
+            row("raw Redis, same commands (floor)", n, c, &floor, "1.00× floor".into());
             let mut uncached = Vec::new();
             let mut cached = Vec::new();
             for _ in 0..c {
@@ -362,36 +283,15 @@ pub async fn discovery(a: DiscoveryArgs) -> anyhow::Result<ExitCode> {
             }
             let u = drive(uncached, dur).await;
             let ur = u.ops_per_sec / floor.ops_per_sec.max(1.0);
-            row(
-                "FindEnclave gRPC, uncached",
-                n,
-                c,
-                &u,
-                format!("{ur:.2}× floor"),
-            );
+            row("FindEnclave gRPC, uncached", n, c, &u, format!("{ur:.2}× floor"));
             let k = drive(cached, dur).await;
             let kr = k.ops_per_sec / u.ops_per_sec.max(1.0);
-            row(
-                "FindEnclave gRPC, cached",
-                n,
-                c,
-                &k,
-                format!("{kr:.2}× uncached"),
-            );
-            goals.push((
-                format!("uncached ≥ 0.50× floor ({n} candidates, {c} clients): {ur:.2}×"),
-                ur >= 0.5,
-            ));
-            goals.push((
-                format!("cached ≥ 5× uncached ({n} candidates, {c} clients): {kr:.2}×"),
-                kr >= 5.0,
-            ));
+            row("FindEnclave gRPC, cached", n, c, &k, format!("{kr:.2}× uncached"));
+            goals.push((format!("uncached ≥ 0.50× floor ({n} candidates, {c} clients): {ur:.2}×"), ur >= 0.5));
+            goals.push((format!("cached ≥ 5× uncached ({n} candidates, {c} clients): {kr:.2}×"), kr >= 5.0));
             if c == 8 {
                 goals.push((
-                    format!(
-                        "p99 < 2 ms at 8 clients ({n} candidates, uncached): {:.0} µs",
-                        u.p99_us
-                    ),
+                    format!("p99 < 2 ms at 8 clients ({n} candidates, uncached): {:.0} µs", u.p99_us),
                     u.p99_us < 2000.0,
                 ));
             }
@@ -424,13 +324,7 @@ pub async fn discovery(a: DiscoveryArgs) -> anyhow::Result<ExitCode> {
         })
         .collect();
     let floor = drive(setex, dur).await;
-    row(
-        "raw SETEX, 64 in flight (floor)",
-        0,
-        64,
-        &floor,
-        "1.00× floor".into(),
-    );
+    row("raw SETEX, 64 in flight (floor)", 0, 64, &floor, "1.00× floor".into());
     if let Some(rb) = port.and_then(redis_benchmark) {
         println!("redis-benchmark -c 50 -P 16: {rb}");
     }
@@ -443,10 +337,7 @@ pub async fn discovery(a: DiscoveryArgs) -> anyhow::Result<ExitCode> {
         let mid = (lo + hi) / 2.0;
         let nodes = ((floor.ops_per_sec * mid) as usize).max(100);
         let on_time = heartbeat_trial(hb_reg.clone(), nodes, dur.max(Duration::from_secs(2))).await;
-        eprintln!(
-            "  {nodes} nodes at 1 heartbeat/s: {:.2} % on time",
-            on_time * 100.0
-        );
+        eprintln!("  {nodes} nodes at 1 heartbeat/s: {:.2} % on time", on_time * 100.0);
         if on_time >= 0.99 {
             sustained = sustained.max(nodes);
             lo = mid;
@@ -455,14 +346,8 @@ pub async fn discovery(a: DiscoveryArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let hr = sustained as f64 / floor.ops_per_sec.max(1.0);
-    println!(
-        "heartbeat capacity: {sustained} nodes at 1/s = {hr:.2}× raw SETEX rate ({:.0}/s)",
-        floor.ops_per_sec
-    );
-    goals.push((
-        format!("heartbeat capacity ≥ 0.80× SETEX rate: {hr:.2}×"),
-        hr >= 0.8,
-    ));
+    println!("heartbeat capacity: {sustained} nodes at 1/s = {hr:.2}× raw SETEX rate ({:.0}/s)", floor.ops_per_sec);
+    goals.push((format!("heartbeat capacity ≥ 0.80× SETEX rate: {hr:.2}×"), hr >= 0.8));
 
     println!("\ngoals:");
     for (g, ok) in &goals {

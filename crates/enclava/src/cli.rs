@@ -18,12 +18,7 @@ pub struct Cli {
     #[arg(long, global = true, env = "ENCLAVA_CONFIG")]
     pub config: Option<PathBuf>,
     /// Log format on stderr.
-    #[arg(
-        long,
-        global = true,
-        env = "ENCLAVA_LOG_FORMAT",
-        default_value = "text"
-    )]
+    #[arg(long, global = true, env = "ENCLAVA_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
@@ -48,6 +43,12 @@ pub enum Command {
     /// Ask the enclave manager for live enclaves.
     #[command(after_help = CONFIG_HELP)]
     Find(FindArgs),
+    /// Verify attestation evidence and judge it by a policy.
+    #[command(subcommand)]
+    Evidence(EvidenceCommand),
+    /// The simulated TEE, for machines without one.
+    #[command(subcommand)]
+    Sim(SimCommand),
     /// Measure Enclava against its floors.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -107,6 +108,10 @@ pub struct NodeArgs {
     /// Registry service name [default: enclava]
     #[arg(long, env = "ENCLAVA_SERVICE")]
     pub service: Option<String>,
+    /// For sim: the deployment's sim root folder (`enclava sim init`) that certifies this node's
+    /// simulated hardware key; without it the node publishes no evidence
+    #[arg(long, env = "ENCLAVA_SIM_ROOT")]
+    pub sim_root: Option<PathBuf>,
 }
 
 /// `enclava find`
@@ -136,10 +141,29 @@ pub struct FindArgs {
     #[arg(long, env = "ENCLAVA_JSON")]
     #[serde(default)]
     pub json: bool,
+    /// Verify each enclave's evidence against --policy before printing it; refused ones are listed with why
+    #[arg(long, env = "ENCLAVA_VERIFY", requires = "policy")]
+    #[serde(default)]
+    pub verify: bool,
+    /// Policy for --verify (TOML or JSON)
+    #[arg(long, env = "ENCLAVA_POLICY")]
+    pub policy: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// FindEnclave and heartbeats against a local redis-server, next to the raw Redis floor.
     Discovery(crate::bench::DiscoveryArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EvidenceCommand {
+    /// Verify evidence (exit 0 accepted, 1 denied, 2 unusable input).
+    Verify(crate::evidence::VerifyArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SimCommand {
+    /// Make a deployment's sim root.
+    Init(crate::evidence::SimInitArgs),
 }

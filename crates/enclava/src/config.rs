@@ -35,17 +35,11 @@ pub fn config_dir(env: &dyn Fn(&str) -> Option<String>) -> Option<PathBuf> {
 }
 
 /// Reads the config file: `explicit` must exist; the default one is read only if it does.
-pub fn load(
-    explicit: Option<&Path>,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> anyhow::Result<FileConfig> {
+pub fn load(explicit: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<FileConfig> {
     let path = match explicit {
         Some(p) => {
             if !p.is_file() {
-                bail!(
-                    "config file {} does not exist (from --config or ENCLAVA_CONFIG)",
-                    p.display()
-                );
+                bail!("config file {} does not exist (from --config or ENCLAVA_CONFIG)", p.display());
             }
             p.to_owned()
         }
@@ -54,8 +48,7 @@ pub fn load(
             _ => return Ok(FileConfig::default()),
         },
     };
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read config file {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("config file {} is not valid", path.display()))
 }
 
@@ -80,8 +73,8 @@ macro_rules! layer {
 }
 
 layer!(ServerArgs { registry, listen, namespace, service, cache_ttl_ms, sweep_interval_ms } lists {} flags {});
-layer!(NodeArgs { registry, listen, advertise, platform, data_dir, namespace, service } lists { data } flags {});
-layer!(FindArgs { server, data, measurement, platform, limit } lists { deny } flags { json });
+layer!(NodeArgs { registry, listen, advertise, platform, data_dir, namespace, service, sim_root } lists { data } flags {});
+layer!(FindArgs { server, data, measurement, platform, limit, policy } lists { deny } flags { json, verify });
 
 #[cfg(test)]
 mod tests {
@@ -101,21 +94,11 @@ mod tests {
         )
         .expect("write");
         let file = load(Some(&path), &no_env).expect("loads");
-        let cli = ServerArgs {
-            listen: Some("127.0.0.1:1".into()),
-            ..Default::default()
-        };
+        let cli = ServerArgs { listen: Some("127.0.0.1:1".into()), ..Default::default() };
         let merged = cli.or_file(file.server);
         assert_eq!(merged.listen.as_deref(), Some("127.0.0.1:1"), "flag wins");
-        assert_eq!(
-            merged.registry.as_deref(),
-            Some("redis://file:1"),
-            "file fills"
-        );
-        assert_eq!(
-            NodeArgs::default().or_file(file.node).data,
-            vec!["a/b".to_owned()]
-        );
+        assert_eq!(merged.registry.as_deref(), Some("redis://file:1"), "file fills");
+        assert_eq!(NodeArgs::default().or_file(file.node).data, vec!["a/b".to_owned()]);
     }
 
     #[test]
@@ -126,9 +109,7 @@ mod tests {
         let err = format!("{:#}", load(Some(&path), &no_env).expect_err("typo"));
         assert!(err.contains("registri"), "{err}");
         assert!(load(Some(&dir.path().join("nope.toml")), &no_env).is_err());
-        let env = |k: &str| {
-            (k == "ENCLAVA_CONFIG_DIR").then(|| dir.path().join("none").display().to_string())
-        };
+        let env = |k: &str| (k == "ENCLAVA_CONFIG_DIR").then(|| dir.path().join("none").display().to_string());
         assert!(load(None, &env).is_ok(), "a missing default file is fine");
     }
 }

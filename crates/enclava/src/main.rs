@@ -3,12 +3,13 @@
 //!
 //! # Layout
 //! - `cli`: the flags. - `config`: the config file and layering. - `dev`: `enclava dev`.
-//! - `bench`: `enclava bench …`.
+//! - `evidence`: `enclava evidence verify`, `enclava sim init`. - `bench`: `enclava bench …`.
 
 mod bench;
 mod cli;
 mod config;
 mod dev;
+mod evidence;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -27,11 +28,7 @@ use enclava_registry::{Keys, Registry, RegistrySpec};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // A benchmark prints a table; only warnings belong beside it.
-    let default_filter = if matches!(cli.command, Command::Bench(_)) {
-        "warn"
-    } else {
-        "info"
-    };
+    let default_filter = if matches!(cli.command, Command::Bench(_)) { "warn" } else { "info" };
     enclava_telemetry::init_logs(
         match cli.log_format {
             cli::LogFormat::Text => enclava_telemetry::LogFormat::Text,
@@ -39,10 +36,7 @@ fn main() -> ExitCode {
         },
         default_filter,
     );
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -66,6 +60,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Node(a) => node(a.or_file(file.node), &env).await,
         Command::Find(a) => find(a.or_file(file.find)).await,
         Command::Dev(a) => dev::dev(a).await,
+        Command::Evidence(cli::EvidenceCommand::Verify(a)) => evidence::verify_cmd(a),
+        Command::Sim(cli::SimCommand::Init(a)) => evidence::sim_init(a),
         Command::Bench(cli::BenchCommand::Discovery(a)) => bench::discovery(a).await,
     }
 }
@@ -75,19 +71,16 @@ fn open_registry(
     namespace: Option<&str>,
     service: Option<&str>,
 ) -> anyhow::Result<Arc<dyn Registry>> {
-    let spec: RegistrySpec = registry
-        .unwrap_or("memory")
-        .parse()
-        .map_err(anyhow::Error::msg)?;
+    let spec: RegistrySpec = registry.unwrap_or("memory").parse().map_err(anyhow::Error::msg)?;
     let keys = Keys::new(namespace.unwrap_or("enclava"), service.unwrap_or("enclava"))
         .map_err(|e| anyhow::anyhow!("--namespace/--service: {e}"))?;
     Ok(enclava_registry::open(&spec, keys)?)
 }
 
 async fn bind(listen: &str) -> anyhow::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}: is another process using it? choose another with --listen"))
+    tokio::net::TcpListener::bind(listen).await.with_context(|| {
+        format!("cannot listen on {listen}: is another process using it? choose another with --listen")
+    })
 }
 
 /// Completes on Ctrl-C or SIGTERM.
@@ -113,11 +106,7 @@ async fn shutdown_signal() {
 }
 
 async fn server(a: ServerArgs) -> anyhow::Result<ExitCode> {
-    let registry = open_registry(
-        a.registry.as_deref(),
-        a.namespace.as_deref(),
-        a.service.as_deref(),
-    )?;
+    let registry = open_registry(a.registry.as_deref(), a.namespace.as_deref(), a.service.as_deref())?;
     let config = enclava_server::ServerConfig {
         cache_ttl: Duration::from_millis(a.cache_ttl_ms.unwrap_or(1000)),
         sweep_interval: Duration::from_millis(a.sweep_interval_ms.unwrap_or(10_000).max(100)),
@@ -144,11 +133,7 @@ async fn node(a: NodeArgs, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Resu
             "registry is `memory`: only this process can see this node; pass --registry redis://HOST:PORT to be found"
         );
     }
-    let registry = open_registry(
-        a.registry.as_deref(),
-        a.namespace.as_deref(),
-        a.service.as_deref(),
-    )?;
+    let registry = open_registry(a.registry.as_deref(), a.namespace.as_deref(), a.service.as_deref())?;
     let config = enclava_node::NodeConfig {
         platform: a.platform.unwrap_or_else(|| "sim".into()),
         data_dir: match a.data_dir {
@@ -157,17 +142,14 @@ async fn node(a: NodeArgs, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Resu
         },
         data: a.data,
         advertise: a.advertise,
+        sim_root: a.sim_root,
     };
     if config.platform == "sim" {
         tracing::warn!("platform sim is a simulated TEE for testing: it is NOT confidential");
     }
     let listener = bind(a.listen.as_deref().unwrap_or("127.0.0.1:0")).await?;
     let node = enclava_node::start(config, registry, listener).await?;
-    println!(
-        "instance {} listening on {}",
-        node.instance_id(),
-        node.addr()
-    );
+    println!("instance {} listening on {}", node.instance_id(), node.addr());
     shutdown_signal().await;
     node.shutdown().await;
     Ok(ExitCode::SUCCESS)
@@ -183,11 +165,39 @@ async fn find(a: FindArgs) -> anyhow::Result<ExitCode> {
         limit: a.limit.unwrap_or(1),
         enclave_deny_list: a.deny,
     };
-    let resp = client.find(req).await?;
+    let mut resp = client.find(req).await?;
+    let mut refused = Vec::new();
+    if a.verify {
+        let path = a.policy.as_deref().context("--verify needs --policy FILE")?;
+        let policy = enclava_attest::Policy::load(path).map_err(anyhow::Error::msg)?;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+        resp.found.retain(|e| match enclava_client::verify_enclave(e, &policy, now) {
+            Ok(_) => true,
+            Err(reasons) => {
+                refused.push((e.instance_id.clone(), reasons));
+                false
+            }
+        });
+    }
     let mut out = std::io::stdout().lock();
     if a.json {
-        writeln!(out, "{}", serde_json::to_string_pretty(&resp)?)?;
-        return Ok(ExitCode::SUCCESS);
+        let mut v = serde_json::to_value(&resp)?;
+        if a.verify {
+            v["refused"] =
+                refused.iter().map(|(id, r)| serde_json::json!({ "instanceId": id, "reasons": r })).collect();
+        }
+        writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+        return Ok(if a.verify && resp.found.is_empty() { ExitCode::from(1) } else { ExitCode::SUCCESS });
+    }
+    for (id, reasons) in &refused {
+        writeln!(out, "REFUSED {id}:")?;
+        for r in reasons {
+            writeln!(out, "  - {r}")?;
+        }
+    }
+    if a.verify && resp.found.is_empty() {
+        writeln!(out, "no enclave passed verification")?;
+        return Ok(ExitCode::from(1));
     }
     if resp.found.is_empty() {
         writeln!(
@@ -196,27 +206,14 @@ async fn find(a: FindArgs) -> anyhow::Result<ExitCode> {
         )?;
         return Ok(ExitCode::SUCCESS);
     }
-    writeln!(
-        out,
-        "{:<34} {:<9} {:<18} {:<5} CONNECTION",
-        "INSTANCE", "PLATFORM", "MEASUREMENT", "HOT"
-    )?;
+    if let (true, Some(p)) = (a.verify, &a.policy) {
+        writeln!(out, "verified against {}:", p.display())?;
+    }
+    writeln!(out, "{:<34} {:<9} {:<18} {:<5} CONNECTION", "INSTANCE", "PLATFORM", "MEASUREMENT", "HOT")?;
     for e in &resp.found {
-        let m = e
-            .policy
-            .as_ref()
-            .map(|p| p.mrenclave.as_str())
-            .unwrap_or("");
-        let short = if m.len() > 16 {
-            format!("{}…", &m[..16])
-        } else {
-            m.to_owned()
-        };
-        writeln!(
-            out,
-            "{:<34} {:<9} {:<18} {:<5} {}",
-            e.instance_id, e.platform, short, e.hot, e.connection_string
-        )?;
+        let m = e.policy.as_ref().map(|p| p.mrenclave.as_str()).unwrap_or("");
+        let short = if m.len() > 16 { format!("{}…", &m[..16]) } else { m.to_owned() };
+        writeln!(out, "{:<34} {:<9} {:<18} {:<5} {}", e.instance_id, e.platform, short, e.hot, e.connection_string)?;
     }
     Ok(ExitCode::SUCCESS)
 }

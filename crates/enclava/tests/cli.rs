@@ -21,35 +21,19 @@ impl Drop for Proc {
 
 fn enclava(args: &[&str]) -> Command {
     let mut c = Command::new(BIN);
-    c.args(args)
-        .env("ENCLAVA_CONFIG_DIR", "/nonexistent")
-        .env_remove("ENCLAVA_CONFIG");
+    c.args(args).env("ENCLAVA_CONFIG_DIR", "/nonexistent").env_remove("ENCLAVA_CONFIG");
     c
 }
 
 fn spawn(args: &[&str]) -> Proc {
     Proc(
-        enclava(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn enclava"),
+        enclava(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("spawn enclava"),
     )
 }
 
 /// Starts a node and reads the instance id it prints.
 fn start_node(redis: &str, dir: &std::path::Path, data: &[&str]) -> (Proc, String) {
-    let mut args = vec![
-        "node",
-        "--platform",
-        "sim",
-        "--registry",
-        redis,
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-    ];
+    let mut args = vec!["node", "--platform", "sim", "--registry", redis, "--listen", "127.0.0.1:0", "--data-dir"];
     let dir = dir.to_str().expect("utf-8 path");
     args.push(dir);
     for d in data {
@@ -57,14 +41,8 @@ fn start_node(redis: &str, dir: &std::path::Path, data: &[&str]) -> (Proc, Strin
     }
     let mut p = spawn(&args);
     let mut line = String::new();
-    BufReader::new(p.0.stdout.as_mut().expect("stdout"))
-        .read_line(&mut line)
-        .expect("node prints its id");
-    let id = line
-        .split_whitespace()
-        .nth(1)
-        .expect("instance id")
-        .to_owned();
+    BufReader::new(p.0.stdout.as_mut().expect("stdout")).read_line(&mut line).expect("node prints its id");
+    let id = line.split_whitespace().nth(1).expect("instance id").to_owned();
     (p, id)
 }
 
@@ -73,26 +51,16 @@ fn run(c: &mut Command) -> Output {
 }
 
 fn find_json(server: &str, data: &str, limit: &str) -> serde_json::Value {
-    let out = run(enclava(&[
-        "find", "--server", server, "--data", data, "--limit", limit, "--json",
-    ])
-    .stdin(Stdio::null()));
-    assert!(
-        out.status.success(),
-        "find failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out =
+        run(enclava(&["find", "--server", server, "--data", data, "--limit", limit, "--json"]).stdin(Stdio::null()));
+    assert!(out.status.success(), "find failed: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).expect("find --json prints JSON")
 }
 
 fn ids(v: &serde_json::Value) -> Vec<String> {
     let mut ids: Vec<String> = v["found"]
         .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|e| e["instanceId"].as_str().map(String::from))
-                .collect()
-        })
+        .map(|a| a.iter().filter_map(|e| e["instanceId"].as_str().map(String::from)).collect())
         .unwrap_or_default();
     ids.sort();
     ids
@@ -113,45 +81,28 @@ fn server_nodes_find_and_a_sigkilled_node() {
     let listen = format!("127.0.0.1:{port}");
     let server_url = format!("http://{listen}");
     let _server = spawn(&["server", "--registry", &redis.url(), "--listen", &listen]);
-    let (d1, d2) = (
-        tempfile::tempdir().expect("tmp"),
-        tempfile::tempdir().expect("tmp"),
-    );
+    let (d1, d2) = (tempfile::tempdir().expect("tmp"), tempfile::tempdir().expect("tmp"));
     let (mut n1, id1) = start_node(&redis.url(), d1.path(), &["acme/gpt2", "acme/bert"]);
     let (_n2, id2) = start_node(&redis.url(), d2.path(), &["acme/gpt2"]);
     assert_ne!(id1, id2);
     let mut both = vec![id1.clone(), id2.clone()];
     both.sort();
     wait_for("both nodes found", Duration::from_secs(10), || {
-        std::net::TcpStream::connect(&listen).is_ok()
-            && ids(&find_json(&server_url, "acme/gpt2", "5")) == both
+        std::net::TcpStream::connect(&listen).is_ok() && ids(&find_json(&server_url, "acme/gpt2", "5")) == both
     });
 
     // --json prints the FindEnclaveResponse with the seed's camelCase names.
     let v = find_json(&server_url, "acme/bert", "5");
     let e = &v["found"][0];
     assert_eq!(e["instanceId"], id1.as_str());
-    for field in [
-        "serviceName",
-        "platform",
-        "serviceVersion",
-        "connectionString",
-        "pubkey",
-        "attestation",
-    ] {
+    for field in ["serviceName", "platform", "serviceVersion", "connectionString", "pubkey", "attestation"] {
         assert!(e.get(field).is_some(), "{field} missing in {v}");
     }
     assert_eq!(e["platform"], "sim");
-    assert!(
-        e["policy"]["mrenclave"]
-            .as_str()
-            .is_some_and(|m| m.len() == 96)
-    );
+    assert!(e["policy"]["mrenclave"].as_str().is_some_and(|m| m.len() == 96));
 
     // The table for people.
-    let out = run(
-        enclava(&["find", "--server", &server_url, "--data", "acme/bert"]).stdin(Stdio::null()),
-    );
+    let out = run(enclava(&["find", "--server", &server_url, "--data", "acme/bert"]).stdin(Stdio::null()));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("INSTANCE") && text.contains(&id1), "{text}");
 
@@ -165,11 +116,7 @@ fn server_nodes_find_and_a_sigkilled_node() {
         let found = ids(&find_json(&server_url, "acme/gpt2", "5"));
         let present = found.contains(&id1);
         if asked.duration_since(killed) > Duration::from_millis(3050) {
-            assert!(
-                !present,
-                "killed node returned {:?} after SIGKILL",
-                asked.duration_since(killed)
-            );
+            assert!(!present, "killed node returned {:?} after SIGKILL", asked.duration_since(killed));
         }
         gone |= !present;
         assert!(found.contains(&id2));
@@ -211,43 +158,24 @@ fn options_come_from_flags_environment_and_config_file() {
         .stderr(Stdio::null());
     let mut node = Proc(node.spawn().expect("node"));
     let mut line = String::new();
-    BufReader::new(node.0.stdout.as_mut().expect("stdout"))
-        .read_line(&mut line)
-        .expect("id line");
+    BufReader::new(node.0.stdout.as_mut().expect("stdout")).read_line(&mut line).expect("id line");
     let id = line.split_whitespace().nth(1).expect("id").to_owned();
-    wait_for(
-        "found through config file and env",
-        Duration::from_secs(10),
-        || {
-            let out = run(enclava(&["find", "--json"])
-                .env("ENCLAVA_CONFIG", cfg)
-                .env("ENCLAVA_DATA", "from/file")
-                .stdin(Stdio::null()));
-            out.status.success()
-                && ids(&serde_json::from_slice(&out.stdout).unwrap_or_default()) == vec![id.clone()]
-        },
-    );
+    wait_for("found through config file and env", Duration::from_secs(10), || {
+        let out = run(enclava(&["find", "--json"])
+            .env("ENCLAVA_CONFIG", cfg)
+            .env("ENCLAVA_DATA", "from/file")
+            .stdin(Stdio::null()));
+        out.status.success() && ids(&serde_json::from_slice(&out.stdout).unwrap_or_default()) == vec![id.clone()]
+    });
     let keys = Command::new("redis-cli")
-        .args([
-            "-p",
-            &redis.port().to_string(),
-            "--raw",
-            "keys",
-            "cfgtest:*",
-        ])
+        .args(["-p", &redis.port().to_string(), "--raw", "keys", "cfgtest:*"])
         .output()
         .expect("redis-cli");
-    assert!(
-        String::from_utf8_lossy(&keys.stdout).contains("cfgtest:enclava:bydataaccess:from/file")
-    );
+    assert!(String::from_utf8_lossy(&keys.stdout).contains("cfgtest:enclava:bydataaccess:from/file"));
 
     let help = run(&mut enclava(&["server", "--help"]));
     let help = String::from_utf8_lossy(&help.stdout);
-    for want in [
-        "[env: ENCLAVA_REGISTRY=]",
-        "[env: ENCLAVA_LISTEN=]",
-        "config file",
-    ] {
+    for want in ["[env: ENCLAVA_REGISTRY=]", "[env: ENCLAVA_LISTEN=]", "config file"] {
         assert!(help.contains(want), "server --help lacks {want:?}:\n{help}");
     }
 }
@@ -255,35 +183,17 @@ fn options_come_from_flags_environment_and_config_file() {
 #[test]
 fn bad_input_gets_a_clear_error() {
     let cases: &[(&[&str], &str)] = &[
-        (
-            &["find", "--server", "http://127.0.0.1:1", "--data", "x"],
-            "cannot reach the enclave manager",
-        ),
+        (&["find", "--server", "http://127.0.0.1:1", "--data", "x"], "cannot reach the enclave manager"),
         (&["server", "--registry", "bogus://x"], "unknown registry"),
-        (
-            &[
-                "node",
-                "--platform",
-                "tdx",
-                "--data-dir",
-                "/tmp/enclava-cli-test-tdx",
-            ],
-            "not available on this host",
-        ),
-        (
-            &["--config", "/nonexistent/enclava.toml", "find"],
-            "does not exist",
-        ),
+        (&["node", "--platform", "tdx", "--data-dir", "/tmp/enclava-cli-test-tdx"], "not available on this host"),
+        (&["--config", "/nonexistent/enclava.toml", "find"], "does not exist"),
         (&["server", "--namespace", "has space"], "whitespace"),
     ];
     for (args, want) in cases {
         let out = run(enclava(args).stdin(Stdio::null()));
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
-        assert!(
-            err.contains(want),
-            "{args:?} should say {want:?}, said: {err}"
-        );
+        assert!(err.contains(want), "{args:?} should say {want:?}, said: {err}");
     }
 }
 
@@ -291,23 +201,124 @@ fn bad_input_gets_a_clear_error() {
 fn dev_demo_runs_green_from_a_clean_folder() {
     let dir = tempfile::tempdir().expect("tmp");
     let port = free_port().expect("port");
-    let out = run(enclava(&[
-        "dev",
-        "--demo-only",
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--data-dir",
-    ])
-    .arg(dir.path().join("dev"))
-    .stdin(Stdio::null()));
+    let out = run(enclava(&["dev", "--demo-only", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(dir.path().join("dev"))
+        .stdin(Stdio::null()));
     let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("[5/5]") && text.contains("demo done"), "{text}");
+}
+
+#[test]
+fn evidence_verify_exit_codes_and_messages() {
+    let td = concat!(env!("CARGO_MANIFEST_DIR"), "/../enclava-attest/testdata");
+    let dir = tempfile::tempdir().expect("tmp");
+    let allow = dir.path().join("allow.toml");
+    std::fs::write(&allow, "[tdx]\nany_measurement = true\nallow_debug = false\n".replace("allow_debug = false\n", ""))
+        .expect("write");
+    let quote = format!("{td}/tdx-v4-2023/quote_debug_td.dat");
+    let coll = format!("{td}/tdx-v4-2023/collateral.json");
+    let run_verify = |extra: &[&str]| {
+        let mut args = vec!["evidence", "verify"];
+        args.extend(extra);
+        run(enclava(&args).stdin(Stdio::null()))
+    };
+    // Accepted by a policy that allows debug; denied, with the reason, by one that does not.
+    let debug_ok = dir.path().join("debug.toml");
+    std::fs::write(&debug_ok, "allow_debug = true\n[tdx]\nany_measurement = true\n").expect("write");
+    let out = run_verify(&[
+        &quote,
+        "--collateral",
+        &coll,
+        "--at",
+        "2023-07-01T01:00:00Z",
+        "--policy",
+        debug_ok.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    let out = run_verify(&[
+        &quote,
+        "--collateral",
+        &coll,
+        "--at",
+        "2023-07-01T01:00:00Z",
+        "--policy",
+        allow.to_str().expect("utf-8"),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("DENIED") && text.contains("debug"), "{text}");
+    // Past the window: denied as expired collateral.
+    let out = run_verify(&[&quote, "--collateral", &coll, "--at", "2023-08-01T00:00:00Z"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("expired collateral"));
+    // SNP with DER and PEM certificates and a CRL, as JSON.
+    let out = run_verify(&[
+        &format!("{td}/sev-snp/milan-virtee/report.bin"),
+        "--certs",
+        &format!("{td}/sev-snp/milan-virtee/vcek.der,{td}/sev-snp/amd/milan_cert_chain.pem"),
+        "--crl",
+        &format!("{td}/sev-snp/amd/milan_crl.pem"),
+        "--at",
+        "2025-07-01T00:00:00Z",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["claims"]["platform"], "sev-snp");
+    // Unusable input: exit 2 with what to do.
+    let out = run_verify(&[&format!("{td}/sev-snp/milan-virtee/report.bin")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("VCEK"));
+    let out = run_verify(&["/nonexistent"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn sim_init_node_evidence_and_find_verify() {
+    let redis = RedisServer::start().expect("redis");
+    let dir = tempfile::tempdir().expect("tmp");
+    let root = dir.path().join("root");
+    let out = run(enclava(&["sim", "init", "--out", root.to_str().expect("utf-8")]).stdin(Stdio::null()));
+    assert!(out.status.success());
+    let root_pub = std::fs::read_to_string(root.join("sim-root.pub")).expect("pub").trim().to_owned();
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&root_pub));
+    let again = run(enclava(&["sim", "init", "--out", root.to_str().expect("utf-8")]).stdin(Stdio::null()));
+    assert_eq!(again.status.code(), Some(2), "never replaces a root");
+
+    let port = free_port().expect("port");
+    let listen = format!("127.0.0.1:{port}");
+    let server_url = format!("http://{listen}");
+    let _server = spawn(&["server", "--registry", &redis.url(), "--listen", &listen]);
+    let node_dir = dir.path().join("node");
+
+    let redis_url = redis.url();
+    let mut args = vec!["node", "--registry", &redis_url, "--listen", "127.0.0.1:0", "--data", "m", "--sim-root"];
+    let root_s = root.to_str().expect("utf-8").to_owned();
+    args.push(&root_s);
+    let node_dir_s = node_dir.to_str().expect("utf-8").to_owned();
+    args.extend(["--data-dir", &node_dir_s]);
+    let mut node = spawn(&args);
+    let mut line = String::new();
+    BufReader::new(node.0.stdout.as_mut().expect("stdout")).read_line(&mut line).expect("id");
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, format!("[sim]\nroot = \"{root_pub}\"\nany_measurement = true\n")).expect("write");
+    let policy_s = policy.to_str().expect("utf-8").to_owned();
+    wait_for("verified through find --verify", Duration::from_secs(10), || {
+        let out = run(enclava(&["find", "--server", &server_url, "--data", "m", "--verify", "--policy", &policy_s])
+            .stdin(Stdio::null()));
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("verified against")
+    });
+    // Under another deployment's root: refused, with why, exit 1.
+    let other = dir.path().join("other");
     assert!(
-        out.status.success(),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        run(enclava(&["sim", "init", "--out", other.to_str().expect("utf-8")]).stdin(Stdio::null())).status.success()
     );
-    assert!(
-        text.contains("[4/4]") && text.contains("demo done"),
-        "{text}"
-    );
+    let other_pub = std::fs::read_to_string(other.join("sim-root.pub")).expect("pub").trim().to_owned();
+    std::fs::write(&policy, format!("[sim]\nroot = \"{other_pub}\"\nany_measurement = true\n")).expect("write");
+    let out = run(enclava(&["find", "--server", &server_url, "--data", "m", "--verify", "--policy", &policy_s])
+        .stdin(Stdio::null()));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("REFUSED") && text.contains("another deployment"), "{text}");
 }

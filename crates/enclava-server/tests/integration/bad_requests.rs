@@ -18,48 +18,13 @@ async fn bad_requests_get_invalid_argument() {
     let huge: Vec<String> = (0..100_000).map(|i| format!("{i:032x}")).collect();
     let cases: Vec<(FindEnclaveRequest, &str)> = vec![
         (FindEnclaveRequest::default(), "send a data id"),
+        (FindEnclaveRequest { limit: -1, ..find_req("d", 1) }, "limit is -1"),
+        (FindEnclaveRequest { limit: i32::MAX, ..find_req("d", 1) }, "at most"),
+        (FindEnclaveRequest { enclave_deny_list: huge, ..find_req("d", 1) }, "deny list"),
+        (FindEnclaveRequest { platform: "quantum".into(), ..find_req("d", 1) }, "unknown platform"),
+        (FindEnclaveRequest { platform: "sim".into(), ..Default::default() }, "send a data id"),
         (
-            FindEnclaveRequest {
-                limit: -1,
-                ..find_req("d", 1)
-            },
-            "limit is -1",
-        ),
-        (
-            FindEnclaveRequest {
-                limit: i32::MAX,
-                ..find_req("d", 1)
-            },
-            "at most",
-        ),
-        (
-            FindEnclaveRequest {
-                enclave_deny_list: huge,
-                ..find_req("d", 1)
-            },
-            "deny list",
-        ),
-        (
-            FindEnclaveRequest {
-                platform: "quantum".into(),
-                ..find_req("d", 1)
-            },
-            "unknown platform",
-        ),
-        (
-            FindEnclaveRequest {
-                platform: "sim".into(),
-                ..Default::default()
-            },
-            "send a data id",
-        ),
-        (
-            FindEnclaveRequest {
-                policy: Some(EnclavePolicy {
-                    mrenclave: "not hex".into(),
-                }),
-                ..Default::default()
-            },
+            FindEnclaveRequest { policy: Some(EnclavePolicy { mrenclave: "not hex".into() }), ..Default::default() },
             "hex",
         ),
         (find_req("has space", 1), "whitespace"),
@@ -67,48 +32,21 @@ async fn bad_requests_get_invalid_argument() {
     ];
     for (req, want) in cases {
         match c.find(req).await {
-            Err(ClientError::Status {
-                code: tonic::Code::InvalidArgument,
-                message,
-            }) => {
+            Err(ClientError::Status { code: tonic::Code::InvalidArgument, message }) => {
                 assert!(message.contains(want), "{message:?} should say {want:?}")
             }
             other => panic!("expected INVALID_ARGUMENT ({want}), got {other:?}"),
         }
     }
     for req in [
-        ListEnclavesRequest {
-            page_size: -5,
-            ..Default::default()
-        },
-        ListEnclavesRequest {
-            platform: "quantum".into(),
-            ..Default::default()
-        },
-        ListEnclavesRequest {
-            mrenclave: "XYZ".into(),
-            ..Default::default()
-        },
+        ListEnclavesRequest { page_size: -5, ..Default::default() },
+        ListEnclavesRequest { platform: "quantum".into(), ..Default::default() },
+        ListEnclavesRequest { mrenclave: "XYZ".into(), ..Default::default() },
     ] {
         let err = c.list(req).await.expect_err("invalid");
-        assert!(
-            matches!(
-                err,
-                ClientError::Status {
-                    code: tonic::Code::InvalidArgument,
-                    ..
-                }
-            ),
-            "{err:?}"
-        );
+        assert!(matches!(err, ClientError::Status { code: tonic::Code::InvalidArgument, .. }), "{err:?}");
     }
     // Still serving.
-    assert!(
-        c.find(find_req("d", 1))
-            .await
-            .expect("valid request")
-            .found
-            .is_empty()
-    );
+    assert!(c.find(find_req("d", 1)).await.expect("valid request").found.is_empty());
     server.stop().await;
 }

@@ -31,17 +31,10 @@ async fn node_writes_the_seeds_keys_letter_for_letter() {
     eventually("presence and info", Duration::from_secs(3), || {
         let mut r = r.clone();
         let (p, i) = (presence.clone(), info_key.clone());
-        async move {
-            r.exists::<_, bool>(&p).await.unwrap_or(false)
-                && r.exists::<_, bool>(&i).await.unwrap_or(false)
-        }
+        async move { r.exists::<_, bool>(&p).await.unwrap_or(false) && r.exists::<_, bool>(&i).await.unwrap_or(false) }
     })
     .await;
-    assert_eq!(
-        r.get::<_, String>(&presence).await.expect("get"),
-        id,
-        "presence value is the instance id"
-    );
+    assert_eq!(r.get::<_, String>(&presence).await.expect("get"), id, "presence value is the instance id");
     let ttl: i64 = r.ttl(&presence).await.expect("ttl");
     assert!((1..=3).contains(&ttl), "presence TTL {ttl}");
     let ttl: i64 = r.ttl(&info_key).await.expect("ttl");
@@ -55,43 +48,20 @@ async fn node_writes_the_seeds_keys_letter_for_letter() {
     assert_eq!(info["serviceVersion"], env!("CARGO_PKG_VERSION"));
     assert_eq!(info["policy"]["mrenclave"], m.as_str());
     assert_eq!(info["attestation"], "", "no evidence yet, and no fake one");
-    assert_eq!(
-        info["pubkey"].as_str().map(str::len),
-        Some(44),
-        "32-byte X25519 key, base64"
-    );
+    assert_eq!(info["pubkey"].as_str().map(str::len), Some(44), "32-byte X25519 key, base64");
     assert_eq!(info["connectionString"], node.addr().to_string().as_str());
-    assert_eq!(
-        info["dataAccess"],
-        serde_json::json!({"acme/gpt2": {"hot": false}, "acme/bert": {"hot": false}})
-    );
+    assert_eq!(info["dataAccess"], serde_json::json!({"acme/gpt2": {"hot": false}, "acme/bert": {"hot": false}}));
 
     let hash = |key: String| {
         let mut r = r.clone();
-        async move {
-            r.hgetall::<_, HashMap<String, String>>(key)
-                .await
-                .expect("hgetall")
-        }
+        async move { r.hgetall::<_, HashMap<String, String>>(key).await.expect("hgetall") }
     };
     let one = |v: &str| HashMap::from([(id.clone(), v.to_owned())]);
-    assert_eq!(
-        hash("mithrilcloud:blindai:byplatform:sim".into()).await,
-        one("{}")
-    );
-    assert_eq!(
-        hash(format!("mithrilcloud:blindai:bymrenclave:{m}")).await,
-        one("{}")
-    );
+    assert_eq!(hash("mithrilcloud:blindai:byplatform:sim".into()).await, one("{}"));
+    assert_eq!(hash(format!("mithrilcloud:blindai:bymrenclave:{m}")).await, one("{}"));
     let cold = format!(r#"{{"hot":false,"mrenclave":"{m}"}}"#);
-    assert_eq!(
-        hash("mithrilcloud:blindai:bydataaccess:acme/gpt2".into()).await,
-        one(&cold)
-    );
-    assert_eq!(
-        hash("mithrilcloud:blindai:bydataaccess:acme/bert".into()).await,
-        one(&cold)
-    );
+    assert_eq!(hash("mithrilcloud:blindai:bydataaccess:acme/gpt2".into()).await, one(&cold));
+    assert_eq!(hash("mithrilcloud:blindai:bydataaccess:acme/bert".into()).await, one(&cold));
 
     // A change is published at once, not at the next 30 s refresh.
     node.set_data("acme/gpt2", true).expect("valid id");
@@ -109,10 +79,7 @@ async fn node_writes_the_seeds_keys_letter_for_letter() {
     .await;
     let info: serde_json::Value =
         serde_json::from_str(&r.get::<_, String>(&info_key).await.expect("get")).expect("json");
-    assert_eq!(
-        info["dataAccess"],
-        serde_json::json!({"acme/gpt2": {"hot": true}})
-    );
+    assert_eq!(info["dataAccess"], serde_json::json!({"acme/gpt2": {"hot": true}}));
 
     // A clean shutdown leaves nothing behind.
     node.shutdown().await;
@@ -123,21 +90,14 @@ async fn node_writes_the_seeds_keys_letter_for_letter() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instance_id_is_stable_across_restarts_of_one_data_folder() {
     let registry = std::sync::Arc::new(MemoryRegistry::new(keys()));
-    let (d1, d2) = (
-        tempfile::tempdir().expect("tmp"),
-        tempfile::tempdir().expect("tmp"),
-    );
+    let (d1, d2) = (tempfile::tempdir().expect("tmp"), tempfile::tempdir().expect("tmp"));
     let a = node(registry.clone(), d1.path(), &[]).await;
     let first = a.instance_id().to_owned();
     let first_key = a.request_key().public().to_vec();
     a.shutdown().await;
     let again = node(registry.clone(), d1.path(), &[]).await;
     assert_eq!(again.instance_id(), first, "same folder, same id");
-    assert_ne!(
-        again.request_key().public(),
-        first_key,
-        "a fresh request key each start"
-    );
+    assert_ne!(again.request_key().public(), first_key, "a fresh request key each start");
     let other = node(registry, d2.path(), &[]).await;
     assert_ne!(other.instance_id(), first, "another folder, another id");
 }
@@ -145,10 +105,7 @@ async fn instance_id_is_stable_across_restarts_of_one_data_folder() {
 /// Two nodes, a server, and FindEnclave by data and by measurement, with filters and deny lists.
 async fn find_over_grpc(registry: std::sync::Arc<dyn enclava_registry::Registry>) {
     let server = Server::start(registry.clone(), ServerConfig::default()).await;
-    let (d1, d2) = (
-        tempfile::tempdir().expect("tmp"),
-        tempfile::tempdir().expect("tmp"),
-    );
+    let (d1, d2) = (tempfile::tempdir().expect("tmp"), tempfile::tempdir().expect("tmp"));
     let n1 = node(registry.clone(), d1.path(), &["acme/gpt2", "acme/bert"]).await;
     let n2 = node(registry.clone(), d2.path(), &["acme/gpt2"]).await;
     let mut c = server.client().await;
@@ -160,26 +117,12 @@ async fn find_over_grpc(registry: std::sync::Arc<dyn enclava_registry::Registry>
         async move { found(&mut c, find_req("acme/gpt2", 5)).await == both }
     })
     .await;
-    assert_eq!(
-        found(&mut c, find_req("acme/bert", 5)).await,
-        vec![n1.instance_id().to_owned()]
-    );
-    assert_eq!(
-        found(&mut c, find_req("acme/gpt2", 0)).await.len(),
-        1,
-        "limit 0 means 1"
-    );
-    assert_eq!(
-        found(&mut c, by_measurement(n1.measurement(), 5)).await,
-        both
-    );
+    assert_eq!(found(&mut c, find_req("acme/bert", 5)).await, vec![n1.instance_id().to_owned()]);
+    assert_eq!(found(&mut c, find_req("acme/gpt2", 0)).await.len(), 1, "limit 0 means 1");
+    assert_eq!(found(&mut c, by_measurement(n1.measurement(), 5)).await, both);
     let mut req = find_req("acme/gpt2", 5);
     req.enclave_deny_list = vec![n1.instance_id().to_owned()];
-    assert_eq!(
-        found(&mut c, req).await,
-        vec![n2.instance_id().to_owned()],
-        "deny list"
-    );
+    assert_eq!(found(&mut c, req).await, vec![n2.instance_id().to_owned()], "deny list");
     let mut req = find_req("acme/gpt2", 5);
     req.platform = "tdx".into();
     assert!(found(&mut c, req).await.is_empty(), "platform filter");
@@ -200,13 +143,7 @@ async fn find_over_grpc(registry: std::sync::Arc<dyn enclava_registry::Registry>
     assert_eq!(resp.found[0].pubkey, n2.request_key().public());
 
     // Listing, page by page.
-    let page = c
-        .list(enclava_client::ListEnclavesRequest {
-            page_size: 1,
-            ..Default::default()
-        })
-        .await
-        .expect("list");
+    let page = c.list(enclava_client::ListEnclavesRequest { page_size: 1, ..Default::default() }).await.expect("list");
     assert_eq!(page.enclaves.len(), 1);
     assert!(page.enclaves[0].present);
     let next = c
@@ -257,35 +194,20 @@ async fn health_and_metrics_are_served() {
     for _ in 0..3 {
         found(&mut c, find_req("d", 1)).await;
     }
-    eventually("server healthy", Duration::from_secs(3), || async {
-        http_get(server.http, "/health").await.0 == 200
-    })
-    .await;
+    eventually("server healthy", Duration::from_secs(3), || async { http_get(server.http, "/health").await.0 == 200 })
+        .await;
     let (status, metrics) = http_get(server.http, "/metrics").await;
     assert_eq!(status, 200);
     let value = |name: &str| -> f64 {
-        metrics
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-            .unwrap_or(-1.0)
+        metrics.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(-1.0)
     };
-    assert!(
-        value("enclava_server_find_cache_hits_total") >= 2.0,
-        "{metrics}"
-    );
-    assert!(
-        value("enclava_server_finds_total{outcome=\"found\"}") >= 4.0,
-        "{metrics}"
-    );
+    assert!(value("enclava_server_find_cache_hits_total") >= 2.0, "{metrics}");
+    assert!(value("enclava_server_finds_total{outcome=\"found\"}") >= 4.0, "{metrics}");
     let (status, body) = http_get(n.addr(), "/health").await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains(n.instance_id()));
     let (_, node_metrics) = http_get(n.addr(), "/metrics").await;
-    assert!(
-        node_metrics.contains("enclava_node_heartbeats_total"),
-        "{node_metrics}"
-    );
+    assert!(node_metrics.contains("enclava_node_heartbeats_total"), "{node_metrics}");
     assert!(node_metrics.contains("enclava_node_heartbeats_late_total"));
     server.stop().await;
 }

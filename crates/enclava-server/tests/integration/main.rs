@@ -3,5 +3,6 @@
 
 mod bad_requests;
 mod discovery;
+mod evidence;
 mod reliability;
 mod support;

@@ -18,10 +18,7 @@ use crate::support::*;
 /// with the cache on: no call that starts more than 3 s after the kill returns it.
 async fn killed_node_disappears(registry: Arc<dyn Registry>) {
     let server = Server::start(registry.clone(), ServerConfig::default()).await;
-    let (d1, d2) = (
-        tempfile::tempdir().expect("tmp"),
-        tempfile::tempdir().expect("tmp"),
-    );
+    let (d1, d2) = (tempfile::tempdir().expect("tmp"), tempfile::tempdir().expect("tmp"));
     let victim = node(registry.clone(), d1.path(), &["m"]).await;
     let survivor = node(registry.clone(), d2.path(), &["m"]).await;
     let victim_id = victim.instance_id().to_owned();
@@ -39,26 +36,16 @@ async fn killed_node_disappears(registry: Arc<dyn Registry>) {
         let ids = found(&mut c, find_req("m", 5)).await;
         let present = ids.contains(&victim_id);
         if asked.duration_since(killed) > Duration::from_millis(3050) {
-            assert!(
-                !present,
-                "returned {:?} after the kill",
-                asked.duration_since(killed)
-            );
+            assert!(!present, "returned {:?} after the kill", asked.duration_since(killed));
         }
         if !present && gone_after.is_none() {
             gone_after = Some(killed.elapsed());
         }
-        assert!(
-            ids.contains(&survivor.instance_id().to_owned()),
-            "the live node is always found"
-        );
+        assert!(ids.contains(&survivor.instance_id().to_owned()), "the live node is always found");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let gone_after = gone_after.expect("the killed node disappeared");
-    assert!(
-        gone_after <= Duration::from_millis(3100),
-        "gone after {gone_after:?}"
-    );
+    assert!(gone_after <= Duration::from_millis(3100), "gone after {gone_after:?}");
     survivor.shutdown().await;
     server.stop().await;
 }
@@ -77,20 +64,14 @@ async fn killed_node_disappears_within_3s_on_redis_cluster() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_node_disappears_within_3s_in_memory() {
-    killed_node_disappears(Arc::new(enclava_registry::memory::MemoryRegistry::new(
-        keys(),
-    )))
-    .await;
+    killed_node_disappears(Arc::new(enclava_registry::memory::MemoryRegistry::new(keys()))).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sweeper_removes_every_entry_of_a_killed_node() {
     let r = RedisServer::start().expect("redis");
     let registry = redis(&r.url(), keys());
-    let config = ServerConfig {
-        sweep_interval: Duration::from_millis(300),
-        ..Default::default()
-    };
+    let config = ServerConfig { sweep_interval: Duration::from_millis(300), ..Default::default() };
     let server = Server::start(registry.clone(), config).await;
     let dir = tempfile::tempdir().expect("tmp");
     let n = node(registry.clone(), dir.path(), &["a", "b", "c"]).await;
@@ -105,13 +86,7 @@ async fn sweeper_removes_every_entry_of_a_killed_node() {
     let names = |reg: Arc<dyn Registry>, id: String, indexes: Vec<Index>| async move {
         let mut n = 0;
         for ix in &indexes {
-            n += reg
-                .index(ix)
-                .await
-                .expect("index")
-                .iter()
-                .filter(|(i, _)| *i == id)
-                .count();
+            n += reg.index(ix).await.expect("index").iter().filter(|(i, _)| *i == id).count();
         }
         n
     };
@@ -132,27 +107,12 @@ async fn sweeper_removes_every_entry_of_a_killed_node() {
 }
 
 /// Reads every key of the default namespace: presence, info, every index entry of `id`.
-async fn registered_in_full(
-    conn: &mut redis::aio::MultiplexedConnection,
-    id: &str,
-    m: &str,
-    data: &[&str],
-) -> bool {
+async fn registered_in_full(conn: &mut redis::aio::MultiplexedConnection, id: &str, m: &str, data: &[&str]) -> bool {
     let ok = |v: redis::RedisResult<bool>| v.unwrap_or(false);
-    let mut all = ok(conn
-        .exists(format!("enclava:service:enclava:{id}:presence"))
-        .await)
-        && ok(conn
-            .exists(format!("enclava:enclava:service:{id}:info"))
-            .await);
-    let mut hashes = vec![
-        "enclava:enclava:byplatform:sim".to_owned(),
-        format!("enclava:enclava:bymrenclave:{m}"),
-    ];
-    hashes.extend(
-        data.iter()
-            .map(|d| format!("enclava:enclava:bydataaccess:{d}")),
-    );
+    let mut all = ok(conn.exists(format!("enclava:service:enclava:{id}:presence")).await)
+        && ok(conn.exists(format!("enclava:enclava:service:{id}:info")).await);
+    let mut hashes = vec!["enclava:enclava:byplatform:sim".to_owned(), format!("enclava:enclava:bymrenclave:{m}")];
+    hashes.extend(data.iter().map(|d| format!("enclava:enclava:bydataaccess:{d}")));
     for h in hashes {
         let fields: HashMap<String, String> = conn.hgetall(&h).await.unwrap_or_default();
         all &= fields.contains_key(id);
@@ -176,73 +136,47 @@ async fn nodes_reregister_after_redis_restart_or_flush_and_manager_recovers() {
             Err(_) => false,
         }
     };
-    eventually("registered", Duration::from_secs(3), || {
-        check(plain.clone(), id.clone(), m.clone())
-    })
-    .await;
+    eventually("registered", Duration::from_secs(3), || check(plain.clone(), id.clone(), m.clone())).await;
 
     // Flushed: every key is gone; the node notices at its next heartbeat.
-    let mut conn = plain
-        .get_multiplexed_async_connection()
-        .await
-        .expect("conn");
-    let () = redis::cmd("FLUSHALL")
-        .query_async(&mut conn)
-        .await
-        .expect("flush");
-    eventually(
-        "re-registered in full after FLUSHALL",
-        Duration::from_secs(3),
-        || check(plain.clone(), id.clone(), m.clone()),
-    )
+    let mut conn = plain.get_multiplexed_async_connection().await.expect("conn");
+    let () = redis::cmd("FLUSHALL").query_async(&mut conn).await.expect("flush");
+    eventually("re-registered in full after FLUSHALL", Duration::from_secs(3), || {
+        check(plain.clone(), id.clone(), m.clone())
+    })
     .await;
     assert!(n.metrics().reregistrations.get() >= 1);
 
     // Down: the manager says UNAVAILABLE, clearly.
     r.stop();
-    eventually(
-        "UNAVAILABLE while Redis is down",
-        Duration::from_secs(5),
-        || {
-            let mut c = c.clone();
-            async move {
-                match c.find(find_req("x", 1)).await {
-                    Err(enclava_client::ClientError::Status { code, message }) => {
-                        code == tonic::Code::Unavailable && message.contains("registry unavailable")
-                    }
-                    _ => false,
+    eventually("UNAVAILABLE while Redis is down", Duration::from_secs(5), || {
+        let mut c = c.clone();
+        async move {
+            match c.find(find_req("x", 1)).await {
+                Err(enclava_client::ClientError::Status { code, message }) => {
+                    code == tonic::Code::Unavailable && message.contains("registry unavailable")
                 }
+                _ => false,
             }
-        },
-    )
-    .await;
-    eventually("health says so", Duration::from_secs(3), || async {
-        http_get(server.http, "/health").await.0 == 503
+        }
     })
     .await;
+    eventually("health says so", Duration::from_secs(3), || async { http_get(server.http, "/health").await.0 == 503 })
+        .await;
 
     // Back, empty: the node registers in full again and the manager answers without a restart.
     r.restart().expect("redis restarts");
-    eventually(
-        "re-registered in full after restart",
-        Duration::from_secs(5),
-        || check(plain.clone(), id.clone(), m.clone()),
-    )
+    eventually("re-registered in full after restart", Duration::from_secs(5), || {
+        check(plain.clone(), id.clone(), m.clone())
+    })
     .await;
     eventually("found again", Duration::from_secs(5), || {
         let mut c = c.clone();
         let id = id.clone();
-        async move {
-            c.find(find_req("y", 1))
-                .await
-                .is_ok_and(|r| r.found.iter().any(|e| e.instance_id == id))
-        }
+        async move { c.find(find_req("y", 1)).await.is_ok_and(|r| r.found.iter().any(|e| e.instance_id == id)) }
     })
     .await;
-    assert_eq!(
-        found(&mut c.clone(), find_req("x", 1)).await,
-        vec![id.clone()]
-    );
+    assert_eq!(found(&mut c.clone(), find_req("x", 1)).await, vec![id.clone()]);
     n.shutdown().await;
     server.stop().await;
 }

@@ -20,9 +20,7 @@ pub fn keys() -> Keys {
 
 pub fn redis(url: &str, keys: Keys) -> Arc<dyn Registry> {
     match url.parse::<RegistrySpec>().expect("registry url") {
-        RegistrySpec::Cluster(nodes) => {
-            Arc::new(RedisRegistry::cluster(&nodes, keys).expect("cluster"))
-        }
+        RegistrySpec::Cluster(nodes) => Arc::new(RedisRegistry::cluster(&nodes, keys).expect("cluster")),
         spec => enclava_registry::open(&spec, keys).expect("registry"),
     }
 }
@@ -37,20 +35,13 @@ pub struct Server {
 
 impl Server {
     pub async fn start(registry: Arc<dyn Registry>, config: ServerConfig) -> Server {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let http = listener.local_addr().expect("addr");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(enclava_server::serve(config, registry, listener, async {
             let _ = rx.await;
         }));
-        Server {
-            url: format!("http://{http}"),
-            http,
-            stop: Some(tx),
-            task,
-        }
+        Server { url: format!("http://{http}"), http, stop: Some(tx), task }
     }
 
     pub async fn client(&self) -> ManagerClient {
@@ -67,48 +58,28 @@ impl Server {
 
 /// Starts a `sim` node with its identity in `dir`.
 pub async fn node(registry: Arc<dyn Registry>, dir: &Path, data: &[&str]) -> NodeHandle {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let config = NodeConfig {
         platform: "sim".into(),
         data_dir: dir.to_owned(),
         data: data.iter().map(|s| s.to_string()).collect(),
         advertise: None,
+        sim_root: None,
     };
-    enclava_node::start(config, registry, listener)
-        .await
-        .expect("node starts")
+    enclava_node::start(config, registry, listener).await.expect("node starts")
 }
 
 pub fn find_req(data: &str, limit: i32) -> FindEnclaveRequest {
-    FindEnclaveRequest {
-        dataaccess: data.into(),
-        limit,
-        ..Default::default()
-    }
+    FindEnclaveRequest { dataaccess: data.into(), limit, ..Default::default() }
 }
 
 pub fn by_measurement(m: &str, limit: i32) -> FindEnclaveRequest {
-    FindEnclaveRequest {
-        policy: Some(EnclavePolicy {
-            mrenclave: m.into(),
-        }),
-        limit,
-        ..Default::default()
-    }
+    FindEnclaveRequest { policy: Some(EnclavePolicy { mrenclave: m.into() }), limit, ..Default::default() }
 }
 
 /// Ids FindEnclave returns.
 pub async fn found(client: &mut ManagerClient, req: FindEnclaveRequest) -> Vec<String> {
-    let mut ids: Vec<String> = client
-        .find(req)
-        .await
-        .expect("find")
-        .found
-        .into_iter()
-        .map(|e| e.instance_id)
-        .collect();
+    let mut ids: Vec<String> = client.find(req).await.expect("find").found.into_iter().map(|e| e.instance_id).collect();
     ids.sort();
     ids
 }
@@ -124,10 +95,7 @@ where
         if check().await {
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for: {what}"
-        );
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -139,19 +107,9 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
         .await
         .expect("write");
     let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
-        .await
-        .expect("in time")
-        .expect("read");
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await.expect("in time").expect("read");
     let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
+    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
     (status, body)
 }
