@@ -91,6 +91,19 @@ impl Evidence {
     }
 }
 
+impl Evidence {
+    /// The platform this evidence claims to come from (before any verification).
+    pub fn platform(&self) -> Platform {
+        match self {
+            Evidence::Dcap(q) if q.get(4..8) == Some(&[0x81, 0, 0, 0]) => Platform::Tdx,
+            Evidence::Dcap(_) => Platform::Sgx,
+            Evidence::SevSnp { .. } => Platform::SevSnp,
+            Evidence::Nitro(_) => Platform::Nitro,
+            Evidence::Sim(_) => Platform::Sim,
+        }
+    }
+}
+
 /// What evidence is checked against, besides the pinned roots.
 #[derive(Debug, Clone, Default)]
 pub struct Collateral {

@@ -80,6 +80,14 @@ pub fn verify_enclave(
         return Err(vec!["it publishes no evidence".into()]);
     }
     let evidence = Evidence::detect(info.attestation.clone()).map_err(|e| vec![e.to_string()])?;
+    if policy.rules(evidence.platform()).is_none() {
+        let allowed: Vec<&str> = policy.platforms().into_iter().map(enclava_attest::Platform::as_str).collect();
+        return Err(vec![format!(
+            "platform {} is not allowed by this policy (it allows {})",
+            evidence.platform(),
+            allowed.join(", ")
+        )]);
+    }
     let collateral = Collateral { sim_root: policy.sim_root().map_err(|e| vec![e])?, ..Default::default() };
     let claims = enclava_attest::verify(&evidence, &collateral, now).map_err(|e| vec![e.to_string()])?;
     let bound = binding::report_data(binding::NODE_KEY, &info.pubkey, None);

@@ -36,8 +36,8 @@ async fn published_evidence_verifies_only_under_the_right_policy() {
         };
         nodes.push(enclava_node::start(config, registry.clone(), listener).await.expect("node"));
     }
-    let mut c = server.client().await;
-    let mut find = |data: &'static str| {
+    let c = server.client().await;
+    let find = |data: &'static str| {
         let mut c = c.clone();
         async move { c.find(find_req(data, 1)).await.expect("find").found }
     };
