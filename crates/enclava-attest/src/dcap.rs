@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use dcap_qvl::QuoteCollateralV3;
+use dcap_qvl::policy::QuotePolicy;
 use dcap_qvl::quote::Report;
 use dcap_qvl::verify::QuoteVerifier;
 use serde::Deserialize;
@@ -32,8 +33,9 @@ fn classify(text: String) -> VerifyError {
     }
 }
 
-/// Verifies a DCAP quote and returns its claims.
-pub fn verify(quote: &[u8], collateral: &Collateral, now: u64) -> Result<Claims, VerifyError> {
+/// Verifies a DCAP quote and returns its claims, with the window in which the collateral that
+/// made them is valid (`latest issue date ..= earliest expiry`).
+pub fn verify_with_window(quote: &[u8], collateral: &Collateral, now: u64) -> Result<(Claims, u64, u64), VerifyError> {
     let coll = collateral.dcap.as_ref().ok_or_else(|| {
         VerifyError::MissingCollateral(
             "a DCAP quote needs Intel collateral (--collateral collateral.json or a pcs/ folder)".into(),
@@ -42,19 +44,19 @@ pub fn verify(quote: &[u8], collateral: &Collateral, now: u64) -> Result<Claims,
     check_embedded_root(quote)?;
     let verified = QuoteVerifier::new(roots::INTEL_SGX_ROOT_CA.to_vec())
         .allow_debug(true)
-        .verify(quote, coll, now)
+        .verify_with_policy(quote, coll, now, &QuotePolicy::claims_only(now))
         .map_err(|e| classify(format!("{e:#}")))?;
     let mut raw = BTreeMap::new();
-    raw.insert("qe_status".into(), format!("{:?}", verified.qe_status.status));
-    raw.insert("platform_status".into(), format!("{:?}", verified.platform_status.status));
+    raw.insert("qe_tcb_status".into(), verified.qe.tcb_level.tcb_status.to_string());
+    raw.insert("tcb_evaluation_data_number".into(), verified.tcb.eval_data_number.to_string());
     let base = |platform, measurement: &[u8], report_data: &[u8], debug| Claims {
         platform,
         measurement: measurement.to_vec(),
         signer: Vec::new(),
         product_id: None,
         security_version: None,
-        tcb_status: Some(verified.status.clone()),
-        advisories: verified.advisory_ids.clone(),
+        tcb_status: Some(verified.tcb.status.to_string()),
+        advisories: verified.tcb.advisory_ids.clone(),
         debug,
         report_data: report_data.to_vec(),
         issued_at: None,
@@ -100,7 +102,54 @@ pub fn verify(quote: &[u8], collateral: &Collateral, now: u64) -> Result<Claims,
         }
     };
     claims.raw = raw;
-    Ok(claims)
+    Ok((claims, verified.latest_issue_date, verified.earliest_expiration_date))
+}
+
+/// Verifies a DCAP quote and returns its claims.
+pub fn verify(quote: &[u8], collateral: &Collateral, now: u64) -> Result<Claims, VerifyError> {
+    verify_with_window(quote, collateral, now).map(|(c, _, _)| c)
+}
+
+/// Where the parts of a quote are, for the warm path.
+pub(crate) struct Layout {
+    /// End of the signed `header ‖ body`.
+    pub signed_end: usize,
+    /// The body's report data.
+    pub report_data: std::ops::Range<usize>,
+    /// Start and end of the signature data (ECDSA signature, attestation key, QE report, chain).
+    pub sig_data: std::ops::Range<usize>,
+}
+
+/// Finds the parts of a v3, v4 or v5 quote.
+pub(crate) fn layout(q: &[u8]) -> Result<Layout, VerifyError> {
+    let bad = || VerifyError::Malformed("truncated DCAP quote".into());
+    let u16_at = |o: usize| q.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]])).ok_or_else(bad);
+    let u32_at =
+        |o: usize| q.get(o..o + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize).ok_or_else(bad);
+    let tdx = u32_at(4)? == 0x81;
+    let (body_start, body_len) = match u16_at(0)? {
+        5 => (54, u32_at(50)?),
+        3 | 4 => (48, if tdx { 584 } else { 384 }),
+        v => return Err(VerifyError::Malformed(format!("DCAP quote version {v}"))),
+    };
+    let signed_end = body_start + body_len;
+    let rd = body_start + if tdx { 520 } else { 320 };
+    let sig_len = u32_at(signed_end)?;
+    let sig_data = signed_end + 4..signed_end + 4 + sig_len;
+    if sig_data.end > q.len() || sig_len < 128 || rd + 64 > signed_end {
+        return Err(bad());
+    }
+    Ok(Layout { signed_end, report_data: rd..rd + 64, sig_data })
+}
+
+/// Checks the quote signature (ECDSA P-256 by the attestation key over `header ‖ body`).
+pub(crate) fn check_quote_signature(q: &[u8], l: &Layout) -> Result<(), VerifyError> {
+    let sd = &q[l.sig_data.clone()];
+    let mut key = vec![4u8];
+    key.extend_from_slice(&sd[64..128]);
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_FIXED, key)
+        .verify(&q[..l.signed_end], &sd[..64])
+        .map_err(|_| VerifyError::Invalid("the quote signature does not verify".into()))
 }
 
 /// The PCK chain embedded in a quote ends with a copy of the Intel root. Only the pinned root is

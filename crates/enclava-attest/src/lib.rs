@@ -11,6 +11,7 @@
 //! - [`policy`]: what a relying party accepts, and `check` that lists every failed rule.
 //! - [`binding`]: report data that binds a public key (and a nonce) to evidence.
 //! - [`roots`]: pinned trust anchors (Intel SGX root, AMD ARKs, AWS Nitro root).
+//! - [`warm`]: a verifier that caches per-platform checks within their collateral windows.
 
 pub mod binding;
 pub mod claims;
@@ -21,6 +22,7 @@ pub mod roots;
 pub mod sim;
 pub mod snp;
 pub mod time;
+pub mod warm;
 
 pub use claims::{Claims, Platform};
 pub use policy::{Policy, Verdict};

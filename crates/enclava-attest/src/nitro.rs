@@ -9,7 +9,6 @@ use std::time::Duration;
 use base64::Engine;
 use ciborium::Value;
 use coset::{CborSerializable, CoseSign1, TaggedCborSerializable, iana};
-use p384::ecdsa::signature::Verifier as _;
 use rustls_pki_types::{CertificateDer, UnixTime};
 use sha2::{Digest, Sha512};
 use x509_cert::der::Decode;
@@ -43,8 +42,16 @@ fn bytes_field(map: &[(Value, Value)], name: &str) -> Result<Option<Vec<u8>>, Ve
     }
 }
 
-/// Verifies a Nitro attestation document (raw CBOR or base64) at `now`.
-pub fn verify(document: &[u8], now: u64) -> Result<Claims, VerifyError> {
+/// A parsed, not yet verified, Nitro document.
+pub(crate) struct Parsed {
+    sign1: CoseSign1,
+    map: Vec<(Value, Value)>,
+    pub leaf: Vec<u8>,
+    pub bundle: Vec<Vec<u8>>,
+}
+
+/// Parses a Nitro attestation document (raw CBOR or base64).
+pub(crate) fn parse(document: &[u8]) -> Result<Parsed, VerifyError> {
     let bytes = if matches!(document.first(), Some(0x84) | Some(0xD2)) {
         document.to_vec()
     } else {
@@ -58,7 +65,66 @@ pub fn verify(document: &[u8], now: u64) -> Result<Claims, VerifyError> {
     }
     let payload = sign1.payload.as_deref().ok_or_else(|| malformed("no payload"))?;
     let doc: Value = ciborium::de::from_reader(payload).map_err(|e| malformed(format!("payload is not CBOR: {e}")))?;
-    let map = doc.as_map().ok_or_else(|| malformed("payload is not a map"))?;
+    let map = doc.into_map().map_err(|_| malformed("payload is not a map"))?;
+    let leaf = bytes_field(&map, "certificate")?.ok_or_else(|| malformed("no certificate"))?;
+    let bundle: Vec<Vec<u8>> = field(&map, "cabundle")
+        .and_then(Value::as_array)
+        .ok_or_else(|| malformed("no cabundle"))?
+        .iter()
+        .map(|c| c.as_bytes().cloned().ok_or_else(|| malformed("cabundle entry")))
+        .collect::<Result<_, _>>()?;
+    Ok(Parsed { sign1, map, leaf, bundle })
+}
+
+/// Checks the certificate chain at `now`: `cabundle[0]` is the pinned root, the rest intermediates.
+/// Returns the window in which every certificate of the chain is valid.
+pub(crate) fn check_chain(p: &Parsed, now: u64) -> Result<(u64, u64), VerifyError> {
+    let root = roots::aws_nitro_root();
+    if p.bundle.first() != Some(&root) {
+        return Err(VerifyError::Invalid("the CA bundle does not start with the pinned AWS Nitro root".into()));
+    }
+    let root_der = CertificateDer::from(root.as_slice());
+    let anchor = webpki::anchor_from_trusted_cert(&root_der).map_err(|e| malformed(format!("AWS root: {e:?}")))?;
+    let intermediates: Vec<CertificateDer<'_>> =
+        p.bundle[1..].iter().map(|c| CertificateDer::from(c.as_slice())).collect();
+    let leaf_der = CertificateDer::from(p.leaf.as_slice());
+    let ee = webpki::EndEntityCert::try_from(&leaf_der).map_err(|e| malformed(format!("certificate: {e:?}")))?;
+    ee.verify_for_usage(
+        &[webpki::ring::ECDSA_P384_SHA384, webpki::ring::ECDSA_P256_SHA256],
+        &[anchor],
+        &intermediates,
+        UnixTime::since_unix_epoch(Duration::from_secs(now)),
+        webpki::KeyUsage::client_auth(),
+        None,
+        None,
+    )
+    .map_err(|e| match e {
+        webpki::Error::CertExpired { .. } | webpki::Error::CertNotValidYet { .. } => VerifyError::ExpiredCollateral(
+            format!("the Nitro certificate chain is not valid at {}: {e:?}", crate::time::format_rfc3339(now)),
+        ),
+        e => VerifyError::Invalid(format!("the Nitro certificate does not chain to the AWS root: {e:?}")),
+    })?;
+    let (mut from, mut until) = (0u64, u64::MAX);
+    for der in p.bundle.iter().chain(std::iter::once(&p.leaf)) {
+        let c = x509_cert::Certificate::from_der(der).map_err(|e| malformed(format!("certificate: {e}")))?;
+        from = from.max(c.tbs_certificate.validity.not_before.to_unix_duration().as_secs());
+        until = until.min(c.tbs_certificate.validity.not_after.to_unix_duration().as_secs());
+    }
+    Ok((from, until))
+}
+
+/// Checks the COSE signature with the (already chained) leaf key and returns the claims.
+pub(crate) fn check_document(p: &Parsed) -> Result<Claims, VerifyError> {
+    let cert = x509_cert::Certificate::from_der(&p.leaf).map_err(|e| malformed(format!("certificate: {e}")))?;
+    let key = cert.tbs_certificate.subject_public_key_info.subject_public_key.raw_bytes().to_vec();
+    p.sign1
+        .verify_signature(b"", |sig, data| {
+            ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P384_SHA384_FIXED, &key)
+                .verify(data, sig)
+                .map_err(|_| "signature mismatch")
+        })
+        .map_err(|e| VerifyError::Invalid(format!("the document signature does not verify ({e})")))?;
+    let map = &p.map;
     let text = |name: &str| field(map, name).and_then(Value::as_text).map(str::to_owned);
     let module_id = text("module_id").ok_or_else(|| malformed("no module_id"))?;
     if text("digest").as_deref() != Some("SHA384") {
@@ -77,54 +143,6 @@ pub fn verify(document: &[u8], now: u64) -> Result<Claims, VerifyError> {
         }
         pcrs.insert(index, value.clone());
     }
-    let leaf = bytes_field(map, "certificate")?.ok_or_else(|| malformed("no certificate"))?;
-    let bundle: Vec<Vec<u8>> = field(map, "cabundle")
-        .and_then(Value::as_array)
-        .ok_or_else(|| malformed("no cabundle"))?
-        .iter()
-        .map(|c| c.as_bytes().cloned().ok_or_else(|| malformed("cabundle entry")))
-        .collect::<Result<_, _>>()?;
-
-    // The chain: cabundle[0] is the pinned root; the rest are intermediates, root first.
-    let root = roots::aws_nitro_root();
-    if bundle.first() != Some(&root) {
-        return Err(VerifyError::Invalid("the CA bundle does not start with the pinned AWS Nitro root".into()));
-    }
-    let root_der = CertificateDer::from(root.as_slice());
-    let anchor = webpki::anchor_from_trusted_cert(&root_der).map_err(|e| malformed(format!("AWS root: {e:?}")))?;
-    let intermediates: Vec<CertificateDer<'_>> =
-        bundle[1..].iter().map(|c| CertificateDer::from(c.as_slice())).collect();
-    let leaf_der = CertificateDer::from(leaf.as_slice());
-    let ee = webpki::EndEntityCert::try_from(&leaf_der).map_err(|e| malformed(format!("certificate: {e:?}")))?;
-    ee.verify_for_usage(
-        &[webpki::ring::ECDSA_P384_SHA384, webpki::ring::ECDSA_P256_SHA256],
-        &[anchor],
-        &intermediates,
-        UnixTime::since_unix_epoch(Duration::from_secs(now)),
-        webpki::KeyUsage::client_auth(),
-        None,
-        None,
-    )
-    .map_err(|e| match e {
-        webpki::Error::CertExpired { .. } | webpki::Error::CertNotValidYet { .. } => VerifyError::ExpiredCollateral(
-            format!("the Nitro certificate chain is not valid at {}: {e:?}", crate::time::format_rfc3339(now)),
-        ),
-        e => VerifyError::Invalid(format!("the Nitro certificate does not chain to the AWS root: {e:?}")),
-    })?;
-
-    // The COSE signature, with the leaf's P-384 key.
-    let cert = x509_cert::Certificate::from_der(&leaf).map_err(|e| malformed(format!("certificate: {e}")))?;
-    let key = p384::ecdsa::VerifyingKey::from_sec1_bytes(
-        cert.tbs_certificate.subject_public_key_info.subject_public_key.raw_bytes(),
-    )
-    .map_err(|_| malformed("the certificate key is not P-384"))?;
-    sign1
-        .verify_signature(b"", |sig, data| {
-            let sig = p384::ecdsa::Signature::from_slice(sig).map_err(|_| "bad signature encoding")?;
-            key.verify(data, &sig).map_err(|_| "signature mismatch")
-        })
-        .map_err(|e| VerifyError::Invalid(format!("the document signature does not verify ({e})")))?;
-
     let user_data = bytes_field(map, "user_data")?;
     let report_data = match &user_data {
         Some(u) if u.len() <= 64 => {
@@ -158,4 +176,11 @@ pub fn verify(document: &[u8], now: u64) -> Result<Claims, VerifyError> {
         issued_at: Some(timestamp / 1000),
         raw,
     })
+}
+
+/// Verifies a Nitro attestation document (raw CBOR or base64) at `now`.
+pub fn verify(document: &[u8], now: u64) -> Result<Claims, VerifyError> {
+    let p = parse(document)?;
+    check_chain(&p, now)?;
+    check_document(&p)
 }

@@ -7,8 +7,8 @@
 
 use std::collections::BTreeMap;
 
-use p384::ecdsa::signature::Verifier as _;
 use rsa::pkcs1::DecodeRsaPublicKey;
+use rsa::signature::Verifier as _;
 use sev::certs::snp::{Certificate as SevCert, Chain, Verifiable, ca};
 use sev::firmware::guest::AttestationReport;
 use sev::parser::ByteParser;
@@ -97,43 +97,61 @@ fn unwrap_hcl(bytes: &[u8], raw: &mut BTreeMap<String, String>) -> Result<Vec<u8
     Ok(report)
 }
 
-/// Verifies an SNP report (or an Azure HCL report holding one) signed by `vek` (DER or PEM).
-pub fn verify(report_bytes: &[u8], vek: &[u8], collateral: &Collateral, now: u64) -> Result<Claims, VerifyError> {
-    let mut raw = BTreeMap::new();
-    let bytes =
-        if report_bytes.starts_with(b"HCLA") { unwrap_hcl(report_bytes, &mut raw)? } else { report_bytes.to_vec() };
+/// What a verified chain (pinned ARK → ASK/ASVK → VEK, with CRLs) establishes, and the window in
+/// which it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ChainOk {
+    pub product: &'static str,
+    pub crl_checked: bool,
+    pub from: u64,
+    pub until: u64,
+}
+
+/// Unwraps an Azure HCL report if needed and parses the SNP report.
+pub(crate) fn parse(
+    report_bytes: &[u8],
+    raw: &mut BTreeMap<String, String>,
+) -> Result<(Vec<u8>, AttestationReport), VerifyError> {
+    let bytes = if report_bytes.starts_with(b"HCLA") { unwrap_hcl(report_bytes, raw)? } else { report_bytes.to_vec() };
     if bytes.len() != REPORT_LEN {
         return Err(VerifyError::Malformed(format!("an SNP report is {REPORT_LEN} bytes, this is {}", bytes.len())));
     }
     let report = AttestationReport::from_bytes(&bytes)
         .map_err(|e| VerifyError::Malformed(format!("not an SNP attestation report: {e}")))?;
+    Ok((bytes, report))
+}
 
-    // The chain: a pinned ARK, an intermediate from the collateral that it signs, and the VEK.
-    let vek_der = roots::der_or_pem(vek).map_err(|e| VerifyError::Malformed(format!("VEK: {e}")))?;
-    let vek_x509 = parse_cert(&vek_der, "the VEK")?;
-    let vek_sev = SevCert::from_der(&vek_der).map_err(|e| VerifyError::Malformed(format!("VEK: {e}")))?;
+/// Parses the VEK (DER or PEM).
+pub(crate) fn parse_vek(vek: &[u8]) -> Result<(Vec<u8>, Certificate), VerifyError> {
+    let der = roots::der_or_pem(vek).map_err(|e| VerifyError::Malformed(format!("VEK: {e}")))?;
+    let cert = parse_cert(&der, "the VEK")?;
+    Ok((der, cert))
+}
+
+/// Checks the chain from a pinned ARK through the collateral's ASK/ASVK to the VEK, the validity of
+/// every certificate, and the ARK's CRLs, at `now`.
+pub(crate) fn check_chain(
+    vek_der: &[u8],
+    vek_x509: &Certificate,
+    collateral: &Collateral,
+    now: u64,
+) -> Result<ChainOk, VerifyError> {
+    let vek_sev = SevCert::from_der(vek_der).map_err(|e| VerifyError::Malformed(format!("VEK: {e}")))?;
     let arks = roots::amd_arks();
     let mut chain_found = None;
     let mut last_error = String::from("no ASK or ASVK in the collateral");
-    for inter_der in collateral.amd_certs.iter().filter(|d| !arks.iter().any(|(_, a)| a == *d)) {
-        let Ok(inter_sev) = SevCert::from_der(inter_der) else {
-            continue;
-        };
+    'search: for inter_der in collateral.amd_certs.iter().filter(|d| !arks.iter().any(|(_, a)| a == *d)) {
+        let Ok(inter_sev) = SevCert::from_der(inter_der) else { continue };
         for (product, ark_der) in &arks {
-            let Ok(ark_sev) = SevCert::from_der(ark_der) else {
-                continue;
-            };
+            let Ok(ark_sev) = SevCert::from_der(ark_der) else { continue };
             let chain = Chain { ca: ca::Chain { ark: ark_sev, ask: inter_sev.clone() }, vek: vek_sev.clone() };
             match (&chain).verify() {
                 Ok(_) => {
                     chain_found = Some((*product, ark_der.clone(), inter_der.clone()));
-                    break;
+                    break 'search;
                 }
                 Err(e) => last_error = e.to_string(),
             }
-        }
-        if chain_found.is_some() {
-            break;
         }
     }
     let Some((product, ark_der, inter_der)) = chain_found else {
@@ -144,12 +162,15 @@ pub fn verify(report_bytes: &[u8], vek: &[u8], collateral: &Collateral, now: u64
     };
     let ark = parse_cert(&ark_der, "the ARK")?;
     let inter = parse_cert(&inter_der, "the ASK")?;
-    for (c, what) in [(&ark, "the ARK"), (&inter, "the ASK/ASVK"), (&vek_x509, "the VEK")] {
+    let (mut from, mut until) = (0u64, u64::MAX);
+    for (c, what) in [(&ark, "the ARK"), (&inter, "the ASK/ASVK"), (vek_x509, "the VEK")] {
         check_validity(c, what, now)?;
         // RFC 5280 4.1.1.2: the unsigned outer algorithm must repeat the signed one.
         if c.signature_algorithm != c.tbs_certificate.signature {
             return Err(invalid(format!("{what}'s signature algorithm differs from the one it signed")));
         }
+        from = from.max(unix(&c.tbs_certificate.validity.not_before));
+        until = until.min(unix(&c.tbs_certificate.validity.not_after));
     }
 
     // CRLs issued by this ARK: signed by it, current, and not revoking the intermediate.
@@ -177,9 +198,8 @@ pub fn verify(report_bytes: &[u8], vek: &[u8], collateral: &Collateral, now: u64
                 crate::time::format_rfc3339(next)
             )));
         }
-        let revoked = crl.tbs_cert_list.revoked_certificates.iter().flatten();
-        for r in revoked {
-            for c in [&inter, &vek_x509] {
+        for r in crl.tbs_cert_list.revoked_certificates.iter().flatten() {
+            for c in [&inter, vek_x509] {
                 if r.serial_number == c.tbs_certificate.serial_number
                     && c.tbs_certificate.issuer == crl.tbs_cert_list.issuer
                 {
@@ -187,26 +207,38 @@ pub fn verify(report_bytes: &[u8], vek: &[u8], collateral: &Collateral, now: u64
                 }
             }
         }
+        from = from.max(this);
+        until = until.min(next);
         crl_checked = true;
     }
+    Ok(ChainOk { product, crl_checked, from, until })
+}
 
-    // The report signature, over the raw bytes: r and s are 72-byte little-endian fields holding
-    // 48-byte values; the rest of the 512-byte signature area is reserved and must be zero.
+/// Checks the report itself against a VEK whose chain is known good: its signature over the raw
+/// bytes, its reserved signature bytes, and the VEK's TCB and chip id; returns the claims.
+pub(crate) fn check_report(
+    bytes: &[u8],
+    report: &AttestationReport,
+    vek_x509: &Certificate,
+    chain: &ChainOk,
+    mut raw: BTreeMap<String, String>,
+) -> Result<Claims, VerifyError> {
+    // r and s are 72-byte little-endian fields holding 48-byte values; the rest of the 512-byte
+    // signature area is reserved and must be zero.
     if bytes[0x2D0..0x2E8].iter().chain(&bytes[0x318..0x4A0]).any(|b| *b != 0) {
         return Err(invalid("the report's signature area has non-zero reserved bytes"));
     }
-    let be = |le: &[u8]| -> Vec<u8> { le[..48].iter().rev().copied().collect() };
-    let (r, s) = (be(&bytes[0x2A0..0x2E8]), be(&bytes[0x2E8..0x330]));
-    let sig = p384::ecdsa::Signature::from_scalars(
-        p384::FieldBytes::clone_from_slice(&r),
-        p384::FieldBytes::clone_from_slice(&s),
-    )
-    .map_err(|_| invalid("the report signature is not a P-384 signature"))?;
-    let key = p384::ecdsa::VerifyingKey::from_sec1_bytes(
-        vek_x509.tbs_certificate.subject_public_key_info.subject_public_key.raw_bytes(),
-    )
-    .map_err(|_| VerifyError::Malformed("the VEK key is not P-384".into()))?;
-    key.verify(&bytes[..SIGNED_LEN], &sig).map_err(|_| invalid("the report is not signed by the VEK"))?;
+    let mut sig = [0u8; 96];
+    for (i, b) in bytes[0x2A0..0x2D0].iter().rev().enumerate() {
+        sig[i] = *b;
+    }
+    for (i, b) in bytes[0x2E8..0x318].iter().rev().enumerate() {
+        sig[48 + i] = *b;
+    }
+    let key = vek_x509.tbs_certificate.subject_public_key_info.subject_public_key.raw_bytes();
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P384_SHA384_FIXED, key)
+        .verify(&bytes[..SIGNED_LEN], &sig)
+        .map_err(|_| invalid("the report is not signed by the VEK"))?;
 
     // The VEK certifies this TCB and this chip.
     let t = &report.reported_tcb;
@@ -217,7 +249,7 @@ pub fn verify(report_bytes: &[u8], vek: &[u8], collateral: &Collateral, now: u64
         (OID_UCODE, "microcode", Some(t.microcode)),
         (OID_FMC, "fmc", t.fmc),
     ] {
-        let have = tcb_extension(&vek_x509, oid)?;
+        let have = tcb_extension(vek_x509, oid)?;
         if let (Some(h), Some(w)) = (have, want)
             && h != w
         {
@@ -227,7 +259,7 @@ pub fn verify(report_bytes: &[u8], vek: &[u8], collateral: &Collateral, now: u64
             return Err(VerifyError::Malformed(format!("the VEK lacks its {name} TCB extension")));
         }
     }
-    if let Some(hwid) = extension(&vek_x509, OID_HWID)
+    if let Some(hwid) = extension(vek_x509, OID_HWID)
         && hwid != report.chip_id
     {
         return Err(invalid("the VCEK was issued for another chip (hwID differs from chip_id)"));
@@ -245,9 +277,9 @@ pub fn verify(report_bytes: &[u8], vek: &[u8], collateral: &Collateral, now: u64
     raw.insert("author_key_digest".into(), hex::encode(report.author_key_digest));
     raw.insert("report_id".into(), hex::encode(report.report_id));
     raw.insert("signing_key".into(), signing.into());
-    raw.insert("product".into(), product.into());
-    raw.insert("crl_checked".into(), crl_checked.to_string());
-    if let Some(p) = extension(&vek_x509, OID_PRODUCT) {
+    raw.insert("product".into(), chain.product.into());
+    raw.insert("crl_checked".into(), chain.crl_checked.to_string());
+    if let Some(p) = extension(vek_x509, OID_PRODUCT) {
         raw.insert(
             "vek_product".into(),
             String::from_utf8_lossy(p).trim_matches(|c: char| !c.is_ascii_graphic()).into(),
@@ -266,4 +298,13 @@ pub fn verify(report_bytes: &[u8], vek: &[u8], collateral: &Collateral, now: u64
         issued_at: None,
         raw,
     })
+}
+
+/// Verifies an SNP report (or an Azure HCL report holding one) signed by `vek` (DER or PEM).
+pub fn verify(report_bytes: &[u8], vek: &[u8], collateral: &Collateral, now: u64) -> Result<Claims, VerifyError> {
+    let mut raw = BTreeMap::new();
+    let (bytes, report) = parse(report_bytes, &mut raw)?;
+    let (vek_der, vek_x509) = parse_vek(vek)?;
+    let chain = check_chain(&vek_der, &vek_x509, collateral, now)?;
+    check_report(&bytes, &report, &vek_x509, &chain, raw)
 }

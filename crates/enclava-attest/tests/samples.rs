@@ -347,3 +347,64 @@ fn flipping_any_signed_byte_of_a_nitro_document_fails() {
         verify(&Evidence::Nitro(m), &Collateral::default(), now)
     });
 }
+
+// ---- The warm verifier: same answers, every signature still checked ----
+
+#[test]
+fn warm_equals_cold_and_still_checks_every_piece_of_evidence() {
+    use enclava_attest::warm::Verifier;
+    let mut cases: Vec<(String, Evidence, Collateral, u64, std::ops::Range<usize>, &str)> = Vec::new();
+    for (q, dir, t, expired) in [
+        ("sgx-dcap-v3/quote.dat", "sgx-dcap-v3", JULY_2025, "2025-07-20T00:00:00Z"),
+        ("tdx-v4/quote.dat", "tdx-v4", JULY_2025, "2025-07-20T00:00:00Z"),
+        ("tdx-v5/quote_uptodate.dat", "tdx-v5", "2026-03-01T00:00:00Z", "2026-03-21T00:00:00Z"),
+    ] {
+        let quote = read(q);
+        let len = quote.len();
+        cases.push((q.into(), Evidence::Dcap(quote), dcap_coll(dir), at(t), 0..len.min(700), expired));
+    }
+    for (dir, report, vek, chain, crl) in [
+        ("milan-virtee", "report.bin", "vcek.der", "milan_cert_chain.pem", Some("milan_crl.pem")),
+        ("genoa-azure-openpcc", "hcl_report.bin", "vcek.pem", "genoa_cert_chain.pem", Some("genoa_crl.pem")),
+    ] {
+        let (ev, coll) = snp(dir, report, vek, chain, crl);
+        cases.push((dir.into(), ev, coll, at(JULY_2025), 0..0x2A0, "2026-06-01T00:00:00Z"));
+    }
+    let doc = read("aws-nitro/attestation_prod.cose");
+    let len = doc.len();
+    cases.push((
+        "nitro".into(),
+        Evidence::Nitro(doc),
+        Collateral::default(),
+        at("2025-01-06T16:07:05Z"),
+        1..len,
+        "2025-01-06T20:00:00Z",
+    ));
+
+    for (name, ev, coll, now, region, expired) in cases {
+        let v = Verifier::new();
+        let cold = verify(&ev, &coll, now).expect(&name);
+        assert_eq!(v.verify(&ev, &coll, now).expect(&name), cold, "{name}: first (filling)");
+        assert_eq!(v.verify(&ev, &coll, now).expect(&name), cold, "{name}: warm");
+        let bytes = match &ev {
+            Evidence::Dcap(b) | Evidence::Nitro(b) => b.clone(),
+            Evidence::SevSnp { report, .. } => report.clone(),
+            Evidence::Sim(b) => b.clone(),
+        };
+        let offset =
+            if matches!(&ev, Evidence::SevSnp { report, .. } if report.starts_with(b"HCLA")) { 0x20 } else { 0 };
+        for i in positions(region.start + offset..region.end + offset, 150) {
+            let mut m = bytes.clone();
+            m[i] ^= 1;
+            let mutated = match &ev {
+                Evidence::Dcap(_) => Evidence::Dcap(m),
+                Evidence::Nitro(_) => Evidence::Nitro(m),
+                Evidence::SevSnp { vek, .. } => Evidence::SevSnp { report: m, vek: vek.clone() },
+                Evidence::Sim(_) => Evidence::Sim(m),
+            };
+            assert!(v.verify(&mutated, &coll, now).is_err(), "{name}: warm path missed flipped byte {i}");
+        }
+        let err = v.verify(&ev, &coll, at(expired)).expect_err("outside the window");
+        assert!(matches!(err, VerifyError::ExpiredCollateral(_)), "{name}: {err}");
+    }
+}
