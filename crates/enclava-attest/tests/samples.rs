@@ -353,7 +353,9 @@ fn flipping_any_signed_byte_of_a_nitro_document_fails() {
 #[test]
 fn warm_equals_cold_and_still_checks_every_piece_of_evidence() {
     use enclava_attest::warm::Verifier;
-    let mut cases: Vec<(String, Evidence, Collateral, u64, std::ops::Range<usize>, &str)> = Vec::new();
+    /// Name, evidence, collateral, time, the signed region to flip, a time past the window.
+    type Case = (String, Evidence, Collateral, u64, std::ops::Range<usize>, &'static str);
+    let mut cases: Vec<Case> = Vec::new();
     for (q, dir, t, expired) in [
         ("sgx-dcap-v3/quote.dat", "sgx-dcap-v3", JULY_2025, "2025-07-20T00:00:00Z"),
         ("tdx-v4/quote.dat", "tdx-v4", JULY_2025, "2025-07-20T00:00:00Z"),
