@@ -16,6 +16,7 @@
 pub mod binding;
 pub mod claims;
 pub mod dcap;
+pub mod floor;
 pub mod nitro;
 pub mod policy;
 pub mod roots;

@@ -154,6 +154,8 @@ pub struct FindArgs {
 pub enum BenchCommand {
     /// FindEnclave and heartbeats against a local redis-server, next to the raw Redis floor.
     Discovery(crate::bench::DiscoveryArgs),
+    /// Evidence verification per platform, cold and warm, next to its signature floor.
+    Evidence(crate::bench_evidence::EvidenceArgs),
 }
 
 #[derive(Debug, Subcommand)]

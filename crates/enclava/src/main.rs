@@ -6,6 +6,7 @@
 //! - `evidence`: `enclava evidence verify`, `enclava sim init`. - `bench`: `enclava bench …`.
 
 mod bench;
+mod bench_evidence;
 mod cli;
 mod config;
 mod dev;
@@ -63,6 +64,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Evidence(cli::EvidenceCommand::Verify(a)) => evidence::verify_cmd(a),
         Command::Sim(cli::SimCommand::Init(a)) => evidence::sim_init(a),
         Command::Bench(cli::BenchCommand::Discovery(a)) => bench::discovery(a).await,
+        Command::Bench(cli::BenchCommand::Evidence(a)) => bench_evidence::evidence(a),
     }
 }
 
