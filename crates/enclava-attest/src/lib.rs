@@ -6,6 +6,7 @@
 //! - [`claims`]: the normalised claims every format yields.
 //! - [`dcap`]: SGX and TDX quotes, with `dcap-qvl` and Intel collateral.
 //! - [`snp`]: SEV-SNP reports: AMD chain (VCEK or VLEK), CRLs, report signature, TCB and chip id.
+//! - [`azure`]: Azure vTPM evidence: an HCL-wrapped SNP report plus a TPM2 quote it binds.
 //! - [`nitro`]: AWS Nitro attestation documents (COSE_Sign1, chain to the AWS root).
 //! - [`sim`]: the simulated TEE: a per-deployment root, certified hardware keys, signed evidence.
 //! - [`policy`]: what a relying party accepts, and `check` that lists every failed rule.
@@ -13,6 +14,7 @@
 //! - [`roots`]: pinned trust anchors (Intel SGX root, AMD ARKs, AWS Nitro root).
 //! - [`warm`]: a verifier that caches per-platform checks within their collateral windows.
 
+pub mod azure;
 pub mod binding;
 pub mod claims;
 pub mod dcap;
@@ -62,6 +64,8 @@ pub enum Evidence {
     Dcap(Vec<u8>),
     /// An SEV-SNP attestation report and the VCEK or VLEK that signed it (DER or PEM).
     SevSnp { report: Vec<u8>, vek: Vec<u8> },
+    /// Azure vTPM evidence (JSON: HCL report, VCEK, TPM2 quote); verified as SEV-SNP.
+    AzureVtpm(Vec<u8>),
     /// An AWS Nitro attestation document (COSE_Sign1, raw CBOR or base64).
     Nitro(Vec<u8>),
     /// Enclava sim evidence.
@@ -87,6 +91,9 @@ impl Evidence {
                 "an SEV-SNP report needs the VCEK or VLEK that signed it (--certs vcek.der,ask.pem,ark.pem)".into(),
             ));
         }
+        if azure::looks_like(&bytes) {
+            return Ok(Evidence::AzureVtpm(bytes));
+        }
         if nitro::looks_like(&bytes) {
             return Ok(Evidence::Nitro(bytes));
         }
@@ -100,7 +107,7 @@ impl Evidence {
         match self {
             Evidence::Dcap(q) if q.get(4..8) == Some(&[0x81, 0, 0, 0]) => Platform::Tdx,
             Evidence::Dcap(_) => Platform::Sgx,
-            Evidence::SevSnp { .. } => Platform::SevSnp,
+            Evidence::SevSnp { .. } | Evidence::AzureVtpm(_) => Platform::SevSnp,
             Evidence::Nitro(_) => Platform::Nitro,
             Evidence::Sim(_) => Platform::Sim,
         }
@@ -125,6 +132,7 @@ pub fn verify(evidence: &Evidence, collateral: &Collateral, now: u64) -> Result<
     match evidence {
         Evidence::Dcap(quote) => dcap::verify(quote, collateral, now),
         Evidence::SevSnp { report, vek } => snp::verify(report, vek, collateral, now),
+        Evidence::AzureVtpm(json) => azure::verify(json, collateral, now),
         Evidence::Nitro(doc) => nitro::verify(doc, now),
         Evidence::Sim(bytes) => sim::verify(bytes, collateral, now),
     }

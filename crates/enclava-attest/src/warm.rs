@@ -89,6 +89,7 @@ impl Verifier {
     pub fn verify(&self, evidence: &Evidence, collateral: &Collateral, now: u64) -> Result<Claims, VerifyError> {
         match evidence {
             Evidence::Dcap(q) => self.dcap(q, collateral, now),
+            Evidence::AzureVtpm(_) => crate::verify(evidence, collateral, now),
             Evidence::SevSnp { report, vek } => {
                 let mut raw = BTreeMap::new();
                 let (bytes, parsed) = snp::parse(report, &mut raw)?;

@@ -389,7 +389,7 @@ fn warm_equals_cold_and_still_checks_every_piece_of_evidence() {
         assert_eq!(v.verify(&ev, &coll, now).expect(&name), cold, "{name}: first (filling)");
         assert_eq!(v.verify(&ev, &coll, now).expect(&name), cold, "{name}: warm");
         let bytes = match &ev {
-            Evidence::Dcap(b) | Evidence::Nitro(b) => b.clone(),
+            Evidence::Dcap(b) | Evidence::Nitro(b) | Evidence::AzureVtpm(b) => b.clone(),
             Evidence::SevSnp { report, .. } => report.clone(),
             Evidence::Sim(b) => b.clone(),
         };
@@ -401,6 +401,7 @@ fn warm_equals_cold_and_still_checks_every_piece_of_evidence() {
             let mutated = match &ev {
                 Evidence::Dcap(_) => Evidence::Dcap(m),
                 Evidence::Nitro(_) => Evidence::Nitro(m),
+                Evidence::AzureVtpm(_) => Evidence::AzureVtpm(m),
                 Evidence::SevSnp { vek, .. } => Evidence::SevSnp { report: m, vek: vek.clone() },
                 Evidence::Sim(_) => Evidence::Sim(m),
             };
@@ -409,4 +410,34 @@ fn warm_equals_cold_and_still_checks_every_piece_of_evidence() {
         let err = v.verify(&ev, &coll, at(expired)).expect_err("outside the window");
         assert!(matches!(err, VerifyError::ExpiredCollateral(_)), "{name}: {err}");
     }
+}
+
+#[test]
+fn azure_vtpm_evidence_verifies_with_its_nonce_and_pcrs() {
+    let json = read("azure-snp-vtpm/evidence-genoa.json");
+    let ev = Evidence::detect(json.clone()).expect("detected");
+    assert!(matches!(ev, Evidence::AzureVtpm(_)));
+    let coll = amd_coll("genoa_cert_chain.pem", Some("genoa_crl.pem"));
+    let c = verify(&ev, &coll, at(JULY_2025)).expect("verifies");
+    assert_eq!(c.platform, Platform::SevSnp);
+    assert_eq!(
+        c.measurement_hex(),
+        "f57dc09a507c6ecd82369bffb600f0003792f4d99bc26e985ec0c266fc34faf3706faf814c9e61065768a6ff917c89ae"
+    );
+    assert_eq!(
+        c.raw["tpm_nonce"],
+        "0218488bae25d2509232bf676f1a66a30d7372add909109b36016ef136f2938ca05475f8b46094de6b64270ea35d950f"
+    );
+    assert_eq!(c.raw["tpm_pcr0"], "afd689d0bb1c5f36f023fbaf574135f555a28a10c1f6b938d2a25e70c7783338");
+    // Tampering with the TPM quote, its signature or a PCR value fails.
+    let mut v: serde_json::Value = serde_json::from_slice(&json).expect("json");
+    for (field, i) in [("message", 40), ("signature", 100), ("pcrs", 0)] {
+        let mut m = v.clone();
+        let target = if field == "pcrs" { &mut m["quote"]["pcrs"][0][i] } else { &mut m["quote"][field][i] };
+        *target = serde_json::json!((target.as_u64().unwrap_or(0) ^ 1) as u8);
+        let bytes = serde_json::to_vec(&m).expect("json");
+        assert!(verify(&Evidence::AzureVtpm(bytes), &coll, at(JULY_2025)).is_err(), "{field} tampering went unnoticed");
+    }
+    v["report"][0x20 + 0x90] = serde_json::json!(0);
+    assert!(verify(&Evidence::AzureVtpm(serde_json::to_vec(&v).expect("json")), &coll, at(JULY_2025)).is_err());
 }

@@ -12,7 +12,8 @@ use enclava_attest::{Claims, Collateral, Evidence, Verdict, dcap, roots, time, v
 /// `enclava evidence verify`
 #[derive(Debug, clap::Args)]
 pub struct VerifyArgs {
-    /// The evidence: a DCAP quote, an SNP report (with --certs), a Nitro document, or sim evidence
+    /// The evidence: a DCAP quote, an SNP or Azure HCL report (with --certs), Azure vTPM evidence
+    /// (JSON, with --certs for the AMD chain), a Nitro document, or sim evidence
     evidence: PathBuf,
     /// Intel collateral for a DCAP quote: a collateral.json, or a folder of PCS responses
     #[arg(long)]
@@ -119,19 +120,21 @@ pub fn verify_cmd(a: VerifyArgs) -> anyhow::Result<ExitCode> {
         Err(e) => return unusable(e),
     };
     let mut collateral = Collateral::default();
-    let evidence = if a.certs.is_empty() {
+    let mut certs = Vec::new();
+    for p in &a.certs {
+        match der_items(p) {
+            Ok(c) => certs.extend(c),
+            Err(e) => return unusable(e),
+        }
+    }
+    let evidence = if certs.is_empty() || enclava_attest::azure::looks_like(&bytes) {
+        // Azure vTPM evidence carries its VCEK: --certs is the AMD chain only.
+        collateral.amd_certs = certs;
         match Evidence::detect(bytes) {
             Ok(e) => e,
             Err(e) => return unusable(e),
         }
     } else {
-        let mut certs = Vec::new();
-        for p in &a.certs {
-            match der_items(p) {
-                Ok(c) => certs.extend(c),
-                Err(e) => return unusable(e),
-            }
-        }
         let vek = certs.remove(0);
         collateral.amd_certs = certs;
         Evidence::SevSnp { report: bytes, vek }
