@@ -54,7 +54,7 @@ impl std::str::FromStr for Platform {
 }
 
 /// What verified evidence says about the enclave that produced it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Claims {
     pub platform: Platform,
     /// MRENCLAVE, MRTD, the SNP launch measurement, Nitro PCR0 or the sim measurement (hex).
@@ -89,7 +89,13 @@ impl Claims {
 }
 
 mod hex_bytes {
+    use serde::Deserialize;
+
     pub fn serialize<S: serde::Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&hex::encode(v))
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        hex::decode(String::deserialize(d)?).map_err(serde::de::Error::custom)
     }
 }

@@ -162,6 +162,8 @@ pub enum BenchCommand {
 pub enum EvidenceCommand {
     /// Verify evidence (exit 0 accepted, 1 denied, 2 unusable input).
     Verify(crate::evidence::VerifyArgs),
+    /// Show what a policy would accept or deny over a folder of evidence (or recorded claims).
+    DryRun(crate::evidence::DryRunArgs),
 }
 
 #[derive(Debug, Subcommand)]

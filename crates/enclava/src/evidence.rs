@@ -15,6 +15,19 @@ pub struct VerifyArgs {
     /// The evidence: a DCAP quote, an SNP or Azure HCL report (with --certs), Azure vTPM evidence
     /// (JSON, with --certs for the AMD chain), a Nitro document, or sim evidence
     evidence: PathBuf,
+    #[command(flatten)]
+    shared: Shared,
+    /// Policy to judge the claims by (TOML or JSON; the seed's EnclavePolicy and BlindAI manifests too)
+    #[arg(long, env = "ENCLAVA_POLICY")]
+    policy: Option<PathBuf>,
+    /// Print claims and verdict as JSON
+    #[arg(long)]
+    json: bool,
+}
+
+/// Collateral and time options shared by `verify` and `dry-run`.
+#[derive(Debug, clap::Args)]
+pub struct Shared {
     /// Intel collateral for a DCAP quote: a collateral.json, or a folder of PCS responses
     #[arg(long)]
     collateral: Option<PathBuf>,
@@ -27,15 +40,21 @@ pub struct VerifyArgs {
     /// The verification time (RFC 3339) [default: now]
     #[arg(long)]
     at: Option<String>,
-    /// Policy to judge the claims by (TOML or JSON; the seed's EnclavePolicy and BlindAI manifests too)
-    #[arg(long, env = "ENCLAVA_POLICY")]
-    policy: Option<PathBuf>,
     /// For sim evidence: the deployment's sim root (a folder or sim-root.pub) [default: the policy's]
     #[arg(long, env = "ENCLAVA_SIM_ROOT")]
     sim_root: Option<PathBuf>,
-    /// Print claims and verdict as JSON
+}
+
+/// `enclava evidence dry-run`
+#[derive(Debug, clap::Args)]
+pub struct DryRunArgs {
+    /// A folder of evidence files, or of claims JSON printed by `enclava evidence verify --json`
+    dir: PathBuf,
+    /// The policy to try
     #[arg(long)]
-    json: bool,
+    policy: PathBuf,
+    #[command(flatten)]
+    shared: Shared,
 }
 
 /// `enclava sim init`
@@ -103,68 +122,60 @@ fn print_claims(c: &Claims) {
     }
 }
 
-pub fn verify_cmd(a: VerifyArgs) -> anyhow::Result<ExitCode> {
-    let now = match &a.at {
-        Some(t) => match time::parse_rfc3339(t) {
-            Ok(t) => t,
-            Err(e) => return unusable(format!("--at: {e}")),
-        },
-        None => std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
-    };
-    let policy = match a.policy.as_deref().map(Policy::load).transpose() {
-        Ok(p) => p,
-        Err(e) => return unusable(e),
-    };
-    let bytes = match read(&a.evidence) {
-        Ok(b) => b,
-        Err(e) => return unusable(e),
-    };
+/// Reads evidence and the collateral the options name.
+fn load(path: &Path, a: &Shared, policy: Option<&Policy>) -> Result<(Evidence, Collateral), String> {
+    let bytes = read(path)?;
     let mut collateral = Collateral::default();
     let mut certs = Vec::new();
     for p in &a.certs {
-        match der_items(p) {
-            Ok(c) => certs.extend(c),
-            Err(e) => return unusable(e),
-        }
+        certs.extend(der_items(p)?);
     }
     let evidence = if certs.is_empty() || enclava_attest::azure::looks_like(&bytes) {
         // Azure vTPM evidence carries its VCEK: --certs is the AMD chain only.
         collateral.amd_certs = certs;
-        match Evidence::detect(bytes) {
-            Ok(e) => e,
-            Err(e) => return unusable(e),
-        }
+        Evidence::detect(bytes).map_err(|e| e.to_string())?
     } else {
         let vek = certs.remove(0);
         collateral.amd_certs = certs;
         Evidence::SevSnp { report: bytes, vek }
     };
     for p in &a.crl {
-        match der_items(p) {
-            Ok(c) => collateral.amd_crls.extend(c),
-            Err(e) => return unusable(e),
-        }
+        collateral.amd_crls.extend(der_items(p)?);
     }
     if let Some(p) = &a.collateral {
-        let c = if p.is_dir() {
-            dcap::collateral_from_pcs_dir(p)
-        } else {
-            read(p).and_then(|b| dcap::collateral_from_json(&b))
-        };
-        match c {
-            Ok(c) => collateral.dcap = Some(c),
-            Err(e) => return unusable(e),
-        }
+        collateral.dcap =
+            Some(if p.is_dir() { dcap::collateral_from_pcs_dir(p)? } else { dcap::collateral_from_json(&read(p)?)? });
     }
-    collateral.sim_root = match (&a.sim_root, &policy) {
-        (Some(p), _) => match load_root_public(p) {
-            Ok(r) => Some(r),
-            Err(e) => return unusable(e),
-        },
+    collateral.sim_root = match (&a.sim_root, policy) {
+        (Some(p), _) => Some(load_root_public(p)?),
         (None, Some(policy)) => policy.sim_root().ok().flatten(),
         (None, None) => None,
     };
+    Ok((evidence, collateral))
+}
 
+fn now_or(at: &Option<String>) -> Result<u64, String> {
+    match at {
+        Some(t) => time::parse_rfc3339(t).map_err(|e| format!("--at: {e}")),
+        None => {
+            Ok(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0))
+        }
+    }
+}
+
+pub fn verify_cmd(a: VerifyArgs) -> anyhow::Result<ExitCode> {
+    let now = match now_or(&a.shared.at) {
+        Ok(t) => t,
+        Err(e) => return unusable(e),
+    };
+    let policy = match a.policy.as_deref().map(Policy::load).transpose() {
+        Ok(p) => p,
+        Err(e) => return unusable(e),
+    };
+    let (evidence, collateral) = match load(&a.evidence, &a.shared, policy.as_ref()) {
+        Ok(x) => x,
+        Err(e) => return unusable(e),
+    };
     let claims = match verify(&evidence, &collateral, now) {
         Ok(c) => c,
         Err(e) if e.is_unusable_input() => return unusable(e),
@@ -215,5 +226,64 @@ pub fn sim_init(a: SimInitArgs) -> anyhow::Result<ExitCode> {
         "a policy accepts this deployment's sim evidence with:\n  [sim]\n  root = \"{}\"\n  any_measurement = true",
         root.public().to_hex()
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What a policy makes of one file.
+fn judge(path: &Path, policy: &Policy, a: &Shared, now: u64) -> Result<Verdict, String> {
+    let bytes = read(path)?;
+    if bytes.first() == Some(&b'{') && !enclava_attest::azure::looks_like(&bytes) {
+        #[derive(serde::Deserialize)]
+        struct Recorded {
+            claims: Claims,
+        }
+        let r: Recorded =
+            serde_json::from_slice(&bytes).map_err(|e| format!("not `evidence verify --json` output: {e}"))?;
+        return Ok(check(policy, &r.claims, now, None));
+    }
+    let (evidence, collateral) = load(path, a, Some(policy))?;
+    match verify(&evidence, &collateral, now) {
+        Ok(claims) => Ok(check(policy, &claims, now, None)),
+        Err(e) if e.is_unusable_input() => Err(e.to_string()),
+        Err(e) => Ok(Verdict { accepted: false, failures: vec![e.to_string()] }),
+    }
+}
+
+pub fn dry_run(a: DryRunArgs) -> anyhow::Result<ExitCode> {
+    let policy = match Policy::load(&a.policy) {
+        Ok(p) => p,
+        Err(e) => return unusable(e),
+    };
+    let now = match now_or(&a.shared.at) {
+        Ok(t) => t,
+        Err(e) => return unusable(e),
+    };
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(&a.dir) {
+        Ok(d) => d.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file()).collect(),
+        Err(e) => return unusable(format!("cannot read {}: {e}", a.dir.display())),
+    };
+    files.sort();
+    let (mut accepted, mut denied, mut skipped) = (0, 0, 0);
+    for f in &files {
+        let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        match judge(f, &policy, &a.shared, now) {
+            Ok(v) if v.accepted => {
+                accepted += 1;
+                println!("ACCEPT {name}");
+            }
+            Ok(v) => {
+                denied += 1;
+                println!("DENY   {name}");
+                for r in v.failures {
+                    println!("         - {r}");
+                }
+            }
+            Err(e) => {
+                skipped += 1;
+                println!("SKIP   {name}: {e}");
+            }
+        }
+    }
+    println!("{accepted} accepted, {denied} denied, {skipped} unusable, under {}", a.policy.display());
     Ok(ExitCode::SUCCESS)
 }

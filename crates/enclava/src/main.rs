@@ -62,6 +62,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Find(a) => find(a.or_file(file.find)).await,
         Command::Dev(a) => dev::dev(a).await,
         Command::Evidence(cli::EvidenceCommand::Verify(a)) => evidence::verify_cmd(a),
+        Command::Evidence(cli::EvidenceCommand::DryRun(a)) => evidence::dry_run(a),
         Command::Sim(cli::SimCommand::Init(a)) => evidence::sim_init(a),
         Command::Bench(cli::BenchCommand::Discovery(a)) => bench::discovery(a).await,
         Command::Bench(cli::BenchCommand::Evidence(a)) => bench_evidence::evidence(a),

@@ -322,3 +322,43 @@ fn sim_init_node_evidence_and_find_verify() {
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("REFUSED") && text.contains("another deployment"), "{text}");
 }
+
+#[test]
+fn dry_run_shows_what_a_policy_would_do_over_a_folder() {
+    let td = concat!(env!("CARGO_MANIFEST_DIR"), "/../enclava-attest/testdata");
+    let dir = tempfile::tempdir().expect("tmp");
+    let evidence = dir.path().join("evidence");
+    std::fs::create_dir(&evidence).expect("mkdir");
+    let out = run(enclava(&[
+        "evidence",
+        "verify",
+        &format!("{td}/tdx-v4-2023/quote_debug_td.dat"),
+        "--collateral",
+        &format!("{td}/tdx-v4-2023/collateral.json"),
+        "--at",
+        "2023-07-01T01:00:00Z",
+        "--json",
+    ])
+    .stdin(Stdio::null()));
+    std::fs::write(evidence.join("debug-td.json"), &out.stdout).expect("write");
+    std::fs::copy(format!("{td}/aws-nitro/attestation_prod.cose"), evidence.join("nitro.cose")).expect("copy");
+    std::fs::write(evidence.join("junk.bin"), b"junk").expect("write");
+    let policy = dir.path().join("p.toml");
+    std::fs::write(&policy, "[tdx]\nany_measurement = true\n[nitro]\nany_measurement = true\n").expect("write");
+    let out = run(enclava(&[
+        "evidence",
+        "dry-run",
+        "--policy",
+        policy.to_str().expect("utf-8"),
+        "--at",
+        "2025-01-06T16:07:05Z",
+    ])
+    .arg(&evidence)
+    .stdin(Stdio::null()));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("DENY   debug-td.json") && text.contains("debug mode"), "{text}");
+    assert!(text.contains("ACCEPT nitro.cose"), "{text}");
+    assert!(text.contains("SKIP   junk.bin"), "{text}");
+    assert!(text.contains("1 accepted, 1 denied, 1 unusable"), "{text}");
+}
