@@ -12,6 +12,12 @@
 //! min_security_version = 2     # optional
 //! tcb_statuses = ["UpToDate", "SWHardeningNeeded"]  # default ["UpToDate"]
 //! allowed_advisories = ["INTEL-SA-00615"]            # default: none
+//! require = { attributes = "…" }                     # raw claim fields that must match exactly
+//!
+//! [sev-snp]
+//! measurements = ["…"]
+//! max_vmpl = 0                 # optional
+//! require_crl = true           # the default: revocation must have been checked
 //!
 //! [sim]                        # sim is accepted only when named, with its deployment's root
 //! root = "…"                   # hex Ed25519 public key (`enclava sim init` prints it)
@@ -53,6 +59,14 @@ pub struct PlatformRules {
     pub attributes_mask_xfrm: Option<u64>,
     /// For `sim`: the deployment's sim root (hex).
     pub root: Option<String>,
+    /// For `sev-snp`: require that an AMD CRL was checked (default true).
+    pub require_crl: Option<bool>,
+    /// For `sev-snp`: the highest VMPL accepted (0 is the most privileged).
+    pub max_vmpl: Option<u32>,
+    /// Raw claim fields that must have exactly these values, e.g. `rtmr0`, `mr_config_id`,
+    /// `host_data`, `pcr1` (hex, as `enclava evidence verify` prints them).
+    #[serde(default)]
+    pub require: std::collections::BTreeMap<String, String>,
 }
 
 /// A policy. A platform is allowed only when its table is present.
@@ -87,6 +101,7 @@ struct SeedPolicy {
 
 /// A BlindAI manifest.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct BlindAiManifest {
     mr_enclave: String,
     mr_signer: Option<String>,
@@ -231,10 +246,15 @@ pub fn check(policy: &Policy, claims: &Claims, now: u64, report_data: Option<&[u
     if claims.debug && !policy.allow_debug {
         f.push("the enclave runs in debug mode (its memory is open to the host), and this policy forbids debug".into());
     }
-    if let (Some(max), Some(at)) = (policy.max_age_seconds, claims.issued_at)
-        && now.saturating_sub(at) > max
-    {
-        f.push(format!("the evidence is {} s old, older than the {max} s this policy accepts", now - at));
+    match (policy.max_age_seconds, claims.issued_at) {
+        (Some(max), Some(at)) if now.saturating_sub(at) > max => {
+            f.push(format!("the evidence is {} s old, older than the {max} s this policy accepts", now - at))
+        }
+        (Some(_), None) => f.push(
+            "the evidence does not say when it was made, so max_age_seconds cannot be checked (bind a nonce instead)"
+                .into(),
+        ),
+        _ => {}
     }
     if let Some(want) = report_data
         && want != claims.report_data.as_slice()
@@ -266,10 +286,34 @@ pub fn check(policy: &Policy, claims: &Claims, now: u64, report_data: Option<&[u
             {
                 f.push(format!("security version {:?} is below the minimum {min}", claims.security_version));
             }
-            if let Some(status) = &claims.tcb_status {
-                let accepted = r.tcb_statuses.clone().unwrap_or_else(|| vec!["UpToDate".into()]);
-                if !accepted.iter().any(|a| a == status) {
-                    f.push(format!("TCB status {status} is not accepted (accepted: {})", accepted.join(", ")));
+            match (&claims.tcb_status, &r.tcb_statuses) {
+                (Some(status), accepted) => {
+                    let accepted = accepted.clone().unwrap_or_else(|| vec!["UpToDate".into()]);
+                    if !accepted.iter().any(|a| a == status) {
+                        f.push(format!("TCB status {status} is not accepted (accepted: {})", accepted.join(", ")));
+                    }
+                }
+                (None, Some(_)) => {
+                    f.push(format!("{p} evidence reports no TCB status, so tcb_statuses cannot be checked"))
+                }
+                (None, None) => {}
+            }
+            if p == Platform::SevSnp {
+                if r.require_crl.unwrap_or(true) && claims.raw.get("crl_checked").map(String::as_str) != Some("true") {
+                    f.push("no AMD CRL was checked, so revocation is unknown (give the ARK's CRL, or set require_crl = false)".into());
+                }
+                if let Some(max) = r.max_vmpl {
+                    let vmpl = claims.raw.get("vmpl").and_then(|v| v.parse::<u32>().ok());
+                    if vmpl.is_none_or(|v| v > max) {
+                        f.push(format!("VMPL {vmpl:?} is above the maximum {max}"));
+                    }
+                }
+            }
+            for (field, want) in &r.require {
+                match claims.raw.get(field) {
+                    Some(have) if have.eq_ignore_ascii_case(want) => {}
+                    Some(have) => f.push(format!("{field} is {have}, the policy requires {want}")),
+                    None => f.push(format!("the evidence has no {field} for the policy to check")),
                 }
             }
             for a in &claims.advisories {
@@ -281,8 +325,9 @@ pub fn check(policy: &Policy, claims: &Claims, now: u64, report_data: Option<&[u
             mask_check(attrs, 0, r.attributes_flags, r.attributes_mask_flags, "flags", &mut f);
             mask_check(attrs, 8, r.attributes_xfrm, r.attributes_mask_xfrm, "xfrm", &mut f);
             if p == Platform::Sim {
-                let want = r.root.as_deref().unwrap_or_default();
-                if claims.raw.get("sim_root").map(String::as_str) != Some(want) {
+                let want = r.root.as_deref().and_then(|h| RootPublicKey::from_hex(h).ok());
+                let have = claims.raw.get("sim_root").and_then(|h| RootPublicKey::from_hex(h).ok());
+                if want.is_none() || want != have {
                     f.push("the sim evidence is not from this policy's sim root".into());
                 }
             }
@@ -379,6 +424,41 @@ mod tests {
     }
 
     #[test]
+    fn rules_that_cannot_be_checked_deny() {
+        let mut snp = claims(Platform::SevSnp);
+        snp.tcb_status = None;
+        snp.issued_at = None;
+        snp.raw.insert("vmpl".into(), "1".into());
+        snp.raw.insert("crl_checked".into(), "false".into());
+        snp.raw.insert("host_data".into(), "ab".into());
+        let p = Policy::parse("max_age_seconds = 60\n[sev-snp]\nany_measurement = true\nmax_vmpl = 0\ntcb_statuses = [\"UpToDate\"]\nrequire = { host_data = \"cd\", rtmr9 = \"00\" }\n").expect("policy");
+        let v = check(&p, &snp, 100, None);
+        for want in ["does not say when", "no TCB status", "no AMD CRL", "VMPL", "host_data is ab", "no rtmr9"] {
+            assert!(v.failures.iter().any(|f| f.contains(want)), "{want} missing from {:?}", v.failures);
+        }
+        snp.raw.insert("vmpl".into(), "0".into());
+        snp.raw.insert("crl_checked".into(), "true".into());
+        snp.raw.insert("host_data".into(), "CD".into());
+        let ok = Policy::parse("[sev-snp]\nany_measurement = true\nmax_vmpl = 0\nrequire = { host_data = \"cd\" }\n")
+            .expect("policy");
+        assert!(check(&ok, &snp, 100, None).accepted, "{:?}", check(&ok, &snp, 100, None));
+        let no_crl_ok = Policy::parse("[sev-snp]\nany_measurement = true\nrequire_crl = false\n").expect("policy");
+        snp.raw.insert("crl_checked".into(), "false".into());
+        assert!(check(&no_crl_ok, &snp, 100, None).accepted);
+    }
+
+    #[test]
+    fn sim_roots_compare_as_keys_not_text() {
+        let root = "aa".repeat(32);
+        let p = Policy::parse(&format!("[sim]\nroot = \"{}\"\nany_measurement = true\n", root.to_uppercase()))
+            .expect("policy");
+        let mut c = claims(Platform::Sim);
+        c.tcb_status = None;
+        c.raw.insert("sim_root".into(), root);
+        assert!(check(&p, &c, 100, None).accepted);
+    }
+
+    #[test]
     fn bad_policies_are_refused_with_a_reason() {
         for (text, want) in [
             ("", "no platform"),
@@ -386,6 +466,7 @@ mod tests {
             ("[sgx]\nmeasurements = [\"zz\"]\n", "not hex"),
             ("[sgx]\nany_measurement = true\nbogus = 1\n", "unknown field"),
             ("[sgx]\nany_measurement = true\nroot = \"aa\"\n", "root"),
+            ("mr_enclave = \"ab\"\nallow_debg = true\n", "unknown field"),
         ] {
             let err = Policy::parse(text).expect_err(text);
             assert!(err.contains(want), "{text:?}: {err}");

@@ -47,8 +47,11 @@ fn key(parts: &[&[u8]]) -> [u8; 32] {
 
 fn collateral_key(c: &Collateral) -> [u8; 32] {
     let d = c.dcap.as_ref();
+    // Every part is tagged, so no two different collaterals share an encoding.
     let mut parts: Vec<&[u8]> = vec![];
     if let Some(d) = d {
+        parts.push(b"dcap");
+        parts.push(d.pck_certificate_chain.as_deref().map(str::as_bytes).unwrap_or(b"-"));
         parts.extend([
             d.tcb_info.as_bytes(),
             &d.tcb_info_signature,
@@ -61,7 +64,12 @@ fn collateral_key(c: &Collateral) -> [u8; 32] {
             &d.root_ca_crl,
         ]);
     }
-    for x in c.amd_certs.iter().chain(&c.amd_crls) {
+    for x in &c.amd_certs {
+        parts.push(b"cert");
+        parts.push(x);
+    }
+    for x in &c.amd_crls {
+        parts.push(b"crl");
         parts.push(x);
     }
     key(&parts)

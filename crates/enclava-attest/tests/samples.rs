@@ -441,3 +441,20 @@ fn azure_vtpm_evidence_verifies_with_its_nonce_and_pcrs() {
     v["report"][0x20 + 0x90] = serde_json::json!(0);
     assert!(verify(&Evidence::AzureVtpm(serde_json::to_vec(&v).expect("json")), &coll, at(JULY_2025)).is_err());
 }
+
+#[test]
+fn warm_cache_keys_keep_certificates_and_crls_apart() {
+    use enclava_attest::warm::Verifier;
+    let (ev, with_crl) = snp("milan-virtee", "report.bin", "vcek.der", "milan_cert_chain.pem", Some("milan_crl.pem"));
+    // The same bytes, but the CRL passed as a certificate: no revocation check happens.
+    let mut crl_as_cert = with_crl.clone();
+    crl_as_cert.amd_certs.append(&mut crl_as_cert.amd_crls);
+    let v = Verifier::new();
+    let now = at(JULY_2025);
+    assert_eq!(v.verify(&ev, &crl_as_cert, now).expect("verifies").raw["crl_checked"], "false");
+    assert_eq!(
+        v.verify(&ev, &with_crl, now).expect("verifies").raw["crl_checked"],
+        "true",
+        "not served from the other entry"
+    );
+}

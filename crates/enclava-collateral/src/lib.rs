@@ -87,6 +87,9 @@ impl CollateralSource for FolderSource {
     }
 }
 
+/// The largest response accepted (collateral documents are tens of kilobytes).
+const MAX_BODY: usize = 4 << 20;
+
 /// A fetched response: status, selected headers, body.
 #[derive(Debug, Clone)]
 struct Fetched {
@@ -209,12 +212,15 @@ impl HttpSource {
             .iter()
             .filter_map(|(k, v)| Some((k.as_str().to_lowercase(), percent_decode(v.to_str().ok()?))))
             .collect();
-        let body = tokio::time::timeout(Duration::from_secs(30), resp.into_body().collect())
-            .await
-            .map_err(|_| err("timed out reading the body".into()))?
-            .map_err(|e| err(e.to_string()))?
-            .to_bytes()
-            .to_vec();
+        let body = tokio::time::timeout(
+            Duration::from_secs(30),
+            http_body_util::Limited::new(resp.into_body(), MAX_BODY).collect(),
+        )
+        .await
+        .map_err(|_| err("timed out reading the body".into()))?
+        .map_err(|e| err(e.to_string()))?
+        .to_bytes()
+        .to_vec();
         let fetched = Fetched { headers, body };
         let until = next_update(&fetched.body).unwrap_or(0).min(now.saturating_add(self.max_age));
         if until > now {

@@ -115,7 +115,9 @@ fn create_key(path: &PathBuf) -> Result<Zeroizing<[u8; 32]>, NodeError> {
     let tmp = path.with_extension("key.tmp");
     let err = |what| move |source| NodeError::Io { what, path: path.clone(), source };
     let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
+    // A stale temporary file may have wider permissions: start from a new one.
+    let _ = std::fs::remove_file(&tmp);
+    opts.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
     let mut f = opts.open(&tmp).map_err(err("cannot create the sealing key"))?;

@@ -61,6 +61,9 @@ impl FindQuery {
         if q.data.is_none() && q.measurement.is_none() {
             return Err("say what to find: send a data id (dataaccess) or a measurement (policy.mrenclave)".into());
         }
+        for id in &q.deny {
+            check_name("a deny-list id", id)?;
+        }
         if let Some(d) = &q.data {
             check_name("data id", d)?;
         }
@@ -257,6 +260,8 @@ mod tests {
             ("d", "", "", 1, MAX_DENY + 1, "deny list"),
             ("a b", "", "", 1, 0, "whitespace"),
         ];
+        let err = FindQuery::new("d", "", "", 1, &["has space".into()]).expect_err("bad deny id");
+        assert!(err.contains("deny-list id"), "{err}");
         for (d, m, p, l, n, want) in cases {
             let deny: Vec<String> = (0..*n).map(|i| i.to_string()).collect();
             let err = FindQuery::new(d, m, p, *l, &deny).expect_err("must be refused");

@@ -128,7 +128,8 @@ impl std::str::FromStr for RegistrySpec {
             return Ok(RegistrySpec::Cluster(nodes));
         }
         Err(format!(
-            "unknown registry {s:?}: use `memory`, `redis://host:port` or `redis+cluster://host:port[,host:port...]`"
+            "unknown registry {:?}: use `memory`, `redis://host:port` or `redis+cluster://host:port[,host:port...]`",
+            redis::redact(s)
         ))
     }
 }

@@ -56,7 +56,7 @@ impl std::fmt::Debug for RedisRegistry {
 }
 
 /// `redis://user:pass@host:port` → `redis://host:port`: never print credentials.
-fn redact(url: &str) -> String {
+pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => format!("{}{}", &url[..s + 3], &url[at + 1..]),
         _ => url.to_owned(),

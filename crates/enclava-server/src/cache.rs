@@ -45,7 +45,8 @@ impl FindCache {
 
     /// Up to `q.limit` cached enclaves, hot ones first, equal ones in random order.
     pub fn get(&self, q: &FindQuery) -> Option<Vec<Found>> {
-        if self.ttl.is_zero() {
+        // Requests with deny lists are not cached: their keys are the caller's to choose.
+        if self.ttl.is_zero() || !q.deny.is_empty() {
             return None;
         }
         let now = Instant::now();
@@ -64,7 +65,7 @@ impl FindCache {
         let Some(min_presence) = live.iter().map(|f| f.presence_ttl).min() else {
             return; // nothing found: ask the registry again next time
         };
-        if self.ttl.is_zero() {
+        if self.ttl.is_zero() || !q.deny.is_empty() {
             return;
         }
         let expires = started + self.ttl.min(min_presence);

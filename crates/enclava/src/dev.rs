@@ -102,7 +102,7 @@ pub async fn dev(a: DevArgs) -> anyhow::Result<ExitCode> {
     std::fs::write(&policy_path, &policy_text)?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
     for e in &found {
-        match enclava_client::verify_enclave(e, &policy, now) {
+        match enclava_client::verify_enclave(e, &policy, &Default::default(), now) {
             Ok(c) => println!(
                 "      {}: evidence verified — platform {}, measurement {}…, binds its key {}…",
                 e.instance_id,
@@ -116,7 +116,8 @@ pub async fn dev(a: DevArgs) -> anyhow::Result<ExitCode> {
     let other = SimRoot::generate().map_err(anyhow::Error::msg)?;
     let foreign = Policy::parse(&policy_text.replace(&root.public().to_hex(), &other.public().to_hex()))
         .map_err(anyhow::Error::msg)?;
-    let refused = enclava_client::verify_enclave(&found[0], &foreign, now).err().unwrap_or_default();
+    let refused =
+        enclava_client::verify_enclave(&found[0], &foreign, &Default::default(), now).err().unwrap_or_default();
     println!("      under another deployment's root it is refused: {}", refused.join("; "));
 
     step(5, "denying the first answer, as a client does when an enclave fails it (seed note 4)");

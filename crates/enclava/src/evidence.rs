@@ -117,7 +117,8 @@ fn print_claims(c: &Claims) {
         println!("issued at:         {}", time::format_rfc3339(t));
     }
     for (k, v) in &c.raw {
-        let v = if v.len() > 100 { format!("{}…", &v[..100]) } else { v.clone() };
+        let v =
+            if v.chars().count() > 100 { format!("{}…", v.chars().take(100).collect::<String>()) } else { v.clone() };
         println!("  {k}: {v}");
     }
 }

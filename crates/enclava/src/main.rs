@@ -174,7 +174,7 @@ async fn find(a: FindArgs) -> anyhow::Result<ExitCode> {
         let path = a.policy.as_deref().context("--verify needs --policy FILE")?;
         let policy = enclava_attest::Policy::load(path).map_err(anyhow::Error::msg)?;
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
-        resp.found.retain(|e| match enclava_client::verify_enclave(e, &policy, now) {
+        resp.found.retain(|e| match enclava_client::verify_enclave(e, &policy, &Default::default(), now) {
             Ok(_) => true,
             Err(reasons) => {
                 refused.push((e.instance_id.clone(), reasons));

@@ -52,12 +52,12 @@ async fn published_evidence_verifies_only_under_the_right_policy() {
     let ours =
         format!("[sim]\nroot = \"{}\"\nmeasurements = [\"{}\"]\n", root.public().to_hex(), nodes[0].measurement());
     let policy = Policy::parse(&ours).expect("policy");
-    let claims = enclava_client::verify_enclave(&attested, &policy, now()).expect("verifies");
+    let claims = enclava_client::verify_enclave(&attested, &policy, &Default::default(), now()).expect("verifies");
     assert_eq!(claims.platform, enclava_attest::Platform::Sim);
     assert_eq!(claims.measurement_hex(), nodes[0].measurement());
 
     let refuse = |info: &enclava_proto::discovery::v1::EnclaveInfo, policy: &Policy, want: &str| {
-        let reasons = enclava_client::verify_enclave(info, policy, now()).expect_err("refused");
+        let reasons = enclava_client::verify_enclave(info, policy, &Default::default(), now()).expect_err("refused");
         assert!(reasons.iter().any(|r| r.contains(want)), "{reasons:?} should say {want:?}");
     };
     refuse(&unattested, &policy, "no evidence");
