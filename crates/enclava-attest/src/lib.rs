@@ -73,6 +73,17 @@ pub enum Evidence {
 }
 
 impl Evidence {
+    /// The platform this evidence claims to come from (before any verification).
+    pub fn platform(&self) -> Platform {
+        match self {
+            Evidence::Dcap(q) if q.get(4..8) == Some(&[0x81, 0, 0, 0]) => Platform::Tdx,
+            Evidence::Dcap(_) => Platform::Sgx,
+            Evidence::SevSnp { .. } | Evidence::AzureVtpm(_) => Platform::SevSnp,
+            Evidence::Nitro(_) => Platform::Nitro,
+            Evidence::Sim(_) => Platform::Sim,
+        }
+    }
+
     /// Recognises the format of a single evidence file: a DCAP quote, a raw SNP report (needs its
     /// VEK separately, so it is refused here), a Nitro document, or sim evidence.
     pub fn detect(bytes: Vec<u8>) -> Result<Evidence, VerifyError> {
@@ -98,19 +109,6 @@ impl Evidence {
             return Ok(Evidence::Nitro(bytes));
         }
         Err(VerifyError::Malformed("not a DCAP quote, SEV-SNP report, Nitro document or sim evidence".into()))
-    }
-}
-
-impl Evidence {
-    /// The platform this evidence claims to come from (before any verification).
-    pub fn platform(&self) -> Platform {
-        match self {
-            Evidence::Dcap(q) if q.get(4..8) == Some(&[0x81, 0, 0, 0]) => Platform::Tdx,
-            Evidence::Dcap(_) => Platform::Sgx,
-            Evidence::SevSnp { .. } | Evidence::AzureVtpm(_) => Platform::SevSnp,
-            Evidence::Nitro(_) => Platform::Nitro,
-            Evidence::Sim(_) => Platform::Sim,
-        }
     }
 }
 

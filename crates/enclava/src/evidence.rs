@@ -1,6 +1,6 @@
-//! `enclava evidence verify` and `enclava sim init`: verify evidence from files, print its
-//! normalised claims and the policy's verdict with every failed rule; exit 0 accept, 1 deny,
-//! 2 unusable input.
+//! `enclava evidence verify`, `enclava evidence dry-run` and `enclava sim init`: verify evidence
+//! from files, print its normalised claims and the policy's verdict with every failed rule (exit 0
+//! accept, 1 deny, 2 unusable input), or judge a whole folder under a new policy.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

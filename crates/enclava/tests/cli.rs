@@ -31,18 +31,24 @@ fn spawn(args: &[&str]) -> Proc {
     )
 }
 
-/// Starts a node and reads the instance id it prints.
-fn start_node(redis: &str, dir: &std::path::Path, data: &[&str]) -> (Proc, String) {
+/// Reads the instance id a starting node prints (`instance ID listening on ADDR`).
+fn read_id(p: &mut Proc) -> String {
+    let mut line = String::new();
+    BufReader::new(p.0.stdout.as_mut().expect("stdout")).read_line(&mut line).expect("node prints its id");
+    line.split_whitespace().nth(1).expect("instance id").to_owned()
+}
+
+/// Starts a node (with `extra` flags) and reads the instance id it prints.
+fn start_node(redis: &str, dir: &std::path::Path, data: &[&str], extra: &[&str]) -> (Proc, String) {
     let mut args = vec!["node", "--platform", "sim", "--registry", redis, "--listen", "127.0.0.1:0", "--data-dir"];
     let dir = dir.to_str().expect("utf-8 path");
     args.push(dir);
     for d in data {
         args.extend(["--data", d]);
     }
+    args.extend(extra);
     let mut p = spawn(&args);
-    let mut line = String::new();
-    BufReader::new(p.0.stdout.as_mut().expect("stdout")).read_line(&mut line).expect("node prints its id");
-    let id = line.split_whitespace().nth(1).expect("instance id").to_owned();
+    let id = read_id(&mut p);
     (p, id)
 }
 
@@ -82,8 +88,8 @@ fn server_nodes_find_and_a_sigkilled_node() {
     let server_url = format!("http://{listen}");
     let _server = spawn(&["server", "--registry", &redis.url(), "--listen", &listen]);
     let (d1, d2) = (tempfile::tempdir().expect("tmp"), tempfile::tempdir().expect("tmp"));
-    let (mut n1, id1) = start_node(&redis.url(), d1.path(), &["acme/gpt2", "acme/bert"]);
-    let (_n2, id2) = start_node(&redis.url(), d2.path(), &["acme/gpt2"]);
+    let (mut n1, id1) = start_node(&redis.url(), d1.path(), &["acme/gpt2", "acme/bert"], &[]);
+    let (_n2, id2) = start_node(&redis.url(), d2.path(), &["acme/gpt2"], &[]);
     assert_ne!(id1, id2);
     let mut both = vec![id1.clone(), id2.clone()];
     both.sort();
@@ -124,7 +130,7 @@ fn server_nodes_find_and_a_sigkilled_node() {
     assert!(gone);
 
     // Restarted on the same data folder: the same instance id, found again.
-    let (_n1b, id1b) = start_node(&redis.url(), d1.path(), &["acme/gpt2", "acme/bert"]);
+    let (_n1b, id1b) = start_node(&redis.url(), d1.path(), &["acme/gpt2", "acme/bert"], &[]);
     assert_eq!(id1b, id1, "same sealed identity, same id");
     wait_for("restarted node found", Duration::from_secs(5), || {
         ids(&find_json(&server_url, "acme/bert", "5")) == vec![id1.clone()]
@@ -157,9 +163,7 @@ fn options_come_from_flags_environment_and_config_file() {
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
     let mut node = Proc(node.spawn().expect("node"));
-    let mut line = String::new();
-    BufReader::new(node.0.stdout.as_mut().expect("stdout")).read_line(&mut line).expect("id line");
-    let id = line.split_whitespace().nth(1).expect("id").to_owned();
+    let id = read_id(&mut node);
     wait_for("found through config file and env", Duration::from_secs(10), || {
         let out = run(enclava(&["find", "--json"])
             .env("ENCLAVA_CONFIG", cfg)
@@ -214,8 +218,7 @@ fn evidence_verify_exit_codes_and_messages() {
     let td = concat!(env!("CARGO_MANIFEST_DIR"), "/../enclava-attest/testdata");
     let dir = tempfile::tempdir().expect("tmp");
     let allow = dir.path().join("allow.toml");
-    std::fs::write(&allow, "[tdx]\nany_measurement = true\nallow_debug = false\n".replace("allow_debug = false\n", ""))
-        .expect("write");
+    std::fs::write(&allow, "[tdx]\nany_measurement = true\n").expect("write");
     let quote = format!("{td}/tdx-v4-2023/quote_debug_td.dat");
     let coll = format!("{td}/tdx-v4-2023/collateral.json");
     let run_verify = |extra: &[&str]| {
@@ -292,15 +295,7 @@ fn sim_init_node_evidence_and_find_verify() {
     let _server = spawn(&["server", "--registry", &redis.url(), "--listen", &listen]);
     let node_dir = dir.path().join("node");
 
-    let redis_url = redis.url();
-    let mut args = vec!["node", "--registry", &redis_url, "--listen", "127.0.0.1:0", "--data", "m", "--sim-root"];
-    let root_s = root.to_str().expect("utf-8").to_owned();
-    args.push(&root_s);
-    let node_dir_s = node_dir.to_str().expect("utf-8").to_owned();
-    args.extend(["--data-dir", &node_dir_s]);
-    let mut node = spawn(&args);
-    let mut line = String::new();
-    BufReader::new(node.0.stdout.as_mut().expect("stdout")).read_line(&mut line).expect("id");
+    let (_node, _) = start_node(&redis.url(), &node_dir, &["m"], &["--sim-root", root.to_str().expect("utf-8")]);
     let policy = dir.path().join("policy.toml");
     std::fs::write(&policy, format!("[sim]\nroot = \"{root_pub}\"\nany_measurement = true\n")).expect("write");
     let policy_s = policy.to_str().expect("utf-8").to_owned();
