@@ -1,11 +1,12 @@
-//! Real services for tests and benchmarks: a `redis-server` on a free loopback port, and a real
-//! 3-master Redis Cluster made with `redis-cli --cluster create`. Each one lives in its own
+//! Real services for tests and benchmarks: a `redis-server` on a free loopback port, a real
+//! 3-master Redis Cluster made with `redis-cli --cluster create`, and fresh PostgreSQL databases. Each one lives in its own
 //! temporary folder and is killed on drop. No fixed ports; every wait is bounded.
 //!
 //! # Layout
 //! - [`RedisServer`]: one server, restartable on the same port (to test recovery).
 //! - [`RedisCluster`]: three primaries, no replicas.
 //! - [`free_port`]: a loopback port nobody listens on.
+//! - [`PgDatabase`]: a new database on the test PostgreSQL server, dropped when done.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -197,4 +198,55 @@ impl RedisCluster {
     pub fn node_urls(&self) -> Vec<String> {
         self.nodes.iter().map(RedisServer::url).collect()
     }
+}
+
+/// The PostgreSQL server tests use: `ENCLAVA_TEST_POSTGRES`, by default the local server
+/// `scripts/test` makes sure is running.
+pub fn postgres_admin_url() -> String {
+    std::env::var("ENCLAVA_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// A fresh, uniquely named database on the test PostgreSQL server; [`PgDatabase::drop_db`]
+/// removes it.
+#[derive(Debug)]
+pub struct PgDatabase {
+    pub url: String,
+    name: String,
+}
+
+impl PgDatabase {
+    pub async fn create() -> Result<PgDatabase, String> {
+        use sqlx::Connection;
+        sqlx::any::install_default_drivers();
+        let admin = postgres_admin_url();
+        let mut conn = sqlx::AnyConnection::connect(&admin).await.map_err(|e| {
+            format!("cannot reach the test PostgreSQL at {admin}: {e}. Run scripts/test (it starts one) or set ENCLAVA_TEST_POSTGRES")
+        })?;
+        let name = format!("enclava_test_{}_{}", std::process::id(), unique());
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .map_err(|e| format!("cannot create database {name}: {e}"))?;
+        let _ = conn.close().await;
+        let base = admin.split('?').next().unwrap_or(&admin);
+        let (server, _) = base.rsplit_once('/').ok_or("ENCLAVA_TEST_POSTGRES has no database path")?;
+        Ok(PgDatabase { url: format!("{server}/{name}"), name })
+    }
+
+    pub async fn drop_db(self) {
+        use sqlx::Connection;
+        if let Ok(mut conn) = sqlx::AnyConnection::connect(&postgres_admin_url()).await {
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)))
+                .execute(&mut conn)
+                .await;
+        }
+    }
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    (u64::from(t) << 16) ^ N.fetch_add(1, Ordering::Relaxed)
 }

@@ -1,0 +1,628 @@
+//! The key broker's operations: identities, model keys, grants, request keys, listing, the audit
+//! log, and attested release (challenge, verify, bind, authorize, seal, audit). REST and gRPC are
+//! thin adapters over this.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use enclava_attest::policy::{PlatformRules, check};
+use enclava_attest::{Claims, Collateral, Evidence, Policy, binding, warm::Verifier};
+use enclava_collateral::CollateralSource;
+use ring::rand::{SecureRandom, SystemRandom};
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, oneshot};
+use zeroize::Zeroizing;
+
+use crate::api::{AuditCheck, AuditRecord, Listing};
+use crate::error::{ErrorCode, KeysError};
+use crate::kek::KeyWrapper;
+use crate::metrics::KeysMetrics;
+use crate::store::{AuditEntry, ModelRow, Store, entry, now_ms};
+use enclava_proto::keys::payload::{self, ReleasePayload, SecretKey};
+
+/// How long a challenge nonce may be used.
+pub const NONCE_TTL: Duration = Duration::from_secs(60);
+/// Outstanding challenges one broker keeps at most (each is 40 bytes); beyond this new
+/// challenges are refused as UNAVAILABLE until old ones are used or expire.
+pub const MAX_OUTSTANDING_NONCES: usize = 1_000_000;
+/// Largest evidence accepted in a release.
+pub const MAX_EVIDENCE: usize = 256 * 1024;
+/// Most users whose request keys one release may carry.
+pub const MAX_USERS_PER_RELEASE: usize = 64;
+
+/// How a broker is set up.
+#[derive(Debug)]
+pub struct BrokerConfig {
+    /// `sqlite://FILE` or `postgres://…`.
+    pub database: String,
+    /// Holds the audit anchor.
+    pub data_dir: PathBuf,
+    /// The policy for models that have none; by default every confidential platform (any
+    /// measurement: grants name them), no debug, TCB up to date, and never `sim`.
+    pub default_policy: Option<Policy>,
+    /// Intel/AMD collateral for real evidence.
+    pub collateral: Option<Arc<dyn CollateralSource>>,
+    pub nonce_ttl: Duration,
+}
+
+impl BrokerConfig {
+    pub fn new(database: impl Into<String>, data_dir: impl Into<PathBuf>) -> BrokerConfig {
+        BrokerConfig {
+            database: database.into(),
+            data_dir: data_dir.into(),
+            default_policy: None,
+            collateral: None,
+            nonce_ttl: NONCE_TTL,
+        }
+    }
+}
+
+/// The built-in default release policy.
+pub fn builtin_policy() -> Policy {
+    let any = || Some(PlatformRules { any_measurement: true, ..Default::default() });
+    Policy { sgx: any(), tdx: any(), sev_snp: any(), nitro: any(), ..Default::default() }
+}
+
+/// Why a release was refused. The node sees only [`Refusal::class`]; the audit log keeps the
+/// reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Unknown, used or expired nonce.
+    Nonce(String),
+    /// Evidence that does not verify, or does not bind this key and nonce.
+    Evidence(String),
+    /// Verified, but not authorized: policy, grant, model or request key.
+    Denied(String),
+}
+
+impl Refusal {
+    pub fn class(&self) -> &'static str {
+        match self {
+            Refusal::Nonce(_) => "nonce",
+            Refusal::Evidence(_) => "evidence",
+            Refusal::Denied(_) => "denied",
+        }
+    }
+
+    pub fn reason(&self) -> &str {
+        match self {
+            Refusal::Nonce(r) | Refusal::Evidence(r) | Refusal::Denied(r) => r,
+        }
+    }
+
+    /// What the node is told: the class and what to do, nothing about the policy.
+    pub fn to_error(&self) -> KeysError {
+        match self {
+            Refusal::Nonce(_) => KeysError::new(
+                ErrorCode::FailedPrecondition,
+                "release refused (nonce): the challenge is unknown, already used or expired; ask for a new one",
+            ),
+            Refusal::Evidence(_) => KeysError::forbidden(
+                "release refused (evidence): the evidence does not verify or does not bind this key and nonce",
+            ),
+            Refusal::Denied(_) => KeysError::forbidden(
+                "release refused (denied): this enclave is not authorized for this model (ask the model owner to grant its measurement)",
+            ),
+        }
+    }
+}
+
+/// A release request, as both transports deliver it.
+#[derive(Debug, Clone)]
+pub struct ReleaseRequest {
+    pub nonce: Vec<u8>,
+    pub evidence: Vec<u8>,
+    pub public_key: Vec<u8>,
+    pub model: String,
+    /// 0 for the current version.
+    pub version: u64,
+    pub users: Vec<String>,
+}
+
+/// A sealed answer.
+#[derive(Debug, Clone)]
+pub struct Release {
+    pub model: String,
+    pub version: u64,
+    pub sealed: enclava_seal::Sealed,
+}
+
+/// The key broker.
+#[derive(Debug)]
+pub struct Broker {
+    store: Store,
+    nonces: Mutex<HashMap<[u8; 32], u64>>,
+    nonce_ttl: Duration,
+    verifier: Verifier,
+    default_policy: Arc<Policy>,
+    policies: Mutex<HashMap<String, Arc<Policy>>>,
+    collateral: Option<Arc<dyn CollateralSource>>,
+    audit: mpsc::Sender<(AuditEntry, oneshot::Sender<Result<(), KeysError>>)>,
+    metrics: Arc<KeysMetrics>,
+    rng: SystemRandom,
+}
+
+impl Broker {
+    /// Opens the store and starts the audit writer.
+    pub async fn open(
+        config: BrokerConfig,
+        kek: Arc<dyn KeyWrapper>,
+        metrics: Arc<KeysMetrics>,
+    ) -> Result<Broker, KeysError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            KeysError::internal(format!("cannot create the data folder {}: {e}", config.data_dir.display()))
+        })?;
+        let anchor = config.data_dir.join("audit.anchor");
+        let store = Store::open(&config.database, kek, Some(anchor)).await?;
+        let default_policy = config.default_policy.unwrap_or_else(builtin_policy);
+        default_policy.validate().map_err(|e| KeysError::invalid(format!("the default release policy: {e}")))?;
+        let (tx, rx) = mpsc::channel(4096);
+        tokio::spawn(audit_writer(store.clone(), rx, metrics.clone()));
+        Ok(Broker {
+            store,
+            nonces: Mutex::default(),
+            nonce_ttl: config.nonce_ttl,
+            verifier: Verifier::new(),
+            default_policy: Arc::new(default_policy),
+            policies: Mutex::default(),
+            collateral: config.collateral,
+            audit: tx,
+            metrics,
+            rng: SystemRandom::new(),
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn metrics(&self) -> &KeysMetrics {
+        &self.metrics
+    }
+
+    fn random<const N: usize>(&self) -> Result<[u8; N], KeysError> {
+        let mut b = [0u8; N];
+        self.rng.fill(&mut b).map_err(|_| KeysError::internal("no system randomness"))?;
+        Ok(b)
+    }
+
+    /// A new identity: its id and the credential (shown once).
+    pub async fn register(&self) -> Result<(String, String), KeysError> {
+        let id = format!("u_{}", hex::encode(self.random::<10>()?));
+        let token = format!("ekt_{}", URL_SAFE_NO_PAD.encode(self.random::<32>()?));
+        self.store.create_user(&id, &token_hash(&token)).await?;
+        tracing::info!(user = %id, "user registered");
+        Ok((id, token))
+    }
+
+    /// The user a credential belongs to.
+    pub async fn authenticate(&self, token: &str) -> Result<String, KeysError> {
+        if token.is_empty() || token.len() > 256 {
+            return Err(KeysError::unauthenticated());
+        }
+        self.store.user_by_token_hash(&token_hash(token)).await?.ok_or_else(KeysError::unauthenticated)
+    }
+
+    /// Stores a new version of `model`'s key; only its owner may (the first uploader owns it).
+    pub async fn put_model_key(
+        &self,
+        user: &str,
+        model: &str,
+        key: &[u8],
+        policy: Option<&str>,
+        rotate: bool,
+    ) -> Result<u64, KeysError> {
+        check_model_id(model)?;
+        if key.len() != payload::KEY_LEN {
+            return Err(KeysError::invalid(format!("a model key is {} bytes, not {}", payload::KEY_LEN, key.len())));
+        }
+        if let Some(p) = policy {
+            if p.len() > 64 * 1024 {
+                return Err(KeysError::invalid("the policy is larger than 64 KiB"));
+            }
+            Policy::parse(p).map_err(|e| KeysError::invalid(format!("the policy does not parse: {e}")))?;
+        }
+        let version = self.store.add_model_key(user, model, key, policy, rotate).await?;
+        tracing::info!(%user, %model, version, "model key stored");
+        Ok(version)
+    }
+
+    pub async fn grant(&self, owner: &str, model: &str, measurement: &str, grantee: &str) -> Result<(), KeysError> {
+        check_model_id(model)?;
+        let m = normalize_measurement(measurement)?;
+        check_user_id(grantee)?;
+        self.store.grant(owner, model, &m, grantee).await?;
+        tracing::info!(%owner, %model, measurement = %m, %grantee, "grant added");
+        Ok(())
+    }
+
+    pub async fn revoke(
+        &self,
+        owner: &str,
+        model: &str,
+        measurement: Option<&str>,
+        grantee: Option<&str>,
+    ) -> Result<u64, KeysError> {
+        check_model_id(model)?;
+        let m = measurement.map(normalize_measurement).transpose()?;
+        if let Some(g) = grantee {
+            check_user_id(g)?;
+        }
+        let n = self.store.revoke(owner, model, m.as_deref(), grantee).await?;
+        tracing::info!(%owner, %model, revoked = n, "grants revoked");
+        Ok(n)
+    }
+
+    pub async fn put_request_key(
+        &self,
+        user: &str,
+        model: &str,
+        measurement: &str,
+        key: &[u8],
+    ) -> Result<(), KeysError> {
+        check_model_id(model)?;
+        let m = normalize_measurement(measurement)?;
+        if key.len() != payload::KEY_LEN {
+            return Err(KeysError::invalid(format!("a request key is {} bytes, not {}", payload::KEY_LEN, key.len())));
+        }
+        self.store.put_request_key(user, model, &m, key).await?;
+        tracing::info!(%user, %model, measurement = %m, "request key stored");
+        Ok(())
+    }
+
+    pub async fn list(&self, user: &str, model: Option<&str>) -> Result<Listing, KeysError> {
+        if let Some(m) = model {
+            check_model_id(m)?;
+        }
+        Ok(Listing {
+            models: self.store.list_models(user, model).await?,
+            request_keys: self.store.list_request_keys(user, model).await?,
+        })
+    }
+
+    pub async fn audit(&self, user: &str, limit: i64) -> Result<Vec<AuditRecord>, KeysError> {
+        self.store.audit_for(user, limit.clamp(1, 10_000)).await
+    }
+
+    pub async fn verify_audit(&self) -> Result<AuditCheck, KeysError> {
+        self.store.verify_audit().await
+    }
+
+    /// A fresh single-use nonce and when it expires (Unix ms).
+    pub fn challenge(&self) -> Result<([u8; 32], u64), KeysError> {
+        let nonce = self.random::<32>()?;
+        let now = now_ms() as u64;
+        let expires = now + self.nonce_ttl.as_millis() as u64;
+        let mut nonces = self.nonces.lock().unwrap_or_else(|p| p.into_inner());
+        if nonces.len() >= MAX_OUTSTANDING_NONCES {
+            nonces.retain(|_, e| *e > now);
+            if nonces.len() >= MAX_OUTSTANDING_NONCES {
+                return Err(KeysError::new(
+                    ErrorCode::Unavailable,
+                    "too many outstanding challenges; try again shortly",
+                ));
+            }
+        }
+        nonces.insert(nonce, expires);
+        self.metrics.challenges.inc();
+        Ok((nonce, expires))
+    }
+
+    /// Takes a nonce: it is gone afterwards, whatever the outcome of the release.
+    fn take_nonce(&self, nonce: &[u8], now: u64) -> Result<(), Refusal> {
+        let key: [u8; 32] = nonce.try_into().map_err(|_| Refusal::Nonce("not a 32-byte nonce".into()))?;
+        let expires = self.nonces.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+        match expires {
+            None => Err(Refusal::Nonce("unknown or already used nonce".into())),
+            Some(e) if e <= now => Err(Refusal::Nonce("expired nonce".into())),
+            Some(_) => Ok(()),
+        }
+    }
+
+    fn policy_of(&self, row: &ModelRow) -> Result<Arc<Policy>, Refusal> {
+        let Some(text) = &row.policy else { return Ok(self.default_policy.clone()) };
+        let mut cache = self.policies.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = cache.get(text) {
+            return Ok(p.clone());
+        }
+        let p =
+            Arc::new(Policy::parse(text).map_err(|e| Refusal::Denied(format!("the model's policy is invalid: {e}")))?);
+        if cache.len() > 1024 {
+            cache.clear();
+        }
+        cache.insert(text.clone(), p.clone());
+        Ok(p)
+    }
+
+    async fn collateral_for(&self, evidence: &Evidence, policy: &Policy, now: u64) -> Collateral {
+        let mut c = Collateral { sim_root: policy.sim_root().ok().flatten(), ..Default::default() };
+        if let (Some(src), Evidence::Dcap(quote)) = (&self.collateral, evidence) {
+            match src.dcap(quote, now).await {
+                Ok(d) => c.dcap = Some(d),
+                Err(e) => tracing::warn!(error = %e, "no Intel collateral for a release"),
+            }
+        }
+        c
+    }
+
+    /// Decides whether verified `claims` may have `model`'s keys (and `users`' request keys):
+    /// the model's policy accepts the platform, TCB and debug state at `now`, and active grants
+    /// name the measurement (for each user). Public so real evidence, whose report data cannot
+    /// bind a fresh nonce here, can be judged by grants in tests.
+    pub async fn authorize(
+        &self,
+        model: &str,
+        claims: &Claims,
+        users: &[String],
+        now: u64,
+    ) -> Result<(ModelRow, Arc<Policy>), Refusal> {
+        let row = self
+            .store
+            .model(model)
+            .await
+            .map_err(|e| Refusal::Denied(format!("store: {e}")))?
+            .ok_or_else(|| Refusal::Denied(format!("no model {model:?}")))?;
+        let policy = self.policy_of(&row)?;
+        self.judge(model, &row, &policy, claims, users, now).await?;
+        Ok((row, policy))
+    }
+
+    async fn judge(
+        &self,
+        model: &str,
+        _row: &ModelRow,
+        policy: &Policy,
+        claims: &Claims,
+        users: &[String],
+        now: u64,
+    ) -> Result<(), Refusal> {
+        let verdict = check(policy, claims, now, None);
+        if !verdict.accepted {
+            return Err(Refusal::Denied(format!("policy: {}", verdict.failures.join("; "))));
+        }
+        let m = claims.measurement_hex();
+        let store_err = |e: KeysError| Refusal::Denied(format!("store: {e}"));
+        if !self.store.granted(model, &m, None).await.map_err(store_err)? {
+            return Err(Refusal::Denied(format!("measurement {m} is not granted for {model}")));
+        }
+        for u in users {
+            if !self.store.granted(model, &m, Some(u)).await.map_err(store_err)? {
+                return Err(Refusal::Denied(format!("measurement {m} is not granted for {model} and user {u}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Attested release: every step, in order; any refusal is audited with its reason.
+    pub async fn release(&self, req: ReleaseRequest) -> Result<Release, KeysError> {
+        let started = std::time::Instant::now();
+        let result = self.release_inner(&req).await;
+        let outcome = match &result {
+            Ok(_) => "released",
+            Err(Ok(r)) => r.class(),
+            Err(Err(_)) => "error",
+        };
+        self.metrics.count(outcome);
+        self.metrics.release_seconds.observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(r) => Ok(r),
+            Err(Ok(refusal)) => {
+                tracing::info!(model = %req.model, class = refusal.class(), reason = %refusal.reason(), "release refused");
+                Err(refusal.to_error())
+            }
+            Err(Err(e)) => Err(e),
+        }
+    }
+
+    async fn release_inner(&self, req: &ReleaseRequest) -> Result<Release, Result<Refusal, KeysError>> {
+        check_model_id(&req.model).map_err(Err)?;
+        if req.evidence.len() > MAX_EVIDENCE {
+            return Err(Err(KeysError::invalid(format!("evidence is larger than {MAX_EVIDENCE} bytes"))));
+        }
+        if req.public_key.len() != enclava_seal::KEY_LEN {
+            return Err(Err(KeysError::invalid("public_key must be a 32-byte X25519 key")));
+        }
+        if req.users.len() > MAX_USERS_PER_RELEASE {
+            return Err(Err(KeysError::invalid(format!("at most {MAX_USERS_PER_RELEASE} users per release"))));
+        }
+        for u in &req.users {
+            check_user_id(u).map_err(Err)?;
+        }
+        let now_ms = now_ms() as u64;
+        let now = now_ms / 1000;
+        let mut actor = "enclave:unverified".to_owned();
+        let mut measurement = String::new();
+        let outcome = async {
+            // 1. The nonce goes first, so a replay fails whatever else it carries.
+            self.take_nonce(&req.nonce, now_ms)?;
+            let evidence = Evidence::detect(req.evidence.clone()).map_err(|e| Refusal::Evidence(e.to_string()))?;
+            let row = self
+                .store
+                .model(&req.model)
+                .await
+                .map_err(|e| Refusal::Denied(format!("store: {e}")))?
+                .ok_or_else(|| Refusal::Denied(format!("no model {:?}", req.model)))?;
+            let policy = self.policy_of(&row)?;
+            if policy.rules(evidence.platform()).is_none() {
+                return Err(Refusal::Denied(format!(
+                    "the model's policy does not allow platform {}",
+                    evidence.platform()
+                )));
+            }
+            // 2. The evidence verifies …
+            let collateral = self.collateral_for(&evidence, &policy, now).await;
+            let claims =
+                self.verifier.verify(&evidence, &collateral, now).map_err(|e| Refusal::Evidence(e.to_string()))?;
+            actor = format!("enclave:{}:{}", claims.platform, claims.measurement_hex());
+            measurement = claims.measurement_hex();
+            // 3. … and binds this key and this nonce.
+            if !binding::check(&claims.report_data, binding::KEY_RELEASE, &req.public_key, Some(&req.nonce)) {
+                return Err(Refusal::Evidence("the report data does not bind this key and nonce".into()));
+            }
+            // 4. Policy and grants.
+            self.judge(&req.model, &row, &policy, &claims, &req.users, now).await?;
+            let version = if req.version == 0 { row.current_version } else { req.version };
+            Ok((claims, version))
+        }
+        .await;
+        let (claims, version) = match outcome {
+            Ok(v) => v,
+            Err(refusal) => {
+                let e = entry(
+                    now_ms as i64,
+                    &actor,
+                    "deny",
+                    &req.model,
+                    &measurement,
+                    &req.users.join(","),
+                    &format!("{}: {}", refusal.class(), refusal.reason()),
+                );
+                self.record(e).await.map_err(Err)?;
+                return Err(Ok(refusal));
+            }
+        };
+        // 5. The keys, unwrapped only in memory, sealed to the bound key.
+        let m = claims.measurement_hex();
+        let model_key = self
+            .store
+            .model_key(&req.model, version)
+            .await
+            .map_err(Err)?
+            .and_then(|k| SecretKey::from_slice(&k))
+            .ok_or_else(|| Ok(Refusal::Denied(format!("no version {version} of {}", req.model))))?;
+        let mut request_keys = Vec::with_capacity(req.users.len());
+        for u in &req.users {
+            let k = self.store.request_key(u, &req.model, &m).await.map_err(Err)?;
+            let k: Option<SecretKey> = k.as_deref().and_then(|k: &Vec<u8>| SecretKey::from_slice(k));
+            match k {
+                Some(k) => request_keys.push((u.clone(), k)),
+                None => {
+                    let refusal = Refusal::Denied(format!("user {u} has no request key for {} on {m}", req.model));
+                    let e = entry(
+                        now_ms as i64,
+                        &actor,
+                        "deny",
+                        &req.model,
+                        &m,
+                        u,
+                        &format!("denied: {}", refusal.reason()),
+                    );
+                    self.record(e).await.map_err(Err)?;
+                    return Err(Ok(refusal));
+                }
+            }
+        }
+        let plain: Zeroizing<Vec<u8>> = ReleasePayload { version, model_key, request_keys }.encode();
+        let sealed = enclava_seal::seal(&req.public_key, payload::INFO, &payload::aad(&req.nonce, &req.model), &plain)
+            .map_err(|e| Err(KeysError::invalid(e.to_string())))?;
+        // Recorded before the keys leave: no release goes unaudited.
+        let e = entry(
+            now_ms as i64,
+            &actor,
+            "release",
+            &req.model,
+            &m,
+            &req.users.join(","),
+            &format!("version {version}"),
+        );
+        self.record(e).await.map_err(Err)?;
+        tracing::info!(model = %req.model, version, measurement = %m, users = req.users.len(), "keys released");
+        Ok(Release { model: req.model.clone(), version, sealed })
+    }
+
+    /// Appends to the audit log through the group-commit writer and waits until it is durable.
+    async fn record(&self, e: AuditEntry) -> Result<(), KeysError> {
+        let (tx, rx) = oneshot::channel();
+        self.audit
+            .send((e, tx))
+            .await
+            .map_err(|_| KeysError::internal("the audit writer stopped; the server log has the details"))?;
+        rx.await.map_err(|_| KeysError::internal("the audit writer stopped; the server log has the details"))?
+    }
+}
+
+/// Commits queued audit entries in batches: every entry that arrives while one commit is under
+/// way goes into the next, so many releases share one fsync.
+async fn audit_writer(
+    store: Store,
+    mut rx: mpsc::Receiver<(AuditEntry, oneshot::Sender<Result<(), KeysError>>)>,
+    metrics: Arc<KeysMetrics>,
+) {
+    let mut entries = Vec::with_capacity(256);
+    let mut acks = Vec::with_capacity(256);
+    while let Some((e, ack)) = rx.recv().await {
+        entries.push(e);
+        acks.push(ack);
+        while entries.len() < 256 {
+            match rx.try_recv() {
+                Ok((e, ack)) => {
+                    entries.push(e);
+                    acks.push(ack);
+                }
+                Err(_) => break,
+            }
+        }
+        let result = store.append_audit(&entries).await;
+        if let Err(e) = &result {
+            tracing::error!(error = %e, entries = entries.len(), "audit append failed; the releases waiting on it are refused");
+        }
+        metrics.audit_batches.inc();
+        for ack in acks.drain(..) {
+            let _ = ack.send(result.clone());
+        }
+        entries.clear();
+    }
+}
+
+fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// Model ids: 1–128 bytes of `[A-Za-z0-9._-]` in `/`-separated segments (`acme/mobilenet`).
+pub fn check_model_id(id: &str) -> Result<(), KeysError> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id.split('/').all(|seg| {
+            !seg.is_empty()
+                && seg != "."
+                && seg != ".."
+                && seg.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(KeysError::invalid(format!(
+            "invalid model id {:?}: use letters, digits, '.', '_', '-' in '/'-separated parts, at most 128 bytes",
+            id.chars().take(140).collect::<String>()
+        )))
+    }
+}
+
+fn check_user_id(id: &str) -> Result<(), KeysError> {
+    if id.starts_with("u_") && id.len() <= 64 && id[2..].bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(())
+    } else {
+        Err(KeysError::invalid(format!(
+            "invalid user id {:?} (user ids look like u_0123456789abcdef0123)",
+            id.chars().take(70).collect::<String>()
+        )))
+    }
+}
+
+/// Measurements are hex (lowercased here), 16 to 64 bytes.
+pub fn normalize_measurement(m: &str) -> Result<String, KeysError> {
+    let m = m.trim().to_ascii_lowercase();
+    let ok = m.len().is_multiple_of(2) && (32..=128).contains(&m.len()) && m.bytes().all(|b| b.is_ascii_hexdigit());
+    if ok {
+        Ok(m)
+    } else {
+        Err(KeysError::invalid(format!(
+            "invalid measurement {:?}: hex, 16 to 64 bytes (as `enclava find` or `enclava evidence verify` print it)",
+            m.chars().take(140).collect::<String>()
+        )))
+    }
+}

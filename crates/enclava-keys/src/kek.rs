@@ -1,0 +1,223 @@
+//! The broker's key-encryption key: every model and request key is wrapped by it before it reaches
+//! the database, and the audit chain is MACed with a key derived from it, so the database alone
+//! reveals no key and cannot be edited unnoticed. A trait, so a KMS or HSM can take its place.
+
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use ring::rand::{SecureRandom, SystemRandom};
+use ring::{hkdf, hmac};
+use zeroize::Zeroizing;
+
+use crate::error::KeysError;
+
+/// Wraps and unwraps keys at rest, and MACs the audit chain.
+pub trait KeyWrapper: Send + Sync + std::fmt::Debug {
+    /// Encrypts `key`, bound to `context` (which row it belongs to).
+    fn wrap(&self, context: &str, key: &[u8]) -> Result<Vec<u8>, KeysError>;
+    /// Decrypts what [`KeyWrapper::wrap`] made for the same `context`.
+    fn unwrap(&self, context: &str, wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeysError>;
+    /// A MAC over an audit row, so only the broker can extend the chain.
+    fn audit_mac(&self, data: &[u8]) -> [u8; 32];
+}
+
+/// A 32-byte key-encryption key held in this process, from a file or an environment variable.
+pub struct LocalKek {
+    wrap: LessSafeKey,
+    mac: hmac::Key,
+    source: String,
+}
+
+impl std::fmt::Debug for LocalKek {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalKek").field("source", &self.source).finish_non_exhaustive()
+    }
+}
+
+struct Len(usize);
+impl hkdf::KeyType for Len {
+    fn len(&self) -> usize {
+        self.0
+    }
+}
+
+impl LocalKek {
+    /// A KEK from its 32 bytes; `source` says where it came from, for logs.
+    pub fn from_bytes(kek: &[u8; 32], source: impl Into<String>) -> LocalKek {
+        // Two independent keys, so the wrapping key is never used as a MAC key.
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"enclava/kek/v1").extract(kek);
+        let mut wrap_key = Zeroizing::new([0u8; 32]);
+        let mut mac_key = Zeroizing::new([0u8; 32]);
+        let expand = |info: &[u8], out: &mut [u8; 32]| {
+            let info = [info];
+            // Expanding 32 bytes from SHA-256 cannot fail (the limit is 255 × 32).
+            if let Ok(okm) = prk.expand(&info, Len(32)) {
+                let _ = okm.fill(out);
+            }
+        };
+        expand(b"wrap", &mut wrap_key);
+        expand(b"audit-mac", &mut mac_key);
+        let wrap = match UnboundKey::new(&AES_256_GCM, wrap_key.as_slice()) {
+            Ok(k) => LessSafeKey::new(k),
+            Err(_) => unreachable!("AES-256 takes a 32-byte key"),
+        };
+        LocalKek { wrap, mac: hmac::Key::new(hmac::HMAC_SHA256, mac_key.as_slice()), source: source.into() }
+    }
+
+    /// A KEK from a value given in the environment: 32 bytes as hex or base64.
+    pub fn from_text(text: &str, source: impl Into<String>) -> Result<LocalKek, KeysError> {
+        let text = text.trim();
+        let bytes = Zeroizing::new(
+            hex::decode(text)
+                .ok()
+                .or_else(|| base64::engine::general_purpose::STANDARD.decode(text).ok())
+                .unwrap_or_default(),
+        );
+        let kek: &[u8; 32] = bytes.as_slice().try_into().map_err(|_| {
+            KeysError::invalid("the key-encryption key must be 32 bytes as hex or base64 (e.g. `openssl rand -hex 32`)")
+        })?;
+        Ok(LocalKek::from_bytes(kek, source))
+    }
+
+    /// Reads the KEK file at `path`, creating it with a fresh random key (mode 0600) when missing.
+    pub fn load_or_create(path: &Path) -> Result<LocalKek, KeysError> {
+        let io = |what: &str, e: std::io::Error| KeysError::internal(format!("cannot {what} {}: {e}", path.display()));
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                let bytes = Zeroizing::new(bytes);
+                let kek: &[u8; 32] = bytes.as_slice().try_into().map_err(|_| {
+                    KeysError::invalid(format!(
+                        "{} is not a key-encryption key (it must hold exactly 32 bytes)",
+                        path.display()
+                    ))
+                })?;
+                Ok(LocalKek::from_bytes(kek, format!("file {}", path.display())))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut kek = Zeroizing::new([0u8; 32]);
+                SystemRandom::new().fill(kek.as_mut()).map_err(|_| KeysError::internal("no system randomness"))?;
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir).map_err(|e| io("create the folder of", e))?;
+                }
+                write_secret(path, kek.as_slice()).map_err(|e| io("write", e))?;
+                tracing::info!(path = %path.display(), "created a new key-encryption key");
+                Ok(LocalKek::from_bytes(&kek, format!("file {}", path.display())))
+            }
+            Err(e) => Err(io("read", e)),
+        }
+    }
+}
+
+/// Writes `bytes` to a new file only its owner can read.
+pub fn write_secret(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+impl KeyWrapper for LocalKek {
+    fn wrap(&self, context: &str, key: &[u8]) -> Result<Vec<u8>, KeysError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        SystemRandom::new().fill(&mut nonce).map_err(|_| KeysError::internal("no system randomness"))?;
+        let mut out = Vec::with_capacity(NONCE_LEN + key.len() + 16);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(key);
+        let tag = self
+            .wrap
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(context.as_bytes()),
+                &mut out[NONCE_LEN..],
+            )
+            .map_err(|_| KeysError::internal("wrapping a key failed"))?;
+        out.extend_from_slice(tag.as_ref());
+        Ok(out)
+    }
+
+    fn unwrap(&self, context: &str, wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeysError> {
+        let bad = || {
+            tracing::error!(context, "a wrapped key does not open with this key-encryption key");
+            KeysError::internal(
+                "a stored key does not open with this broker's key-encryption key (wrong --kek-file or ENCLAVA_KEK, or an edited database)",
+            )
+        };
+        if wrapped.len() < NONCE_LEN + 16 {
+            return Err(bad());
+        }
+        let (nonce, sealed) = wrapped.split_at(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| bad())?;
+        let mut buf = Zeroizing::new(sealed.to_vec());
+        let plain_len =
+            self.wrap.open_in_place(nonce, Aad::from(context.as_bytes()), buf.as_mut_slice()).map_err(|_| bad())?.len();
+        buf.truncate(plain_len);
+        Ok(buf)
+    }
+
+    fn audit_mac(&self, data: &[u8]) -> [u8; 32] {
+        let tag = hmac::sign(&self.mac, data);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(tag.as_ref());
+        out
+    }
+}
+
+/// Where the KEK comes from: `ENCLAVA_KEK` (hex or base64) when set, else a file.
+#[derive(Debug, Clone)]
+pub enum KekSource {
+    Env(String),
+    File(PathBuf),
+}
+
+impl KekSource {
+    pub fn open(&self) -> Result<LocalKek, KeysError> {
+        match self {
+            KekSource::Env(name) => {
+                let value =
+                    Zeroizing::new(std::env::var(name).map_err(|_| {
+                        KeysError::invalid(format!("environment variable {name} is not set or not UTF-8"))
+                    })?);
+                LocalKek::from_text(&value, format!("environment variable {name}"))
+            }
+            KekSource::File(path) => LocalKek::load_or_create(path),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrap_binds_context_and_key() {
+        let kek = LocalKek::from_bytes(&[7; 32], "test");
+        let w = kek.wrap("model-key|m|1", b"secret").expect("wrap");
+        assert_eq!(kek.unwrap("model-key|m|1", &w).expect("unwrap").as_slice(), b"secret");
+        assert!(kek.unwrap("model-key|m|2", &w).is_err());
+        assert!(LocalKek::from_bytes(&[8; 32], "other").unwrap("model-key|m|1", &w).is_err());
+        assert!(kek.unwrap("model-key|m|1", &w[..10]).is_err());
+        assert!(!format!("{kek:?}").contains("07070707"));
+        assert!(LocalKek::from_text("abcd", "t").is_err());
+        assert!(LocalKek::from_text(&"ab".repeat(32), "t").is_ok());
+    }
+
+    #[test]
+    fn file_kek_is_created_once_and_reused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("kek");
+        let a = LocalKek::load_or_create(&path).expect("create");
+        let w = a.wrap("c", b"k").expect("wrap");
+        let b = LocalKek::load_or_create(&path).expect("load");
+        assert_eq!(b.unwrap("c", &w).expect("unwrap").as_slice(), b"k");
+        std::fs::write(&path, b"short").expect("write");
+        assert!(LocalKek::load_or_create(&path).is_err());
+    }
+}

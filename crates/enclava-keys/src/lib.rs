@@ -1,0 +1,30 @@
+//! The key broker (MOSS's KeyService, with the enclave-identity check enforced on every release):
+//! users and their credentials, models owned by their first uploader, versioned model keys,
+//! grants to (enclave measurement, user), per-(model, measurement) request keys, a hash-chained
+//! audit log, and attested release sealed with HPKE to the key fresh evidence binds.
+//!
+//! # Layout
+//! - [`broker`]: the operations and the release protocol (nonce, verify, bind, authorize, seal, audit).
+//! - [`store`]: SQLite or PostgreSQL through one set of portable SQL and migrations.
+//! - [`kek`]: the key-encryption key trait and its file/environment implementation.
+//! - [`api`]: REST bodies; [`rest`]: the axum routes and OpenAPI; [`grpc`]: the tonic service.
+//! - [`error`]: one error code for HTTP and gRPC; [`metrics`]: Prometheus counters.
+//!
+//! Invariant: a key exists unwrapped only in this process's memory, and leaves it only sealed to
+//! a key bound by evidence that passed verification, policy and grants, after the release is in
+//! the audit log.
+
+pub mod api;
+pub mod broker;
+pub mod error;
+pub mod grpc;
+pub mod kek;
+pub mod metrics;
+pub mod rest;
+pub mod store;
+
+pub use broker::{Broker, BrokerConfig, Refusal, Release, ReleaseRequest};
+pub use enclava_proto::keys::payload::{self, ReleasePayload, SecretKey};
+pub use error::{ErrorCode, KeysError};
+pub use kek::{KekSource, KeyWrapper, LocalKek};
+pub use metrics::KeysMetrics;

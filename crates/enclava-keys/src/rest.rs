@@ -1,0 +1,246 @@
+//! The REST/JSON face of the key broker (what `enclava keys` uses), with its OpenAPI document at
+//! `/openapi.json`. Callers authenticate with `Authorization: Bearer <token>` from `register`.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequestParts, Query, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use utoipa::OpenApi;
+use zeroize::Zeroizing;
+
+use crate::api::*;
+use crate::broker::{Broker, ReleaseRequest};
+use crate::error::{ErrorBody, ErrorCode, KeysError};
+
+/// The REST routes and `/openapi.json`.
+pub fn router(broker: Arc<Broker>) -> Router {
+    Router::new()
+        .route("/v1/users", post(register))
+        .route("/v1/users/me", get(whoami))
+        .route("/v1/model-keys", post(put_model_key))
+        .route("/v1/grants", post(grant))
+        .route("/v1/revocations", post(revoke))
+        .route("/v1/request-keys", post(put_request_key))
+        .route("/v1/models", get(list))
+        .route("/v1/audit", get(audit))
+        .route("/v1/audit/verify", get(verify_audit))
+        .route("/v1/challenge", post(challenge))
+        .route("/v1/release", post(release))
+        .route("/openapi.json", get(|| async { ([("content-type", "application/json")], openapi_json()) }))
+        .with_state(broker)
+}
+
+/// The OpenAPI document.
+pub fn openapi_json() -> String {
+    ApiDoc::openapi().to_pretty_json().unwrap_or_else(|_| "{}".to_owned())
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Enclava key broker", description = "Model and request keys, released only to attested enclaves"),
+    paths(
+        register,
+        whoami,
+        put_model_key,
+        grant,
+        revoke,
+        put_request_key,
+        list,
+        audit,
+        verify_audit,
+        challenge,
+        release
+    ),
+    components(schemas(
+        Registered,
+        WhoAmI,
+        ModelKeyUpload,
+        ModelKeyVersion,
+        GrantRequest,
+        RevokeRequest,
+        Revoked,
+        RequestKeyUpload,
+        Listing,
+        ModelView,
+        GrantView,
+        RequestKeyView,
+        AuditRecord,
+        AuditCheck,
+        Challenge,
+        ReleaseBody,
+        Released,
+        ErrorBody,
+        ErrorCode
+    ))
+)]
+struct ApiDoc;
+
+/// The authenticated caller.
+struct Caller(String);
+
+impl FromRequestParts<Arc<Broker>> for Caller {
+    type Rejection = KeysError;
+
+    async fn from_request_parts(parts: &mut Parts, broker: &Arc<Broker>) -> Result<Caller, KeysError> {
+        let token = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(KeysError::unauthenticated)?;
+        broker.authenticate(token.trim()).await.map(Caller)
+    }
+}
+
+fn body<T>(j: Result<Json<T>, JsonRejection>) -> Result<T, KeysError> {
+    j.map(|Json(t)| t).map_err(|e| KeysError::invalid(format!("bad request body: {}", e.body_text())))
+}
+
+fn key_bytes(b64: &str) -> Result<Zeroizing<Vec<u8>>, KeysError> {
+    STANDARD.decode(b64.trim()).map(Zeroizing::new).map_err(|_| KeysError::invalid("the key is not base64"))
+}
+
+fn b64(field: &str, s: &str) -> Result<Vec<u8>, KeysError> {
+    STANDARD.decode(s.trim()).map_err(|_| KeysError::invalid(format!("{field} is not base64")))
+}
+
+/// Registers a new user; the token is shown once.
+#[utoipa::path(post, path = "/v1/users", responses((status = 201, body = Registered)))]
+async fn register(State(b): State<Arc<Broker>>) -> Result<(StatusCode, Json<Registered>), KeysError> {
+    let (user_id, token) = b.register().await?;
+    Ok((StatusCode::CREATED, Json(Registered { user_id, token })))
+}
+
+/// The caller's user id.
+#[utoipa::path(get, path = "/v1/users/me", responses((status = 200, body = WhoAmI), (status = 401, body = ErrorBody)))]
+async fn whoami(Caller(user_id): Caller) -> Json<WhoAmI> {
+    Json(WhoAmI { user_id })
+}
+
+/// Uploads a new version of a model's key; the first uploader owns the model.
+#[utoipa::path(post, path = "/v1/model-keys", request_body = ModelKeyUpload,
+    responses((status = 201, body = ModelKeyVersion), (status = 403, body = ErrorBody)))]
+async fn put_model_key(
+    State(b): State<Arc<Broker>>,
+    Caller(user): Caller,
+    j: Result<Json<ModelKeyUpload>, JsonRejection>,
+) -> Result<(StatusCode, Json<ModelKeyVersion>), KeysError> {
+    let req = body(j)?;
+    let key = key_bytes(&req.key)?;
+    let version = b.put_model_key(&user, &req.model, &key, req.policy.as_deref(), req.rotate).await?;
+    Ok((StatusCode::CREATED, Json(ModelKeyVersion { model: req.model, version })))
+}
+
+/// Grants a user's requests, served by an enclave measurement, access to a model (owner only).
+#[utoipa::path(post, path = "/v1/grants", request_body = GrantRequest,
+    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn grant(
+    State(b): State<Arc<Broker>>,
+    Caller(user): Caller,
+    j: Result<Json<GrantRequest>, JsonRejection>,
+) -> Result<StatusCode, KeysError> {
+    let req = body(j)?;
+    b.grant(&user, &req.model, &req.measurement, &req.user).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Revokes active grants of a model (owner only); omitted fields match any.
+#[utoipa::path(post, path = "/v1/revocations", request_body = RevokeRequest, responses((status = 200, body = Revoked)))]
+async fn revoke(
+    State(b): State<Arc<Broker>>,
+    Caller(user): Caller,
+    j: Result<Json<RevokeRequest>, JsonRejection>,
+) -> Result<Json<Revoked>, KeysError> {
+    let req = body(j)?;
+    let revoked = b.revoke(&user, &req.model, req.measurement.as_deref(), req.user.as_deref()).await?;
+    Ok(Json(Revoked { revoked }))
+}
+
+/// Stores the caller's key for requests to a model on one enclave measurement.
+#[utoipa::path(post, path = "/v1/request-keys", request_body = RequestKeyUpload,
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+async fn put_request_key(
+    State(b): State<Arc<Broker>>,
+    Caller(user): Caller,
+    j: Result<Json<RequestKeyUpload>, JsonRejection>,
+) -> Result<StatusCode, KeysError> {
+    let req = body(j)?;
+    let key = key_bytes(&req.key)?;
+    b.put_request_key(&user, &req.model, &req.measurement, &key).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+struct ListQuery {
+    model: Option<String>,
+}
+
+/// The caller's models with their grants, and the caller's request keys (never key bytes).
+#[utoipa::path(get, path = "/v1/models", params(ListQuery), responses((status = 200, body = Listing)))]
+async fn list(
+    State(b): State<Arc<Broker>>,
+    Caller(user): Caller,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Listing>, KeysError> {
+    Ok(Json(b.list(&user, q.model.as_deref()).await?))
+}
+
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+struct AuditQuery {
+    limit: Option<i64>,
+}
+
+/// Audit records about the caller and the caller's models, oldest first.
+#[utoipa::path(get, path = "/v1/audit", params(AuditQuery), responses((status = 200, body = Vec<AuditRecord>)))]
+async fn audit(
+    State(b): State<Arc<Broker>>,
+    Caller(user): Caller,
+    Query(q): Query<AuditQuery>,
+) -> Result<Json<Vec<AuditRecord>>, KeysError> {
+    Ok(Json(b.audit(&user, q.limit.unwrap_or(100)).await?))
+}
+
+/// Checks the whole audit chain: no record edited, deleted or rolled back.
+#[utoipa::path(get, path = "/v1/audit/verify", responses((status = 200, body = AuditCheck)))]
+async fn verify_audit(State(b): State<Arc<Broker>>, Caller(_): Caller) -> Result<Json<AuditCheck>, KeysError> {
+    Ok(Json(b.verify_audit().await?))
+}
+
+/// A single-use nonce for a release (nodes; no user credential).
+#[utoipa::path(post, path = "/v1/challenge", responses((status = 200, body = Challenge)))]
+async fn challenge(State(b): State<Arc<Broker>>) -> Result<Json<Challenge>, KeysError> {
+    let (nonce, expires_at_ms) = b.challenge()?;
+    Ok(Json(Challenge { nonce: STANDARD.encode(nonce), expires_at_ms }))
+}
+
+/// Attested release: keys sealed to the key the evidence binds (nodes; no user credential).
+#[utoipa::path(post, path = "/v1/release", request_body = ReleaseBody,
+    responses((status = 200, body = Released), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn release(
+    State(b): State<Arc<Broker>>,
+    j: Result<Json<ReleaseBody>, JsonRejection>,
+) -> Result<Json<Released>, KeysError> {
+    let r = body(j)?;
+    let release = b
+        .release(ReleaseRequest {
+            nonce: b64("nonce", &r.nonce)?,
+            evidence: b64("evidence", &r.evidence)?,
+            public_key: b64("publicKey", &r.public_key)?,
+            model: r.model,
+            version: r.version,
+            users: r.users,
+        })
+        .await?;
+    Ok(Json(Released {
+        model: release.model,
+        version: release.version,
+        enc: STANDARD.encode(&release.sealed.enc),
+        ciphertext: STANDARD.encode(&release.sealed.ciphertext),
+    }))
+}

@@ -1,0 +1,116 @@
+//! Sealing bytes to an X25519 public key with HPKE (RFC 9180, base mode, X25519-HKDF-SHA256,
+//! HKDF-SHA256, ChaCha20-Poly1305): how the key broker hands keys to an attested enclave and how
+//! clients seal requests to an enclave's attested key. One suite, one place.
+//!
+//! `info` says what the sealed bytes are for (a constant per protocol, so a sealed model key can
+//! never be opened as a request); `aad` binds the context (a nonce, a model id, a request id).
+
+use hpke::kem::X25519HkdfSha256;
+use hpke::{Deserializable, Kem as _, OpModeR, OpModeS, Serializable};
+use zeroize::Zeroizing;
+
+type Kem = X25519HkdfSha256;
+type Kdf = hpke::kdf::HkdfSha256;
+type Aead = hpke::aead::ChaCha20Poly1305;
+
+/// Length of a public key and of an encapsulated key.
+pub const KEY_LEN: usize = 32;
+
+/// Why sealing or opening failed. Carries no key or plaintext.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SealError {
+    #[error("not an X25519 public key (expected {KEY_LEN} bytes, got {0})")]
+    BadPublicKey(usize),
+    #[error("not an encapsulated key (expected {KEY_LEN} bytes, got {0})")]
+    BadEncappedKey(usize),
+    #[error("the sealed message does not open: it was tampered with, sealed to another key or for another context")]
+    Open,
+    #[error("sealing failed: {0}")]
+    Seal(String),
+}
+
+/// A key pair whose secret half never leaves this process; `Debug` shows only the public half.
+pub struct KeyPair {
+    secret: <Kem as hpke::Kem>::PrivateKey,
+    public: [u8; KEY_LEN],
+}
+
+impl std::fmt::Debug for KeyPair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyPair").field("public", &hex_string(&self.public)).finish_non_exhaustive()
+    }
+}
+
+impl KeyPair {
+    /// A fresh key pair from the operating system's random source.
+    pub fn generate() -> KeyPair {
+        let (secret, public) = Kem::gen_keypair();
+        let mut bytes = [0u8; KEY_LEN];
+        bytes.copy_from_slice(&public.to_bytes());
+        KeyPair { secret, public: bytes }
+    }
+
+    /// The public half, to publish and bind into evidence.
+    pub fn public(&self) -> &[u8; KEY_LEN] {
+        &self.public
+    }
+
+    /// Opens a message sealed to this key for `info` with `aad`.
+    pub fn open(&self, info: &[u8], aad: &[u8], sealed: &Sealed) -> Result<Zeroizing<Vec<u8>>, SealError> {
+        let enc = <Kem as hpke::Kem>::EncappedKey::from_bytes(&sealed.enc)
+            .map_err(|_| SealError::BadEncappedKey(sealed.enc.len()))?;
+        hpke::single_shot_open::<Aead, Kdf, Kem>(&OpModeR::Base, &self.secret, &enc, info, &sealed.ciphertext, aad)
+            .map(Zeroizing::new)
+            .map_err(|_| SealError::Open)
+    }
+}
+
+/// A sealed message: the encapsulated key and the ciphertext (with its tag).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Sealed {
+    pub enc: Vec<u8>,
+    pub ciphertext: Vec<u8>,
+}
+
+/// Seals `plaintext` to `public_key` for `info`, binding `aad`.
+pub fn seal(public_key: &[u8], info: &[u8], aad: &[u8], plaintext: &[u8]) -> Result<Sealed, SealError> {
+    let pk =
+        <Kem as hpke::Kem>::PublicKey::from_bytes(public_key).map_err(|_| SealError::BadPublicKey(public_key.len()))?;
+    let (enc, ciphertext) = hpke::single_shot_seal::<Aead, Kdf, Kem>(&OpModeS::Base, &pk, info, plaintext, aad)
+        .map_err(|e| SealError::Seal(e.to_string()))?;
+    Ok(Sealed { enc: enc.to_bytes().to_vec(), ciphertext })
+}
+
+fn hex_string(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_every_binding() {
+        let kp = KeyPair::generate();
+        let sealed = seal(kp.public(), b"info", b"aad", b"secret bytes").expect("seal");
+        assert_eq!(kp.open(b"info", b"aad", &sealed).expect("open").as_slice(), b"secret bytes");
+        assert_eq!(kp.open(b"other", b"aad", &sealed), Err(SealError::Open));
+        assert_eq!(kp.open(b"info", b"other", &sealed), Err(SealError::Open));
+        assert_eq!(KeyPair::generate().open(b"info", b"aad", &sealed), Err(SealError::Open));
+        let mut bad = sealed.clone();
+        bad.ciphertext[0] ^= 1;
+        assert_eq!(kp.open(b"info", b"aad", &bad), Err(SealError::Open));
+        bad = sealed.clone();
+        bad.enc.pop();
+        assert_eq!(kp.open(b"info", b"aad", &bad), Err(SealError::BadEncappedKey(31)));
+        assert_eq!(seal(&[1, 2, 3], b"i", b"a", b"p"), Err(SealError::BadPublicKey(3)));
+    }
+
+    #[test]
+    fn debug_shows_only_the_public_key() {
+        let kp = KeyPair::generate();
+        let s = format!("{kp:?}");
+        assert!(s.contains(&hex_string(kp.public())));
+        assert!(!s.contains("secret"));
+    }
+}
