@@ -2,7 +2,7 @@
 //! log, and attested release (challenge, verify, bind, authorize, seal, audit). REST and gRPC are
 //! thin adapters over this.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -131,6 +131,17 @@ pub struct Release {
     pub sealed: enclava_seal::Sealed,
 }
 
+/// One model's release material at one generation. Keys are unwrapped here, in memory only.
+#[derive(Debug)]
+struct ModelState {
+    row: ModelRow,
+    policy: Arc<Policy>,
+    grants: HashSet<(String, String)>,
+    measurements: HashSet<String>,
+    keys: HashMap<u64, SecretKey>,
+    request_keys: HashMap<(String, String), SecretKey>,
+}
+
 /// The key broker.
 #[derive(Debug)]
 pub struct Broker {
@@ -140,6 +151,9 @@ pub struct Broker {
     verifier: Verifier,
     default_policy: Arc<Policy>,
     policies: Mutex<HashMap<String, Arc<Policy>>>,
+    /// Release material per model, valid while the model's generation is unchanged (one cheap
+    /// query per release checks it, so a revocation on any replica takes effect at once).
+    models: Mutex<HashMap<String, Arc<ModelState>>>,
     collateral: Option<Arc<dyn CollateralSource>>,
     audit: mpsc::Sender<(AuditEntry, oneshot::Sender<Result<(), KeysError>>)>,
     metrics: Arc<KeysMetrics>,
@@ -169,6 +183,7 @@ impl Broker {
             verifier: Verifier::new(),
             default_policy: Arc::new(default_policy),
             policies: Mutex::default(),
+            models: Mutex::default(),
             collateral: config.collateral,
             audit: tx,
             metrics,
@@ -349,6 +364,50 @@ impl Broker {
         c
     }
 
+    /// The model's release material, from the cache while its generation is unchanged.
+    async fn state(&self, model: &str) -> Result<Arc<ModelState>, Refusal> {
+        let store_err = |e: KeysError| Refusal::Denied(format!("store: {e}"));
+        let generation = self
+            .store
+            .generation(model)
+            .await
+            .map_err(store_err)?
+            .ok_or_else(|| Refusal::Denied(format!("no model {model:?}")))?;
+        if let Some(s) = self.models.lock().unwrap_or_else(|p| p.into_inner()).get(model)
+            && s.row.generation == generation
+        {
+            return Ok(s.clone());
+        }
+        let snap = self
+            .store
+            .snapshot(model)
+            .await
+            .map_err(store_err)?
+            .ok_or_else(|| Refusal::Denied(format!("no model {model:?}")))?;
+        let policy = self.policy_of(&snap.row)?;
+        let state = Arc::new(ModelState {
+            measurements: snap.grants.iter().map(|(m, _)| m.clone()).collect(),
+            grants: snap.grants.into_iter().collect(),
+            keys: snap.keys.iter().filter_map(|(v, k)| Some((*v, SecretKey::from_slice(k)?))).collect(),
+            request_keys: snap
+                .request_keys
+                .iter()
+                .filter_map(|(u, m, k)| Some(((u.clone(), m.clone()), SecretKey::from_slice(k)?)))
+                .collect(),
+            policy,
+            row: snap.row,
+        });
+        let mut cache = self.models.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() > 10_000 {
+            cache.clear();
+        }
+        let newer = cache.get(model).is_some_and(|s| s.row.generation > state.row.generation);
+        if !newer {
+            cache.insert(model.to_owned(), state.clone());
+        }
+        Ok(state)
+    }
+
     /// Decides whether verified `claims` may have `model`'s keys (and `users`' request keys):
     /// the model's policy accepts the platform, TCB and debug state at `now`, and active grants
     /// name the measurement (for each user). Public so real evidence, whose report data cannot
@@ -359,42 +418,10 @@ impl Broker {
         claims: &Claims,
         users: &[String],
         now: u64,
-    ) -> Result<(ModelRow, Arc<Policy>), Refusal> {
-        let row = self
-            .store
-            .model(model)
-            .await
-            .map_err(|e| Refusal::Denied(format!("store: {e}")))?
-            .ok_or_else(|| Refusal::Denied(format!("no model {model:?}")))?;
-        let policy = self.policy_of(&row)?;
-        self.judge(model, &row, &policy, claims, users, now).await?;
-        Ok((row, policy))
-    }
-
-    async fn judge(
-        &self,
-        model: &str,
-        _row: &ModelRow,
-        policy: &Policy,
-        claims: &Claims,
-        users: &[String],
-        now: u64,
-    ) -> Result<(), Refusal> {
-        let verdict = check(policy, claims, now, None);
-        if !verdict.accepted {
-            return Err(Refusal::Denied(format!("policy: {}", verdict.failures.join("; "))));
-        }
-        let m = claims.measurement_hex();
-        let store_err = |e: KeysError| Refusal::Denied(format!("store: {e}"));
-        if !self.store.granted(model, &m, None).await.map_err(store_err)? {
-            return Err(Refusal::Denied(format!("measurement {m} is not granted for {model}")));
-        }
-        for u in users {
-            if !self.store.granted(model, &m, Some(u)).await.map_err(store_err)? {
-                return Err(Refusal::Denied(format!("measurement {m} is not granted for {model} and user {u}")));
-            }
-        }
-        Ok(())
+    ) -> Result<ModelRow, Refusal> {
+        let state = self.state(model).await?;
+        judge(model, &state, claims, users, now)?;
+        Ok(state.row.clone())
     }
 
     /// Attested release: every step, in order; any refusal is audited with its reason.
@@ -440,21 +467,15 @@ impl Broker {
             // 1. The nonce goes first, so a replay fails whatever else it carries.
             self.take_nonce(&req.nonce, now_ms)?;
             let evidence = Evidence::detect(req.evidence.clone()).map_err(|e| Refusal::Evidence(e.to_string()))?;
-            let row = self
-                .store
-                .model(&req.model)
-                .await
-                .map_err(|e| Refusal::Denied(format!("store: {e}")))?
-                .ok_or_else(|| Refusal::Denied(format!("no model {:?}", req.model)))?;
-            let policy = self.policy_of(&row)?;
-            if policy.rules(evidence.platform()).is_none() {
+            let state = self.state(&req.model).await?;
+            if state.policy.rules(evidence.platform()).is_none() {
                 return Err(Refusal::Denied(format!(
                     "the model's policy does not allow platform {}",
                     evidence.platform()
                 )));
             }
             // 2. The evidence verifies …
-            let collateral = self.collateral_for(&evidence, &policy, now).await;
+            let collateral = self.collateral_for(&evidence, &state.policy, now).await;
             let claims =
                 self.verifier.verify(&evidence, &collateral, now).map_err(|e| Refusal::Evidence(e.to_string()))?;
             actor = format!("enclave:{}:{}", claims.platform, claims.measurement_hex());
@@ -463,14 +484,14 @@ impl Broker {
             if !binding::check(&claims.report_data, binding::KEY_RELEASE, &req.public_key, Some(&req.nonce)) {
                 return Err(Refusal::Evidence("the report data does not bind this key and nonce".into()));
             }
-            // 4. Policy and grants.
-            self.judge(&req.model, &row, &policy, &claims, &req.users, now).await?;
-            let version = if req.version == 0 { row.current_version } else { req.version };
-            Ok((claims, version))
+            // 4. Policy and grants; 5. the keys, sealed to the bound key.
+            judge(&req.model, &state, &claims, &req.users, now)?;
+            let plain = material(&req.model, &state, req.version, &measurement, &req.users)?;
+            Ok((state, plain))
         }
         .await;
-        let (claims, version) = match outcome {
-            Ok(v) => v,
+        let (version, plain) = match outcome {
+            Ok((state, plain)) => (if req.version == 0 { state.row.current_version } else { req.version }, plain),
             Err(refusal) => {
                 let e = entry(
                     now_ms as i64,
@@ -485,53 +506,65 @@ impl Broker {
                 return Err(Ok(refusal));
             }
         };
-        // 5. The keys, unwrapped only in memory, sealed to the bound key.
-        let m = claims.measurement_hex();
-        let model_key = self
-            .store
-            .model_key(&req.model, version)
-            .await
-            .map_err(Err)?
-            .and_then(|k| SecretKey::from_slice(&k))
-            .ok_or_else(|| Ok(Refusal::Denied(format!("no version {version} of {}", req.model))))?;
-        let mut request_keys = Vec::with_capacity(req.users.len());
-        for u in &req.users {
-            let k = self.store.request_key(u, &req.model, &m).await.map_err(Err)?;
-            let k: Option<SecretKey> = k.as_deref().and_then(|k: &Vec<u8>| SecretKey::from_slice(k));
-            match k {
-                Some(k) => request_keys.push((u.clone(), k)),
-                None => {
-                    let refusal = Refusal::Denied(format!("user {u} has no request key for {} on {m}", req.model));
-                    let e = entry(
-                        now_ms as i64,
-                        &actor,
-                        "deny",
-                        &req.model,
-                        &m,
-                        u,
-                        &format!("denied: {}", refusal.reason()),
-                    );
-                    self.record(e).await.map_err(Err)?;
-                    return Err(Ok(refusal));
-                }
-            }
-        }
-        let plain: Zeroizing<Vec<u8>> = ReleasePayload { version, model_key, request_keys }.encode();
-        let sealed = enclava_seal::seal(&req.public_key, payload::INFO, &payload::aad(&req.nonce, &req.model), &plain)
-            .map_err(|e| Err(KeysError::invalid(e.to_string())))?;
-        // Recorded before the keys leave: no release goes unaudited.
-        let e = entry(
-            now_ms as i64,
-            &actor,
-            "release",
+        self.seal_and_audit(
             &req.model,
-            &m,
-            &req.users.join(","),
-            &format!("version {version}"),
-        );
-        self.record(e).await.map_err(Err)?;
-        tracing::info!(model = %req.model, version, measurement = %m, users = req.users.len(), "keys released");
-        Ok(Release { model: req.model.clone(), version, sealed })
+            version,
+            &plain,
+            &actor,
+            &measurement,
+            &req.users,
+            &req.public_key,
+            &req.nonce,
+            now_ms,
+        )
+        .await
+        .map_err(Err)
+    }
+
+    /// Releases to claims that already passed verification and binding checks (real evidence
+    /// whose report data the caller checked, and benchmarks): policy and grants, then keys
+    /// sealed to `public_key` for `nonce`, audited before they leave.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn release_claims(
+        &self,
+        model: &str,
+        version: u64,
+        claims: &Claims,
+        users: &[String],
+        public_key: &[u8],
+        nonce: &[u8],
+        now: u64,
+    ) -> Result<Release, KeysError> {
+        let state = self.state(model).await.map_err(|r| r.to_error())?;
+        judge(model, &state, claims, users, now).map_err(|r| r.to_error())?;
+        let m = claims.measurement_hex();
+        let plain = material(model, &state, version, &m, users).map_err(|r| r.to_error())?;
+        let version = if version == 0 { state.row.current_version } else { version };
+        let actor = format!("enclave:{}:{m}", claims.platform);
+        self.seal_and_audit(model, version, &plain, &actor, &m, users, public_key, nonce, now * 1000).await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn seal_and_audit(
+        &self,
+        model: &str,
+        version: u64,
+        plain: &[u8],
+        actor: &str,
+        measurement: &str,
+        users: &[String],
+        public_key: &[u8],
+        nonce: &[u8],
+        now_ms: u64,
+    ) -> Result<Release, KeysError> {
+        let sealed = enclava_seal::seal(public_key, payload::INFO, &payload::aad(nonce, model), plain)
+            .map_err(|e| KeysError::invalid(e.to_string()))?;
+        // Recorded before the keys leave: no release goes unaudited.
+        let e =
+            entry(now_ms as i64, actor, "release", model, measurement, &users.join(","), &format!("version {version}"));
+        self.record(e).await?;
+        tracing::info!(%model, version, %measurement, users = users.len(), "keys released");
+        Ok(Release { model: model.to_owned(), version, sealed })
     }
 
     /// Appends to the audit log through the group-commit writer and waits until it is durable.
@@ -543,6 +576,48 @@ impl Broker {
             .map_err(|_| KeysError::internal("the audit writer stopped; the server log has the details"))?;
         rx.await.map_err(|_| KeysError::internal("the audit writer stopped; the server log has the details"))?
     }
+}
+
+/// The model's policy accepts the claims at `now`, and active grants name the measurement (for
+/// every user in `users`).
+fn judge(model: &str, state: &ModelState, claims: &Claims, users: &[String], now: u64) -> Result<(), Refusal> {
+    let verdict = check(&state.policy, claims, now, None);
+    if !verdict.accepted {
+        return Err(Refusal::Denied(format!("policy: {}", verdict.failures.join("; "))));
+    }
+    let m = claims.measurement_hex();
+    if !state.measurements.contains(&m) {
+        return Err(Refusal::Denied(format!("measurement {m} is not granted for {model}")));
+    }
+    for u in users {
+        if !state.grants.contains(&(m.clone(), u.clone())) {
+            return Err(Refusal::Denied(format!("measurement {m} is not granted for {model} and user {u}")));
+        }
+    }
+    Ok(())
+}
+
+/// The release payload: the model key at `version` (0: current) and each user's request key.
+fn material(
+    model: &str,
+    state: &ModelState,
+    version: u64,
+    measurement: &str,
+    users: &[String],
+) -> Result<Zeroizing<Vec<u8>>, Refusal> {
+    let version = if version == 0 { state.row.current_version } else { version };
+    let model_key =
+        state.keys.get(&version).cloned().ok_or_else(|| Refusal::Denied(format!("no version {version} of {model}")))?;
+    let mut request_keys = Vec::with_capacity(users.len());
+    for u in users {
+        let k = state
+            .request_keys
+            .get(&(u.clone(), measurement.to_owned()))
+            .cloned()
+            .ok_or_else(|| Refusal::Denied(format!("user {u} has no request key for {model} on {measurement}")))?;
+        request_keys.push((u.clone(), k));
+    }
+    Ok(ReleasePayload { version, model_key, request_keys }.encode())
 }
 
 /// Commits queued audit entries in batches: every entry that arrives while one commit is under

@@ -21,14 +21,18 @@ pub struct KeysMetrics {
 }
 
 impl KeysMetrics {
-    /// Metrics registered under `registry` (give it a `enclava_keys` sub-registry).
-    pub fn new(registry: &mut Registry) -> KeysMetrics {
-        let m = KeysMetrics {
+    pub fn new() -> KeysMetrics {
+        KeysMetrics {
             releases: Family::default(),
             release_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             challenges: Counter::default(),
             audit_batches: Counter::default(),
-        };
+        }
+    }
+
+    /// Exposes these metrics in `registry` (give it an `enclava_keys` sub-registry).
+    pub fn register(&self, registry: &mut Registry) {
+        let m = self;
         registry.register(
             "releases",
             "Key releases by outcome (released, nonce, evidence, denied, error)",
@@ -37,15 +41,15 @@ impl KeysMetrics {
         registry.register("release_seconds", "Key release latency", m.release_seconds.clone());
         registry.register("challenges", "Challenge nonces issued", m.challenges.clone());
         registry.register("audit_commits", "Audit log commits (each may carry many records)", m.audit_batches.clone());
-        m
-    }
-
-    /// Metrics registered nowhere (tests, benches).
-    pub fn unregistered() -> KeysMetrics {
-        KeysMetrics::new(&mut Registry::default())
     }
 
     pub fn count(&self, outcome: &'static str) {
         self.releases.get_or_create(&Outcome { outcome }).inc();
+    }
+}
+
+impl Default for KeysMetrics {
+    fn default() -> Self {
+        KeysMetrics::new()
     }
 }

@@ -78,7 +78,7 @@ pub struct Store {
     /// and head together) is still caught by `audit --verify`.
     anchor: Option<PathBuf>,
     anchor_seq: Arc<AtomicI64>,
-    anchor_lock: Arc<std::sync::Mutex<()>>,
+    anchor_lock: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
 }
 
 pub fn now_ms() -> i64 {
@@ -237,12 +237,17 @@ impl Store {
         Ok(())
     }
 
+    /// Records the head in the anchor file, at most every 100 ms (a file rename per release would
+    /// cost more than the release): a rollback of more than the last 100 ms is always caught.
     fn write_anchor(&self, head: &Head) {
         let Some(path) = &self.anchor else { return };
-        let _guard = self.anchor_lock.lock().unwrap_or_else(|p| p.into_inner());
-        if head.seq <= self.anchor_seq.load(Ordering::Relaxed) {
+        let mut last = self.anchor_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if head.seq <= self.anchor_seq.load(Ordering::Relaxed)
+            || last.is_some_and(|t: std::time::Instant| t.elapsed() < std::time::Duration::from_millis(100))
+        {
             return;
         }
+        *last = Some(std::time::Instant::now());
         let tmp = path.with_extension("tmp");
         let text = format!("{} {}\n", head.seq, head.mac);
         match std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, path)) {
@@ -661,6 +666,11 @@ impl Store {
                 format!("the broker's anchor names record {a}, which the log no longer has (rolled back)"),
             ));
         }
+        // A verified head is a safe anchor: later rollbacks below it are caught.
+        if let Some(path) = &self.anchor {
+            let _ = std::fs::write(path, format!("{} {}\n", head.seq, head.mac));
+            self.anchor_seq.fetch_max(head.seq, Ordering::Relaxed);
+        }
         Ok(AuditCheck { ok: true, records: rows.len() as i64, problem: None })
     }
 
@@ -725,4 +735,65 @@ fn model_key_context(model: &str, version: u64) -> String {
 
 fn request_key_context(user: &str, model: &str, measurement: &str) -> String {
     format!("request-key|{user}|{model}|{measurement}")
+}
+
+/// Everything a release needs about one model, read at one generation.
+#[derive(Debug)]
+pub struct ModelSnapshot {
+    pub row: ModelRow,
+    /// Active grants as (measurement, user).
+    pub grants: Vec<(String, String)>,
+    /// Unwrapped key versions.
+    pub keys: Vec<(u64, Zeroizing<Vec<u8>>)>,
+    /// Unwrapped request keys as (user, measurement, key).
+    pub request_keys: Vec<(String, String, Zeroizing<Vec<u8>>)>,
+}
+
+impl Store {
+    /// The model's generation: it changes with every key, grant or request-key change.
+    pub async fn generation(&self, model: &str) -> Result<Option<i64>, KeysError> {
+        let row =
+            sqlx::query("SELECT generation FROM models WHERE id = $1").bind(model).fetch_optional(&self.pool).await?;
+        Ok(match row {
+            Some(r) => Some(r.try_get(0)?),
+            None => None,
+        })
+    }
+
+    /// Reads a model's release material. The row (and its generation) is read first, so the rest
+    /// is at least that new; a cache keyed by that generation is never staler than the database.
+    pub async fn snapshot(&self, model: &str) -> Result<Option<ModelSnapshot>, KeysError> {
+        let Some(row) = self.model(model).await? else { return Ok(None) };
+        let grants = sqlx::query("SELECT measurement, user_id FROM grants WHERE model = $1 AND revoked_at IS NULL")
+            .bind(model)
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        let mut keys = Vec::new();
+        for r in sqlx::query("SELECT version, wrapped FROM model_keys WHERE model = $1")
+            .bind(model)
+            .fetch_all(&self.pool)
+            .await?
+        {
+            let version = r.try_get::<i64, _>(0)? as u64;
+            let wrapped =
+                hex::decode(r.try_get::<String, _>(1)?).map_err(|_| KeysError::internal("a stored key is not hex"))?;
+            keys.push((version, self.kek.unwrap(&model_key_context(model, version), &wrapped)?));
+        }
+        let mut request_keys = Vec::new();
+        for r in sqlx::query("SELECT user_id, measurement, wrapped FROM request_keys WHERE model = $1")
+            .bind(model)
+            .fetch_all(&self.pool)
+            .await?
+        {
+            let (user, m): (String, String) = (r.try_get(0)?, r.try_get(1)?);
+            let wrapped =
+                hex::decode(r.try_get::<String, _>(2)?).map_err(|_| KeysError::internal("a stored key is not hex"))?;
+            let key = self.kek.unwrap(&request_key_context(&user, model, &m), &wrapped)?;
+            request_keys.push((user, m, key));
+        }
+        Ok(Some(ModelSnapshot { row, grants, keys, request_keys }))
+    }
 }

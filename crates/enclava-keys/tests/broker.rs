@@ -55,7 +55,7 @@ async fn open(url: &str, dir: &Path, ttl: Duration) -> Broker {
     let mut config = BrokerConfig::new(url, dir);
     config.nonce_ttl = ttl;
     let kek = Arc::new(LocalKek::from_bytes(&[9; 32], "test"));
-    Broker::open(config, kek, Arc::new(KeysMetrics::unregistered())).await.expect("broker opens")
+    Broker::open(config, kek, Arc::new(KeysMetrics::new())).await.expect("broker opens")
 }
 
 /// Asks for a challenge and builds a release bound to a fresh key; returns it with the key pair.

@@ -92,9 +92,27 @@ pub struct NodeHandle {
     http: JoinHandle<()>,
     metrics: Arc<NodeMetrics>,
     request_key: Arc<RequestKey>,
+    tee: Arc<dyn tee::Tee>,
 }
 
 impl NodeHandle {
+    /// Fetches `model`'s key (and `users`' request keys) from the key broker at `broker`, with
+    /// fresh evidence from this node's TEE binding the broker's nonce. The keys stay in memory.
+    pub async fn fetch_keys(
+        &self,
+        broker: &str,
+        model: &str,
+        version: u64,
+        users: &[String],
+    ) -> Result<enclava_proto::keys::payload::ReleasePayload, enclava_client::ClientError> {
+        let mut client = enclava_client::keys::KeyClient::connect(broker).await?;
+        let tee = self.tee.clone();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let keys = client.fetch(model, version, users, move |rd| tee.evidence(rd, now)).await?;
+        tracing::info!(%model, version = keys.version, users = keys.request_keys.len(), "keys fetched from the key broker");
+        Ok(keys)
+    }
+
     pub fn instance_id(&self) -> &str {
         &self.instance_id
     }
@@ -222,5 +240,6 @@ pub async fn start(
         http,
         metrics,
         request_key,
+        tee,
     })
 }

@@ -5,6 +5,8 @@
 //! `info` says what the sealed bytes are for (a constant per protocol, so a sealed model key can
 //! never be opened as a request); `aad` binds the context (a nonce, a model id, a request id).
 
+// Linked only for its `precomputed-tables` feature (faster X25519 key generation).
+use curve25519_dalek as _;
 use hpke::kem::X25519HkdfSha256;
 use hpke::{Deserializable, Kem as _, OpModeR, OpModeS, Serializable};
 use zeroize::Zeroizing;

@@ -1,13 +1,15 @@
-//! The control plane, `enclava server`: the enclave manager role (gRPC `FindEnclave` and
-//! `ListEnclaves` over the registry, a result cache, the index sweeper), with `/health` and
-//! Prometheus `/metrics` on the same port as gRPC.
+//! The control plane, `enclava server`: its roles on one port — the enclave manager (gRPC
+//! `FindEnclave` and `ListEnclaves` over the registry, a result cache, the index sweeper) and the
+//! key broker (gRPC `KeyBroker`, REST `/v1/…`, `/openapi.json`) — with `/health` and Prometheus
+//! `/metrics`.
 //!
 //! # Layout
 //! - [`manager`]: the `EnclaveManager` gRPC service.
 //! - [`cache`]: the in-process FindEnclave result cache (seed notes 1 and 4).
 //! - [`metrics`]: the server's Prometheus counters.
 //!
-//! The server keeps nothing another replica would need: the cache is only a cache.
+//! The manager keeps nothing another replica would need: the cache is only a cache. The key
+//! broker's state is in its database; only challenge nonces live in one replica's memory.
 
 pub mod cache;
 pub mod manager;
@@ -18,6 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use enclava_keys::Broker;
 use enclava_proto::discovery::v1::enclave_manager_server::EnclaveManagerServer;
 use enclava_registry::Registry;
 use tokio::net::TcpListener;
@@ -38,32 +41,71 @@ impl Default for ServerConfig {
     }
 }
 
-/// Serves gRPC and HTTP on `listener` until `shutdown` completes.
+/// The roles one server runs; each is on when it has what it needs.
+#[derive(Debug, Clone, Default)]
+pub struct Roles {
+    /// The enclave manager, over this registry.
+    pub manager: Option<Arc<dyn Registry>>,
+    /// The key broker.
+    pub keys: Option<Arc<Broker>>,
+}
+
+impl Roles {
+    /// Only the enclave manager.
+    pub fn manager(registry: Arc<dyn Registry>) -> Roles {
+        Roles { manager: Some(registry), keys: None }
+    }
+
+    fn names(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        if self.manager.is_some() {
+            v.push("manager");
+        }
+        if self.keys.is_some() {
+            v.push("keys");
+        }
+        v
+    }
+}
+
+/// Serves the roles' gRPC and HTTP on `listener` until `shutdown` completes.
 pub async fn serve(
     config: ServerConfig,
-    registry: Arc<dyn Registry>,
+    roles: Roles,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let metrics = Arc::new(metrics::ServerMetrics::new());
-    let manager = manager::Manager::new(registry.clone(), config.cache_ttl, metrics.clone());
-    let registry_ok = Arc::new(AtomicBool::new(false));
-    let background = [
-        tokio::spawn(sweeper(registry.clone(), config.sweep_interval, metrics.clone())),
-        tokio::spawn(watch_registry(registry.clone(), registry_ok.clone())),
-    ];
+    let names = roles.names();
+    let mut registry_metrics = prometheus_client::registry::Registry::default();
+    let mut grpc = tonic::service::Routes::default();
+    let mut background = Vec::new();
+    let mut rest = axum::Router::new();
+    let registry_ok = Arc::new(AtomicBool::new(roles.manager.is_none()));
+    if let Some(registry) = &roles.manager {
+        let metrics =
+            Arc::new(metrics::ServerMetrics::new(registry_metrics.sub_registry_with_prefix("enclava_server")));
+        let manager = manager::Manager::new(registry.clone(), config.cache_ttl, metrics.clone());
+        background.push(tokio::spawn(sweeper(registry.clone(), config.sweep_interval, metrics.clone())));
+        background.push(tokio::spawn(watch_registry(registry.clone(), registry_ok.clone())));
+        grpc = grpc.add_service(EnclaveManagerServer::new(manager));
+    }
+    if let Some(broker) = &roles.keys {
+        broker.metrics().register(registry_metrics.sub_registry_with_prefix("enclava_keys"));
+        grpc = grpc.add_service(enclava_keys::grpc::KeyBrokerService::new(broker.clone()).into_server());
+        rest = enclava_keys::rest::router(broker.clone());
+    }
 
     let health_ok = registry_ok.clone();
+    let health_roles = names.clone();
     let health = Arc::new(move || {
         let ok = health_ok.load(Ordering::Relaxed);
         let status = if ok { "ok" } else { "registry unavailable" };
-        (ok, serde_json::json!({ "status": status, "roles": ["manager"] }))
+        (ok, serde_json::json!({ "status": status, "roles": health_roles }))
     });
-    let router = tonic::service::Routes::new(EnclaveManagerServer::new(manager))
-        .into_axum_router()
-        .merge(enclava_telemetry::router(metrics.registry(), health));
+    let router =
+        grpc.into_axum_router().merge(rest).merge(enclava_telemetry::router(Arc::new(registry_metrics), health));
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, cache_ttl_ms = config.cache_ttl.as_millis() as u64, "enclave manager listening");
+    tracing::info!(%addr, roles = ?names, cache_ttl_ms = config.cache_ttl.as_millis() as u64, "server listening");
     let result = axum::serve(listener, router).with_graceful_shutdown(shutdown).await;
     for task in background {
         task.abort();

@@ -1,8 +1,6 @@
 //! The server's Prometheus metrics: finds by outcome, cache hits and misses, FindEnclave latency,
 //! pruned instances and sweeps.
 
-use std::sync::Arc;
-
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -17,7 +15,6 @@ pub struct Outcome {
 
 #[derive(Debug)]
 pub struct ServerMetrics {
-    registry: Arc<Metrics>,
     pub finds: Family<Outcome, Counter>,
     pub cache_hits: Counter,
     pub cache_misses: Counter,
@@ -28,10 +25,9 @@ pub struct ServerMetrics {
 }
 
 impl ServerMetrics {
-    pub fn new() -> ServerMetrics {
-        let mut r = Metrics::with_prefix("enclava_server");
+    /// The manager's metrics, registered in `r` (give it an `enclava_server` sub-registry).
+    pub fn new(r: &mut Metrics) -> ServerMetrics {
         let m = ServerMetrics {
-            registry: Arc::default(),
             finds: Family::default(),
             cache_hits: Counter::default(),
             cache_misses: Counter::default(),
@@ -47,20 +43,10 @@ impl ServerMetrics {
         r.register("pruned_instances", "Absent instances removed from indexes by FindEnclave", m.pruned.clone());
         r.register("sweeps", "Completed index sweeps", m.sweeps.clone());
         r.register("swept_entries", "Index entries removed by the sweeper", m.swept_entries.clone());
-        ServerMetrics { registry: Arc::new(r), ..m }
-    }
-
-    pub fn registry(&self) -> Arc<Metrics> {
-        self.registry.clone()
+        m
     }
 
     pub fn count(&self, outcome: &'static str) {
         self.finds.get_or_create(&Outcome { outcome }).inc();
-    }
-}
-
-impl Default for ServerMetrics {
-    fn default() -> Self {
-        Self::new()
     }
 }

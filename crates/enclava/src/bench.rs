@@ -174,7 +174,7 @@ async fn start_server(
     let (tx, rx) = tokio::sync::oneshot::channel();
     let config = enclava_server::ServerConfig { cache_ttl, sweep_interval: Duration::from_secs(3600) };
     let task = tokio::spawn(async move {
-        let _ = enclava_server::serve(config, reg, listener, async {
+        let _ = enclava_server::serve(config, enclava_server::Roles::manager(reg), listener, async {
             let _ = rx.await;
         })
         .await;

@@ -34,7 +34,8 @@ pub enum LogFormat {
 pub enum Command {
     /// Run everything in one process on embedded defaults, with a demo.
     Dev(crate::dev::DevArgs),
-    /// Run the control plane: the enclave manager (gRPC FindEnclave, ListEnclaves), /health, /metrics.
+    /// Run the control plane: the enclave manager (gRPC FindEnclave, ListEnclaves) and the key
+    /// broker (gRPC KeyBroker, REST /v1, /openapi.json), with /health and /metrics.
     #[command(after_help = CONFIG_HELP)]
     Server(ServerArgs),
     /// Run an enclave node: publish its presence and info in the registry.
@@ -43,6 +44,8 @@ pub enum Command {
     /// Ask the enclave manager for live enclaves.
     #[command(after_help = CONFIG_HELP)]
     Find(FindArgs),
+    /// Talk to the key broker: identities, model keys, grants, request keys, audit.
+    Keys(crate::keys_cli::KeysArgs),
     /// Verify attestation evidence and judge it by a policy.
     #[command(subcommand)]
     Evidence(EvidenceCommand),
@@ -76,6 +79,28 @@ pub struct ServerArgs {
     /// How often expired instances are swept from the indexes, in ms [default: 10000]
     #[arg(long, env = "ENCLAVA_SWEEP_INTERVAL_MS")]
     pub sweep_interval_ms: Option<u64>,
+    /// Roles to run, comma-separated: manager, keys [default: manager,keys]
+    #[arg(long, env = "ENCLAVA_ROLES", value_delimiter = ',')]
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Key broker database: sqlite://FILE or postgres://USER@HOST/DB [default: sqlite://DATA_DIR/keys.db]
+    #[arg(long, env = "ENCLAVA_DATABASE")]
+    pub database: Option<String>,
+    /// Folder for the key broker's files (key-encryption key, audit anchor)
+    /// [default: ~/.local/share/enclava/server]
+    #[arg(long, env = "ENCLAVA_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The key-encryption key file (32 bytes; made on first start). ENCLAVA_KEK, when set, holds
+    /// the key itself (hex or base64) instead [default: DATA_DIR/kek.key]
+    #[arg(long, env = "ENCLAVA_KEK_FILE")]
+    pub kek_file: Option<PathBuf>,
+    /// Release policy for models that set none (TOML or JSON) [default: any confidential platform,
+    /// measurements from grants, no debug, TCB up to date, never sim]
+    #[arg(long, env = "ENCLAVA_POLICY")]
+    pub policy: Option<PathBuf>,
+    /// Intel collateral for DCAP quotes in releases: a collateral.json or a folder of PCS responses
+    #[arg(long, env = "ENCLAVA_COLLATERAL")]
+    pub collateral: Option<PathBuf>,
 }
 
 /// `enclava node`
@@ -156,6 +181,8 @@ pub enum BenchCommand {
     Discovery(crate::bench::DiscoveryArgs),
     /// Evidence verification per platform, cold and warm, next to its signature floor.
     Evidence(crate::bench_evidence::EvidenceArgs),
+    /// Attested key releases over gRPC with sim evidence, next to verify + seal alone.
+    Keys(crate::bench_keys::KeysBenchArgs),
 }
 
 #[derive(Debug, Subcommand)]

@@ -62,9 +62,14 @@ pub async fn dev(a: DevArgs) -> anyhow::Result<ExitCode> {
     let listener = crate::bind(&a.listen).await?;
     let url = format!("http://{}", listener.local_addr()?);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(enclava_server::serve(Default::default(), registry.clone(), listener, async {
-        let _ = stop_rx.await;
-    }));
+    let server = tokio::spawn(enclava_server::serve(
+        Default::default(),
+        enclava_server::Roles::manager(registry.clone()),
+        listener,
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
 
     step(2, &format!("starting two sim nodes with access to {DEMO_DATA} (identities in {})", a.data_dir.display()));
     let root_dir = a.data_dir.join("sim-root");

@@ -4,13 +4,16 @@
 //! # Layout
 //! - `cli`: the flags. - `config`: the config file and layering. - `dev`: `enclava dev`.
 //! - `evidence`: `enclava evidence verify`, `enclava sim init`. - `bench`: `enclava bench …`.
+//! - `keys_cli`: `enclava keys …`, the key broker's REST client. - `bench_keys`: `enclava bench keys`.
 
 mod bench;
 mod bench_evidence;
+mod bench_keys;
 mod cli;
 mod config;
 mod dev;
 mod evidence;
+mod keys_cli;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -60,12 +63,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Server(a) => server(a.or_file(file.server)).await,
         Command::Node(a) => node(a.or_file(file.node), &env).await,
         Command::Find(a) => find(a.or_file(file.find)).await,
+        Command::Keys(a) => keys_cli::run(a, &env).await,
         Command::Dev(a) => dev::dev(a).await,
         Command::Evidence(cli::EvidenceCommand::Verify(a)) => evidence::verify_cmd(a),
         Command::Evidence(cli::EvidenceCommand::DryRun(a)) => evidence::dry_run(a),
         Command::Sim(cli::SimCommand::Init(a)) => evidence::sim_init(a),
         Command::Bench(cli::BenchCommand::Discovery(a)) => bench::discovery(a).await,
         Command::Bench(cli::BenchCommand::Evidence(a)) => bench_evidence::evidence(a),
+        Command::Bench(cli::BenchCommand::Keys(a)) => bench_keys::keys(a).await,
     }
 }
 
@@ -109,23 +114,67 @@ async fn shutdown_signal() {
 }
 
 async fn server(a: ServerArgs) -> anyhow::Result<ExitCode> {
-    let registry = open_registry(a.registry.as_deref(), a.namespace.as_deref(), a.service.as_deref())?;
+    let env = |k: &str| std::env::var(k).ok();
+    let roles = if a.roles.is_empty() { vec!["manager".to_owned(), "keys".to_owned()] } else { a.roles.clone() };
+    if let Some(r) = roles.iter().find(|r| !matches!(r.as_str(), "manager" | "keys")) {
+        bail!("unknown role {r:?} in --roles: use manager, keys or both (manager,keys)");
+    }
     let config = enclava_server::ServerConfig {
         cache_ttl: Duration::from_millis(a.cache_ttl_ms.unwrap_or(1000)),
         sweep_interval: Duration::from_millis(a.sweep_interval_ms.unwrap_or(10_000).max(100)),
     };
+    let mut serve_roles = enclava_server::Roles::default();
+    if roles.iter().any(|r| r == "manager") {
+        let registry = open_registry(a.registry.as_deref(), a.namespace.as_deref(), a.service.as_deref())?;
+        tracing::info!(registry = ?registry, "enclave manager role");
+        serve_roles.manager = Some(registry);
+    }
+    if roles.iter().any(|r| r == "keys") {
+        let data_dir = match &a.data_dir {
+            Some(d) => d.clone(),
+            None => default_data_dir(&env, "server")?,
+        };
+        serve_roles.keys = Some(Arc::new(open_broker(&a, &data_dir, &env).await?));
+    }
     let listener = bind(a.listen.as_deref().unwrap_or("127.0.0.1:7000")).await?;
-    tracing::info!(registry = ?registry, "starting enclave manager");
-    enclava_server::serve(config, registry, listener, shutdown_signal()).await?;
+    enclava_server::serve(config, serve_roles, listener, shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn default_node_dir(env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<PathBuf> {
+/// Opens the key broker the server flags describe.
+pub(crate) async fn open_broker(
+    a: &ServerArgs,
+    data_dir: &std::path::Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> anyhow::Result<enclava_keys::Broker> {
+    let database = a.database.clone().unwrap_or_else(|| format!("sqlite://{}", data_dir.join("keys.db").display()));
+    let kek: Arc<dyn enclava_keys::KeyWrapper> = Arc::new(
+        if env("ENCLAVA_KEK").is_some() {
+            enclava_keys::KekSource::Env("ENCLAVA_KEK".into())
+        } else {
+            enclava_keys::KekSource::File(a.kek_file.clone().unwrap_or_else(|| data_dir.join("kek.key")))
+        }
+        .open()?,
+    );
+    let mut config = enclava_keys::BrokerConfig::new(database, data_dir);
+    if let Some(p) = &a.policy {
+        config.default_policy = Some(enclava_attest::Policy::load(p).map_err(anyhow::Error::msg)?);
+    }
+    if let Some(c) = &a.collateral {
+        config.collateral = Some(Arc::new(enclava_collateral::FolderSource { dcap: Some(c.clone()), amd: None }));
+    }
+    let broker = enclava_keys::Broker::open(config, kek, Arc::new(enclava_keys::KeysMetrics::new())).await?;
+    tracing::info!(data_dir = %data_dir.display(), "key broker role");
+    Ok(broker)
+}
+
+/// `$XDG_DATA_HOME/enclava/<what>`, else `~/.local/share/enclava/<what>`.
+fn default_data_dir(env: &dyn Fn(&str) -> Option<String>, what: &str) -> anyhow::Result<PathBuf> {
     if let Some(d) = env("XDG_DATA_HOME") {
-        return Ok(PathBuf::from(d).join("enclava/node"));
+        return Ok(PathBuf::from(d).join("enclava").join(what));
     }
     match env("HOME") {
-        Some(h) => Ok(PathBuf::from(h).join(".local/share/enclava/node")),
+        Some(h) => Ok(PathBuf::from(h).join(".local/share/enclava").join(what)),
         None => bail!("no --data-dir given and no HOME to put one in: pass --data-dir DIR"),
     }
 }
@@ -141,7 +190,7 @@ async fn node(a: NodeArgs, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Resu
         platform: a.platform.unwrap_or_else(|| "sim".into()),
         data_dir: match a.data_dir {
             Some(d) => d,
-            None => default_node_dir(env)?,
+            None => default_data_dir(env, "node")?,
         },
         data: a.data,
         advertise: a.advertise,

@@ -1,6 +1,8 @@
 //! The `enclava` command as a user runs it: real `server` and `node` processes on a real Redis,
 //! `find` with and without `--json`, a node killed with SIGKILL, a node restarted on its data
-//! folder, options from the environment and the config file, and clear errors.
+//! folder, options from the environment and the config file, and clear errors; the key broker
+//! through `enclava keys`, and killed with SIGKILL mid-way through a batch of grants on SQLite and
+//! PostgreSQL.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
@@ -21,7 +23,10 @@ impl Drop for Proc {
 
 fn enclava(args: &[&str]) -> Command {
     let mut c = Command::new(BIN);
-    c.args(args).env("ENCLAVA_CONFIG_DIR", "/nonexistent").env_remove("ENCLAVA_CONFIG");
+    // Servers keep key-broker files under XDG_DATA_HOME when given no --data-dir: never the tester's home.
+    let data = std::env::temp_dir().join(format!("enclava-cli-tests-{}", std::process::id()));
+    c.args(args).env("ENCLAVA_CONFIG_DIR", "/nonexistent").env("XDG_DATA_HOME", data).env_remove("ENCLAVA_CONFIG");
+    c.env_remove("ENCLAVA_KEK");
     c
 }
 
@@ -356,4 +361,191 @@ fn dry_run_shows_what_a_policy_would_do_over_a_folder() {
     assert!(text.contains("ACCEPT nitro.cose"), "{text}");
     assert!(text.contains("SKIP   junk.bin"), "{text}");
     assert!(text.contains("1 accepted, 1 denied, 1 unusable"), "{text}");
+}
+
+/// `enclava keys …` with its own config folder (one identity per folder).
+fn keys(server: &str, config: &std::path::Path, args: &[&str]) -> Output {
+    let mut c = enclava(&["keys", "--server", server]);
+    c.args(args).env("ENCLAVA_CONFIG_DIR", config).stdin(Stdio::null());
+    run(&mut c)
+}
+
+fn ok_text(o: &Output) -> String {
+    assert!(o.status.success(), "failed: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).trim().to_owned()
+}
+
+/// A plain HTTP/1.1 request on loopback (status, body).
+fn http(addr: &str, method: &str, path: &str, token: Option<&str>, body: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let auth = token.map(|t| format!("authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\n{auth}content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let status = out.get(9..12).and_then(|c| c.parse().ok()).ok_or_else(|| std::io::Error::other("no status"))?;
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Ok((status, body))
+}
+
+fn start_keys_server(database: &str, dir: &std::path::Path, port: u16) -> Proc {
+    let listen = format!("127.0.0.1:{port}");
+    let srv = dir.join("srv");
+    let p = spawn(&[
+        "server",
+        "--roles",
+        "keys",
+        "--database",
+        database,
+        "--listen",
+        &listen,
+        "--data-dir",
+        srv.to_str().expect("utf-8"),
+    ]);
+    wait_for("the key broker", Duration::from_secs(20), || {
+        http(&listen, "GET", "/health", None, "").is_ok_and(|(s, _)| s == 200)
+    });
+    p
+}
+
+#[test]
+fn keys_cli_register_grant_revoke_list_audit() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let port = free_port().expect("port");
+    let db = format!("sqlite://{}", dir.path().join("keys.db").display());
+    let _server = start_keys_server(&db, dir.path(), port);
+    let url = format!("http://127.0.0.1:{port}");
+    let (alice_dir, bob_dir) = (dir.path().join("alice"), dir.path().join("bob"));
+    let alice = ok_text(&keys(&url, &alice_dir, &["register"]));
+    assert!(alice.starts_with("u_"), "{alice}");
+    assert_eq!(ok_text(&keys(&url, &alice_dir, &["whoami"])), alice);
+    let bob = ok_text(&keys(&url, &bob_dir, &["register"]));
+    let again = keys(&url, &alice_dir, &["register"]);
+    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("already holds identity"));
+
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, "[sgx]\nany_measurement = true\n").expect("policy");
+    let out = ok_text(&keys(
+        &url,
+        &alice_dir,
+        &["model-key", "--model", "acme/m", "--policy", policy.to_str().expect("utf-8")],
+    ));
+    assert!(out.contains("key version 1 stored"), "{out}");
+    assert!(alice_dir.join("model-keys/acme/m/v1.key").is_file(), "the generated key is kept for the owner");
+    let m = "ab".repeat(32);
+    ok_text(&keys(&url, &alice_dir, &["grant", "--model", "acme/m", "--measurement", &m, "--user", &bob]));
+    ok_text(&keys(&url, &bob_dir, &["request-key", "--model", "acme/m", "--measurement", &m]));
+    assert!(ok_text(&keys(&url, &alice_dir, &["rotate", "--model", "acme/m"])).contains("key version 2"));
+
+    // Only the owner touches the model, with a clear error and exit code 2.
+    let stolen = keys(&url, &bob_dir, &["model-key", "--model", "acme/m"]);
+    assert_eq!(stolen.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&stolen.stderr).contains("belongs to another user"));
+    let no_cred = keys(&url, &dir.path().join("nobody"), &["whoami"]);
+    assert!(String::from_utf8_lossy(&no_cred.stderr).contains("keys --server"), "says to register first");
+
+    let listing: serde_json::Value =
+        serde_json::from_str(&ok_text(&keys(&url, &alice_dir, &["list", "--json"]))).expect("json");
+    assert_eq!(listing["models"][0]["id"], "acme/m");
+    assert_eq!(listing["models"][0]["currentVersion"], 2);
+    assert_eq!(listing["models"][0]["grants"][0]["user"], bob.as_str());
+    let bob_list = ok_text(&keys(&url, &bob_dir, &["list"]));
+    assert!(bob_list.contains("you own no models") && bob_list.contains("acme/m"), "{bob_list}");
+    assert!(ok_text(&keys(&url, &alice_dir, &["revoke", "--model", "acme/m"])).contains("revoked 1 grant"));
+
+    let audit = ok_text(&keys(&url, &alice_dir, &["audit"]));
+    for action in ["model-key", "grant", "rotate", "revoke"] {
+        assert!(audit.contains(action), "{audit}");
+    }
+    assert!(ok_text(&keys(&url, &alice_dir, &["audit", "--verify"])).contains("audit log intact"));
+    let (status, doc) = http(&format!("127.0.0.1:{port}"), "GET", "/openapi.json", None, "").expect("openapi");
+    assert_eq!(status, 200);
+    assert!(doc.contains("/v1/grants") && doc.contains("/v1/release"), "{doc}");
+
+    // Someone edits the database behind the broker's back: --verify says so and exits 1.
+    let raw = Command::new("sqlite3")
+        .arg(dir.path().join("keys.db"))
+        .arg("UPDATE audit SET detail = 'x' WHERE seq = 2")
+        .status();
+    if raw.is_ok_and(|s| s.success()) {
+        let o = keys(&url, &alice_dir, &["audit", "--verify"]);
+        assert_eq!(o.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&o.stdout).contains("record 2 was edited"));
+    }
+}
+
+/// Grants from 4 clients at once; the broker is killed with SIGKILL mid-way; after a restart on
+/// the same database every acknowledged grant is there and the audit chain verifies.
+fn kill_mid_batch(database: &str) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let port = free_port().expect("port");
+    let addr = format!("127.0.0.1:{port}");
+    let mut server = start_keys_server(database, dir.path(), port);
+    let (_, reg) = http(&addr, "POST", "/v1/users", None, "").expect("register");
+    let reg: serde_json::Value = serde_json::from_str(&reg).expect("json");
+    let (owner, token) =
+        (reg["userId"].as_str().expect("id").to_owned(), reg["token"].as_str().expect("token").to_owned());
+    let body = r#"{"model":"acme/m","key":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="}"#;
+    assert_eq!(http(&addr, "POST", "/v1/model-keys", Some(&token), body).expect("key").0, 201);
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let (addr, token, owner, acked, next) =
+                (addr.clone(), token.clone(), owner.clone(), acked.clone(), next.clone());
+            std::thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while Instant::now() < deadline {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let m = format!("{i:064x}");
+                    let body = format!(r#"{{"model":"acme/m","measurement":"{m}","user":"{owner}"}}"#);
+                    match http(&addr, "POST", "/v1/grants", Some(&token), &body) {
+                        Ok((204, _)) => acked.lock().expect("lock").push(m),
+                        Ok((s, b)) => panic!("grant refused before the kill: {s} {b}"),
+                        Err(_) => return, // the broker is gone
+                    }
+                }
+            })
+        })
+        .collect();
+    wait_for("some acknowledged grants", Duration::from_secs(20), || acked.lock().expect("lock").len() >= 60);
+    server.0.kill().expect("SIGKILL"); // Child::kill is SIGKILL on Unix
+    let _ = server.0.wait();
+    for w in workers {
+        w.join().expect("worker");
+    }
+    let acked = acked.lock().expect("lock").clone();
+    let _server = start_keys_server(database, dir.path(), port);
+    let (status, listing) = http(&addr, "GET", "/v1/models", Some(&token), "").expect("list");
+    assert_eq!(status, 200, "{listing}");
+    let listing: serde_json::Value = serde_json::from_str(&listing).expect("json");
+    let stored: std::collections::HashSet<String> = listing["models"][0]["grants"]
+        .as_array()
+        .expect("grants")
+        .iter()
+        .filter_map(|g| g["measurement"].as_str().map(String::from))
+        .collect();
+    let lost: Vec<&String> = acked.iter().filter(|m| !stored.contains(*m)).collect();
+    assert!(lost.is_empty(), "{} acknowledged grants lost after SIGKILL: {lost:?}", lost.len());
+    let (_, check) = http(&addr, "GET", "/v1/audit/verify", Some(&token), "").expect("verify");
+    assert!(check.contains("\"ok\":true"), "{check}");
+}
+
+#[test]
+fn sigkill_mid_batch_of_grants_loses_nothing_acknowledged_sqlite() {
+    let dir = tempfile::tempdir().expect("tmp");
+    kill_mid_batch(&format!("sqlite://{}", dir.path().join("keys.db").display()));
+}
+
+#[test]
+fn sigkill_mid_batch_of_grants_loses_nothing_acknowledged_postgres() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+    let db = rt.block_on(enclava_testkit::PgDatabase::create()).expect("postgres");
+    kill_mid_batch(&db.url);
+    rt.block_on(db.drop_db());
 }

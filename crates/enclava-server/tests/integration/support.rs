@@ -38,9 +38,10 @@ impl Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let http = listener.local_addr().expect("addr");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(enclava_server::serve(config, registry, listener, async {
-            let _ = rx.await;
-        }));
+        let task =
+            tokio::spawn(enclava_server::serve(config, enclava_server::Roles::manager(registry), listener, async {
+                let _ = rx.await;
+            }));
         Server { url: format!("http://{http}"), http, stop: Some(tx), task }
     }
 

@@ -1,0 +1,379 @@
+//! `enclava keys …`: the key broker's REST client. Keeps this user's credential for each server
+//! in `credentials.json` in the config folder (mode 0600), and keys it generates under
+//! `model-keys/` and `request-keys/` there.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use clap::{Args, Subcommand};
+use enclava_keys::api::*;
+use enclava_keys::error::ErrorBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+/// `enclava keys`
+#[derive(Debug, Args)]
+pub struct KeysArgs {
+    /// Key broker URL
+    #[arg(long, env = "ENCLAVA_SERVER", default_value = "http://127.0.0.1:7000", global = true)]
+    pub server: String,
+    /// Folder holding this user's credentials and generated keys [default: ~/.config/enclava]
+    #[arg(long, env = "ENCLAVA_CONFIG_DIR", global = true)]
+    pub config_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: KeysCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a new user identity on the broker and keep its credential; prints the user id.
+    Register,
+    /// Print this identity's user id.
+    Whoami,
+    /// Upload a model key (or generate one), as the model's new version; the first uploader owns the model.
+    ModelKey {
+        #[arg(long)]
+        model: String,
+        /// 32-byte key file (raw, or 64 hex characters); generated and kept in the config folder when absent
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+        /// The model's release policy (TOML or JSON); the broker's default when never set
+        #[arg(long)]
+        policy: Option<PathBuf>,
+    },
+    /// Let enclaves with this measurement serve this user's requests to a model (owner only).
+    Grant {
+        #[arg(long)]
+        model: String,
+        #[arg(long)]
+        measurement: String,
+        #[arg(long)]
+        user: String,
+    },
+    /// Upload (or generate) this user's key for requests to a model on one enclave measurement.
+    RequestKey {
+        #[arg(long)]
+        model: String,
+        #[arg(long)]
+        measurement: String,
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+    },
+    /// Revoke active grants of a model (owner only); without --measurement/--user, all of them.
+    Revoke {
+        #[arg(long)]
+        model: String,
+        #[arg(long)]
+        measurement: Option<String>,
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// A new key version for a model (generated unless --key-file); re-encrypt the model with it.
+    Rotate {
+        #[arg(long)]
+        model: String,
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+    },
+    /// List your models, their grants and your request keys.
+    List {
+        #[arg(long)]
+        model: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the audit log about you and your models; --verify checks the whole chain (exit 1 if broken).
+    Audit {
+        #[arg(long)]
+        verify: bool,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Serialize, Deserialize, Clone)]
+#[serde(rename_all = "camelCase")]
+struct Credential {
+    user_id: String,
+    token: String,
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credential").field("user_id", &self.user_id).finish_non_exhaustive()
+    }
+}
+
+/// Talks JSON to one broker.
+struct Rest {
+    base: String,
+    token: Option<Zeroizing<String>>,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Rest {
+    fn new(base: &str, token: Option<Zeroizing<String>>) -> Rest {
+        let client = Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+        Rest { base: base.trim_end_matches('/').to_owned(), token, client }
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: hyper::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<T> {
+        let url = format!("{}{path}", self.base);
+        let mut req = hyper::Request::builder().method(method).uri(&url).header("content-type", "application/json");
+        if let Some(t) = &self.token {
+            req = req.header("authorization", format!("Bearer {}", t.as_str()));
+        }
+        let body = body.map(|b| serde_json::to_vec(&b)).transpose()?.unwrap_or_default();
+        let req = req.body(Full::new(Bytes::from(body))).context("building the request")?;
+        let resp = tokio::time::timeout(std::time::Duration::from_secs(30), self.client.request(req))
+            .await
+            .with_context(|| format!("the key broker at {} did not answer within 30 s", self.base))?
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot reach the key broker at {}: {e}. Is `enclava server` running there? (--server, ENCLAVA_SERVER)",
+                    self.base
+                )
+            })?;
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.context("reading the answer")?.to_bytes();
+        if !status.is_success() {
+            match serde_json::from_slice::<ErrorBody>(&bytes) {
+                Ok(e) => bail!("{}", e.message),
+                Err(_) => bail!("the key broker answered {status} (is {} a key broker?)", self.base),
+            }
+        }
+        let bytes = if bytes.is_empty() { Bytes::from_static(b"null") } else { bytes };
+        serde_json::from_slice(&bytes).with_context(|| format!("unexpected answer from {url}"))
+    }
+}
+
+fn credentials_path(dir: &Path) -> PathBuf {
+    dir.join("credentials.json")
+}
+
+fn read_credentials(dir: &Path) -> anyhow::Result<BTreeMap<String, Credential>> {
+    let path = credentials_path(dir);
+    match std::fs::read(&path) {
+        Ok(b) => serde_json::from_slice(&b).with_context(|| format!("{} is damaged", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// Writes a secret file atomically, readable only by its owner.
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot install {}", path.display()))
+}
+
+/// A key from a file (32 raw bytes or 64 hex characters).
+fn read_key(path: &Path) -> anyhow::Result<Zeroizing<Vec<u8>>> {
+    let raw = Zeroizing::new(std::fs::read(path).with_context(|| format!("cannot read key file {}", path.display()))?);
+    if raw.len() == 32 {
+        return Ok(raw);
+    }
+    let text = String::from_utf8_lossy(&raw);
+    match hex::decode(text.trim()) {
+        Ok(k) if k.len() == 32 => Ok(Zeroizing::new(k)),
+        _ => bail!("{} is not a key: it must hold 32 bytes, raw or as 64 hex characters", path.display()),
+    }
+}
+
+fn generate_key() -> anyhow::Result<Zeroizing<Vec<u8>>> {
+    use ring::rand::SecureRandom;
+    let mut k = Zeroizing::new(vec![0u8; 32]);
+    ring::rand::SystemRandom::new().fill(&mut k).map_err(|_| anyhow::anyhow!("no system randomness"))?;
+    Ok(k)
+}
+
+fn key_path(dir: &Path, kind: &str, model: &str, name: &str) -> PathBuf {
+    let mut p = dir.join(kind);
+    for seg in model.split('/') {
+        p.push(seg);
+    }
+    p.join(format!("{name}.key"))
+}
+
+pub async fn run(a: KeysArgs, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<ExitCode> {
+    let dir = match a.config_dir.clone().or_else(|| crate::config::config_dir(env)) {
+        Some(d) => d,
+        None => bail!("no --config-dir and no HOME to keep credentials in: pass --config-dir DIR"),
+    };
+    let server = a.server.trim_end_matches('/').to_owned();
+    let mut creds = read_credentials(&dir)?;
+    if let KeysCommand::Register = a.command {
+        if let Some(c) = creds.get(&server) {
+            bail!(
+                "this config folder already holds identity {} for {server}; use another --config-dir for a new one",
+                c.user_id
+            );
+        }
+        let r: Registered = Rest::new(&server, None).call(hyper::Method::POST, "/v1/users", None).await?;
+        creds.insert(server.clone(), Credential { user_id: r.user_id.clone(), token: r.token });
+        let json = Zeroizing::new(serde_json::to_vec_pretty(&creds)?);
+        write_private(&credentials_path(&dir), &json)?;
+        println!("{}", r.user_id);
+        eprintln!("registered; credential kept in {}", credentials_path(&dir).display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let Some(cred) = creds.get(&server) else {
+        bail!(
+            "no identity for {server} in {}: run `enclava keys --server {server} register` first",
+            credentials_path(&dir).display()
+        );
+    };
+    let rest = Rest::new(&server, Some(Zeroizing::new(cred.token.clone())));
+    use hyper::Method;
+    match a.command {
+        KeysCommand::Register => unreachable!("handled above"),
+        KeysCommand::Whoami => {
+            let w: WhoAmI = rest.call(Method::GET, "/v1/users/me", None).await?;
+            println!("{}", w.user_id);
+        }
+        KeysCommand::ModelKey { model, key_file, policy } => {
+            upload_model_key(&rest, &dir, &model, key_file.as_deref(), policy.as_deref(), false).await?;
+        }
+        KeysCommand::Rotate { model, key_file } => {
+            upload_model_key(&rest, &dir, &model, key_file.as_deref(), None, true).await?;
+        }
+        KeysCommand::Grant { model, measurement, user } => {
+            let body = serde_json::to_value(GrantRequest { model: model.clone(), measurement, user: user.clone() })?;
+            let () = rest.call(Method::POST, "/v1/grants", Some(body)).await?;
+            println!("granted: {user}'s requests to {model} may be served by that measurement");
+        }
+        KeysCommand::RequestKey { model, measurement, key_file } => {
+            let (key, saved) = match &key_file {
+                Some(f) => (read_key(f)?, None),
+                None => (generate_key()?, Some(key_path(&dir, "request-keys", &model, &measurement.to_lowercase()))),
+            };
+            let body = serde_json::json!({ "model": model, "measurement": measurement, "key": STANDARD.encode(key.as_slice()) });
+            let () = rest.call(Method::POST, "/v1/request-keys", Some(body)).await?;
+            if let Some(p) = saved {
+                write_private(&p, hex::encode(key.as_slice()).as_bytes())?;
+                println!("request key stored; your copy is in {}", p.display());
+            } else {
+                println!("request key stored");
+            }
+        }
+        KeysCommand::Revoke { model, measurement, user } => {
+            let body = serde_json::to_value(RevokeRequest { model: model.clone(), measurement, user })?;
+            let r: Revoked = rest.call(Method::POST, "/v1/revocations", Some(body)).await?;
+            println!("revoked {} grant(s) of {model}", r.revoked);
+        }
+        KeysCommand::List { model, json } => {
+            let q = model.map(|m| format!("?model={m}")).unwrap_or_default();
+            let l: Listing = rest.call(Method::GET, &format!("/v1/models{q}"), None).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&l)?);
+            } else {
+                print_listing(&l);
+            }
+        }
+        KeysCommand::Audit { verify: true, .. } => {
+            let c: AuditCheck = rest.call(Method::GET, "/v1/audit/verify", None).await?;
+            if c.ok {
+                println!("audit log intact: {} records, chain and anchor verified", c.records);
+            } else {
+                println!("audit log TAMPERED: {}", c.problem.unwrap_or_default());
+                return Ok(ExitCode::from(1));
+            }
+        }
+        KeysCommand::Audit { verify: false, limit, json } => {
+            let rows: Vec<AuditRecord> = rest.call(Method::GET, &format!("/v1/audit?limit={limit}"), None).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                for r in rows {
+                    println!(
+                        "{:>6}  {}  {:<11} {:<24} {} {} {}",
+                        r.seq,
+                        enclava_attest::time::format_rfc3339((r.at_ms / 1000) as u64),
+                        r.action,
+                        r.model,
+                        r.actor,
+                        if r.subject.is_empty() { String::new() } else { format!("for {}", r.subject) },
+                        r.detail
+                    );
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn upload_model_key(
+    rest: &Rest,
+    dir: &Path,
+    model: &str,
+    key_file: Option<&Path>,
+    policy: Option<&Path>,
+    rotate: bool,
+) -> anyhow::Result<()> {
+    let key = match key_file {
+        Some(f) => read_key(f)?,
+        None => generate_key()?,
+    };
+    let policy = policy
+        .map(|p| std::fs::read_to_string(p).with_context(|| format!("cannot read policy {}", p.display())))
+        .transpose()?;
+    let body = serde_json::json!({ "model": model, "key": STANDARD.encode(key.as_slice()), "policy": policy, "rotate": rotate });
+    let v: ModelKeyVersion = rest.call(hyper::Method::POST, "/v1/model-keys", Some(body)).await?;
+    if key_file.is_none() {
+        let p = key_path(dir, "model-keys", model, &format!("v{}", v.version));
+        write_private(&p, hex::encode(key.as_slice()).as_bytes())?;
+        println!("{model}: key version {} stored; your copy is in {}", v.version, p.display());
+    } else {
+        println!("{model}: key version {} stored", v.version);
+    }
+    Ok(())
+}
+
+fn print_listing(l: &Listing) {
+    if l.models.is_empty() {
+        println!("you own no models");
+    }
+    for m in &l.models {
+        println!(
+            "{}  version {}{}",
+            m.id,
+            m.current_version,
+            if m.has_policy { "  (own policy)" } else { "  (broker's default policy)" }
+        );
+        for g in &m.grants {
+            let state = if g.revoked_at_ms.is_some() { "revoked" } else { "active" };
+            println!("  {state:<8} measurement {}  user {}", g.measurement, g.user);
+        }
+    }
+    if !l.request_keys.is_empty() {
+        println!("your request keys:");
+        for r in &l.request_keys {
+            println!("  {}  measurement {}", r.model, r.measurement);
+        }
+    }
+}
