@@ -1,7 +1,8 @@
 //! The client library: talks to the enclave manager to find enclaves (seed's `FindEnclave`) and
-//! list them. Verification and sealed requests build on this (client-side attestation, seed note 3).
-//! [`keys::KeyClient`] is a node's side of attested key release.
+//! list them, verifies a found enclave before anything is sent to it (seed note 3), and runs sealed
+//! inference ([`infer::infer`]). [`keys::KeyClient`] is a node's side of attested key release.
 
+pub mod infer;
 pub mod keys;
 
 use std::time::Duration;

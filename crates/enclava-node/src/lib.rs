@@ -1,30 +1,34 @@
 //! The enclave node: its TEE identity (stable instance id, measurement), its request key, and the
 //! publisher that keeps its presence, info and index entries in the registry (seed: presence every
 //! second, info every 30 s, at once on change, re-registration after the registry lost it, removal on
-//! clean shutdown), with `/health` and `/metrics`.
+//! clean shutdown), with `/health` and `/metrics`; with a [`ServeConfig`], it also serves encrypted
+//! models to sealed requests.
 //!
 //! # Layout
 //! - [`tee`]: the platform adapter trait and the `sim` platform (sealing key in the data folder).
 //! - [`publisher`]: the heartbeat and info loop.
+//! - [`serve`]: model loading (attested key release, decryption in memory, LRU under a budget) and
+//!   the sealed request endpoints (`/v1/infer`, OpenWhisk `/init` and `/run`).
 //! - [`NodeHandle`]: a started node; change its data, read its identity, shut it down.
 
 pub mod publisher;
+pub mod serve;
 pub mod tee;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use enclava_registry::Registry;
 use enclava_registry::schema::{DataAccessJson, EnclaveInfoJson, PolicyJson, check_name};
-use hpke::Serializable;
-use hpke::kem::{Kem as _, X25519HkdfSha256};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use publisher::NodeMetrics;
+pub use serve::{ModelState, ServeConfig};
 
 /// What can stop a node from starting.
 #[derive(Debug, thiserror::Error)]
@@ -53,31 +57,54 @@ pub struct NodeConfig {
     /// For `sim`: the deployment's sim root folder (`enclava sim init`), which certifies this
     /// node's simulated hardware key. Without it the node publishes no evidence.
     pub sim_root: Option<PathBuf>,
+    /// Serve encrypted models to sealed requests; `None`: discovery only.
+    pub serve: Option<ServeConfig>,
 }
 
-/// The node's request key: an X25519 HPKE key pair made at each start. The private half never
-/// leaves this process and is not printed by `Debug`.
+/// The node's request key: an X25519 HPKE key pair made at each start, which sealed requests are
+/// sealed to. The private half never leaves this process and is not printed by `Debug`.
+#[derive(Debug)]
 pub struct RequestKey {
-    #[allow(dead_code)] // used to open sealed requests (serving issue)
-    private: <X25519HkdfSha256 as hpke::Kem>::PrivateKey,
-    public: Vec<u8>,
-}
-
-impl std::fmt::Debug for RequestKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RequestKey").field("public", &self.public).finish_non_exhaustive()
-    }
+    pair: enclava_seal::KeyPair,
 }
 
 impl RequestKey {
     fn generate() -> RequestKey {
-        let (private, public) = X25519HkdfSha256::gen_keypair();
-        RequestKey { private, public: public.to_bytes().to_vec() }
+        RequestKey { pair: enclava_seal::KeyPair::generate() }
     }
 
     pub fn public(&self) -> &[u8] {
-        &self.public
+        self.pair.public()
     }
+
+    pub(crate) fn pair(&self) -> &enclava_seal::KeyPair {
+        &self.pair
+    }
+}
+
+/// Data ids and their hot state, as published.
+pub(crate) type DataMap = watch::Sender<BTreeMap<String, DataAccessJson>>;
+
+/// Sets `data`'s hot state (adding it if new); republished at once when it changed.
+pub(crate) fn set_hot(data: &DataMap, id: &str, hot: bool) {
+    data.send_if_modified(|m| m.insert(id.to_owned(), DataAccessJson { hot }) != Some(DataAccessJson { hot }));
+}
+
+/// Fetches `model`'s key (and `users`' request keys) from the key broker at `broker` with fresh
+/// evidence from `tee` binding the broker's nonce.
+pub(crate) async fn fetch_keys(
+    tee: &Arc<dyn tee::Tee>,
+    broker: &str,
+    model: &str,
+    version: u64,
+    users: &[String],
+) -> Result<enclava_proto::keys::payload::ReleasePayload, enclava_client::ClientError> {
+    let mut client = enclava_client::keys::KeyClient::connect(broker).await?;
+    let tee = tee.clone();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let keys = client.fetch(model, version, users, move |rd| tee.evidence(rd, now)).await?;
+    tracing::info!(%model, version = keys.version, users = keys.request_keys.len(), "keys fetched from the key broker");
+    Ok(keys)
 }
 
 /// A started node.
@@ -86,10 +113,11 @@ pub struct NodeHandle {
     instance_id: String,
     measurement: String,
     addr: SocketAddr,
-    data: watch::Sender<BTreeMap<String, DataAccessJson>>,
+    data: Arc<DataMap>,
     stop: watch::Sender<bool>,
     publisher: JoinHandle<()>,
     http: JoinHandle<()>,
+    serving: Option<(Arc<serve::Serving>, JoinHandle<()>)>,
     metrics: Arc<NodeMetrics>,
     request_key: Arc<RequestKey>,
     tee: Arc<dyn tee::Tee>,
@@ -105,12 +133,27 @@ impl NodeHandle {
         version: u64,
         users: &[String],
     ) -> Result<enclava_proto::keys::payload::ReleasePayload, enclava_client::ClientError> {
-        let mut client = enclava_client::keys::KeyClient::connect(broker).await?;
-        let tee = self.tee.clone();
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        let keys = client.fetch(model, version, users, move |rd| tee.evidence(rd, now)).await?;
-        tracing::info!(%model, version = keys.version, users = keys.request_keys.len(), "keys fetched from the key broker");
-        Ok(keys)
+        fetch_keys(&self.tee, broker, model, version, users).await
+    }
+
+    /// Where a served model stands; `None` when this node does not serve it.
+    pub fn model_state(&self, model: &str) -> Option<ModelState> {
+        self.serving.as_ref()?.0.state(model)
+    }
+
+    /// Waits until `model` is loaded (hot). Fails at once with the reason when its load failed
+    /// (not granted, tampered package, …), when it is not served here, or after `timeout`.
+    pub async fn wait_hot(&self, model: &str, timeout: Duration) -> Result<(), String> {
+        match &self.serving {
+            Some((s, _)) => s.wait_settled(model, timeout).await,
+            None => Err("this node serves no models".into()),
+        }
+    }
+
+    /// Drops `model` from memory now (as the LRU would) and marks it cold; the next request for
+    /// it loads it again. `false` if it was not loaded.
+    pub fn evict(&self, model: &str) -> bool {
+        self.serving.as_ref().is_some_and(|(s, _)| s.evict(model))
     }
 
     pub fn instance_id(&self) -> &str {
@@ -137,8 +180,7 @@ impl NodeHandle {
     /// Gives the node access to `data`, or changes its hot state; republished at once.
     pub fn set_data(&self, data: &str, hot: bool) -> Result<(), NodeError> {
         check_name("data id", data).map_err(NodeError::Config)?;
-        self.data
-            .send_if_modified(|m| m.insert(data.to_owned(), DataAccessJson { hot }) != Some(DataAccessJson { hot }));
+        set_hot(&self.data, data, hot);
         Ok(())
     }
 
@@ -149,6 +191,9 @@ impl NodeHandle {
 
     /// Withdraws from the registry and stops serving.
     pub async fn shutdown(self) {
+        if let Some((_, loader)) = &self.serving {
+            loader.abort();
+        }
         let _ = self.stop.send(true);
         let _ = self.publisher.await;
         self.http.abort();
@@ -157,6 +202,9 @@ impl NodeHandle {
 
     /// Stops without withdrawing, as a crash would (for tests).
     pub fn abort(self) {
+        if let Some((_, loader)) = &self.serving {
+            loader.abort();
+        }
         self.publisher.abort();
         self.http.abort();
     }
@@ -180,6 +228,13 @@ pub async fn start(
         check_name("data id", d).map_err(NodeError::Config)?;
         data.insert(d.clone(), DataAccessJson { hot: false });
     }
+    if let Some(serve) = &config.serve {
+        serve.validate()?;
+        // Served models are listed from the start, cold until loaded.
+        for m in &serve.models {
+            data.insert(m.clone(), DataAccessJson { hot: false });
+        }
+    }
     let request_key = Arc::new(RequestKey::generate());
     let info = EnclaveInfoJson {
         instance_id: tee.instance_id().to_owned(),
@@ -196,6 +251,7 @@ pub async fn start(
     };
     let metrics = Arc::new(NodeMetrics::new());
     let (data_tx, data_rx) = watch::channel(data);
+    let data_tx = Arc::new(data_tx);
     let (stop_tx, stop_rx) = watch::channel(false);
     // Evidence binds the request key, so a client can check it is talking to this enclave.
     let report_data =
@@ -224,6 +280,16 @@ pub async fn start(
             (ok, details)
         }),
     );
+    let (router, serving) = match config.serve {
+        Some(serve) => {
+            let serving =
+                serve::Serving::new(serve, request_key.clone(), tee.clone(), data_tx.clone(), metrics.clone());
+            let router = router.merge(serve::router(serving.clone()));
+            let loader = tokio::spawn(serving.clone().load_all());
+            (router, Some((serving, loader)))
+        }
+        None => (router, None),
+    };
     let http = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, router).await {
             tracing::error!(error = %e, "node http server stopped");
@@ -238,6 +304,7 @@ pub async fn start(
         stop: stop_tx,
         publisher,
         http,
+        serving,
         metrics,
         request_key,
         tee,

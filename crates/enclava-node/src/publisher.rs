@@ -27,6 +27,18 @@ pub struct NodeMetrics {
     pub heartbeats_failed: Counter,
     pub info_publishes: Counter,
     pub reregistrations: Counter,
+    /// Sealed inference requests received (direct and OpenWhisk), whatever became of them.
+    pub requests: Counter,
+    /// Requests answered with a sealed result.
+    pub requests_served: Counter,
+    /// Requests refused (bad, tampered, replayed, model unavailable).
+    pub requests_refused: Counter,
+    /// Models loaded (key released, package decrypted, model built).
+    pub model_loads: Counter,
+    /// Model loads that failed (not granted, missing or tampered package, bad model).
+    pub model_load_failures: Counter,
+    /// Models dropped from memory to stay under the memory budget (or on request).
+    pub model_evictions: Counter,
     registered: AtomicBool,
 }
 
@@ -40,6 +52,12 @@ impl NodeMetrics {
             heartbeats_failed: Counter::default(),
             info_publishes: Counter::default(),
             reregistrations: Counter::default(),
+            requests: Counter::default(),
+            requests_served: Counter::default(),
+            requests_refused: Counter::default(),
+            model_loads: Counter::default(),
+            model_load_failures: Counter::default(),
+            model_evictions: Counter::default(),
             registered: AtomicBool::new(false),
         };
         r.register("heartbeats", "Presence heartbeats written", m.heartbeats.clone());
@@ -55,6 +73,12 @@ impl NodeMetrics {
             "Full re-registrations after the registry lost this node",
             m.reregistrations.clone(),
         );
+        r.register("requests", "Sealed inference requests received", m.requests.clone());
+        r.register("requests_served", "Sealed inference requests answered", m.requests_served.clone());
+        r.register("requests_refused", "Sealed inference requests refused", m.requests_refused.clone());
+        r.register("model_loads", "Models loaded into memory", m.model_loads.clone());
+        r.register("model_load_failures", "Model loads that failed", m.model_load_failures.clone());
+        r.register("model_evictions", "Models evicted from memory", m.model_evictions.clone());
         NodeMetrics { registry: Arc::new(r), ..m }
     }
 

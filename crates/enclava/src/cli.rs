@@ -46,6 +46,11 @@ pub enum Command {
     Find(FindArgs),
     /// Talk to the key broker: identities, model keys, grants, request keys, audit.
     Keys(crate::keys_cli::KeysArgs),
+    /// Run a model on an attested enclave: find, verify, seal, send, open.
+    Infer(crate::infer_cli::InferArgs),
+    /// Models: encrypt and upload one, or generate one to try.
+    #[command(subcommand)]
+    Model(crate::model_cli::ModelCommand),
     /// Verify attestation evidence and judge it by a policy.
     #[command(subcommand)]
     Evidence(EvidenceCommand),
@@ -137,6 +142,24 @@ pub struct NodeArgs {
     /// simulated hardware key; without it the node publishes no evidence
     #[arg(long, env = "ENCLAVA_SIM_ROOT")]
     pub sim_root: Option<PathBuf>,
+    /// Serve this model (decrypted in memory with a key the key broker releases to this enclave);
+    /// repeat for more (env: comma-separated)
+    #[arg(long = "serve-model", env = "ENCLAVA_SERVE_MODEL", value_delimiter = ',')]
+    #[serde(default)]
+    pub serve_model: Vec<String>,
+    /// Key broker URL for --serve-model [default: http://127.0.0.1:7000]
+    #[arg(long, env = "ENCLAVA_KEY_BROKER")]
+    pub key_broker: Option<String>,
+    /// Blob folder holding the model packages [default: ~/.local/share/enclava/blobs]
+    #[arg(long, env = "ENCLAVA_BLOBS")]
+    pub blobs: Option<PathBuf>,
+    /// Memory for loaded models in MiB; least recently used models are evicted (cold) [default: no limit]
+    #[arg(long, env = "ENCLAVA_MEMORY_BUDGET_MB")]
+    pub memory_budget_mb: Option<u64>,
+    /// Also answer the OpenWhisk action protocol (POST /init, POST /run) on --listen
+    #[arg(long, env = "ENCLAVA_OPENWHISK")]
+    #[serde(default)]
+    pub openwhisk: bool,
 }
 
 /// `enclava find`
@@ -183,6 +206,8 @@ pub enum BenchCommand {
     Evidence(crate::bench_evidence::EvidenceArgs),
     /// Attested key releases over gRPC with sim evidence, next to verify + seal alone.
     Keys(crate::bench_keys::KeysBenchArgs),
+    /// MobileNetV2 through the sealed path next to plain tract in-process; model decryption and load.
+    Serving(crate::bench_serving::ServingArgs),
 }
 
 #[derive(Debug, Subcommand)]

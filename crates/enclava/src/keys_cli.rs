@@ -116,7 +116,7 @@ impl std::fmt::Debug for Credential {
 }
 
 /// Talks JSON to one broker.
-struct Rest {
+pub(crate) struct Rest {
     base: String,
     token: Option<Zeroizing<String>>,
     client: Client<HttpConnector, Full<Bytes>>,
@@ -128,7 +128,7 @@ impl Rest {
         Rest { base: base.trim_end_matches('/').to_owned(), token, client }
     }
 
-    async fn call<T: DeserializeOwned>(
+    pub(crate) async fn call<T: DeserializeOwned>(
         &self,
         method: hyper::Method,
         path: &str,
@@ -177,7 +177,7 @@ fn read_credentials(dir: &Path) -> anyhow::Result<BTreeMap<String, Credential>> 
 }
 
 /// Writes a secret file atomically, readable only by its owner.
-fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -205,14 +205,14 @@ fn read_key(path: &Path) -> anyhow::Result<Zeroizing<Vec<u8>>> {
     }
 }
 
-fn generate_key() -> anyhow::Result<Zeroizing<Vec<u8>>> {
+pub(crate) fn generate_key() -> anyhow::Result<Zeroizing<Vec<u8>>> {
     use ring::rand::SecureRandom;
     let mut k = Zeroizing::new(vec![0u8; 32]);
     ring::rand::SystemRandom::new().fill(&mut k).map_err(|_| anyhow::anyhow!("no system randomness"))?;
     Ok(k)
 }
 
-fn key_path(dir: &Path, kind: &str, model: &str, name: &str) -> PathBuf {
+pub(crate) fn key_path(dir: &Path, kind: &str, model: &str, name: &str) -> PathBuf {
     let mut p = dir.join(kind);
     for seg in model.split('/') {
         p.push(seg);
@@ -220,35 +220,57 @@ fn key_path(dir: &Path, kind: &str, model: &str, name: &str) -> PathBuf {
     p.join(format!("{name}.key"))
 }
 
-pub async fn run(a: KeysArgs, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<ExitCode> {
-    let dir = match a.config_dir.clone().or_else(|| crate::config::config_dir(env)) {
-        Some(d) => d,
+/// The config folder credentials live in.
+pub(crate) fn credentials_dir(
+    explicit: Option<&Path>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> anyhow::Result<PathBuf> {
+    match explicit.map(Path::to_owned).or_else(|| crate::config::config_dir(env)) {
+        Some(d) => Ok(d),
         None => bail!("no --config-dir and no HOME to keep credentials in: pass --config-dir DIR"),
+    }
+}
+
+/// Registers a new identity on `server` and keeps its credential in `dir`; returns the user id.
+pub(crate) async fn register(server: &str, dir: &Path) -> anyhow::Result<String> {
+    let server = server.trim_end_matches('/').to_owned();
+    let mut creds = read_credentials(dir)?;
+    if let Some(c) = creds.get(&server) {
+        bail!(
+            "this config folder already holds identity {} for {server}; use another --config-dir for a new one",
+            c.user_id
+        );
+    }
+    let r: Registered = Rest::new(&server, None).call(hyper::Method::POST, "/v1/users", None).await?;
+    creds.insert(server, Credential { user_id: r.user_id.clone(), token: r.token });
+    let json = Zeroizing::new(serde_json::to_vec_pretty(&creds)?);
+    write_private(&credentials_path(dir), &json)?;
+    Ok(r.user_id)
+}
+
+/// A REST session as the identity kept in `dir` for `server`, and that identity's user id.
+pub(crate) fn session(server: &str, dir: &Path) -> anyhow::Result<(Rest, String)> {
+    let server = server.trim_end_matches('/');
+    let creds = read_credentials(dir)?;
+    let Some(cred) = creds.get(server) else {
+        bail!(
+            "no identity for {server} in {}: run `enclava keys --server {server} register` first",
+            credentials_path(dir).display()
+        );
     };
+    Ok((Rest::new(server, Some(Zeroizing::new(cred.token.clone()))), cred.user_id.clone()))
+}
+
+pub async fn run(a: KeysArgs, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<ExitCode> {
+    let dir = credentials_dir(a.config_dir.as_deref(), env)?;
     let server = a.server.trim_end_matches('/').to_owned();
-    let mut creds = read_credentials(&dir)?;
     if let KeysCommand::Register = a.command {
-        if let Some(c) = creds.get(&server) {
-            bail!(
-                "this config folder already holds identity {} for {server}; use another --config-dir for a new one",
-                c.user_id
-            );
-        }
-        let r: Registered = Rest::new(&server, None).call(hyper::Method::POST, "/v1/users", None).await?;
-        creds.insert(server.clone(), Credential { user_id: r.user_id.clone(), token: r.token });
-        let json = Zeroizing::new(serde_json::to_vec_pretty(&creds)?);
-        write_private(&credentials_path(&dir), &json)?;
-        println!("{}", r.user_id);
+        let user = register(&server, &dir).await?;
+        println!("{user}");
         eprintln!("registered; credential kept in {}", credentials_path(&dir).display());
         return Ok(ExitCode::SUCCESS);
     }
-    let Some(cred) = creds.get(&server) else {
-        bail!(
-            "no identity for {server} in {}: run `enclava keys --server {server} register` first",
-            credentials_path(&dir).display()
-        );
-    };
-    let rest = Rest::new(&server, Some(Zeroizing::new(cred.token.clone())));
+    let (rest, _) = session(&server, &dir)?;
     use hyper::Method;
     match a.command {
         KeysCommand::Register => unreachable!("handled above"),

@@ -4,16 +4,20 @@
 //! # Layout
 //! - `cli`: the flags. - `config`: the config file and layering. - `dev`: `enclava dev`.
 //! - `evidence`: `enclava evidence verify`, `enclava sim init`. - `bench`: `enclava bench …`.
-//! - `keys_cli`: `enclava keys …`, the key broker's REST client. - `bench_keys`: `enclava bench keys`.
+//! - `keys_cli`: `enclava keys …`, the key broker's REST client. - `model_cli`: `enclava model …`.
+//! - `infer_cli`: `enclava infer`. - `bench_serving`: `enclava bench serving`. - `bench_keys`: `enclava bench keys`.
 
 mod bench;
 mod bench_evidence;
 mod bench_keys;
+mod bench_serving;
 mod cli;
 mod config;
 mod dev;
 mod evidence;
+mod infer_cli;
 mod keys_cli;
+mod model_cli;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -31,8 +35,8 @@ use enclava_registry::{Keys, Registry, RegistrySpec};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // A benchmark prints a table; only warnings belong beside it.
-    let default_filter = if matches!(cli.command, Command::Bench(_)) { "warn" } else { "info" };
+    // A benchmark prints a table and the demo its steps; only warnings belong beside them.
+    let default_filter = if matches!(cli.command, Command::Bench(_) | Command::Dev(_)) { "warn" } else { "info" };
     enclava_telemetry::init_logs(
         match cli.log_format {
             cli::LogFormat::Text => enclava_telemetry::LogFormat::Text,
@@ -64,6 +68,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Node(a) => node(a.or_file(file.node), &env).await,
         Command::Find(a) => find(a.or_file(file.find)).await,
         Command::Keys(a) => keys_cli::run(a, &env).await,
+        Command::Model(c) => model_cli::run(c, &env).await,
+        Command::Infer(a) => infer_cli::run(a).await,
         Command::Dev(a) => dev::dev(a).await,
         Command::Evidence(cli::EvidenceCommand::Verify(a)) => evidence::verify_cmd(a),
         Command::Evidence(cli::EvidenceCommand::DryRun(a)) => evidence::dry_run(a),
@@ -71,6 +77,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(cli::BenchCommand::Discovery(a)) => bench::discovery(a).await,
         Command::Bench(cli::BenchCommand::Evidence(a)) => bench_evidence::evidence(a),
         Command::Bench(cli::BenchCommand::Keys(a)) => bench_keys::keys(a).await,
+        Command::Bench(cli::BenchCommand::Serving(a)) => bench_serving::serving(a).await,
     }
 }
 
@@ -169,7 +176,7 @@ pub(crate) async fn open_broker(
 }
 
 /// `$XDG_DATA_HOME/enclava/<what>`, else `~/.local/share/enclava/<what>`.
-fn default_data_dir(env: &dyn Fn(&str) -> Option<String>, what: &str) -> anyhow::Result<PathBuf> {
+pub(crate) fn default_data_dir(env: &dyn Fn(&str) -> Option<String>, what: &str) -> anyhow::Result<PathBuf> {
     if let Some(d) = env("XDG_DATA_HOME") {
         return Ok(PathBuf::from(d).join("enclava").join(what));
     }
@@ -195,6 +202,23 @@ async fn node(a: NodeArgs, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Resu
         data: a.data,
         advertise: a.advertise,
         sim_root: a.sim_root,
+        serve: if a.serve_model.is_empty() && !a.openwhisk {
+            None
+        } else {
+            if a.serve_model.is_empty() {
+                bail!("--openwhisk serves models: name them with --serve-model MODEL");
+            }
+            Some(enclava_node::serve::ServeConfig {
+                key_broker: a.key_broker.unwrap_or_else(|| "http://127.0.0.1:7000".into()),
+                blobs: match a.blobs {
+                    Some(b) => b,
+                    None => default_data_dir(env, "blobs")?,
+                },
+                models: a.serve_model,
+                memory_budget: a.memory_budget_mb.unwrap_or(0).saturating_mul(1 << 20),
+                openwhisk: a.openwhisk,
+            })
+        },
     };
     if config.platform == "sim" {
         tracing::warn!("platform sim is a simulated TEE for testing: it is NOT confidential");

@@ -215,7 +215,7 @@ fn dev_demo_runs_green_from_a_clean_folder() {
         .stdin(Stdio::null()));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("[5/5]") && text.contains("demo done"), "{text}");
+    assert!(text.contains("[7/7]") && text.contains("demo done") && text.contains("identical"), "{text}");
 }
 
 #[test]

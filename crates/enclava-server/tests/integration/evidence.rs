@@ -33,6 +33,7 @@ async fn published_evidence_verifies_only_under_the_right_policy() {
             data: vec![name.into()],
             advertise: None,
             sim_root,
+            serve: None,
         };
         nodes.push(enclava_node::start(config, registry.clone(), listener).await.expect("node"));
     }

@@ -1,0 +1,584 @@
+//! Serving encrypted models to sealed requests: the node fetches each model's key from the key
+//! broker with fresh evidence, decrypts the package in memory, loads it with tract, and answers
+//! sealed requests on `/v1/infer` (direct mode, BlindAI) and, as an OpenWhisk action, on `/init`
+//! and `/run`.
+//!
+//! # Models
+//!
+//! Every model in [`ServeConfig::models`] is listed in the registry from the start, cold. A
+//! background task then loads each: attested key release (version 0: the current one), blob
+//! `<model>/v<version>.enclava` from the blob folder, [`enclava_model::decrypt_in_place`] (which
+//! checks the model id and version the package names and authenticates every chunk), then
+//! [`enclava_runtime::Model::load`] from memory. A loaded model is shared by every request (an
+//! `Arc`) and published hot. Models are kept under [`ServeConfig::memory_budget`] (by
+//! [`enclava_runtime::Model::memory_estimate`]) by evicting the least recently used, which is
+//! published cold; a request for a cold model loads it again and waits for it (up to
+//! [`LOAD_WAIT`]). A load that fails (the broker refuses this node's measurement, the package is
+//! missing or fails authentication, the model does not load) is logged with its reason; the model
+//! stays cold, requests for it get 503 with the reason in words, and it is retried at most once
+//! every [`RETRY_FAILED_AFTER`]. Nothing is ever served from a package that did not authenticate.
+//!
+//! # Direct mode
+//!
+//! The wire protocol (request JSON, HPKE `info`, AAD, plaintext layout, errors) is documented and
+//! implemented once, in [`enclava_client::infer`]; this module is its enclave side. In short: the
+//! request is sealed to this node's attested request key and carries the client's fresh response
+//! key and the input `.npy`; the node checks the time (±60 s), opens the request, refuses a request
+//! id seen in the last 120 s (a bounded replay cache: when it is full the node answers 503 rather
+//! than forget), runs the model on a blocking thread, and seals the first output to the response
+//! key. Neither keys, inputs nor outputs are logged or put in error messages.
+//!
+//! # OpenWhisk action protocol
+//!
+//! With [`ServeConfig::openwhisk`], the node also answers like any OpenWhisk action runtime:
+//! - `POST /init` with any body (OpenWhisk sends `{"value": {"name", "main", "code", "binary",
+//!   "env"}}`): `200 {"ok": true}`. The node's code is the image itself, so there is nothing to
+//!   initialise.
+//! - `POST /run` with `{"value": <sealed request JSON>, "namespace", "action_name", "api_host",
+//!   "api_key", "activation_id", "transaction_id", "deadline"}`: `200` with the sealed response
+//!   JSON, or a 4xx/5xx with `{"error": "…", "code": "…"}` (OpenWhisk reports an `error` field as
+//!   an application error).
+//!
+//! Run it as a Docker action: an image whose entry point is `enclava node --platform <tee>
+//! --openwhisk --listen 0.0.0.0:8080 --serve-model <model> …` (OpenWhisk talks to port 8080), then
+//! `wsk action create acme-tiny --docker <registry>/enclava-node:<tag>` and invoke it with the
+//! sealed request's fields as parameters: `wsk action invoke acme-tiny --blocking --result
+//! --param-file sealed-request.json`.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use enclava_client::infer::{self as proto, ErrorBody, InferRequest, InferResponse, OpenedRequest};
+use enclava_model::{BlobError, BlobStore, FolderStore, ModelKey, PackageError, decrypt_in_place, package_blob_name};
+use enclava_registry::schema::check_name;
+use enclava_runtime::{Model, RuntimeError, Tensor};
+use tokio::sync::watch;
+
+use crate::{DataMap, NodeError, NodeMetrics, RequestKey, set_hot, tee::Tee};
+
+/// Largest request body accepted (a 224×224 f32 image is 0.8 MB in base64).
+pub const MAX_REQUEST_BYTES: usize = 64 << 20;
+/// A failed model load is tried again at most this often.
+pub const RETRY_FAILED_AFTER: Duration = Duration::from_secs(10);
+/// How long a request waits for a cold model to load.
+pub const LOAD_WAIT: Duration = Duration::from_secs(30);
+/// Request ids remembered at most; past it, requests are refused (503) rather than risk a replay.
+pub const MAX_REPLAY_ENTRIES: usize = 100_000;
+
+/// What a node serves.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// The key broker, `http://host:port`.
+    pub key_broker: String,
+    /// The blob folder holding the model packages.
+    pub blobs: PathBuf,
+    /// The model ids to serve.
+    pub models: Vec<String>,
+    /// Bytes of loaded models to keep at most (least recently used evicted first); 0: no limit.
+    /// One model larger than the budget is still served, alone.
+    pub memory_budget: u64,
+    /// Also answer OpenWhisk's `/init` and `/run`.
+    pub openwhisk: bool,
+}
+
+impl ServeConfig {
+    pub(crate) fn validate(&self) -> Result<(), NodeError> {
+        if self.models.is_empty() {
+            return Err(NodeError::Config("serving needs at least one model id".into()));
+        }
+        if self.key_broker.is_empty() {
+            return Err(NodeError::Config("serving needs the key broker's URL".into()));
+        }
+        for m in &self.models {
+            check_name("model id", m).map_err(NodeError::Config)?;
+        }
+        Ok(())
+    }
+}
+
+/// Where a served model stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelState {
+    /// Not in memory (never loaded yet, or evicted); a request loads it.
+    Cold,
+    Loading,
+    /// In memory, answering requests.
+    Hot,
+    /// The last load failed, for this reason.
+    Failed(String),
+}
+
+enum Slot {
+    Cold,
+    Loading,
+    Hot { model: Arc<Model>, bytes: u64, last_used: u64 },
+    Failed { public: String, detail: String, at: Instant },
+}
+
+/// Why a model did not load.
+#[derive(Debug, thiserror::Error)]
+enum LoadError {
+    #[error("the key broker did not release the model key: {0}")]
+    Keys(enclava_client::ClientError),
+    #[error("cannot read the model package: {0}")]
+    Blob(BlobError),
+    #[error("the model package was refused: {0}")]
+    Package(PackageError),
+    #[error("the decrypted model does not load: {0}")]
+    Model(RuntimeError),
+    #[error("the loading task failed: {0}")]
+    Task(String),
+}
+
+impl LoadError {
+    /// What a client may be told.
+    fn public(&self) -> &'static str {
+        match self {
+            LoadError::Keys(enclava_client::ClientError::Status { code: tonic::Code::PermissionDenied, .. }) => {
+                "this node's measurement is not granted the model's key"
+            }
+            LoadError::Keys(_) => "this node could not obtain the model's key from the key broker",
+            LoadError::Blob(_) => "the model package cannot be read",
+            LoadError::Package(_) => "the model package failed verification",
+            LoadError::Model(_) | LoadError::Task(_) => "the model could not be loaded",
+        }
+    }
+}
+
+/// A refused request: HTTP status, a stable code and a message without secrets.
+#[derive(Debug)]
+struct Refusal {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Refusal {
+        Refusal { status, code, message: message.into() }
+    }
+
+    fn bad(code: &'static str, message: impl Into<String>) -> Refusal {
+        Refusal::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    fn unavailable(message: impl Into<String>) -> Refusal {
+        Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+
+    fn internal(message: impl Into<String>) -> Refusal {
+        Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+}
+
+/// Request ids seen recently, each kept [`proto::REPLAY_WINDOW_MS`].
+#[derive(Default)]
+struct ReplayCache {
+    seen: HashMap<String, Instant>,
+    order: VecDeque<(Instant, String)>,
+}
+
+impl ReplayCache {
+    fn insert(&mut self, id: &str, now: Instant) -> Result<(), Refusal> {
+        while let Some((expires, _)) = self.order.front() {
+            if *expires > now {
+                break;
+            }
+            if let Some((expires, old)) = self.order.pop_front()
+                && self.seen.get(&old) == Some(&expires)
+            {
+                self.seen.remove(&old);
+            }
+        }
+        if self.seen.get(id).is_some_and(|expires| *expires > now) {
+            return Err(Refusal::bad("replayed", "this requestId was already used: a replayed request is refused"));
+        }
+        if self.seen.len() >= MAX_REPLAY_ENTRIES {
+            return Err(Refusal::unavailable("too many requests in the replay window; try again shortly"));
+        }
+        let expires = now + Duration::from_millis(proto::REPLAY_WINDOW_MS);
+        self.seen.insert(id.to_owned(), expires);
+        self.order.push_back((expires, id.to_owned()));
+        Ok(())
+    }
+}
+
+/// The serving state of a node, shared by its request handlers and loaders.
+pub struct Serving {
+    config: ServeConfig,
+    store: FolderStore,
+    key: Arc<RequestKey>,
+    tee: Arc<dyn Tee>,
+    data: Arc<DataMap>,
+    metrics: Arc<NodeMetrics>,
+    slots: Mutex<BTreeMap<String, Slot>>,
+    replay: Mutex<ReplayCache>,
+    /// Bumped on every change of a slot, so waiters can wake.
+    changed: watch::Sender<u64>,
+    clock: AtomicU64,
+}
+
+impl std::fmt::Debug for Serving {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Serving").field("models", &self.config.models).finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing panics while holding these locks; if something did, the maps are still consistent.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Serving {
+    pub(crate) fn new(
+        config: ServeConfig,
+        key: Arc<RequestKey>,
+        tee: Arc<dyn Tee>,
+        data: Arc<DataMap>,
+        metrics: Arc<NodeMetrics>,
+    ) -> Arc<Serving> {
+        let slots = config.models.iter().map(|m| (m.clone(), Slot::Cold)).collect();
+        Arc::new(Serving {
+            store: FolderStore::new(config.blobs.clone()),
+            config,
+            key,
+            tee,
+            data,
+            metrics,
+            slots: Mutex::new(slots),
+            replay: Mutex::default(),
+            changed: watch::Sender::new(0),
+            clock: AtomicU64::new(0),
+        })
+    }
+
+    fn tick(&self) -> u64 {
+        self.clock.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn bump(&self) {
+        self.changed.send_modify(|g| *g = g.wrapping_add(1));
+    }
+
+    pub(crate) fn state(&self, model: &str) -> Option<ModelState> {
+        Some(match lock(&self.slots).get(model)? {
+            Slot::Cold => ModelState::Cold,
+            Slot::Loading => ModelState::Loading,
+            Slot::Hot { .. } => ModelState::Hot,
+            Slot::Failed { detail, .. } => ModelState::Failed(detail.clone()),
+        })
+    }
+
+    /// Loads every served model that is still cold, one after the other.
+    pub(crate) async fn load_all(self: Arc<Self>) {
+        for name in self.config.models.clone() {
+            let start = {
+                let mut slots = lock(&self.slots);
+                match slots.get_mut(&name) {
+                    Some(slot @ Slot::Cold) => {
+                        *slot = Slot::Loading;
+                        true
+                    }
+                    _ => false,
+                }
+            };
+            if start {
+                self.clone().load(name).await;
+            }
+        }
+    }
+
+    /// Loads `name` (its slot already says `Loading`) and publishes the result.
+    async fn load(self: Arc<Self>, name: String) {
+        self.bump();
+        let started = Instant::now();
+        let result = self.load_inner(&name).await;
+        let mut evicted = Vec::new();
+        {
+            let mut slots = lock(&self.slots);
+            match result {
+                Ok(model) => {
+                    let bytes = model.memory_estimate() as u64;
+                    let last_used = self.tick();
+                    slots.insert(name.clone(), Slot::Hot { model: Arc::new(model), bytes, last_used });
+                    set_hot(&self.data, &name, true);
+                    self.metrics.model_loads.inc();
+                    tracing::info!(model = %name, bytes, elapsed_ms = started.elapsed().as_millis() as u64, "model loaded: hot");
+                    evicted = self.enforce_budget(&mut slots, &name);
+                }
+                Err(e) => {
+                    self.metrics.model_load_failures.inc();
+                    tracing::error!(model = %name, error = %e, "model not loaded: it stays cold and requests for it are refused");
+                    set_hot(&self.data, &name, false);
+                    slots.insert(
+                        name,
+                        Slot::Failed { public: e.public().to_owned(), detail: e.to_string(), at: Instant::now() },
+                    );
+                }
+            }
+        }
+        for v in evicted {
+            self.metrics.model_evictions.inc();
+            tracing::info!(model = %v, budget = self.config.memory_budget, "model evicted to stay under the memory budget: cold until requested");
+        }
+        self.bump();
+    }
+
+    /// Evicts least recently used models other than `keep` until the loaded ones fit the budget.
+    fn enforce_budget(&self, slots: &mut BTreeMap<String, Slot>, keep: &str) -> Vec<String> {
+        let budget = self.config.memory_budget;
+        let mut evicted = Vec::new();
+        if budget == 0 {
+            return evicted;
+        }
+        loop {
+            let total: u64 = slots.values().map(|s| if let Slot::Hot { bytes, .. } = s { *bytes } else { 0 }).sum();
+            if total <= budget {
+                break;
+            }
+            let victim = slots
+                .iter()
+                .filter_map(|(n, s)| match s {
+                    Slot::Hot { last_used, .. } if n != keep => Some((*last_used, n.clone())),
+                    _ => None,
+                })
+                .min();
+            let Some((_, victim)) = victim else {
+                tracing::warn!(model = %keep, budget, loaded = total, "this model alone is larger than the memory budget; serving it anyway");
+                break;
+            };
+            slots.insert(victim.clone(), Slot::Cold);
+            set_hot(&self.data, &victim, false);
+            evicted.push(victim);
+        }
+        evicted
+    }
+
+    async fn load_inner(&self, name: &str) -> Result<Model, LoadError> {
+        let keys =
+            crate::fetch_keys(&self.tee, &self.config.key_broker, name, 0, &[]).await.map_err(LoadError::Keys)?;
+        let version = keys.version;
+        let package = self.store.get(&package_blob_name(name, version)).await.map_err(LoadError::Blob)?;
+        let key = ModelKey::from_bytes(*keys.model_key.as_bytes());
+        drop(keys);
+        let id = name.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let plain = decrypt_in_place(package, &id, version, &key).map_err(LoadError::Package)?;
+            Model::load(&plain).map_err(LoadError::Model)
+        })
+        .await
+        .map_err(|e| LoadError::Task(e.to_string()))?
+    }
+
+    /// Drops `name` from memory and marks it cold.
+    pub(crate) fn evict(&self, name: &str) -> bool {
+        let done = {
+            let mut slots = lock(&self.slots);
+            match slots.get_mut(name) {
+                Some(slot @ Slot::Hot { .. }) => {
+                    *slot = Slot::Cold;
+                    set_hot(&self.data, name, false);
+                    true
+                }
+                _ => false,
+            }
+        };
+        if done {
+            self.metrics.model_evictions.inc();
+            tracing::info!(model = %name, "model evicted: cold until requested");
+            self.bump();
+        }
+        done
+    }
+
+    /// Waits until `name` is hot or its load failed.
+    pub(crate) async fn wait_settled(&self, name: &str, timeout: Duration) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let mut changed = self.changed.subscribe();
+            match self.state(name) {
+                None => return Err(format!("model {name:?} is not served by this node")),
+                Some(ModelState::Hot) => return Ok(()),
+                Some(ModelState::Failed(reason)) => return Err(reason),
+                Some(_) => {}
+            }
+            if tokio::time::timeout_at(deadline, changed.changed()).await.is_err() {
+                return Err(format!("model {name:?} is not loaded after {timeout:?} ({:?})", self.state(name)));
+            }
+        }
+    }
+
+    /// The loaded model, loading it first if it is cold.
+    async fn ready(self: &Arc<Self>, name: &str) -> Result<Arc<Model>, Refusal> {
+        let deadline = tokio::time::Instant::now() + LOAD_WAIT;
+        loop {
+            let mut changed = self.changed.subscribe();
+            {
+                let mut slots = lock(&self.slots);
+                let Some(slot) = slots.get_mut(name) else {
+                    return Err(not_served(name));
+                };
+                match slot {
+                    Slot::Hot { model, last_used, .. } => {
+                        *last_used = self.tick();
+                        return Ok(model.clone());
+                    }
+                    Slot::Loading => {}
+                    Slot::Failed { public, at, .. } if at.elapsed() < RETRY_FAILED_AFTER => {
+                        return Err(Refusal::unavailable(format!(
+                            "model {name} is not available on this node: {public}"
+                        )));
+                    }
+                    Slot::Cold | Slot::Failed { .. } => {
+                        *slot = Slot::Loading;
+                        tokio::spawn(self.clone().load(name.to_owned()));
+                    }
+                }
+            }
+            if tokio::time::timeout_at(deadline, changed.changed()).await.is_err() {
+                return Err(Refusal::unavailable(format!("model {name} is still loading; try again shortly")));
+            }
+        }
+    }
+
+    /// Checks, opens, runs and seals one request.
+    async fn handle(self: &Arc<Self>, req: InferRequest) -> Result<InferResponse, Refusal> {
+        if !self.config.models.contains(&req.model) {
+            return Err(not_served(&req.model));
+        }
+        if !proto::valid_request_id(&req.request_id) {
+            return Err(Refusal::bad("bad_request", "requestId must be 32 lowercase hex characters (16 random bytes)"));
+        }
+        let now = proto::now_ms();
+        if now.abs_diff(req.time_ms) > proto::MAX_SKEW_MS {
+            return Err(Refusal::bad(
+                "stale",
+                format!(
+                    "timeMs is {} s away from this node's clock (at most {} s allowed)",
+                    now.abs_diff(req.time_ms) / 1000,
+                    proto::MAX_SKEW_MS / 1000
+                ),
+            ));
+        }
+        let opened = proto::open_request(self.key.pair(), &req).map_err(|_| {
+            Refusal::bad(
+                "tampered",
+                "the request does not open: it was tampered with, or sealed to another key, model, requestId or time",
+            )
+        })?;
+        lock(&self.replay).insert(&req.request_id, Instant::now())?;
+        let model = self.ready(&req.model).await?;
+        tokio::task::spawn_blocking(move || run(&model, &req, opened))
+            .await
+            .map_err(|_| Refusal::internal("the model failed to run on this input"))?
+    }
+
+    fn answer(&self, result: Result<InferResponse, Refusal>, model: Option<&str>) -> Result<InferResponse, Refusal> {
+        match &result {
+            Ok(_) => {
+                self.metrics.requests_served.inc();
+            }
+            Err(r) => {
+                self.metrics.requests_refused.inc();
+                tracing::info!(model = model.unwrap_or("-"), status = r.status.as_u16(), code = r.code, reason = %r.message, "request refused");
+            }
+        };
+        result
+    }
+}
+
+fn not_served(model: &str) -> Refusal {
+    let shown: String = model.chars().take(256).collect();
+    Refusal::new(StatusCode::NOT_FOUND, "not_served", format!("model {shown:?} is not served by this node"))
+}
+
+fn run(model: &Model, req: &InferRequest, opened: OpenedRequest) -> Result<InferResponse, Refusal> {
+    let input = Tensor::from_npy(&opened.input_npy)
+        .map_err(|_| Refusal::bad("bad_input", "the input is not a valid .npy tensor of numbers"))?;
+    let outputs = model.run(&input).map_err(|e| match e {
+        RuntimeError::InputShape { expected, .. } => {
+            Refusal::bad("bad_input", format!("the input's shape does not match the model's input shape {expected:?}"))
+        }
+        _ => Refusal::internal("the model failed to run on this input"),
+    })?;
+    let first = outputs.first().ok_or_else(|| Refusal::internal("the model has no output"))?;
+    let npy = zeroize::Zeroizing::new(first.to_npy());
+    proto::seal_response(req, &opened.response_key, &npy)
+        .map_err(|_| Refusal::bad("bad_request", "the response key in the request is not a valid X25519 public key"))
+}
+
+/// The serving routes: `/v1/infer`, and `/init`, `/run` in OpenWhisk mode.
+pub(crate) fn router(serving: Arc<Serving>) -> Router {
+    let mut r = Router::new().route(proto::PATH, post(infer_direct));
+    if serving.config.openwhisk {
+        r = r.route("/init", post(openwhisk_init)).route("/run", post(openwhisk_run));
+    }
+    r.layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES)).with_state(serving)
+}
+
+async fn infer_direct(State(s): State<Arc<Serving>>, body: Bytes) -> Response {
+    s.metrics.requests.inc();
+    let (result, model) = match serde_json::from_slice::<InferRequest>(&body) {
+        Ok(req) => {
+            let model = req.model.clone();
+            (s.handle(req).await, Some(model))
+        }
+        Err(e) => (Err(Refusal::bad("bad_request", format!("not a sealed inference request: {e}"))), None),
+    };
+    match s.answer(result, model.as_deref()) {
+        Ok(resp) => (StatusCode::OK, Json(resp)).into_response(),
+        Err(r) => (r.status, Json(ErrorBody { code: r.code.to_owned(), message: r.message })).into_response(),
+    }
+}
+
+async fn openwhisk_init(body: Bytes) -> Response {
+    tracing::debug!(bytes = body.len(), "OpenWhisk /init");
+    (StatusCode::OK, Json(serde_json::json!({ "ok": true }))).into_response()
+}
+
+/// OpenWhisk's `/run` envelope; its other fields (namespace, action name, activation id, …) are
+/// not used.
+#[derive(serde::Deserialize)]
+struct RunEnvelope {
+    value: InferRequest,
+}
+
+async fn openwhisk_run(State(s): State<Arc<Serving>>, body: Bytes) -> Response {
+    s.metrics.requests.inc();
+    let (result, model) = match serde_json::from_slice::<RunEnvelope>(&body) {
+        Ok(env) => {
+            let model = env.value.model.clone();
+            (s.handle(env.value).await, Some(model))
+        }
+        Err(e) => (Err(Refusal::bad("bad_request", format!("\"value\" is not a sealed inference request: {e}"))), None),
+    };
+    match s.answer(result, model.as_deref()) {
+        Ok(resp) => (StatusCode::OK, Json(resp)).into_response(),
+        Err(r) => (r.status, Json(serde_json::json!({ "error": r.message, "code": r.code }))).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replay_cache_refuses_repeats_until_they_expire() {
+        let mut c = ReplayCache::default();
+        let t0 = Instant::now();
+        c.insert("a", t0).expect("first");
+        assert_eq!(c.insert("a", t0 + Duration::from_secs(119)).expect_err("replay").code, "replayed");
+        c.insert("b", t0 + Duration::from_secs(2)).expect("other id");
+        c.insert("a", t0 + Duration::from_secs(121)).expect("expired: the time check refuses it anyway");
+        assert_eq!(c.seen.len(), 2, "b still remembered, a again");
+    }
+}

@@ -1,0 +1,528 @@
+//! Model serving end to end, in one process: a manager and key broker (`enclava-server` over the
+//! in-memory registry and SQLite), `sim` nodes that fetch model keys with evidence, decrypt the
+//! packages from a blob folder and answer sealed requests, and the client library's
+//! find → verify → seal → send → open loop, with every refusal the protocol promises.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::http::StatusCode;
+
+use enclava_attest::Policy;
+use enclava_attest::sim::SimRoot;
+use enclava_client::infer::{self, ErrorBody, InferError, InferOptions, InferRequest, InferResponse, post_json};
+use enclava_client::{FindEnclaveRequest, ManagerClient};
+use enclava_keys::{Broker, BrokerConfig, KeysMetrics, LocalKek};
+use enclava_model::{BlobStore, FolderStore, ModelKey, package_blob_name};
+use enclava_node::{ModelState, NodeConfig, NodeHandle, ServeConfig};
+use enclava_registry::Keys;
+use enclava_registry::Registry;
+use enclava_registry::memory::MemoryRegistry;
+use enclava_runtime::{Model, Tensor, generate};
+use tempfile::TempDir;
+
+const WAIT: Duration = Duration::from_secs(30);
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A manager + key broker, a sim root, a blob folder and a model owner.
+struct Env {
+    dir: TempDir,
+    registry: Arc<dyn Registry>,
+    url: String,
+    broker: Arc<Broker>,
+    owner: String,
+    root: SimRoot,
+    root_dir: PathBuf,
+    blobs: PathBuf,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+fn measurement() -> String {
+    enclava_node::tee::sim_measurement(enclava_node::tee::sim_workload().as_bytes())
+}
+
+const OTHER_MEASUREMENT: &str =
+    "111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111111";
+
+impl Env {
+    async fn new() -> Env {
+        let dir = tempfile::tempdir().expect("tmp");
+        let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new(Keys::new("enclava", "enclava").expect("keys")));
+        let config =
+            BrokerConfig::new(format!("sqlite://{}/keys.db?mode=rwc", dir.path().display()), dir.path().join("keys"));
+        let kek = Arc::new(LocalKek::from_bytes(&[9; 32], "test"));
+        let broker = Arc::new(Broker::open(config, kek, Arc::new(KeysMetrics::new())).await.expect("broker opens"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+        let roles = enclava_server::Roles { manager: Some(registry.clone()), keys: Some(broker.clone()) };
+        tokio::spawn(enclava_server::serve(Default::default(), roles, listener, async {
+            let _ = rx.await;
+        }));
+        let root = SimRoot::generate().expect("root");
+        let root_dir = dir.path().join("sim-root");
+        root.save(&root_dir).expect("save root");
+        let (owner, _) = broker.register().await.expect("register");
+        let blobs = dir.path().join("blobs");
+        Env { registry, url, broker, owner, root, root_dir, blobs, dir, _stop: stop }
+    }
+
+    fn sim_policy(&self, measurements: &str) -> String {
+        format!("[sim]\nroot = \"{}\"\n{measurements}\n", self.root.public().to_hex())
+    }
+
+    /// Encrypts `onnx` as `model`, stores its key with a sim policy and grants `grant`.
+    async fn upload(&self, model: &str, onnx: &[u8], grant: &str) -> u64 {
+        let key = ModelKey::generate().expect("key");
+        let policy = self.sim_policy("any_measurement = true");
+        let version =
+            self.broker.put_model_key(&self.owner, model, key.as_bytes(), Some(&policy), false).await.expect("put key");
+        self.broker.grant(&self.owner, model, grant, &self.owner).await.expect("grant");
+        let package = enclava_model::encrypt(model, version, &key, onnx).expect("encrypt");
+        FolderStore::new(&self.blobs).put(&package_blob_name(model, version), &package).await.expect("put blob");
+        version
+    }
+
+    async fn node_with(&self, name: &str, models: &[&str], budget: u64, advertise: Option<String>) -> NodeHandle {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let config = NodeConfig {
+            platform: "sim".into(),
+            data_dir: self.dir.path().join(name),
+            data: Vec::new(),
+            advertise,
+            sim_root: Some(self.root_dir.clone()),
+            serve: Some(ServeConfig {
+                key_broker: self.url.clone(),
+                blobs: self.blobs.clone(),
+                models: models.iter().map(|m| m.to_string()).collect(),
+                memory_budget: budget,
+                openwhisk: true,
+            }),
+        };
+        enclava_node::start(config, self.registry.clone(), listener).await.expect("node starts")
+    }
+
+    async fn node(&self, name: &str, models: &[&str]) -> NodeHandle {
+        self.node_with(name, models, 0, None).await
+    }
+
+    fn options(&self, model: &str) -> InferOptions {
+        let policy = Policy::parse(&self.sim_policy("any_measurement = true")).expect("policy");
+        InferOptions::new(self.url.clone(), model, policy)
+    }
+
+    async fn find(&self, model: &str) -> Vec<(String, bool)> {
+        let mut c = ManagerClient::connect(&self.url).await.expect("manager");
+        let req = FindEnclaveRequest { dataaccess: model.into(), limit: 10, ..Default::default() };
+        c.find(req).await.expect("find").found.into_iter().map(|e| (e.instance_id, e.hot)).collect()
+    }
+
+    /// Waits until FindEnclave lists exactly `node` for `model`, with this hot state.
+    async fn listed(&self, model: &str, node: &NodeHandle, hot: bool) {
+        let want = vec![(node.instance_id().to_owned(), hot)];
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let got = self.find(model).await;
+            if got == want {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{model}: listed {got:?}, want {want:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn input(seed: u64) -> Vec<u8> {
+    generate::sample_input(&[1, 3, 32, 32], seed).expect("input").to_npy()
+}
+
+/// The first output of running `onnx` on `input_npy` directly with tract.
+fn direct(onnx: &[u8], input_npy: &[u8]) -> Tensor {
+    let model = Model::load(onnx).expect("load");
+    model.run(&Tensor::from_npy(input_npy).expect("npy")).expect("run").remove(0)
+}
+
+fn tensor(npy: &[u8]) -> Tensor {
+    Tensor::from_npy(npy).expect("output is .npy")
+}
+
+/// Posts a JSON value to the node; returns the status and body.
+async fn post(addr: SocketAddr, path: &str, body: &impl serde::Serialize) -> (u16, Vec<u8>) {
+    post_json(&format!("http://{addr}{path}"), serde_json::to_vec(body).expect("json"), TIMEOUT).await.expect("post")
+}
+
+fn error_code(body: &[u8]) -> ErrorBody {
+    serde_json::from_slice(body).expect("error body")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sealed_result_equals_running_the_model_directly() {
+    let env = Env::new().await;
+    let onnx = generate::tiny(1);
+    env.upload("acme/tiny", &onnx, &measurement()).await;
+    let node = env.node("n1", &["acme/tiny"]).await;
+    node.wait_hot("acme/tiny", WAIT).await.expect("hot");
+    env.listed("acme/tiny", &node, true).await;
+
+    let x = input(7);
+    let out = infer::infer(&env.options("acme/tiny"), &x).await.expect("sealed inference");
+    assert_eq!(tensor(&out.output_npy), direct(&onnx, &x), "bit for bit the same as tract in-process");
+    assert_eq!(out.instance_id, node.instance_id());
+    assert_eq!((out.platform.as_str(), out.measurement.as_str()), ("sim", node.measurement()));
+    assert_eq!(out.claims.measurement_hex(), measurement());
+    assert!(out.passed_over.is_empty());
+    assert_eq!((node.metrics().requests.get(), node.metrics().requests_served.get()), (1, 1));
+    assert!(!format!("{:?}", node.request_key()).contains("secret"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_is_denied_and_the_retry_succeeds_on_another() {
+    let env = Env::new().await;
+    let onnx = generate::tiny(2);
+    env.upload("acme/tiny", &onnx, &measurement()).await;
+    let n1 = env.node("n1", &["acme/tiny"]).await;
+    let n2 = env.node("n2", &["acme/tiny"]).await;
+    n1.wait_hot("acme/tiny", WAIT).await.expect("n1 hot");
+    n2.wait_hot("acme/tiny", WAIT).await.expect("n2 hot");
+    // n2 is listed cold (it still has the model), so FindEnclave offers the hot n1 first.
+    n2.set_data("acme/tiny", false).expect("set data");
+    let n1_id = n1.instance_id().to_owned();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    n1.abort(); // killed: still registered until its presence expires (3 s)
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let x = input(3);
+    let out = infer::infer(&env.options("acme/tiny"), &x).await.expect("retried on n2");
+    assert_eq!(out.instance_id, n2.instance_id());
+    assert_eq!(out.passed_over.len(), 1, "{:?}", out.passed_over);
+    assert_eq!(out.passed_over[0].instance_id, n1_id);
+    assert!(out.passed_over[0].outcome.contains("connect"), "{}", out.passed_over[0].outcome);
+    assert_eq!(tensor(&out.output_npy), direct(&onnx, &x));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_not_granted_never_gets_the_key_and_a_refused_node_gets_nothing() {
+    let env = Env::new().await;
+    env.upload("acme/secret", &generate::tiny(3), OTHER_MEASUREMENT).await;
+    env.upload("acme/tiny", &generate::tiny(4), &measurement()).await;
+    let node = env.node("n1", &["acme/secret", "acme/tiny"]).await;
+
+    // Not granted: the broker refuses, the model never becomes hot, requests are refused.
+    let err = node.wait_hot("acme/secret", WAIT).await.expect_err("not granted");
+    assert!(err.contains("did not release") && err.contains("PermissionDenied"), "{err}");
+    assert!(matches!(node.model_state("acme/secret"), Some(ModelState::Failed(_))));
+    let audit = env.broker.audit(&env.owner, 1000).await.expect("audit");
+    assert!(audit.iter().any(|r| r.action == "deny" && r.detail.contains("not granted")), "{audit:?}");
+    assert!(!audit.iter().any(|r| r.action != "deny" && r.detail.contains("acme/secret")));
+    assert_eq!(node.metrics().model_load_failures.get(), 1);
+    node.wait_hot("acme/tiny", WAIT).await.expect("the granted model is served");
+    env.listed("acme/secret", &node, false).await;
+    let err = infer::infer(&env.options("acme/secret"), &input(1)).await.expect_err("no node can serve it");
+    assert!(err.to_string().contains("not granted"), "{err}");
+    let served = node.metrics().requests.get();
+
+    // A client whose policy does not accept the node's measurement sends it nothing.
+    let policy = Policy::parse(&env.sim_policy(&format!("measurements = [\"{OTHER_MEASUREMENT}\"]"))).expect("policy");
+    let opts = InferOptions::new(env.url.clone(), "acme/tiny", policy);
+    let err = infer::infer(&opts, &input(1)).await.expect_err("refused");
+    assert!(matches!(err, InferError::NoEnclave { .. }), "{err}");
+    assert_eq!(err.tried().len(), 1);
+    assert!(err.tried()[0].outcome.contains("refused, nothing sent"), "{err}");
+    assert_eq!(node.metrics().requests.get(), served, "the node received nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_blob_is_never_served() {
+    let env = Env::new().await;
+    let version = env.upload("acme/tiny", &generate::tiny(5), &measurement()).await;
+    let store = FolderStore::new(&env.blobs);
+    let name = package_blob_name("acme/tiny", version);
+    let mut package = store.get(&name).await.expect("blob");
+    let middle = package.len() / 2;
+    package[middle] ^= 0x40;
+    store.put(&name, &package).await.expect("tamper");
+
+    let node = env.node("n1", &["acme/tiny"]).await;
+    let err = node.wait_hot("acme/tiny", WAIT).await.expect_err("tampered");
+    assert!(err.contains("failed authentication"), "{err}");
+    env.listed("acme/tiny", &node, false).await;
+
+    let (req, _) = infer::seal_request(node.request_key().public(), "acme/tiny", &input(1)).expect("seal");
+    let (status, body) = post(node.addr(), infer::PATH, &req).await;
+    let e = error_code(&body);
+    assert_eq!((status, e.code.as_str()), (503, "unavailable"), "{e:?}");
+    assert!(e.message.contains("failed verification"), "{e:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampered_replayed_stale_and_malformed_requests_are_refused() {
+    let env = Env::new().await;
+    let onnx = generate::tiny(6);
+    env.upload("acme/tiny", &onnx, &measurement()).await;
+    let node = env.node("n1", &["acme/tiny"]).await;
+    node.wait_hot("acme/tiny", WAIT).await.expect("hot");
+    let pk = node.request_key().public().to_vec();
+    let x = input(9);
+
+    let (req, pending) = infer::seal_request(&pk, "acme/tiny", &x).expect("seal");
+    let (status, body) = post(node.addr(), infer::PATH, &req).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let resp: InferResponse = serde_json::from_slice(&body).expect("sealed response");
+    assert_eq!(tensor(&pending.open(&resp).expect("opens")), direct(&onnx, &x));
+
+    // Replayed, byte for byte.
+    let (status, body) = post(node.addr(), infer::PATH, &req).await;
+    assert_eq!((status, error_code(&body).code.as_str()), (400, "replayed"));
+
+    // Tampered: ciphertext, a bound field, the encapsulated key.
+    let (fresh, _) = infer::seal_request(&pk, "acme/tiny", &x).expect("seal");
+    for tamper in [
+        |r: &mut InferRequest| r.ciphertext[10] ^= 1,
+        |r: &mut InferRequest| r.time_ms -= 1,
+        |r: &mut InferRequest| r.enc[0] ^= 1,
+        |r: &mut InferRequest| r.enc.truncate(5),
+    ] {
+        let mut bad = fresh.clone();
+        tamper(&mut bad);
+        let (status, body) = post(node.addr(), infer::PATH, &bad).await;
+        assert_eq!((status, error_code(&body).code.as_str()), (400, "tampered"));
+    }
+    // The untampered one still goes through: a refused forgery does not burn its id.
+    let (status, _) = post(node.addr(), infer::PATH, &fresh).await;
+    assert_eq!(status, 200);
+
+    // Stale, unknown model, bad id, garbage, not a tensor, wrong shape.
+    let old = infer::now_ms() - 61_000;
+    let (stale, _) = infer::seal_request_with(&pk, "acme/tiny", &x, &"ab".repeat(16), old).expect("seal");
+    let (status, body) = post(node.addr(), infer::PATH, &stale).await;
+    assert_eq!((status, error_code(&body).code.as_str()), (400, "stale"));
+    let (other, _) = infer::seal_request(&pk, "acme/other", &x).expect("seal");
+    let (status, body) = post(node.addr(), infer::PATH, &other).await;
+    assert_eq!((status, error_code(&body).code.as_str()), (404, "not_served"));
+    let (bad_id, _) = infer::seal_request_with(&pk, "acme/tiny", &x, "XYZ", infer::now_ms()).expect("seal");
+    let (status, _) = post(node.addr(), infer::PATH, &bad_id).await;
+    assert_eq!(status, 400);
+    let (status, body) = post(node.addr(), infer::PATH, &serde_json::json!({"hello": 1})).await;
+    assert_eq!((status, error_code(&body).code.as_str()), (400, "bad_request"));
+    let (status, _) = post_json(&format!("http://{}{}", node.addr(), infer::PATH), b"\xff\x00{".to_vec(), TIMEOUT)
+        .await
+        .expect("post");
+    assert_eq!(status, 400);
+    let (not_npy, _) = infer::seal_request(&pk, "acme/tiny", b"not a tensor").expect("seal");
+    let (status, body) = post(node.addr(), infer::PATH, &not_npy).await;
+    assert_eq!((status, error_code(&body).code.as_str()), (400, "bad_input"));
+    let wrong = generate::sample_input(&[1, 3, 8, 8], 1).expect("input").to_npy();
+    let (wrong_shape, _) = infer::seal_request(&pk, "acme/tiny", &wrong).expect("seal");
+    let (status, body) = post(node.addr(), infer::PATH, &wrong_shape).await;
+    let e = error_code(&body);
+    assert_eq!((status, e.code.as_str()), (400, "bad_input"), "{e:?}");
+    assert!(e.message.contains("[1, 3, 32, 32]"), "{e:?}");
+    // The client library reports a refused request as such.
+    assert!(node.metrics().requests_refused.get() >= 10);
+}
+
+/// A man in the middle that flips one bit of every sealed answer.
+async fn tampering_proxy(listener: tokio::net::TcpListener, target: SocketAddr) {
+    let app = axum::Router::new().route(
+        infer::PATH,
+        axum::routing::post(move |body: Bytes| async move {
+            let (status, body) =
+                post_json(&format!("http://{target}{}", infer::PATH), body.to_vec(), TIMEOUT).await.expect("forward");
+            let mut resp: serde_json::Value = serde_json::from_slice(&body).expect("json");
+            if status == 200 {
+                let mut sealed: InferResponse = serde_json::from_value(resp).expect("sealed");
+                sealed.ciphertext[0] ^= 1;
+                resp = serde_json::to_value(sealed).expect("json");
+            }
+            (StatusCode::from_u16(status).expect("status"), axum::Json(resp))
+        }),
+    );
+    let _ = axum::serve(listener, app).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_response_is_refused_by_the_client() {
+    let env = Env::new().await;
+    env.upload("acme/tiny", &generate::tiny(8), &measurement()).await;
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let proxy_addr = proxy.local_addr().expect("addr");
+    let node = env.node_with("n1", &["acme/tiny"], 0, Some(proxy_addr.to_string())).await;
+    tokio::spawn(tampering_proxy(proxy, node.addr()));
+    node.wait_hot("acme/tiny", WAIT).await.expect("hot");
+
+    let err = infer::infer(&env.options("acme/tiny"), &input(1)).await.expect_err("tampered answer");
+    match &err {
+        InferError::TamperedResponse { instance_id, tried } => {
+            assert_eq!(instance_id, node.instance_id());
+            assert_eq!(tried.len(), 1, "not retried");
+        }
+        other => panic!("expected a tampered response, got {other}"),
+    }
+    assert!(err.to_string().contains("does not open"), "{err}");
+    assert_eq!(node.metrics().requests_served.get(), 1, "the node did answer; the client refused the answer");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openwhisk_init_and_run_with_the_shapes_openwhisk_sends() {
+    let env = Env::new().await;
+    let onnx = generate::tiny(10);
+    env.upload("acme/tiny", &onnx, &measurement()).await;
+    let node = env.node("n1", &["acme/tiny"]).await;
+    node.wait_hot("acme/tiny", WAIT).await.expect("hot");
+
+    let init = serde_json::json!({
+        "value": {"name": "acme-tiny", "main": "main", "code": "", "binary": false, "env": {"__OW_API_HOST": "https://ow"}}
+    });
+    let (status, body) = post(node.addr(), "/init", &init).await;
+    assert_eq!(status, 200);
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&body).expect("json"), serde_json::json!({"ok": true}));
+
+    let x = input(4);
+    let (req, pending) = infer::seal_request(node.request_key().public(), "acme/tiny", &x).expect("seal");
+    let envelope = |value: serde_json::Value| {
+        serde_json::json!({
+            "value": value,
+            "namespace": "guest",
+            "action_name": "/guest/acme-tiny",
+            "api_host": "https://openwhisk.example",
+            "api_key": "23bc46b1-71f6-4ed5-8c54-816aa4f8c502:123zO3xZCLrMN6v2BKK1dXYFpXlPkccOFqm12CdAsMgRU4VrNZ9lyGVCGuMDGIwP",
+            "activation_id": "5d4c3b2a1f0e4d3c8b7a6f5e4d3c2b1a",
+            "transaction_id": "iG7Kx2dL9pQ4",
+            "deadline": "1893456000000"
+        })
+    };
+    let (status, body) = post(node.addr(), "/run", &envelope(serde_json::to_value(&req).expect("json"))).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let resp: InferResponse = serde_json::from_slice(&body).expect("sealed response");
+    assert_eq!(tensor(&pending.open(&resp).expect("opens")), direct(&onnx, &x));
+
+    // Errors are OpenWhisk application errors: {"error": …} with a 4xx/5xx.
+    for (value, want) in [
+        (serde_json::to_value(&req).expect("json"), 400), // replayed
+        (serde_json::json!({}), 400),
+        (serde_json::json!({"model": "acme/none", "requestId": "ab", "timeMs": 1, "enc": "", "ciphertext": ""}), 404),
+    ] {
+        let (status, body) = post(node.addr(), "/run", &envelope(value)).await;
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(status, want, "{v}");
+        assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{v}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixteen_concurrent_requests_share_one_loaded_model() {
+    let env = Env::new().await;
+    let onnx = generate::tiny(11);
+    env.upload("acme/tiny", &onnx, &measurement()).await;
+    let node = env.node("n1", &["acme/tiny"]).await;
+    node.wait_hot("acme/tiny", WAIT).await.expect("hot");
+    let opts = Arc::new(env.options("acme/tiny"));
+    let tasks: Vec<_> = (0..16u64)
+        .map(|i| {
+            let opts = opts.clone();
+            tokio::spawn(async move {
+                let x = input(100 + i);
+                (x.clone(), infer::infer(&opts, &x).await)
+            })
+        })
+        .collect();
+    let reference = Model::load(&onnx).expect("load");
+    for t in tasks {
+        let (x, out) = t.await.expect("task");
+        let out = out.expect("inference");
+        let want = reference.run(&Tensor::from_npy(&x).expect("npy")).expect("run").remove(0);
+        assert_eq!(tensor(&out.output_npy), want);
+    }
+    assert_eq!(node.metrics().requests_served.get(), 16);
+    assert_eq!(node.metrics().model_loads.get(), 1, "loaded once, shared");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lru_eviction_under_the_budget_and_reload_on_request() {
+    let env = Env::new().await;
+    let (a, b) = (generate::tiny(12), generate::tiny(13));
+    env.upload("acme/a", &a, &measurement()).await;
+    env.upload("acme/b", &b, &measurement()).await;
+    let budget = a.len().max(b.len()) as u64 + 16; // room for one of them
+    let node = env.node_with("n1", &["acme/a", "acme/b"], budget, None).await;
+    node.wait_hot("acme/b", WAIT).await.expect("b hot");
+    assert_eq!(node.model_state("acme/a"), Some(ModelState::Cold), "a evicted when b loaded");
+    env.listed("acme/a", &node, false).await;
+
+    let x = input(5);
+    let out = infer::infer(&env.options("acme/a"), &x).await.expect("a reloaded on request");
+    assert_eq!(tensor(&out.output_npy), direct(&a, &x));
+    assert_eq!(node.model_state("acme/a"), Some(ModelState::Hot));
+    assert_eq!(node.model_state("acme/b"), Some(ModelState::Cold));
+    assert_eq!((node.metrics().model_loads.get(), node.metrics().model_evictions.get()), (3, 2));
+    assert!(node.evict("acme/a"));
+    env.listed("acme/a", &node, false).await;
+}
+
+/// Everything the node and client log, at every level, for the log hygiene test.
+#[derive(Clone, Default)]
+struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("logs").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_carry_no_keys_inputs_or_outputs() {
+    let logs = Logs::default();
+    let writer = logs.clone();
+    tracing_subscriber::fmt()
+        .with_env_filter("debug")
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .try_init()
+        .expect("the only subscriber in this binary");
+
+    let env = Env::new().await;
+    let key = ModelKey::generate().expect("key");
+    let policy = env.sim_policy("any_measurement = true");
+    let version =
+        env.broker.put_model_key(&env.owner, "acme/tiny", key.as_bytes(), Some(&policy), false).await.expect("key");
+    env.broker.grant(&env.owner, "acme/tiny", &measurement(), &env.owner).await.expect("grant");
+    let onnx = generate::tiny(14);
+    let package = enclava_model::encrypt("acme/tiny", version, &key, &onnx).expect("encrypt");
+    FolderStore::new(&env.blobs).put(&package_blob_name("acme/tiny", version), &package).await.expect("blob");
+    let node = env.node("n1", &["acme/tiny"]).await;
+    node.wait_hot("acme/tiny", WAIT).await.expect("hot");
+
+    let x = input(15);
+    let (req, pending) = infer::seal_request(node.request_key().public(), "acme/tiny", &x).expect("seal");
+    let (status, body) = post(node.addr(), infer::PATH, &req).await;
+    assert_eq!(status, 200);
+    let output = pending.open(&serde_json::from_slice(&body).expect("sealed")).expect("opens");
+    let (status, _) = post(node.addr(), infer::PATH, &req).await; // replayed: logged as refused
+    assert_eq!(status, 400);
+    let out = infer::infer(&env.options("acme/tiny"), &x).await.expect("infer");
+
+    let text = String::from_utf8(logs.0.lock().expect("logs").clone()).expect("utf-8 logs");
+    assert!(text.contains("model loaded: hot") && text.contains("request refused"), "logs were captured");
+    use base64::Engine;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let data_start = x.len() - 64; // skip the .npy header, which is not secret
+    for (what, secret) in [
+        ("model key (hex)", hex::encode(key.as_bytes())),
+        ("model key (base64)", b64(key.as_bytes())),
+        ("input (hex)", hex::encode(&x[data_start..])),
+        ("input (base64)", b64(&x[data_start..data_start + 48])),
+        ("output (hex)", hex::encode(&output[output.len() - 16..])),
+        ("sealed output (hex)", hex::encode(&out.output_npy[out.output_npy.len() - 16..])),
+        ("ciphertext (base64)", b64(&req.ciphertext[..48])),
+    ] {
+        assert!(!text.contains(&secret), "the logs contain the {what}");
+    }
+}

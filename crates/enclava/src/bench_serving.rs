@@ -1,0 +1,198 @@
+//! `enclava bench serving`: MobileNetV2 (224×224, generated with seeded weights), in one run:
+//! plain tract in-process (the floor) against the full sealed path over loopback (find, verify the
+//! enclave's sim evidence, HPKE-seal, send, run, seal back, open) at 1 and 8 concurrent clients;
+//! model decryption throughput; and encrypted model load (decrypt + parse) against plaintext load.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use enclava_attest::Policy;
+use enclava_attest::sim::SimRoot;
+use enclava_keys::{Broker, BrokerConfig, KeysMetrics, LocalKek};
+use enclava_model::blob::{BlobStore, FolderStore, package_blob_name};
+use enclava_model::package::{self, ModelKey};
+use enclava_registry::memory::MemoryRegistry;
+use enclava_registry::{Keys, Registry};
+use enclava_runtime::Model;
+use enclava_runtime::generate::{mobilenet_v2, sample_input};
+
+/// `enclava bench serving`
+#[derive(Debug, clap::Args)]
+pub struct ServingArgs {
+    /// Seconds per measured row
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+}
+
+struct Row {
+    ops: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+fn summarize(mut lat: Vec<f64>, secs: f64) -> Row {
+    lat.sort_by(f64::total_cmp);
+    let at =
+        |q: f64| lat.get(((lat.len() as f64 * q) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(0.0);
+    Row { ops: lat.len() as f64 / secs, p50_ms: at(0.5), p99_ms: at(0.99) }
+}
+
+/// Runs `clients` loops of `f` until `dur` has passed; returns every latency (ms) and the seconds taken.
+async fn load<F, Fut>(clients: usize, dur: Duration, f: F) -> anyhow::Result<Row>
+where
+    F: Fn() -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let deadline = Instant::now() + dur;
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let f = f.clone();
+            tokio::spawn(async move {
+                let mut lat = Vec::new();
+                while Instant::now() < deadline || lat.len() < 3 {
+                    let t = Instant::now();
+                    f().await?;
+                    lat.push(t.elapsed().as_secs_f64() * 1e3);
+                }
+                anyhow::Ok(lat)
+            })
+        })
+        .collect();
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await??);
+    }
+    Ok(summarize(lat, start.elapsed().as_secs_f64()))
+}
+
+pub async fn serving(a: ServingArgs) -> anyhow::Result<ExitCode> {
+    let dur = Duration::from_secs_f64(a.seconds.max(0.5));
+    let tmp = tempfile::tempdir()?;
+    eprintln!("generating MobileNetV2 (224×224, seeded weights)…");
+    let onnx = mobilenet_v2(1);
+    let input = sample_input(&[1, 3, 224, 224], 7).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let input_npy = input.to_npy();
+
+    // Model load: plaintext parse + optimize, against decrypt + parse + optimize.
+    let key = ModelKey::generate().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let pkg = package::encrypt("bench/mobilenet", 1, &key, &onnx).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (mut plain_load, mut enc_load) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        let t = Instant::now();
+        Model::load(&onnx).map_err(|e| anyhow::anyhow!("{e}"))?;
+        plain_load.push(t.elapsed().as_secs_f64() * 1e3);
+        let copy = pkg.clone();
+        let t = Instant::now();
+        let plain = package::decrypt_in_place(copy, "bench/mobilenet", 1, &key).map_err(|e| anyhow::anyhow!("{e}"))?;
+        Model::load(&plain).map_err(|e| anyhow::anyhow!("{e}"))?;
+        enc_load.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let plain_load = summarize(plain_load, 1.0).p50_ms;
+    let enc_load = summarize(enc_load, 1.0).p50_ms;
+    let decrypt = enclava_model::bench::decrypt_in_place_throughput(64 << 20, package::DEFAULT_CHUNK_SIZE, 5)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+
+    // The floor: plain tract in-process, 1 and 8 concurrent callers.
+    let model = Arc::new(Model::load(&onnx).map_err(|e| anyhow::anyhow!("{e}"))?);
+    let run_plain = {
+        let (model, input) = (model.clone(), Arc::new(input.clone()));
+        move || {
+            let (model, input) = (model.clone(), input.clone());
+            async move {
+                tokio::task::spawn_blocking(move || model.run(&input)).await?.map_err(|e| anyhow::anyhow!("{e}"))?;
+                anyhow::Ok(())
+            }
+        }
+    };
+    let floor1 = load(1, dur, run_plain.clone()).await?;
+    let floor8 = load(8, dur, run_plain).await?;
+
+    // The sealed path: manager + key broker + one sim node serving the encrypted model.
+    let registry: Arc<dyn Registry> =
+        Arc::new(MemoryRegistry::new(Keys::new("enclava", "enclava").map_err(anyhow::Error::msg)?));
+    let kek = Arc::new(LocalKek::from_bytes(&[6; 32], "bench"));
+    let db = format!("sqlite://{}/keys.db", tmp.path().display());
+    let broker =
+        Arc::new(Broker::open(BrokerConfig::new(db, tmp.path().join("srv")), kek, Arc::new(KeysMetrics::new())).await?);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let roles = enclava_server::Roles { manager: Some(registry.clone()), keys: Some(broker.clone()) };
+    let server = tokio::spawn(enclava_server::serve(Default::default(), roles, listener, async {
+        let _ = stop_rx.await;
+    }));
+    let root_dir = tmp.path().join("root");
+    let root = SimRoot::load_or_init(&root_dir).map_err(anyhow::Error::msg)?;
+    let policy_text = format!("[sim]\nroot = \"{}\"\nany_measurement = true\n", root.public().to_hex());
+    let (owner, _) = broker.register().await?;
+    broker.put_model_key(&owner, "bench/mobilenet", key.as_bytes(), Some(&policy_text), false).await?;
+    let blobs = tmp.path().join("blobs");
+    FolderStore::new(&blobs)
+        .put(&package_blob_name("bench/mobilenet", 1), &pkg)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let node_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let config = enclava_node::NodeConfig {
+        platform: "sim".into(),
+        data_dir: tmp.path().join("node"),
+        data: vec![],
+        advertise: None,
+        sim_root: Some(root_dir),
+        serve: Some(enclava_node::serve::ServeConfig {
+            key_broker: url.clone(),
+            blobs,
+            models: vec!["bench/mobilenet".into()],
+            memory_budget: 0,
+            openwhisk: false,
+        }),
+    };
+    let measurement = enclava_node::tee::sim_measurement(enclava_node::tee::sim_workload().as_bytes());
+    broker.grant(&owner, "bench/mobilenet", &measurement, &owner).await?;
+    let node = enclava_node::start(config, registry, node_listener).await?;
+    node.wait_hot("bench/mobilenet", Duration::from_secs(120)).await.map_err(anyhow::Error::msg)?;
+    let policy = Policy::parse(&policy_text).map_err(anyhow::Error::msg)?;
+    let opts = Arc::new(enclava_client::infer::InferOptions::new(url.clone(), "bench/mobilenet", policy));
+    let input_npy = Arc::new(input_npy);
+    let run_sealed = move || {
+        let (opts, input) = (opts.clone(), input_npy.clone());
+        async move {
+            enclava_client::infer::infer(&opts, &input).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            anyhow::Ok(())
+        }
+    };
+    let sealed1 = load(1, dur, run_sealed.clone()).await?;
+    let sealed8 = load(8, dur, run_sealed).await?;
+    node.shutdown().await;
+    let _ = stop_tx.send(());
+    let _ = server.await;
+
+    println!("MobileNetV2 224×224, tract, 2 cores ({:.1} s per row)", dur.as_secs_f64());
+    println!("{:<40} {:>10} {:>9} {:>9}", "case", "infer/s", "p50 ms", "p99 ms");
+    for (name, r) in [
+        ("floor: plain tract in-process, 1", &floor1),
+        ("floor: plain tract in-process, 8", &floor8),
+        ("sealed path over loopback, 1 client", &sealed1),
+        ("sealed path over loopback, 8 clients", &sealed8),
+    ] {
+        println!("{name:<40} {:>10.1} {:>9.2} {:>9.2}", r.ops, r.p50_ms, r.p99_ms);
+    }
+    println!();
+    let goal = |ok: bool| if ok { "met" } else { "MISSED" };
+    let p50 = sealed1.p50_ms / floor1.p50_ms;
+    let thr = sealed8.ops / floor8.ops;
+    let load_ratio = enc_load / plain_load;
+    println!("p50 latency, 1 client: {p50:.3}x the floor (goal <= 1.10x: {})", goal(p50 <= 1.10));
+    println!("throughput, 8 clients: {thr:.3}x the floor (goal >= 0.90x: {})", goal(thr >= 0.90));
+    println!(
+        "model decryption: {:.2} GB/s on one core (goal >= 4: {})",
+        decrypt.gb_per_s(),
+        goal(decrypt.gb_per_s() >= 4.0)
+    );
+    println!(
+        "model load: encrypted {enc_load:.1} ms vs plaintext {plain_load:.1} ms = {load_ratio:.3}x (goal <= 1.10x: {})",
+        goal(load_ratio <= 1.10)
+    );
+    Ok(ExitCode::SUCCESS)
+}
