@@ -1,16 +1,14 @@
 //! The node's side of attested key release: ask the key broker for a challenge, produce evidence
 //! that binds the nonce and a fresh HPKE key, send it, and open the sealed keys in memory.
 
-use std::time::Duration;
-
 use enclava_attest::binding;
 use enclava_proto::keys::payload::{self, ReleasePayload};
 use enclava_proto::keys::v1 as pb;
 use enclava_seal::{KeyPair, Sealed};
 use pb::key_broker_client::KeyBrokerClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
-use crate::{ClientError, source_chain};
+use crate::ClientError;
 
 /// A connection to a key broker.
 #[derive(Debug, Clone)]
@@ -21,14 +19,7 @@ pub struct KeyClient {
 impl KeyClient {
     /// Connects to `url` (`http://host:port`).
     pub async fn connect(url: &str) -> Result<KeyClient, ClientError> {
-        let err = |reason: String| ClientError::Connect { url: url.to_owned(), reason };
-        let endpoint = Endpoint::from_shared(url.to_owned())
-            .map_err(|e| err(format!("not a URL ({e})")))?
-            .connect_timeout(Duration::from_secs(3))
-            .timeout(Duration::from_secs(10))
-            .tcp_nodelay(true);
-        let channel = endpoint.connect().await.map_err(|e| err(source_chain(&e)))?;
-        Ok(KeyClient { inner: KeyBrokerClient::new(channel) })
+        Ok(KeyClient { inner: KeyBrokerClient::new(crate::channel(url).await?) })
     }
 
     /// Fetches `model`'s key (`version` 0: the current one) and `users`' request keys.

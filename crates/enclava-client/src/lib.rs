@@ -39,14 +39,7 @@ pub struct ManagerClient {
 impl ManagerClient {
     /// Connects to `url` (`http://host:port`).
     pub async fn connect(url: &str) -> Result<ManagerClient, ClientError> {
-        let err = |reason: String| ClientError::Connect { url: url.to_owned(), reason };
-        let endpoint = Endpoint::from_shared(url.to_owned())
-            .map_err(|e| err(format!("not a URL ({e})")))?
-            .connect_timeout(Duration::from_secs(3))
-            .timeout(Duration::from_secs(10))
-            .tcp_nodelay(true);
-        let channel = endpoint.connect().await.map_err(|e| err(source_chain(&e)))?;
-        Ok(ManagerClient { inner: EnclaveManagerClient::new(channel) })
+        Ok(ManagerClient { inner: EnclaveManagerClient::new(channel(url).await?) })
     }
 
     /// Asks for live enclaves.
@@ -58,6 +51,17 @@ impl ManagerClient {
     pub async fn list(&mut self, req: ListEnclavesRequest) -> Result<ListEnclavesResponse, ClientError> {
         Ok(self.inner.list_enclaves(req).await?.into_inner())
     }
+}
+
+/// A gRPC channel to `url` (`http://host:port`) with the client's timeouts.
+pub(crate) async fn channel(url: &str) -> Result<Channel, ClientError> {
+    let err = |reason: String| ClientError::Connect { url: url.to_owned(), reason };
+    let endpoint = Endpoint::from_shared(url.to_owned())
+        .map_err(|e| err(format!("not a URL ({e})")))?
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(Duration::from_secs(10))
+        .tcp_nodelay(true);
+    endpoint.connect().await.map_err(|e| err(source_chain(&e)))
 }
 
 fn source_chain(e: &dyn std::error::Error) -> String {

@@ -469,54 +469,6 @@ impl Store {
         self.commit_with_audit(tx, head, &[entry(now, user, "request-key", model, measurement, user, "")]).await
     }
 
-    /// Whether an active grant lets enclaves measuring `measurement` serve `model` (for `user`, or
-    /// for anyone when `None`).
-    pub async fn granted(&self, model: &str, measurement: &str, user: Option<&str>) -> Result<bool, KeysError> {
-        let row = sqlx::query(
-            "SELECT COUNT(*) FROM grants WHERE model = $1 AND measurement = $2 AND revoked_at IS NULL \
-             AND ($3 = '' OR user_id = $3)",
-        )
-        .bind(model)
-        .bind(measurement)
-        .bind(user.unwrap_or(""))
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(row.try_get::<i64, _>(0)? > 0)
-    }
-
-    /// The unwrapped key of `model` at `version`, if there is one.
-    pub async fn model_key(&self, model: &str, version: u64) -> Result<Option<Zeroizing<Vec<u8>>>, KeysError> {
-        let row = sqlx::query("SELECT wrapped FROM model_keys WHERE model = $1 AND version = $2")
-            .bind(model)
-            .bind(version as i64)
-            .fetch_optional(&self.pool)
-            .await?;
-        let Some(row) = row else { return Ok(None) };
-        let wrapped: String = row.try_get(0)?;
-        let wrapped = hex::decode(wrapped).map_err(|_| KeysError::internal("a stored key is not hex"))?;
-        Ok(Some(self.kek.unwrap(&model_key_context(model, version), &wrapped)?))
-    }
-
-    /// The unwrapped request key of `user` for (`model`, `measurement`), if there is one.
-    pub async fn request_key(
-        &self,
-        user: &str,
-        model: &str,
-        measurement: &str,
-    ) -> Result<Option<Zeroizing<Vec<u8>>>, KeysError> {
-        let row =
-            sqlx::query("SELECT wrapped FROM request_keys WHERE user_id = $1 AND model = $2 AND measurement = $3")
-                .bind(user)
-                .bind(model)
-                .bind(measurement)
-                .fetch_optional(&self.pool)
-                .await?;
-        let Some(row) = row else { return Ok(None) };
-        let wrapped: String = row.try_get(0)?;
-        let wrapped = hex::decode(wrapped).map_err(|_| KeysError::internal("a stored key is not hex"))?;
-        Ok(Some(self.kek.unwrap(&request_key_context(user, model, measurement), &wrapped)?))
-    }
-
     /// The models `user` owns (or just `model`), with their grants.
     pub async fn list_models(&self, user: &str, model: Option<&str>) -> Result<Vec<ModelView>, KeysError> {
         let rows = sqlx::query(
@@ -778,9 +730,7 @@ impl Store {
             .await?
         {
             let version = r.try_get::<i64, _>(0)? as u64;
-            let wrapped =
-                hex::decode(r.try_get::<String, _>(1)?).map_err(|_| KeysError::internal("a stored key is not hex"))?;
-            keys.push((version, self.kek.unwrap(&model_key_context(model, version), &wrapped)?));
+            keys.push((version, self.unwrap_stored(&model_key_context(model, version), &r.try_get::<String, _>(1)?)?));
         }
         let mut request_keys = Vec::new();
         for r in sqlx::query("SELECT user_id, measurement, wrapped FROM request_keys WHERE model = $1")
@@ -789,11 +739,15 @@ impl Store {
             .await?
         {
             let (user, m): (String, String) = (r.try_get(0)?, r.try_get(1)?);
-            let wrapped =
-                hex::decode(r.try_get::<String, _>(2)?).map_err(|_| KeysError::internal("a stored key is not hex"))?;
-            let key = self.kek.unwrap(&request_key_context(&user, model, &m), &wrapped)?;
+            let key = self.unwrap_stored(&request_key_context(&user, model, &m), &r.try_get::<String, _>(2)?)?;
             request_keys.push((user, m, key));
         }
         Ok(Some(ModelSnapshot { row, grants, keys, request_keys }))
+    }
+
+    /// Unwraps a key stored as hex for the row `context` names.
+    fn unwrap_stored(&self, context: &str, hex_text: &str) -> Result<Zeroizing<Vec<u8>>, KeysError> {
+        let wrapped = hex::decode(hex_text).map_err(|_| KeysError::internal("a stored key is not hex"))?;
+        self.kek.unwrap(context, &wrapped)
     }
 }

@@ -25,13 +25,15 @@ pub struct KeysBenchArgs {
     database: Option<String>,
 }
 
-struct Row {
-    ops: f64,
-    p50_ms: f64,
-    p99_ms: f64,
+/// Throughput and latency of one measured row (shared with `bench serving`).
+pub(crate) struct Row {
+    pub ops: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
 }
 
-fn summarize(mut lat: Vec<f64>, secs: f64) -> Row {
+/// Operations per second and p50/p99 (ms) from latencies in ms over `secs`.
+pub(crate) fn summarize(mut lat: Vec<f64>, secs: f64) -> Row {
     lat.sort_by(f64::total_cmp);
     let at =
         |q: f64| lat.get(((lat.len() as f64 * q) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(0.0);

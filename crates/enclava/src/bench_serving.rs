@@ -17,25 +17,14 @@ use enclava_registry::{Keys, Registry};
 use enclava_runtime::Model;
 use enclava_runtime::generate::{mobilenet_v2, sample_input};
 
+use crate::bench_keys::{Row, summarize};
+
 /// `enclava bench serving`
 #[derive(Debug, clap::Args)]
 pub struct ServingArgs {
     /// Seconds per measured row
     #[arg(long, default_value_t = 5.0)]
     seconds: f64,
-}
-
-struct Row {
-    ops: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-}
-
-fn summarize(mut lat: Vec<f64>, secs: f64) -> Row {
-    lat.sort_by(f64::total_cmp);
-    let at =
-        |q: f64| lat.get(((lat.len() as f64 * q) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(0.0);
-    Row { ops: lat.len() as f64 / secs, p50_ms: at(0.5), p99_ms: at(0.99) }
 }
 
 /// Runs `clients` loops of `f` until `dur` has passed; returns every latency (ms) and the seconds taken.
