@@ -264,13 +264,27 @@ pub enum PostError {
     Broken(String),
 }
 
+/// An HTTP/1.1 client that keeps connections open between requests.
+pub fn http_client(connect_timeout: Duration) -> Client<HttpConnector, Full<Bytes>> {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(connect_timeout.min(Duration::from_secs(3))));
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new()).build(connector)
+}
+
 /// POSTs a JSON `body` to `url` over HTTP/1.1 (a fresh connection) and returns the status and
 /// the body (at most [`MAX_RESPONSE_BYTES`]).
 pub async fn post_json(url: &str, body: Vec<u8>, timeout: Duration) -> Result<(u16, Vec<u8>), PostError> {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(timeout.min(Duration::from_secs(3))));
-    connector.set_nodelay(true);
-    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
+    post_with(&http_client(timeout), url, body, timeout).await
+}
+
+/// [`post_json`] on `client`, reusing its open connections.
+pub async fn post_with(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    url: &str,
+    body: Vec<u8>,
+    timeout: Duration,
+) -> Result<(u16, Vec<u8>), PostError> {
     let req = hyper::Request::post(url)
         .header(hyper::header::CONTENT_TYPE, "application/json")
         .body(Full::new(Bytes::from(body)))
@@ -403,10 +417,45 @@ impl InferError {
 /// be reached, or is not ready is added to the deny list and the manager is asked again, at most
 /// `opts.max_attempts` enclaves in all. A response that does not open stops at once.
 pub async fn infer(opts: &InferOptions, input_npy: &[u8]) -> Result<InferOutcome, InferError> {
-    if opts.max_attempts == 0 {
-        return Err(InferError::Options("max_attempts must be at least 1".into()));
+    InferSession::connect(opts.clone()).await?.infer(input_npy).await
+}
+
+/// Many inferences over one connection to the manager and pooled connections to enclaves: what
+/// a client sending more than one request should hold. Each call still finds and verifies.
+pub struct InferSession {
+    opts: InferOptions,
+    manager: ManagerClient,
+    http: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl fmt::Debug for InferSession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InferSession").field("manager", &self.opts.manager).field("model", &self.opts.model).finish()
     }
-    let mut manager = ManagerClient::connect(&opts.manager).await?;
+}
+
+impl InferSession {
+    pub async fn connect(opts: InferOptions) -> Result<InferSession, InferError> {
+        if opts.max_attempts == 0 {
+            return Err(InferError::Options("max_attempts must be at least 1".into()));
+        }
+        let manager = ManagerClient::connect(&opts.manager).await?;
+        let http = http_client(opts.request_timeout);
+        Ok(InferSession { opts, manager, http })
+    }
+
+    /// [`infer`] over this session's connections.
+    pub async fn infer(&mut self, input_npy: &[u8]) -> Result<InferOutcome, InferError> {
+        infer_on(&self.opts, &mut self.manager, &self.http, input_npy).await
+    }
+}
+
+async fn infer_on(
+    opts: &InferOptions,
+    manager: &mut ManagerClient,
+    http: &Client<HttpConnector, Full<Bytes>>,
+    input_npy: &[u8],
+) -> Result<InferOutcome, InferError> {
     let mut tried: Vec<Attempt> = Vec::new();
     while tried.len() < opts.max_attempts {
         let req = FindEnclaveRequest {
@@ -431,7 +480,7 @@ pub async fn infer(opts: &InferOptions, input_npy: &[u8]) -> Result<InferOutcome
                 continue;
             }
         };
-        match send(opts, &info, input_npy).await {
+        match send(opts, http, &info, input_npy).await {
             Ok(output) => {
                 return Ok(InferOutcome {
                     output_npy: output,
@@ -465,13 +514,18 @@ enum Failure {
     Refused { code: String, message: String },
 }
 
-async fn send(opts: &InferOptions, info: &EnclaveInfo, input_npy: &[u8]) -> Result<Vec<u8>, Failure> {
+async fn send(
+    opts: &InferOptions,
+    http: &Client<HttpConnector, Full<Bytes>>,
+    info: &EnclaveInfo,
+    input_npy: &[u8],
+) -> Result<Vec<u8>, Failure> {
     let (req, pending) = seal_request(&info.pubkey, &opts.model, input_npy)
         .map_err(|e| Failure::Retry(format!("cannot seal to its key: {e}")))?;
     let body = serde_json::to_vec(&req).map_err(|e| Failure::Retry(format!("cannot encode the request: {e}")))?;
     let url = format!("http://{}{PATH}", info.connection_string);
     let (status, body) =
-        post_json(&url, body, opts.request_timeout).await.map_err(|e| Failure::Retry(e.to_string()))?;
+        post_with(http, &url, body, opts.request_timeout).await.map_err(|e| Failure::Retry(e.to_string()))?;
     if status != 200 {
         let (code, message) = match serde_json::from_slice::<ErrorBody>(&body) {
             Ok(e) => (e.code, e.message.chars().take(500).collect()),

@@ -21,6 +21,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use enclava_registry::Registry;
 use enclava_registry::schema::{DataAccessJson, EnclaveInfoJson, PolicyJson, check_name};
 use tokio::net::TcpListener;
@@ -291,7 +292,15 @@ pub async fn start(
         None => (router, None),
     };
     let http = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router).await {
+        if let Err(e) = axum::serve(
+            listener.tap_io(|tcp| {
+                // Small answers go out at once, not after a delayed ACK.
+                let _ = tcp.set_nodelay(true);
+            }),
+            router,
+        )
+        .await
+        {
             tracing::error!(error = %e, "node http server stopped");
         }
     });

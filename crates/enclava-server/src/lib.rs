@@ -106,7 +106,15 @@ pub async fn serve(
         grpc.into_axum_router().merge(rest).merge(enclava_telemetry::router(Arc::new(registry_metrics), health));
     let addr = listener.local_addr()?;
     tracing::info!(%addr, roles = ?names, cache_ttl_ms = config.cache_ttl.as_millis() as u64, "server listening");
-    let result = axum::serve(listener, router).with_graceful_shutdown(shutdown).await;
+    let result = axum::serve(
+        // Small answers go out at once, not after a delayed ACK.
+        axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        }),
+        router,
+    )
+    .with_graceful_shutdown(shutdown)
+    .await;
     for task in background {
         task.abort();
     }
