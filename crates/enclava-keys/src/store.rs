@@ -538,17 +538,18 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         let mut out = rows
-            .into_iter()
+            .iter()
             .map(|r| {
+                let (seq, e) = audit_row(r)?;
                 Ok(AuditRecord {
-                    seq: r.try_get(0)?,
-                    at_ms: r.try_get(1)?,
-                    actor: r.try_get(2)?,
-                    action: r.try_get(3)?,
-                    model: r.try_get(4)?,
-                    measurement: r.try_get(5)?,
-                    subject: r.try_get(6)?,
-                    detail: r.try_get(7)?,
+                    seq,
+                    at_ms: e.at_ms,
+                    actor: e.actor,
+                    action: e.action,
+                    model: e.model,
+                    measurement: e.measurement,
+                    subject: e.subject,
+                    detail: e.detail,
                 })
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()?;
@@ -574,16 +575,7 @@ impl Store {
         let mut anchor_seen = anchor.as_ref().is_none_or(|a| a.seq == 0);
         let fail = |records: i64, problem: String| AuditCheck { ok: false, records, problem: Some(problem) };
         for r in &rows {
-            let seq: i64 = r.try_get(0)?;
-            let e = AuditEntry {
-                at_ms: r.try_get(1)?,
-                actor: r.try_get(2)?,
-                action: r.try_get(3)?,
-                model: r.try_get(4)?,
-                measurement: r.try_get(5)?,
-                subject: r.try_get(6)?,
-                detail: r.try_get(7)?,
-            };
+            let (seq, e) = audit_row(r)?;
             let mac: String = r.try_get(8)?;
             if seq != prev.seq + 1 {
                 return Ok(fail(rows.len() as i64, format!("record {} is missing (deleted)", prev.seq + 1)));
@@ -636,6 +628,20 @@ impl Store {
 struct Head {
     seq: i64,
     mac: String,
+}
+
+/// An audit row selected as `seq, at_ms, actor, action, model, measurement, subject, detail, …`.
+fn audit_row(r: &sqlx::any::AnyRow) -> Result<(i64, AuditEntry), sqlx::Error> {
+    let e = AuditEntry {
+        at_ms: r.try_get(1)?,
+        actor: r.try_get(2)?,
+        action: r.try_get(3)?,
+        model: r.try_get(4)?,
+        measurement: r.try_get(5)?,
+        subject: r.try_get(6)?,
+        detail: r.try_get(7)?,
+    };
+    Ok((r.try_get(0)?, e))
 }
 
 /// What a row's MAC covers: the previous MAC, its sequence number and every field, each

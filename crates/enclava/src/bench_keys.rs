@@ -40,6 +40,18 @@ pub(crate) fn summarize(mut lat: Vec<f64>, secs: f64) -> Row {
     Row { ops: lat.len() as f64 / secs, p50_ms: at(0.5), p99_ms: at(0.99) }
 }
 
+/// Waits for every client task and summarizes all their latencies (ms) since `start`.
+pub(crate) async fn join_clients(
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<Vec<f64>>>>,
+    start: Instant,
+) -> anyhow::Result<Row> {
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await??);
+    }
+    Ok(summarize(lat, start.elapsed().as_secs_f64()))
+}
+
 fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
@@ -159,11 +171,7 @@ pub async fn keys(a: KeysBenchArgs) -> anyhow::Result<ExitCode> {
                 anyhow::Ok(lat)
             }));
         }
-        let mut lat = Vec::new();
-        for t in tasks {
-            lat.extend(t.await??);
-        }
-        let row = summarize(lat, start.elapsed().as_secs_f64());
+        let row = join_clients(tasks, start).await?;
         print(&format!("end to end, {nodes} node(s)"), &row, Some(row.ops / floor.ops));
         rows.push(row);
     }
@@ -203,11 +211,7 @@ pub async fn keys(a: KeysBenchArgs) -> anyhow::Result<ExitCode> {
             anyhow::Ok(lat)
         }));
     }
-    let mut lat = Vec::new();
-    for t in tasks {
-        lat.extend(t.await??);
-    }
-    let sgx = summarize(lat, start.elapsed().as_secs_f64());
+    let sgx = join_clients(tasks, start).await?;
     print("SGX quote, warm, in-process, 16", &sgx, None);
     let _ = stop_tx.send(());
     let _ = server.await;

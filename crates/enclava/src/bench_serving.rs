@@ -17,7 +17,7 @@ use enclava_registry::{Keys, Registry};
 use enclava_runtime::Model;
 use enclava_runtime::generate::{mobilenet_v2, sample_input};
 
-use crate::bench_keys::{Row, summarize};
+use crate::bench_keys::{Row, join_clients, summarize};
 
 /// `enclava bench serving`
 #[derive(Debug, clap::Args)]
@@ -49,11 +49,7 @@ where
             })
         })
         .collect();
-    let mut lat = Vec::new();
-    for t in tasks {
-        lat.extend(t.await??);
-    }
-    Ok(summarize(lat, start.elapsed().as_secs_f64()))
+    join_clients(tasks, start).await
 }
 
 /// `clients` concurrent clients, each holding an inference session (one manager connection,
@@ -82,11 +78,7 @@ async fn load_sealed(
             anyhow::Ok(lat)
         }));
     }
-    let mut lat = Vec::new();
-    for t in tasks {
-        lat.extend(t.await??);
-    }
-    Ok(summarize(lat, start.elapsed().as_secs_f64()))
+    join_clients(tasks, start).await
 }
 
 pub async fn serving(a: ServingArgs) -> anyhow::Result<ExitCode> {
