@@ -14,6 +14,7 @@
 pub mod publisher;
 pub mod serve;
 pub mod tee;
+mod user_keys;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -39,6 +39,8 @@ pub struct NodeMetrics {
     pub model_load_failures: Counter,
     /// Models dropped from memory to stay under the memory budget (or on request).
     pub model_evictions: Counter,
+    /// Users' request keys fetched from the key broker (serverless mode), granted or not.
+    pub user_key_fetches: Counter,
     registered: AtomicBool,
 }
 
@@ -58,6 +60,7 @@ impl NodeMetrics {
             model_loads: Counter::default(),
             model_load_failures: Counter::default(),
             model_evictions: Counter::default(),
+            user_key_fetches: Counter::default(),
             registered: AtomicBool::new(false),
         };
         r.register("heartbeats", "Presence heartbeats written", m.heartbeats.clone());
@@ -79,6 +82,11 @@ impl NodeMetrics {
         r.register("model_loads", "Models loaded into memory", m.model_loads.clone());
         r.register("model_load_failures", "Model loads that failed", m.model_load_failures.clone());
         r.register("model_evictions", "Models evicted from memory", m.model_evictions.clone());
+        r.register(
+            "user_key_fetches",
+            "Users' request keys asked of the key broker (serverless mode)",
+            m.user_key_fetches.clone(),
+        );
         NodeMetrics { registry: Arc::new(r), ..m }
     }
 

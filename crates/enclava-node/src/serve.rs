@@ -1,7 +1,7 @@
 //! Serving encrypted models to sealed requests: the node fetches each model's key from the key
 //! broker with fresh evidence, decrypts the package in memory, loads it with tract, and answers
-//! sealed requests on `/v1/infer` (direct mode, BlindAI) and, as an OpenWhisk action, on `/init`
-//! and `/run`.
+//! sealed requests on `/v1/infer`, in direct mode (BlindAI) and serverless mode (MOSS), and, as an
+//! OpenWhisk action, on `/init` and `/run`.
 //!
 //! # Models
 //!
@@ -18,15 +18,23 @@
 //! stays cold, requests for it get 503 with the reason in words, and it is retried at most once
 //! every [`RETRY_FAILED_AFTER`]. Nothing is ever served from a package that did not authenticate.
 //!
-//! # Direct mode
+//! # Requests
 //!
-//! The wire protocol (request JSON, HPKE `info`, AAD, plaintext layout, errors) is documented and
-//! implemented once, in [`enclava_client::infer`]; this module is its enclave side. In short: the
-//! request is sealed to this node's attested request key and carries the client's fresh response
-//! key and the input `.npy`; the node checks the time (±60 s), opens the request, refuses a request
-//! id seen in the last 120 s (a bounded replay cache: when it is full the node answers 503 rather
-//! than forget), runs the model on a blocking thread, and seals the first output to the response
-//! key. Neither keys, inputs nor outputs are logged or put in error messages.
+//! The wire protocol (encodings, HPKE `info`, AAD, plaintext layout, errors) is documented and
+//! implemented once, in [`enclava_client::infer`]; this module is its enclave side. The node
+//! checks the time (±60 s) and opens the request, then refuses a request id seen in the last 120 s
+//! (a bounded replay cache: when it is full the node answers 503 rather than forget), runs the
+//! model on a blocking thread, and seals the first output back, in the encoding (JSON or binary)
+//! the request came in. Neither keys, inputs nor outputs are logged or put in error messages.
+//!
+//! - *Direct*: the request is sealed to this node's attested request key and carries the client's
+//!   fresh response key; the answer is sealed to that.
+//! - *Serverless*: the request names a user and a measurement and is sealed with that user's
+//!   request key. A request for another measurement than this node's is refused (421) without
+//!   asking anyone. Otherwise the node asks the key broker for the user's key with fresh evidence
+//!   ([`crate::user_keys`]: one fetch per (model, user) per minute, refusals remembered 10 s); the
+//!   broker releases it only if the model's owner granted this measurement for that user (403
+//!   otherwise). The answer is sealed with the same key.
 //!
 //! # OpenWhisk action protocol
 //!
@@ -53,19 +61,20 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use enclava_client::infer::{self as proto, ErrorBody, InferRequest, InferResponse, OpenedRequest};
+use enclava_client::infer::{self as proto, ErrorBody, InferRequest, InferResponse, Mode, OpenedRequest};
 use enclava_model::{BlobError, BlobStore, FolderStore, ModelKey, PackageError, decrypt_in_place, package_blob_name};
 use enclava_registry::schema::check_name;
 use enclava_runtime::{Model, RuntimeError, Tensor};
 use tokio::sync::watch;
 
+use crate::user_keys::{USER_KEY_REFRESH, Unavailable, UserKeys};
 use crate::{DataMap, NodeError, NodeMetrics, RequestKey, set_hot, tee::Tee};
 
-/// Largest request body accepted (a 224×224 f32 image is 0.8 MB in base64).
+/// Largest request body accepted (a 224×224 f32 image is 0.6 MB, 0.8 MB in base64).
 pub const MAX_REQUEST_BYTES: usize = 64 << 20;
 /// A failed model load is tried again at most this often.
 pub const RETRY_FAILED_AFTER: Duration = Duration::from_secs(10);
@@ -155,7 +164,7 @@ impl LoadError {
 }
 
 /// A refused request: HTTP status, a stable code and a message without secrets.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Refusal {
     status: StatusCode,
     code: &'static str,
@@ -222,6 +231,7 @@ pub struct Serving {
     metrics: Arc<NodeMetrics>,
     slots: Mutex<BTreeMap<String, Slot>>,
     replay: Mutex<ReplayCache>,
+    user_keys: UserKeys,
     /// Bumped on every change of a slot, so waiters can wake.
     changed: watch::Sender<u64>,
     clock: AtomicU64,
@@ -256,6 +266,7 @@ impl Serving {
             metrics,
             slots: Mutex::new(slots),
             replay: Mutex::default(),
+            user_keys: UserKeys::default(),
             changed: watch::Sender::new(0),
             clock: AtomicU64::new(0),
         })
@@ -469,17 +480,102 @@ impl Serving {
                 ),
             ));
         }
-        let opened = proto::open_request(self.key.pair(), &req).map_err(|_| {
-            Refusal::bad(
-                "tampered",
-                "the request does not open: it was tampered with, or sealed to another key, model, requestId or time",
-            )
-        })?;
+        let opened = match req.mode {
+            Mode::Direct => proto::open_request(self.key.pair(), &req).map_err(|_| {
+                Refusal::bad(
+                    "tampered",
+                    "the request does not open: it was tampered with, or sealed to another key, model, requestId or time",
+                )
+            })?,
+            Mode::Serverless => self.open_serverless(&req).await?,
+        };
         lock(&self.replay).insert(&req.request_id, Instant::now())?;
         let model = self.ready(&req.model).await?;
         tokio::task::spawn_blocking(move || run(&model, &req, opened))
             .await
             .map_err(|_| Refusal::internal("the model failed to run on this input"))?
+    }
+
+    /// Opens a serverless request with its user's key, fetching the key if this node does not
+    /// hold it (or holds one that may have been replaced).
+    async fn open_serverless(&self, req: &InferRequest) -> Result<OpenedRequest, Refusal> {
+        let mine = self.tee.measurement();
+        let theirs = req.measurement.as_deref().unwrap_or("");
+        if !theirs.eq_ignore_ascii_case(mine) {
+            let shown: String = theirs.chars().take(128).collect();
+            return Err(Refusal::new(
+                StatusCode::MISDIRECTED_REQUEST,
+                "other_measurement",
+                format!("the request is sealed for measurement {shown:?}; this node runs {mine}"),
+            ));
+        }
+        let user = req.user.as_deref().unwrap_or("");
+        if user.is_empty()
+            || user.len() > 128
+            || !user.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.@".contains(&b))
+        {
+            return Err(Refusal::bad("bad_request", "a serverless request needs \"user\": the key broker's user id"));
+        }
+        let tampered = || {
+            Refusal::bad(
+                "tampered",
+                "the request does not open: it was tampered with, or sealed with another key or for another model, \
+                 requestId, time, user or measurement",
+            )
+        };
+        for first in [true, false] {
+            let held = self.user_keys.get(&req.model, user, || self.fetch_user_key(&req.model, user)).await;
+            let held = held.map_err(|u| {
+                if u.refused {
+                    Refusal::new(StatusCode::FORBIDDEN, "not_granted", u.message)
+                } else {
+                    Refusal::unavailable(u.message)
+                }
+            })?;
+            match proto::open_serverless(held.key.as_bytes(), req) {
+                Ok(opened) => return Ok(opened),
+                Err(_) if first && held.age >= USER_KEY_REFRESH => self.user_keys.forget(&req.model, user),
+                Err(_) => return Err(tampered()),
+            }
+        }
+        Err(tampered())
+    }
+
+    /// Asks the key broker for `user`'s request key for `model` on this node's measurement.
+    async fn fetch_user_key(
+        &self,
+        model: &str,
+        user: &str,
+    ) -> Result<enclava_proto::keys::payload::SecretKey, Unavailable> {
+        self.metrics.user_key_fetches.inc();
+        let users = [user.to_owned()];
+        match crate::fetch_keys(&self.tee, &self.config.key_broker, model, 0, &users).await {
+            Ok(mut keys) => match keys.request_keys.pop() {
+                Some((u, key)) if u == user => Ok(key),
+                _ => {
+                    Err(Unavailable { refused: false, message: "the key broker's answer lacks the user's key".into() })
+                }
+            },
+            Err(enclava_client::ClientError::Status { code: tonic::Code::PermissionDenied, .. }) => {
+                tracing::info!(%model, %user, "the key broker does not release this user's request key to this node");
+                Err(Unavailable {
+                    refused: true,
+                    message: format!(
+                        "the key broker does not release {user}'s request key for {model} to this node's measurement \
+                         {}: the model's owner must grant it for the user (enclava keys grant) and the user must \
+                         upload a request key for it (enclava keys request-key)",
+                        self.tee.measurement()
+                    ),
+                })
+            }
+            Err(e) => {
+                tracing::warn!(%model, %user, error = %e, "cannot fetch a user's request key from the key broker");
+                Err(Unavailable {
+                    refused: false,
+                    message: "this node cannot reach the key broker; try again shortly".into(),
+                })
+            }
+        }
     }
 
     fn answer(&self, result: Result<InferResponse, Refusal>, model: Option<&str>) -> Result<InferResponse, Refusal> {
@@ -512,22 +608,34 @@ fn run(model: &Model, req: &InferRequest, opened: OpenedRequest) -> Result<Infer
     })?;
     let first = outputs.first().ok_or_else(|| Refusal::internal("the model has no output"))?;
     let npy = zeroize::Zeroizing::new(first.to_npy());
-    proto::seal_response(req, &opened.response_key, &npy)
+    proto::seal_response(req, &opened, &npy)
         .map_err(|_| Refusal::bad("bad_request", "the response key in the request is not a valid X25519 public key"))
 }
 
 /// The serving routes: `/v1/infer`, and `/init`, `/run` in OpenWhisk mode.
 pub(crate) fn router(serving: Arc<Serving>) -> Router {
-    let mut r = Router::new().route(proto::PATH, post(infer_direct));
+    let mut r = Router::new().route(proto::PATH, post(infer_route));
     if serving.config.openwhisk {
         r = r.route("/init", post(openwhisk_init)).route("/run", post(openwhisk_run));
     }
     r.layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES)).with_state(serving)
 }
 
-async fn infer_direct(State(s): State<Arc<Serving>>, body: Bytes) -> Response {
+/// `/v1/infer`: JSON, or binary with [`proto::BINARY_CONTENT_TYPE`]; the answer comes back in the
+/// same encoding (errors are always JSON).
+async fn infer_route(State(s): State<Arc<Serving>>, headers: HeaderMap, body: Bytes) -> Response {
     s.metrics.requests.inc();
-    let (result, model) = match serde_json::from_slice::<InferRequest>(&body) {
+    let binary = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with(proto::BINARY_CONTENT_TYPE));
+    let parsed = if binary {
+        InferRequest::from_binary(&body)
+    } else {
+        serde_json::from_slice::<InferRequest>(&body).map_err(|e| e.to_string())
+    };
+    drop(body);
+    let (result, model) = match parsed {
         Ok(req) => {
             let model = req.model.clone();
             (s.handle(req).await, Some(model))
@@ -535,6 +643,7 @@ async fn infer_direct(State(s): State<Arc<Serving>>, body: Bytes) -> Response {
         Err(e) => (Err(Refusal::bad("bad_request", format!("not a sealed inference request: {e}"))), None),
     };
     match s.answer(result, model.as_deref()) {
+        Ok(resp) if binary => ([(header::CONTENT_TYPE, proto::BINARY_CONTENT_TYPE)], resp.to_binary()).into_response(),
         Ok(resp) => (StatusCode::OK, Json(resp)).into_response(),
         Err(r) => (r.status, Json(ErrorBody { code: r.code.to_owned(), message: r.message })).into_response(),
     }

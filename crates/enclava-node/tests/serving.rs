@@ -204,6 +204,39 @@ async fn a_killed_node_is_denied_and_the_retry_succeeds_on_another() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_reuses_its_verified_enclave_and_moves_on_when_it_dies() {
+    let env = Env::new().await;
+    let onnx = generate::tiny(5);
+    env.upload("acme/tiny", &onnx, &measurement()).await;
+    let n1 = env.node("n1", &["acme/tiny"]).await;
+    let n2 = env.node("n2", &["acme/tiny"]).await;
+    n1.wait_hot("acme/tiny", WAIT).await.expect("n1 hot");
+    n2.wait_hot("acme/tiny", WAIT).await.expect("n2 hot");
+
+    let mut session = infer::InferSession::connect(env.options("acme/tiny")).await.expect("session");
+    let first = session.infer(&input(1)).await.expect("first");
+    for seed in 2..6 {
+        let out = session.infer(&input(seed)).await.expect("again");
+        assert_eq!(out.instance_id, first.instance_id, "the verified enclave is used again");
+        assert_eq!(tensor(&out.output_npy), direct(&onnx, &input(seed)));
+    }
+    let (dead, alive) = if first.instance_id == n1.instance_id() { (n1, n2) } else { (n2, n1) };
+    assert_eq!(dead.metrics().requests_served.get(), 5);
+    dead.abort();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let out = session.infer(&input(9)).await.expect("moved on");
+    assert_eq!(out.instance_id, alive.instance_id());
+    assert_eq!(out.passed_over.len(), 1, "{:?}", out.passed_over);
+    assert_eq!(out.passed_over[0].instance_id, first.instance_id);
+
+    // With reuse off, every request finds and verifies again (and still works).
+    let mut opts = env.options("acme/tiny");
+    opts.reuse_verified = Duration::ZERO;
+    let mut fresh = infer::InferSession::connect(opts).await.expect("session");
+    assert_eq!(fresh.infer(&input(3)).await.expect("fresh").instance_id, alive.instance_id());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_not_granted_never_gets_the_key_and_a_refused_node_gets_nothing() {
     let env = Env::new().await;
     env.upload("acme/secret", &generate::tiny(3), OTHER_MEASUREMENT).await;
@@ -324,20 +357,25 @@ async fn tampered_replayed_stale_and_malformed_requests_are_refused() {
     assert!(node.metrics().requests_refused.get() >= 10);
 }
 
-/// A man in the middle that flips one bit of every sealed answer.
+/// A man in the middle that flips one bit of every sealed answer (the last byte: the AEAD tag in
+/// the binary encoding, the ciphertext's in JSON).
 async fn tampering_proxy(listener: tokio::net::TcpListener, target: SocketAddr) {
     let app = axum::Router::new().route(
         infer::PATH,
-        axum::routing::post(move |body: Bytes| async move {
-            let (status, body) =
-                post_json(&format!("http://{target}{}", infer::PATH), body.to_vec(), TIMEOUT).await.expect("forward");
-            let mut resp: serde_json::Value = serde_json::from_slice(&body).expect("json");
-            if status == 200 {
-                let mut sealed: InferResponse = serde_json::from_value(resp).expect("sealed");
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: Bytes| async move {
+            let ct = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("application/json").to_owned();
+            let url = format!("http://{target}{}", infer::PATH);
+            let (status, mut body) = infer::post_with(&infer::http_client(TIMEOUT), &url, &ct, body.to_vec(), TIMEOUT)
+                .await
+                .expect("forward");
+            if status == 200 && ct == infer::BINARY_CONTENT_TYPE {
+                *body.last_mut().expect("non-empty") ^= 1;
+            } else if status == 200 {
+                let mut sealed: InferResponse = serde_json::from_slice(&body).expect("sealed");
                 sealed.ciphertext[0] ^= 1;
-                resp = serde_json::to_value(sealed).expect("json");
+                body = serde_json::to_vec(&sealed).expect("json");
             }
-            (StatusCode::from_u16(status).expect("status"), axum::Json(resp))
+            (StatusCode::from_u16(status).expect("status"), [("content-type", ct)], body)
         }),
     );
     let _ = axum::serve(listener, app).await;
@@ -525,4 +563,143 @@ async fn logs_carry_no_keys_inputs_or_outputs() {
     ] {
         assert!(!text.contains(&secret), "the logs contain the {what}");
     }
+}
+
+/// A user who uploaded a request key for `model` on `measurement`; granted by the owner if `grant`.
+async fn serverless_user(env: &Env, model: &str, measurement: &str, grant: bool) -> infer::UserKey {
+    let (user, _) = env.broker.register().await.expect("register");
+    let mut key = [0u8; 32];
+    rand_key(&mut key);
+    env.broker.put_request_key(&user, model, measurement, &key).await.expect("request key");
+    if grant {
+        env.broker.grant(&env.owner, model, measurement, &user).await.expect("grant");
+    }
+    infer::UserKey::new(user, measurement, &key)
+}
+
+fn rand_key(key: &mut [u8; 32]) {
+    let k = ModelKey::generate().expect("random");
+    key.copy_from_slice(k.as_bytes());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serverless_requests_open_only_on_nodes_granted_for_the_user() {
+    let env = Env::new().await;
+    let onnx = generate::tiny(21);
+    env.upload("acme/tiny", &onnx, &measurement()).await;
+    let node = env.node("n1", &["acme/tiny"]).await;
+    node.wait_hot("acme/tiny", WAIT).await.expect("hot");
+    let endpoint = format!("http://{}{}", node.addr(), infer::PATH);
+
+    // Granted: the result equals tract's, in JSON and in binary, and the node fetched the user's
+    // key once.
+    let alice = serverless_user(&env, "acme/tiny", &measurement(), true).await;
+    let x = input(5);
+    let mut opts = infer::ServerlessOptions::new(endpoint.clone(), "acme/tiny", alice.clone());
+    let out = infer::infer_serverless(&opts, &x).await.expect("serverless inference");
+    assert_eq!(tensor(&out), direct(&onnx, &x), "bit for bit the same as tract in-process");
+    opts.binary = true;
+    let client = infer::ServerlessClient::new(opts).expect("client");
+    for seed in 0..4 {
+        let x = input(seed);
+        assert_eq!(tensor(&client.infer(&x).await.expect("binary")), direct(&onnx, &x));
+    }
+    assert_eq!(node.metrics().user_key_fetches.get(), 1, "one fetch, then the held key");
+
+    // A user whose measurement grant is missing: the broker does not release the key (403), and
+    // the client reports the refusal without retrying.
+    let bob = serverless_user(&env, "acme/tiny", &measurement(), false).await;
+    let err = infer::infer_serverless(&infer::ServerlessOptions::new(endpoint.clone(), "acme/tiny", bob), &x)
+        .await
+        .expect_err("not granted");
+    match &err {
+        infer::ServerlessError::Refused { code, message, .. } => {
+            assert_eq!(code, "not_granted", "{message}");
+            assert!(message.contains("enclava keys grant"), "{message}");
+        }
+        other => panic!("expected a refusal, got {other}"),
+    }
+    // Someone claiming to be alice without her key: the node holds her key, the request does not open.
+    let mallory = infer::UserKey::new(alice.user.clone(), &measurement(), &[3; 32]);
+    let err = infer::infer_serverless(&infer::ServerlessOptions::new(endpoint.clone(), "acme/tiny", mallory), &x)
+        .await
+        .expect_err("wrong key");
+    assert!(matches!(&err, infer::ServerlessError::Refused { code, .. } if code == "tampered"), "{err}");
+    // A user with no request key at all, and a user id that is not one.
+    let (carol, _) = env.broker.register().await.expect("register");
+    let carol = infer::UserKey::new(carol, &measurement(), &[4; 32]);
+    let (req, _) = infer::seal_serverless(&carol, "acme/tiny", &x).expect("seal");
+    let (status, body) = post(node.addr(), infer::PATH, &req).await;
+    assert_eq!((status, error_code(&body).code.as_str()), (403, "not_granted"));
+    let mut bad = req.clone();
+    bad.user = Some("../../etc".into());
+    let (status, _) = post(node.addr(), infer::PATH, &bad).await;
+    assert_eq!(status, 400);
+
+    // Sealed for another measurement: refused at once (421), and retried (the platform may route
+    // elsewhere) until the client gives up.
+    let other = infer::UserKey::new(alice.user.clone(), OTHER_MEASUREMENT, &[5; 32]);
+    let err = infer::infer_serverless(&infer::ServerlessOptions::new(endpoint.clone(), "acme/tiny", other), &x)
+        .await
+        .expect_err("other measurement");
+    match &err {
+        infer::ServerlessError::Exhausted { tries, .. } => {
+            assert_eq!(tries.len(), 3);
+            assert!(tries[0].contains("other_measurement"), "{tries:?}");
+        }
+        other => panic!("expected exhaustion, got {other}"),
+    }
+    assert_eq!(node.metrics().user_key_fetches.get(), 3, "alice, bob, carol; nothing for the others");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serverless_tampering_replays_and_openwhisk() {
+    let env = Env::new().await;
+    let onnx = generate::tiny(22);
+    env.upload("acme/tiny", &onnx, &measurement()).await;
+    let node = env.node("n1", &["acme/tiny"]).await;
+    node.wait_hot("acme/tiny", WAIT).await.expect("hot");
+    let alice = serverless_user(&env, "acme/tiny", &measurement(), true).await;
+    let x = input(6);
+
+    // Through OpenWhisk's /run envelope, as JSON.
+    let (req, pending) = infer::seal_serverless(&alice, "acme/tiny", &x).expect("seal");
+    let run = serde_json::json!({"value": req, "namespace": "guest", "action_name": "/guest/acme-tiny",
+        "activation_id": "0a1b2c3d4e5f", "deadline": "1893456000000"});
+    let (status, body) = post(node.addr(), "/run", &run).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let resp: InferResponse = serde_json::from_slice(&body).expect("sealed response");
+    assert_eq!(tensor(&pending.open(&resp).expect("opens")), direct(&onnx, &x));
+    // The answer is bound to the request: tampered, it does not open.
+    let mut bad = resp.clone();
+    bad.ciphertext[15] ^= 1;
+    assert_eq!(pending.open(&bad), Err(infer::OpenResponseError::DoesNotOpen));
+
+    // Replayed, to /run or /v1/infer: refused.
+    let (status, body) = post(node.addr(), infer::PATH, &req).await;
+    assert_eq!((status, error_code(&body).code.as_str()), (400, "replayed"));
+
+    // Every bound field: tampered.
+    for change in [
+        |r: &mut InferRequest| r.ciphertext[30] ^= 1,
+        |r: &mut InferRequest| r.time_ms -= 1,
+        |r: &mut InferRequest| r.request_id = "cd".repeat(16),
+        |r: &mut InferRequest| r.measurement = Some(r.measurement.clone().expect("m").to_uppercase()),
+    ] {
+        let (mut fresh, _) = infer::seal_serverless(&alice, "acme/tiny", &x).expect("seal");
+        change(&mut fresh);
+        let (status, body) = post(node.addr(), infer::PATH, &fresh).await;
+        assert_eq!((status, error_code(&body).code.as_str()), (400, "tampered"));
+    }
+    // Stale: refused before anything is fetched or opened.
+    let old = infer::now_ms() - 61_000;
+    let (stale, _) = infer::seal_serverless_with(&alice, "acme/tiny", &x, &"ef".repeat(16), old).expect("seal");
+    let (status, body) = post(node.addr(), infer::PATH, &stale).await;
+    assert_eq!((status, error_code(&body).code.as_str()), (400, "stale"));
+    // A serverless request is never opened as a direct one, nor the reverse.
+    let (mut as_direct, _) = infer::seal_serverless(&alice, "acme/tiny", &x).expect("seal");
+    as_direct.mode = infer::Mode::Direct;
+    let (status, body) = post(node.addr(), infer::PATH, &as_direct).await;
+    assert_eq!((status, error_code(&body).code.as_str()), (400, "tampered"));
+    assert_eq!(node.metrics().user_key_fetches.get(), 1);
 }

@@ -4,6 +4,10 @@
 //!
 //! `info` says what the sealed bytes are for (a constant per protocol, so a sealed model key can
 //! never be opened as a request); `aad` binds the context (a nonce, a model id, a request id).
+//!
+//! [`symmetric`] seals under a shared key instead (a user's request key in serverless mode).
+
+pub mod symmetric;
 
 // Linked only for its `precomputed-tables` feature (faster X25519 key generation).
 use curve25519_dalek as _;

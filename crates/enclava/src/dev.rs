@@ -1,8 +1,8 @@
 //! `enclava dev`: the whole system in one process on embedded defaults — the enclave manager and
 //! the key broker on one port over the in-memory registry, a SQLite file and a local blob folder,
 //! and two `sim` nodes serving a bundled model — then a demo a newcomer can follow line by line
-//! (register, encrypt and upload, grant, find, verify, sealed inference), then it keeps serving and
-//! prints what to try next.
+//! (register, encrypt and upload, grant, find, verify, sealed inference in direct mode, then in
+//! serverless mode with a request key), then it keeps serving and prints what to try next.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -20,7 +20,7 @@ use enclava_runtime::{Model, Tensor};
 
 /// The model the demo serves: a small generated classifier (32×32×3 → 10 classes).
 const DEMO_MODEL: &str = "demo/tiny-classifier";
-const STEPS: usize = 7;
+const STEPS: usize = 8;
 
 /// `enclava dev`
 #[derive(Debug, clap::Args)]
@@ -179,7 +179,36 @@ pub async fn dev(a: DevArgs) -> anyhow::Result<ExitCode> {
         "the sealed answer differs from a local run"
     );
     println!("      identical: {} outputs", output.data().len());
-    println!("demo done: register → encrypt → grant → release → find → verify → sealed inference");
+
+    step(
+        8,
+        "serverless mode (MOSS): sealed with your request key; the node fetches it from the key broker with evidence",
+    );
+    let (rest, _) = crate::keys_cli::session(&url, &config_dir)?;
+    let key_file = match crate::keys_cli::upload_request_key(&rest, &config_dir, DEMO_MODEL, &measurement, None).await?
+    {
+        Some(p) => p,
+        None => anyhow::bail!("the request key was not kept"),
+    };
+    println!(
+        "      request key for {DEMO_MODEL} on measurement {}… kept in {}",
+        &measurement[..16],
+        key_file.display()
+    );
+    let raw = std::fs::read_to_string(&key_file)?;
+    let key: [u8; 32] =
+        hex::decode(raw.trim())?.try_into().map_err(|_| anyhow::anyhow!("a request key is 32 bytes"))?;
+    let endpoint = format!("http://{}{}", n2.addr(), enclava_client::infer::PATH);
+    let user_key = enclava_client::infer::UserKey::new(user.clone(), &measurement, &key);
+    let sl = enclava_client::infer::ServerlessOptions::new(endpoint.clone(), DEMO_MODEL, user_key);
+    let out =
+        enclava_client::infer::infer_serverless(&sl, &input.to_npy()).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let served = Tensor::from_npy(&out).map_err(|e| anyhow::anyhow!("{e}"))?;
+    anyhow::ensure!(served.data() == output.data(), "the serverless answer differs from the direct one");
+    println!("      sent to {endpoint} (the platform's choice, not verified by the client); identical answer");
+    println!(
+        "demo done: register → encrypt → grant → release → find → verify → sealed inference, direct and serverless"
+    );
 
     if !a.demo_only {
         let cfg = config_dir.display();
@@ -188,6 +217,10 @@ pub async fn dev(a: DevArgs) -> anyhow::Result<ExitCode> {
             "  enclava infer --server {url} --model {DEMO_MODEL} --input {} --policy {}",
             dir.join("input.npy").display(),
             policy_path.display()
+        );
+        println!(
+            "  ENCLAVA_CONFIG_DIR={cfg} enclava infer --server {url} --model {DEMO_MODEL} --input {} --serverless {endpoint}",
+            dir.join("input.npy").display()
         );
         println!(
             "  enclava find --server {url} --data {DEMO_MODEL} --limit 2 --verify --policy {}",

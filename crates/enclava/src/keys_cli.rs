@@ -104,8 +104,8 @@ pub enum KeysCommand {
 
 #[derive(Serialize, Deserialize, Clone)]
 #[serde(rename_all = "camelCase")]
-struct Credential {
-    user_id: String,
+pub(crate) struct Credential {
+    pub(crate) user_id: String,
     token: String,
 }
 
@@ -167,7 +167,7 @@ fn credentials_path(dir: &Path) -> PathBuf {
     dir.join("credentials.json")
 }
 
-fn read_credentials(dir: &Path) -> anyhow::Result<BTreeMap<String, Credential>> {
+pub(crate) fn read_credentials(dir: &Path) -> anyhow::Result<BTreeMap<String, Credential>> {
     let path = credentials_path(dir);
     match std::fs::read(&path) {
         Ok(b) => serde_json::from_slice(&b).with_context(|| format!("{} is damaged", path.display())),
@@ -193,7 +193,7 @@ pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 }
 
 /// A key from a file (32 raw bytes or 64 hex characters).
-fn read_key(path: &Path) -> anyhow::Result<Zeroizing<Vec<u8>>> {
+pub(crate) fn read_key(path: &Path) -> anyhow::Result<Zeroizing<Vec<u8>>> {
     let raw = Zeroizing::new(std::fs::read(path).with_context(|| format!("cannot read key file {}", path.display()))?);
     if raw.len() == 32 {
         return Ok(raw);
@@ -248,6 +248,28 @@ pub(crate) async fn register(server: &str, dir: &Path) -> anyhow::Result<String>
     Ok(r.user_id)
 }
 
+/// Uploads this user's request key for `model` on `measurement`: the one in `key_file`, or a fresh
+/// one kept in `dir` (returned).
+pub(crate) async fn upload_request_key(
+    rest: &Rest,
+    dir: &Path,
+    model: &str,
+    measurement: &str,
+    key_file: Option<&Path>,
+) -> anyhow::Result<Option<PathBuf>> {
+    let (key, saved) = match key_file {
+        Some(f) => (read_key(f)?, None),
+        None => (generate_key()?, Some(key_path(dir, "request-keys", model, &measurement.to_lowercase()))),
+    };
+    let body =
+        serde_json::json!({ "model": model, "measurement": measurement, "key": STANDARD.encode(key.as_slice()) });
+    let () = rest.call(hyper::Method::POST, "/v1/request-keys", Some(body)).await?;
+    if let Some(p) = &saved {
+        write_private(p, hex::encode(key.as_slice()).as_bytes())?;
+    }
+    Ok(saved)
+}
+
 /// A REST session as the identity kept in `dir` for `server`, and that identity's user id.
 pub(crate) fn session(server: &str, dir: &Path) -> anyhow::Result<(Rest, String)> {
     let server = server.trim_end_matches('/');
@@ -290,17 +312,9 @@ pub async fn run(a: KeysArgs, env: &dyn Fn(&str) -> Option<String>) -> anyhow::R
             println!("granted: {user}'s requests to {model} may be served by that measurement");
         }
         KeysCommand::RequestKey { model, measurement, key_file } => {
-            let (key, saved) = match &key_file {
-                Some(f) => (read_key(f)?, None),
-                None => (generate_key()?, Some(key_path(&dir, "request-keys", &model, &measurement.to_lowercase()))),
-            };
-            let body = serde_json::json!({ "model": model, "measurement": measurement, "key": STANDARD.encode(key.as_slice()) });
-            let () = rest.call(Method::POST, "/v1/request-keys", Some(body)).await?;
-            if let Some(p) = saved {
-                write_private(&p, hex::encode(key.as_slice()).as_bytes())?;
-                println!("request key stored; your copy is in {}", p.display());
-            } else {
-                println!("request key stored");
+            match upload_request_key(&rest, &dir, &model, &measurement, key_file.as_deref()).await? {
+                Some(p) => println!("request key stored; your copy is in {}", p.display()),
+                None => println!("request key stored"),
             }
         }
         KeysCommand::Revoke { model, measurement, user } => {

@@ -69,7 +69,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Find(a) => find(a.or_file(file.find)).await,
         Command::Keys(a) => keys_cli::run(a, &env).await,
         Command::Model(c) => model_cli::run(c, &env).await,
-        Command::Infer(a) => infer_cli::run(a).await,
+        Command::Infer(a) => infer_cli::run(a, &env).await,
         Command::Dev(a) => dev::dev(a).await,
         Command::Evidence(cli::EvidenceCommand::Verify(a)) => evidence::verify_cmd(a),
         Command::Evidence(cli::EvidenceCommand::DryRun(a)) => evidence::dry_run(a),

@@ -215,7 +215,65 @@ fn dev_demo_runs_green_from_a_clean_folder() {
         .stdin(Stdio::null()));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("[7/7]") && text.contains("demo done") && text.contains("identical"), "{text}");
+    assert!(text.contains("[8/8]") && text.contains("demo done") && text.contains("identical"), "{text}");
+}
+
+#[test]
+fn infer_direct_and_serverless_against_a_serving_dev() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = dir.path().join("dev");
+    let port = free_port().expect("port");
+    let url = format!("http://127.0.0.1:{port}");
+    let mut dev = Proc(
+        enclava(&["dev", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+            .arg(&data)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn dev"),
+    );
+    // The demo prints the commands to try; the serverless one names a node's endpoint.
+    let mut endpoint = None;
+    let mut lines = BufReader::new(dev.0.stdout.take().expect("stdout")).lines();
+    for line in lines.by_ref() {
+        let line = line.expect("dev output");
+        if let Some(rest) = line.split("--serverless ").nth(1) {
+            endpoint = Some(rest.trim().to_owned());
+        }
+        if line.contains("Ctrl-C to stop") {
+            break;
+        }
+    }
+    let endpoint = endpoint.expect("dev prints a serverless command");
+    let input = data.join("input.npy");
+    let input = input.to_str().expect("utf-8");
+    let policy = data.join("policy.toml");
+    let model = "demo/tiny-classifier";
+
+    let direct = run(enclava(&["infer", "--server", &url, "--model", model, "--input", input, "--json", "--policy"])
+        .arg(&policy)
+        .stdin(Stdio::null()));
+    let direct: serde_json::Value = serde_json::from_str(&ok_text(&direct)).expect("json");
+    assert_eq!(direct["enclave"]["platform"], "sim");
+
+    let serverless = run(enclava(&["infer", "--server", &url, "--model", model, "--input", input, "--json"])
+        .args(["--serverless", &endpoint])
+        .env("ENCLAVA_CONFIG_DIR", data.join("config"))
+        .stdin(Stdio::null()));
+    let serverless: serde_json::Value = serde_json::from_str(&ok_text(&serverless)).expect("json");
+    assert_eq!(serverless["output"], direct["output"], "the same answer both ways");
+    assert!(serverless["serverless"]["user"].as_str().is_some_and(|u| u.starts_with("u_")), "{serverless}");
+
+    // Without an identity or a request key: a clear error, nothing sent.
+    let out = run(enclava(&["infer", "--server", &url, "--model", model, "--input", input])
+        .args(["--serverless", &endpoint])
+        .env("ENCLAVA_CONFIG_DIR", dir.path().join("empty"))
+        .stdin(Stdio::null()));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("enclava keys request-key"), "{err}");
+    drop(lines);
 }
 
 #[test]

@@ -1,0 +1,584 @@
+//! The sealed inference wire protocol, both modes: request and answer types, their AAD, sealing and
+//! opening on either side, and the JSON and binary encodings. The protocol is described in the
+//! [module documentation](super).
+
+use std::fmt;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use enclava_seal::symmetric::{self, SHARED_KEY_LEN};
+use enclava_seal::{KeyPair, SealError, Sealed};
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+/// HPKE `info` of a direct-mode request.
+pub const REQUEST_INFO: &[u8] = b"enclava/infer/request/v1";
+/// HPKE `info` of a direct-mode answer.
+pub const RESPONSE_INFO: &[u8] = b"enclava/infer/response/v1";
+/// Key-derivation context of a serverless request.
+pub const SERVERLESS_REQUEST_CONTEXT: &[u8] = b"enclava/infer/serverless/request/v1";
+/// Key-derivation context of a serverless answer.
+pub const SERVERLESS_RESPONSE_CONTEXT: &[u8] = b"enclava/infer/serverless/response/v1";
+/// The path of a request on a node.
+pub const PATH: &str = "/v1/infer";
+/// The content type of the binary encoding.
+pub const BINARY_CONTENT_TYPE: &str = "application/vnd.enclava.sealed";
+/// Largest accepted difference between the request's time and the node's clock.
+pub const MAX_SKEW_MS: u64 = 60_000;
+/// How long a node remembers a request id.
+pub const REPLAY_WINDOW_MS: u64 = 120_000;
+/// Largest response body the client reads.
+pub const MAX_RESPONSE_BYTES: usize = 512 << 20;
+/// Length of a request id in bytes (hex doubles it).
+pub const REQUEST_ID_LEN: usize = 16;
+/// Largest header of a binary-encoded message.
+pub const MAX_BINARY_HEADER: usize = 64 << 10;
+
+/// How a request is sealed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// To the enclave's attested key, found and verified by the client (BlindAI).
+    #[default]
+    Direct,
+    /// With the user's request key, which the key broker releases to granted enclaves (MOSS).
+    Serverless,
+}
+
+impl Mode {
+    fn is_direct(&self) -> bool {
+        *self == Mode::Direct
+    }
+}
+
+/// A sealed request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InferRequest {
+    #[serde(default, skip_serializing_if = "Mode::is_direct")]
+    pub mode: Mode,
+    pub model: String,
+    pub request_id: String,
+    pub time_ms: u64,
+    /// Serverless: the user whose request key sealed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Serverless: the enclave measurement (lowercase hex) that user's request key is for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measurement: Option<String>,
+    /// Direct: HPKE's encapsulated key.
+    #[serde(with = "b64", default, skip_serializing_if = "Vec::is_empty")]
+    pub enc: Vec<u8>,
+    #[serde(with = "b64", default, skip_serializing_if = "Vec::is_empty")]
+    pub ciphertext: Vec<u8>,
+}
+
+/// A sealed answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InferResponse {
+    pub request_id: String,
+    /// Direct: HPKE's encapsulated key.
+    #[serde(with = "b64", default, skip_serializing_if = "Vec::is_empty")]
+    pub enc: Vec<u8>,
+    #[serde(with = "b64", default, skip_serializing_if = "Vec::is_empty")]
+    pub ciphertext: Vec<u8>,
+}
+
+/// An error answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub code: String,
+    pub message: String,
+}
+
+mod b64 {
+    use super::{Engine, STANDARD};
+
+    pub fn serialize<S: serde::Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(v))
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s: String = serde::Deserialize::deserialize(d)?;
+        STANDARD.decode(s).map_err(|_| serde::de::Error::custom("not base64"))
+    }
+}
+
+/// Length-prefixed concatenation: for each field a u32 big-endian length, then its bytes.
+fn length_prefixed(fields: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(fields.iter().map(|f| 4 + f.len()).sum());
+    for field in fields {
+        out.extend_from_slice(&(field.len() as u32).to_be_bytes());
+        out.extend_from_slice(field);
+    }
+    out
+}
+
+/// The AAD binding a direct-mode request and its answer to (model, request id, time).
+pub fn aad(model: &str, request_id: &str, time_ms: u64) -> Vec<u8> {
+    length_prefixed(&[model.as_bytes(), request_id.as_bytes(), &time_ms.to_be_bytes()])
+}
+
+/// The AAD binding a serverless request and its answer to (model, request id, time, user,
+/// measurement).
+pub fn serverless_aad(model: &str, request_id: &str, time_ms: u64, user: &str, measurement: &str) -> Vec<u8> {
+    length_prefixed(&[
+        model.as_bytes(),
+        request_id.as_bytes(),
+        &time_ms.to_be_bytes(),
+        user.as_bytes(),
+        measurement.as_bytes(),
+    ])
+}
+
+impl InferRequest {
+    /// This request's AAD, by its mode.
+    pub fn aad(&self) -> Vec<u8> {
+        match self.mode {
+            Mode::Direct => aad(&self.model, &self.request_id, self.time_ms),
+            Mode::Serverless => serverless_aad(
+                &self.model,
+                &self.request_id,
+                self.time_ms,
+                self.user.as_deref().unwrap_or(""),
+                self.measurement.as_deref().unwrap_or(""),
+            ),
+        }
+    }
+}
+
+/// Whether `id` is a well-formed request id: 32 lowercase hex characters.
+pub fn valid_request_id(id: &str) -> bool {
+    id.len() == 2 * REQUEST_ID_LEN && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// The current time in Unix milliseconds (0 if the clock is before 1970).
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn fresh_request_id() -> String {
+    let mut id = [0u8; REQUEST_ID_LEN];
+    rand::fill(&mut id);
+    hex::encode(id)
+}
+
+/// A user's request key for a model on one enclave measurement (serverless mode). `Debug` shows
+/// the user and measurement, never the key.
+#[derive(Clone)]
+pub struct UserKey {
+    pub user: String,
+    /// Lowercase hex.
+    pub measurement: String,
+    key: Zeroizing<[u8; SHARED_KEY_LEN]>,
+}
+
+impl UserKey {
+    pub fn new(user: impl Into<String>, measurement: &str, key: &[u8; SHARED_KEY_LEN]) -> UserKey {
+        UserKey { user: user.into(), measurement: measurement.to_ascii_lowercase(), key: Zeroizing::new(*key) }
+    }
+
+    pub(crate) fn key(&self) -> &[u8; SHARED_KEY_LEN] {
+        &self.key
+    }
+}
+
+impl fmt::Debug for UserKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UserKey")
+            .field("user", &self.user)
+            .field("measurement", &self.measurement)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How an answer is opened.
+enum Opener {
+    /// The client's fresh response key pair (direct).
+    Direct(KeyPair),
+    /// The user's request key (serverless).
+    Serverless(Zeroizing<[u8; SHARED_KEY_LEN]>),
+}
+
+/// What the client keeps to open the answer to one request. `Debug` hides the key.
+pub struct PendingRequest {
+    opener: Opener,
+    aad: Vec<u8>,
+    request_id: String,
+}
+
+impl fmt::Debug for PendingRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PendingRequest").field("request_id", &self.request_id).finish_non_exhaustive()
+    }
+}
+
+/// Why an answer did not open.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OpenResponseError {
+    #[error("the answer is for request {got}, not {expected}")]
+    OtherRequest { expected: String, got: String },
+    #[error(
+        "the answer does not open: it was tampered with on the way, or not sealed by an enclave holding the request's key"
+    )]
+    DoesNotOpen,
+}
+
+impl PendingRequest {
+    pub fn request_id(&self) -> &str {
+        &self.request_id
+    }
+
+    /// Opens the answer: it must name this request and open with this request's key and aad.
+    pub fn open(&self, resp: &InferResponse) -> Result<Zeroizing<Vec<u8>>, OpenResponseError> {
+        if resp.request_id != self.request_id {
+            return Err(OpenResponseError::OtherRequest {
+                expected: self.request_id.clone(),
+                got: resp.request_id.chars().take(64).collect(),
+            });
+        }
+        match &self.opener {
+            Opener::Direct(key) => {
+                let sealed = Sealed { enc: resp.enc.clone(), ciphertext: resp.ciphertext.clone() };
+                key.open(RESPONSE_INFO, &self.aad, &sealed)
+            }
+            Opener::Serverless(key) => {
+                symmetric::open_shared(key, SERVERLESS_RESPONSE_CONTEXT, &self.aad, &resp.ciphertext)
+            }
+        }
+        .map_err(|_| OpenResponseError::DoesNotOpen)
+    }
+}
+
+/// Seals `input_npy` for `model` to the enclave key `node_pubkey` (direct mode), with a fresh
+/// request id, the current time and a fresh response key.
+pub fn seal_request(
+    node_pubkey: &[u8],
+    model: &str,
+    input_npy: &[u8],
+) -> Result<(InferRequest, PendingRequest), SealError> {
+    seal_request_with(node_pubkey, model, input_npy, &fresh_request_id(), now_ms())
+}
+
+/// [`seal_request`] with a chosen request id and time (tests, replays of a stored request).
+pub fn seal_request_with(
+    node_pubkey: &[u8],
+    model: &str,
+    input_npy: &[u8],
+    request_id: &str,
+    time_ms: u64,
+) -> Result<(InferRequest, PendingRequest), SealError> {
+    let key = KeyPair::generate();
+    let aad = aad(model, request_id, time_ms);
+    let mut plain = Zeroizing::new(Vec::with_capacity(enclava_seal::KEY_LEN + input_npy.len()));
+    plain.extend_from_slice(key.public());
+    plain.extend_from_slice(input_npy);
+    let sealed = enclava_seal::seal(node_pubkey, REQUEST_INFO, &aad, &plain)?;
+    let req = InferRequest {
+        mode: Mode::Direct,
+        model: model.to_owned(),
+        request_id: request_id.to_owned(),
+        time_ms,
+        user: None,
+        measurement: None,
+        enc: sealed.enc,
+        ciphertext: sealed.ciphertext,
+    };
+    Ok((req, PendingRequest { opener: Opener::Direct(key), aad, request_id: request_id.to_owned() }))
+}
+
+/// Seals `input_npy` for `model` with the user's request key (serverless mode), with a fresh
+/// request id and the current time.
+pub fn seal_serverless(
+    key: &UserKey,
+    model: &str,
+    input_npy: &[u8],
+) -> Result<(InferRequest, PendingRequest), SealError> {
+    seal_serverless_with(key, model, input_npy, &fresh_request_id(), now_ms())
+}
+
+/// [`seal_serverless`] with a chosen request id and time.
+pub fn seal_serverless_with(
+    key: &UserKey,
+    model: &str,
+    input_npy: &[u8],
+    request_id: &str,
+    time_ms: u64,
+) -> Result<(InferRequest, PendingRequest), SealError> {
+    let aad = serverless_aad(model, request_id, time_ms, &key.user, &key.measurement);
+    let ciphertext = symmetric::seal_shared(key.key(), SERVERLESS_REQUEST_CONTEXT, &aad, input_npy)?;
+    let req = InferRequest {
+        mode: Mode::Serverless,
+        model: model.to_owned(),
+        request_id: request_id.to_owned(),
+        time_ms,
+        user: Some(key.user.clone()),
+        measurement: Some(key.measurement.clone()),
+        enc: Vec::new(),
+        ciphertext,
+    };
+    let opener = Opener::Serverless(key.key.clone());
+    Ok((req, PendingRequest { opener, aad, request_id: request_id.to_owned() }))
+}
+
+/// How the enclave seals its answer.
+enum Reply {
+    /// To the client's response key.
+    Direct([u8; enclava_seal::KEY_LEN]),
+    /// With the user's request key.
+    Serverless(Zeroizing<[u8; SHARED_KEY_LEN]>),
+}
+
+/// A request opened by the enclave: how to seal the answer, and the input. `Debug` shows neither.
+pub struct OpenedRequest {
+    reply: Reply,
+    pub input_npy: Zeroizing<Vec<u8>>,
+}
+
+impl fmt::Debug for OpenedRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OpenedRequest").field("input_len", &self.input_npy.len()).finish_non_exhaustive()
+    }
+}
+
+/// The enclave's side of a direct-mode request: opens `req` with its request key pair.
+pub fn open_request(key: &KeyPair, req: &InferRequest) -> Result<OpenedRequest, SealError> {
+    if req.mode != Mode::Direct {
+        return Err(SealError::Open);
+    }
+    let sealed = Sealed { enc: req.enc.clone(), ciphertext: req.ciphertext.clone() };
+    let mut plain = key.open(REQUEST_INFO, &req.aad(), &sealed)?;
+    if plain.len() < enclava_seal::KEY_LEN {
+        return Err(SealError::Open);
+    }
+    let mut response_key = [0u8; enclava_seal::KEY_LEN];
+    response_key.copy_from_slice(&plain[..enclava_seal::KEY_LEN]);
+    plain.drain(..enclava_seal::KEY_LEN);
+    Ok(OpenedRequest { reply: Reply::Direct(response_key), input_npy: plain })
+}
+
+/// The enclave's side of a serverless request: opens `req` with the request key the key broker
+/// released for its user.
+pub fn open_serverless(user_key: &[u8; SHARED_KEY_LEN], req: &InferRequest) -> Result<OpenedRequest, SealError> {
+    if req.mode != Mode::Serverless {
+        return Err(SealError::Open);
+    }
+    let input_npy = symmetric::open_shared(user_key, SERVERLESS_REQUEST_CONTEXT, &req.aad(), &req.ciphertext)?;
+    Ok(OpenedRequest { reply: Reply::Serverless(Zeroizing::new(*user_key)), input_npy })
+}
+
+/// The enclave's side: seals `output_npy` as the answer to `req`.
+pub fn seal_response(
+    req: &InferRequest,
+    opened: &OpenedRequest,
+    output_npy: &[u8],
+) -> Result<InferResponse, SealError> {
+    let (enc, ciphertext) = match &opened.reply {
+        Reply::Direct(response_key) => {
+            let s = enclava_seal::seal(response_key, RESPONSE_INFO, &req.aad(), output_npy)?;
+            (s.enc, s.ciphertext)
+        }
+        Reply::Serverless(key) => {
+            (Vec::new(), symmetric::seal_shared(key, SERVERLESS_RESPONSE_CONTEXT, &req.aad(), output_npy)?)
+        }
+    };
+    Ok(InferResponse { request_id: req.request_id.clone(), enc, ciphertext })
+}
+
+/// Binary encoding: `u32` big-endian header length ‖ the message as JSON without its ciphertext ‖
+/// the ciphertext, raw.
+fn frame<T: Serialize>(header: &T, ciphertext: &[u8]) -> Vec<u8> {
+    // Serialising these plain structs cannot fail.
+    let head = serde_json::to_vec(header).unwrap_or_default();
+    let mut out = Vec::with_capacity(4 + head.len() + ciphertext.len());
+    out.extend_from_slice(&(head.len() as u32).to_be_bytes());
+    out.extend_from_slice(&head);
+    out.extend_from_slice(ciphertext);
+    out
+}
+
+fn unframe<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<(T, &[u8]), String> {
+    if body.len() < 4 {
+        return Err("the binary body is shorter than its header length".into());
+    }
+    let len = u32::from_be_bytes([body[0], body[1], body[2], body[3]]) as usize;
+    if len > MAX_BINARY_HEADER || body.len() - 4 < len {
+        return Err(format!("the binary body's header length {len} is larger than the body or {MAX_BINARY_HEADER}"));
+    }
+    let header = serde_json::from_slice(&body[4..4 + len]).map_err(|e| format!("the binary body's header: {e}"))?;
+    Ok((header, &body[4 + len..]))
+}
+
+impl InferRequest {
+    /// The binary encoding ([`BINARY_CONTENT_TYPE`]).
+    pub fn to_binary(mut self) -> Vec<u8> {
+        let ciphertext = std::mem::take(&mut self.ciphertext);
+        frame(&self, &ciphertext)
+    }
+
+    /// Decodes the binary encoding.
+    pub fn from_binary(body: &[u8]) -> Result<InferRequest, String> {
+        let (mut req, ciphertext): (InferRequest, _) = unframe(body)?;
+        if !req.ciphertext.is_empty() {
+            return Err("the binary body's header carries a ciphertext: it goes after the header".into());
+        }
+        req.ciphertext = ciphertext.to_vec();
+        Ok(req)
+    }
+}
+
+impl InferResponse {
+    /// The binary encoding ([`BINARY_CONTENT_TYPE`]).
+    pub fn to_binary(mut self) -> Vec<u8> {
+        let ciphertext = std::mem::take(&mut self.ciphertext);
+        frame(&self, &ciphertext)
+    }
+
+    /// Decodes the binary encoding.
+    pub fn from_binary(body: &[u8]) -> Result<InferResponse, String> {
+        let (mut resp, ciphertext): (InferResponse, _) = unframe(body)?;
+        if !resp.ciphertext.is_empty() {
+            return Err("the binary body's header carries a ciphertext: it goes after the header".into());
+        }
+        resp.ciphertext = ciphertext.to_vec();
+        Ok(resp)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn direct_request_and_response_round_trip_and_bind_their_context() {
+        let node = KeyPair::generate();
+        let (req, pending) = seal_request(node.public(), "acme/m", b"npy bytes").expect("seal");
+        assert!(valid_request_id(&req.request_id));
+        let opened = open_request(&node, &req).expect("opens");
+        assert_eq!(opened.input_npy.as_slice(), b"npy bytes");
+        let resp = seal_response(&req, &opened, b"out").expect("seal response");
+        assert_eq!(pending.open(&resp).expect("opens").as_slice(), b"out");
+
+        // Every bound field matters.
+        for change in [
+            |r: &mut InferRequest| r.model = "acme/n".into(),
+            |r: &mut InferRequest| r.time_ms += 1,
+            |r: &mut InferRequest| r.request_id = "0".repeat(32),
+            |r: &mut InferRequest| r.ciphertext[0] ^= 1,
+            |r: &mut InferRequest| r.mode = Mode::Serverless,
+        ] {
+            let mut bad = req.clone();
+            change(&mut bad);
+            assert!(open_request(&node, &bad).is_err());
+        }
+        let mut bad = resp.clone();
+        bad.ciphertext[3] ^= 1;
+        assert_eq!(pending.open(&bad), Err(OpenResponseError::DoesNotOpen));
+        let other_client =
+            open_request(&node, &seal_request(node.public(), "acme/m", b"x").expect("seal").0).expect("opens");
+        let other = seal_response(&req, &other_client, b"out").expect("seal");
+        assert_eq!(pending.open(&other), Err(OpenResponseError::DoesNotOpen));
+        bad = resp.clone();
+        bad.request_id = "1".repeat(32);
+        assert!(matches!(pending.open(&bad), Err(OpenResponseError::OtherRequest { .. })));
+        assert!(!format!("{pending:?}{opened:?}").contains("npy bytes"));
+    }
+
+    #[test]
+    fn serverless_request_and_response_round_trip_and_bind_their_context() {
+        let key = UserKey::new("u_1", "AB12", &[9; 32]);
+        assert_eq!(key.measurement, "ab12");
+        let (req, pending) = seal_serverless(&key, "acme/m", b"npy bytes").expect("seal");
+        assert_eq!(req.mode, Mode::Serverless);
+        assert_eq!(req.user.as_deref(), Some("u_1"));
+        let opened = open_serverless(&[9; 32], &req).expect("opens");
+        assert_eq!(opened.input_npy.as_slice(), b"npy bytes");
+        let resp = seal_response(&req, &opened, b"out").expect("seal response");
+        assert!(resp.enc.is_empty());
+        assert_eq!(pending.open(&resp).expect("opens").as_slice(), b"out");
+
+        assert!(open_serverless(&[8; 32], &req).is_err(), "another user's key");
+        assert!(open_request(&KeyPair::generate(), &req).is_err(), "not a direct request");
+        for change in [
+            |r: &mut InferRequest| r.model = "acme/n".into(),
+            |r: &mut InferRequest| r.time_ms += 1,
+            |r: &mut InferRequest| r.request_id = "0".repeat(32),
+            |r: &mut InferRequest| r.user = Some("u_2".into()),
+            |r: &mut InferRequest| r.measurement = Some("cd34".into()),
+            |r: &mut InferRequest| r.ciphertext[20] ^= 1,
+            |r: &mut InferRequest| r.mode = Mode::Direct,
+        ] {
+            let mut bad = req.clone();
+            change(&mut bad);
+            assert!(open_serverless(&[9; 32], &bad).is_err());
+        }
+        // A request can never be opened as an answer, nor an answer to another request.
+        let as_answer = InferResponse { request_id: req.request_id.clone(), enc: vec![], ciphertext: req.ciphertext };
+        assert_eq!(pending.open(&as_answer), Err(OpenResponseError::DoesNotOpen));
+        let (req2, _) = seal_serverless_with(&key, "acme/m", b"x", &req.request_id, req.time_ms + 1).expect("seal");
+        let other = seal_response(&req2, &open_serverless(&[9; 32], &req2).expect("opens"), b"out").expect("seal");
+        assert_eq!(pending.open(&other), Err(OpenResponseError::DoesNotOpen));
+        assert!(!format!("{key:?}{pending:?}{opened:?}").contains("9, 9"));
+    }
+
+    #[test]
+    fn wire_json_uses_camel_case_and_base64() {
+        let req = InferRequest {
+            mode: Mode::Direct,
+            model: "m".into(),
+            request_id: "ab".repeat(16),
+            time_ms: 5,
+            user: None,
+            measurement: None,
+            enc: vec![1, 2],
+            ciphertext: vec![3],
+        };
+        let json = serde_json::to_value(&req).expect("json");
+        assert_eq!(json["requestId"], "ab".repeat(16));
+        assert_eq!(json["timeMs"], 5);
+        assert_eq!(json["enc"], "AQI=");
+        assert!(json.get("mode").is_none() && json.get("user").is_none(), "direct is the default");
+        assert_eq!(serde_json::from_value::<InferRequest>(json).expect("back"), req);
+        let (sl, _) = seal_serverless(&UserKey::new("u", "ab", &[1; 32]), "m", b"x").expect("seal");
+        let json = serde_json::to_value(&sl).expect("json");
+        assert_eq!(json["mode"], "serverless");
+        assert!(json.get("enc").is_none());
+        assert_eq!(serde_json::from_value::<InferRequest>(json).expect("back"), sl);
+        assert!(
+            serde_json::from_str::<InferRequest>(
+                r#"{"model":"m","requestId":"x","timeMs":1,"enc":"!!","ciphertext":""}"#
+            )
+            .is_err()
+        );
+        assert!(
+            serde_json::from_str::<InferRequest>(r#"{"mode":"other","model":"m","requestId":"x","timeMs":1}"#).is_err()
+        );
+        assert!(!valid_request_id(&"AB".repeat(16)));
+        assert!(!valid_request_id("abc"));
+    }
+
+    #[test]
+    fn binary_encoding_round_trips_and_refuses_malformed_bodies() {
+        let node = KeyPair::generate();
+        let (req, _) = seal_request(node.public(), "acme/m", &[7; 1000]).expect("seal");
+        let bin = req.clone().to_binary();
+        assert_eq!(InferRequest::from_binary(&bin).expect("decodes"), req);
+        let resp = InferResponse { request_id: "ab".repeat(16), enc: vec![1; 32], ciphertext: vec![2; 50] };
+        assert_eq!(InferResponse::from_binary(&resp.clone().to_binary()).expect("decodes"), resp);
+        for bad in [
+            &b""[..],
+            &[0, 0, 0],
+            &[0, 0, 0, 9, b'{'],
+            &[0xff, 0xff, 0xff, 0xff, 0],
+            &[0, 0, 0, 2, b'{', b'}'],
+            &bin[..10],
+        ] {
+            assert!(InferRequest::from_binary(bad).is_err(), "{bad:?}");
+        }
+        let mut with_ct = frame(&req, b"");
+        with_ct.extend_from_slice(b"more");
+        assert!(InferRequest::from_binary(&with_ct).is_err(), "ciphertext in both places");
+    }
+}
