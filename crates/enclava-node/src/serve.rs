@@ -32,7 +32,8 @@
 //! - *Serverless*: the request names a user and a measurement and is sealed with that user's
 //!   request key. A request for another measurement than this node's is refused (421) without
 //!   asking anyone. Otherwise the node asks the key broker for the user's key with fresh evidence
-//!   ([`crate::user_keys`]: one fetch per (model, user) per minute, refusals remembered 10 s); the
+//!   ([`crate::user_keys`]: one fetch per (model, user) per minute, refusals remembered 10 s,
+//!   at most 4 fetches at once); the
 //!   broker releases it only if the model's owner granted this measurement for that user (403
 //!   otherwise). The answer is sealed with the same key.
 //!
@@ -71,7 +72,7 @@ use enclava_registry::schema::check_name;
 use enclava_runtime::{Model, RuntimeError, Tensor};
 use tokio::sync::watch;
 
-use crate::user_keys::{USER_KEY_REFRESH, Unavailable, UserKeys};
+use crate::user_keys::{Unavailable, UserKeys};
 use crate::{DataMap, NodeError, NodeMetrics, RequestKey, set_hot, tee::Tee};
 
 /// Largest request body accepted (a 224×224 f32 image is 0.6 MB, 0.8 MB in base64).
@@ -520,25 +521,18 @@ impl Serving {
             Refusal::bad(
                 "tampered",
                 "the request does not open: it was tampered with, or sealed with another key or for another model, \
-                 requestId, time, user or measurement",
+                 requestId, time, user or measurement (a replaced request key is used within a minute)",
             )
         };
-        for first in [true, false] {
-            let held = self.user_keys.get(&req.model, user, || self.fetch_user_key(&req.model, user)).await;
-            let held = held.map_err(|u| {
+        let key =
+            self.user_keys.get(&req.model, user, || self.fetch_user_key(&req.model, user)).await.map_err(|u| {
                 if u.refused {
                     Refusal::new(StatusCode::FORBIDDEN, "not_granted", u.message)
                 } else {
                     Refusal::unavailable(u.message)
                 }
             })?;
-            match proto::open_serverless(held.key.as_bytes(), req) {
-                Ok(opened) => return Ok(opened),
-                Err(_) if first && held.age >= USER_KEY_REFRESH => self.user_keys.forget(&req.model, user),
-                Err(_) => return Err(tampered()),
-            }
-        }
-        Err(tampered())
+        proto::open_serverless(key.as_bytes(), req).map_err(|_| tampered())
     }
 
     /// Asks the key broker for `user`'s request key for `model` on this node's measurement.
@@ -608,8 +602,12 @@ fn run(model: &Model, req: &InferRequest, opened: OpenedRequest) -> Result<Infer
     })?;
     let first = outputs.first().ok_or_else(|| Refusal::internal("the model has no output"))?;
     let npy = zeroize::Zeroizing::new(first.to_npy());
-    proto::seal_response(req, &opened, &npy)
-        .map_err(|_| Refusal::bad("bad_request", "the response key in the request is not a valid X25519 public key"))
+    proto::seal_response(req, &opened, &npy).map_err(|e| match e {
+        enclava_seal::SealError::BadPublicKey(_) => {
+            Refusal::bad("bad_request", "the response key in the request is not a valid X25519 public key")
+        }
+        _ => Refusal::internal("the answer could not be sealed"),
+    })
 }
 
 /// The serving routes: `/v1/infer`, and `/init`, `/run` in OpenWhisk mode.

@@ -2,11 +2,12 @@
 //! sealed with the user's request key, which only the user and enclaves the key broker released
 //! it to hold.
 //!
-//! Each message is sealed with AES-256-GCM under a key derived for it alone, HKDF-SHA256(salt =
-//! none, ikm = the shared key, info = `context`), with a fresh random 96-bit nonce. The caller's
-//! `context` names the protocol, the direction and the request (so a request can never be opened
-//! as an answer, nor one request's answer as another's); `aad` binds what travels in the clear.
-//! Wire form: `nonce (12) ‖ ciphertext ‖ tag (16)`.
+//! A message is sealed with AES-256-GCM under the key HKDF-SHA256(salt = none, ikm = the shared
+//! key, info = `context`), with a fresh random 96-bit nonce. The caller's `context` should name the
+//! protocol, the direction and the message: serverless requests use their request id, so every
+//! request and every answer has a key of its own (a request can never be opened as an answer, nor
+//! one request's answer as another's, and no key ever comes near GCM's random-nonce limit). `aad`
+//! binds what travels in the clear. Wire form: `nonce (12) ‖ ciphertext ‖ tag (16)`.
 
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::hkdf;

@@ -1,7 +1,9 @@
 //! `enclava bench serving`: MobileNetV2 (224×224, generated with seeded weights), in one run:
 //! plain tract in-process (the floor) against the full sealed path over loopback (find, verify the
-//! enclave's sim evidence, HPKE-seal, send, run, seal back, open) at 1 and 8 concurrent clients;
-//! model decryption throughput; and encrypted model load (decrypt + parse) against plaintext load.
+//! enclave's sim evidence, HPKE-seal, send, run, seal back, open) at 1 and 8 concurrent clients,
+//! and the serverless path (sealed with a user's request key the node fetched from the key
+//! broker); model decryption throughput; and encrypted model load (decrypt + parse) against
+//! plaintext load. Floor and sealed rows alternate, so drift on a shared machine hits both.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -53,8 +55,8 @@ where
 }
 
 /// `clients` concurrent clients, each holding an inference session (one manager connection,
-/// pooled enclave connections) as a client sending many requests does; every request still
-/// finds, verifies, seals, sends and opens.
+/// pooled enclave connections, the verified enclave reused for the presence TTL) as a client
+/// sending many requests does.
 async fn load_sealed(
     clients: usize,
     dur: Duration,
@@ -79,6 +81,25 @@ async fn load_sealed(
         }));
     }
     join_clients(tasks, start).await
+}
+
+/// `clients` concurrent serverless clients (binary encoding, pooled connections).
+async fn load_serverless(
+    clients: usize,
+    dur: Duration,
+    opts: &enclava_client::infer::ServerlessOptions,
+    input: &Arc<Vec<u8>>,
+) -> anyhow::Result<Row> {
+    let client = Arc::new(enclava_client::infer::ServerlessClient::new(opts.clone())?);
+    let input = input.clone();
+    load(clients, dur, move || {
+        let (client, input) = (client.clone(), input.clone());
+        async move {
+            client.infer(&input).await?;
+            anyhow::Ok(())
+        }
+    })
+    .await
 }
 
 pub async fn serving(a: ServingArgs) -> anyhow::Result<ExitCode> {
@@ -120,8 +141,6 @@ pub async fn serving(a: ServingArgs) -> anyhow::Result<ExitCode> {
             }
         }
     };
-    let floor1 = load(1, dur, run_plain.clone()).await?;
-    let floor8 = load(8, dur, run_plain).await?;
 
     // The sealed path: manager + key broker + one sim node serving the encrypted model.
     let registry: Arc<dyn Registry> =
@@ -169,8 +188,20 @@ pub async fn serving(a: ServingArgs) -> anyhow::Result<ExitCode> {
     let policy = Policy::parse(&policy_text).map_err(anyhow::Error::msg)?;
     let opts = enclava_client::infer::InferOptions::new(url.clone(), "bench/mobilenet", policy);
     let input_npy = Arc::new(input_npy);
+    let mut request_key = [0u8; 32];
+    request_key.copy_from_slice(ModelKey::generate().map_err(|e| anyhow::anyhow!("{e}"))?.as_bytes());
+    broker.put_request_key(&owner, "bench/mobilenet", &measurement, &request_key).await?;
+    let user_key = enclava_client::infer::UserKey::new(owner.clone(), &measurement, &request_key);
+    let endpoint = format!("http://{}{}", node.addr(), enclava_client::infer::PATH);
+    let mut serverless = enclava_client::infer::ServerlessOptions::new(endpoint, "bench/mobilenet", user_key);
+    serverless.binary = true;
+
+    let floor1 = load(1, dur, run_plain.clone()).await?;
     let sealed1 = load_sealed(1, dur, &opts, &input_npy).await?;
+    let serverless1 = load_serverless(1, dur, &serverless, &input_npy).await?;
+    let floor8 = load(8, dur, run_plain).await?;
     let sealed8 = load_sealed(8, dur, &opts, &input_npy).await?;
+    let serverless8 = load_serverless(8, dur, &serverless, &input_npy).await?;
     node.shutdown().await;
     let _ = stop_tx.send(());
     let _ = server.await;
@@ -182,6 +213,8 @@ pub async fn serving(a: ServingArgs) -> anyhow::Result<ExitCode> {
         ("floor: plain tract in-process, 8", &floor8),
         ("sealed path over loopback, 1 client", &sealed1),
         ("sealed path over loopback, 8 clients", &sealed8),
+        ("serverless path over loopback, 1 client", &serverless1),
+        ("serverless path over loopback, 8 clients", &serverless8),
     ] {
         println!("{name:<40} {:>10.1} {:>9.2} {:>9.2}", r.ops, r.p50_ms, r.p99_ms);
     }
@@ -192,6 +225,11 @@ pub async fn serving(a: ServingArgs) -> anyhow::Result<ExitCode> {
     let load_ratio = enc_load / plain_load;
     println!("p50 latency, 1 client: {p50:.3}x the floor (goal <= 1.10x: {})", goal(p50 <= 1.10));
     println!("throughput, 8 clients: {thr:.3}x the floor (goal >= 0.90x: {})", goal(thr >= 0.90));
+    println!(
+        "serverless: p50 {:.3}x, throughput at 8 clients {:.3}x the floor",
+        serverless1.p50_ms / floor1.p50_ms,
+        serverless8.ops / floor8.ops
+    );
     println!(
         "model decryption: {:.2} GB/s on one core (goal >= 4: {})",
         decrypt.gb_per_s(),

@@ -195,9 +195,7 @@ pub async fn dev(a: DevArgs) -> anyhow::Result<ExitCode> {
         &measurement[..16],
         key_file.display()
     );
-    let raw = std::fs::read_to_string(&key_file)?;
-    let key: [u8; 32] =
-        hex::decode(raw.trim())?.try_into().map_err(|_| anyhow::anyhow!("a request key is 32 bytes"))?;
+    let key = crate::keys_cli::read_request_key(&key_file)?;
     let endpoint = format!("http://{}{}", n2.addr(), enclava_client::infer::PATH);
     let user_key = enclava_client::infer::UserKey::new(user.clone(), &measurement, &key);
     let sl = enclava_client::infer::ServerlessOptions::new(endpoint.clone(), DEMO_MODEL, user_key);

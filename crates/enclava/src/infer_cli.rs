@@ -23,7 +23,7 @@ pub struct InferArgs {
     #[arg(long)]
     pub input: PathBuf,
     /// What the enclave must prove (TOML or JSON policy); required in direct mode: nothing is sent
-    /// unverified
+    /// unverified (serverless mode does not use it)
     #[arg(long, env = "ENCLAVA_POLICY", required_unless_present = "serverless")]
     pub policy: Option<PathBuf>,
     /// Enclave manager URL (and, in serverless mode, the key broker your identity is kept for)
@@ -32,7 +32,7 @@ pub struct InferArgs {
     /// Serverless mode (MOSS): send to this platform URL (a node's http://HOST:PORT/v1/infer, an
     /// OpenWhisk web action), sealed with your request key; only enclaves the key broker attested
     /// with a measurement granted for you can open it
-    #[arg(long, value_name = "URL", conflicts_with = "policy")]
+    #[arg(long, value_name = "URL")]
     pub serverless: Option<String>,
     /// Serverless: the measurement your request key is for [default: the only one you have a key
     /// for]
@@ -179,8 +179,7 @@ async fn serverless(
             }
         }
     };
-    let raw = crate::keys_cli::read_key(&key_file)?;
-    let key: [u8; 32] = raw.as_slice().try_into().context("a request key is 32 bytes")?;
+    let key = crate::keys_cli::read_request_key(&key_file)?;
     let user_key = enclava_client::infer::UserKey::new(user.clone(), &measurement, &key);
     let mut opts = enclava_client::infer::ServerlessOptions::new(endpoint.clone(), a.model.clone(), user_key);
     opts.max_attempts = a.attempts.max(1);

@@ -205,6 +205,14 @@ pub(crate) fn read_key(path: &Path) -> anyhow::Result<Zeroizing<Vec<u8>>> {
     }
 }
 
+/// A 32-byte key from a file, as an array (a request key).
+pub(crate) fn read_request_key(path: &Path) -> anyhow::Result<Zeroizing<[u8; 32]>> {
+    let raw = read_key(path)?;
+    let mut key = Zeroizing::new([0u8; 32]);
+    key.copy_from_slice(&raw);
+    Ok(key)
+}
+
 pub(crate) fn generate_key() -> anyhow::Result<Zeroizing<Vec<u8>>> {
     use ring::rand::SecureRandom;
     let mut k = Zeroizing::new(vec![0u8; 32]);

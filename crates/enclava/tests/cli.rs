@@ -260,6 +260,7 @@ fn infer_direct_and_serverless_against_a_serving_dev() {
     let serverless = run(enclava(&["infer", "--server", &url, "--model", model, "--input", input, "--json"])
         .args(["--serverless", &endpoint])
         .env("ENCLAVA_CONFIG_DIR", data.join("config"))
+        .env("ENCLAVA_POLICY", &policy) // set for direct mode; serverless mode does not use it
         .stdin(Stdio::null()));
     let serverless: serde_json::Value = serde_json::from_str(&ok_text(&serverless)).expect("json");
     assert_eq!(serverless["output"], direct["output"], "the same answer both ways");

@@ -170,6 +170,7 @@ impl InferSession {
         let mut tried: Vec<Attempt> = Vec::new();
         while tried.len() < opts.max_attempts {
             let reuse = self.verified.take().filter(|v| v.at.elapsed() < opts.reuse_verified);
+            let reused = reuse.is_some();
             let (info, claims, at) = match reuse {
                 Some(v) => (v.info, v.claims, v.at),
                 None => {
@@ -206,6 +207,11 @@ impl InferSession {
                     return Ok(outcome);
                 }
                 Err(Failure::Retry(why)) => tried.push(attempt(&info, why)),
+                // A request to a remembered enclave that does not open there: it may have restarted
+                // at the same address with a new key. Find and verify afresh.
+                Err(Failure::Refused { code, message }) if reused && code == "tampered" => {
+                    tried.push(attempt(&info, format!("refused the request ({code}): {message}")));
+                }
                 Err(Failure::Tampered(why)) => {
                     tried.push(attempt(&info, why));
                     return Err(InferError::TamperedResponse { instance_id: info.instance_id, tried });
@@ -256,8 +262,10 @@ pub(super) async fn exchange(
             Ok(e) => (e.code, e.message.chars().take(500).collect()),
             Err(_) => (format!("http {status}"), "no error body".into()),
         };
+        // A refusal of the request itself would be the same anywhere; anything else (404
+        // not_served, 421 other_measurement, 429, 502, 503 unavailable, 504) may not be.
         return Err(match status {
-            400 | 403 | 413 | 422 => Failure::Refused { code, message },
+            400 | 403 | 413 | 422 | 500 => Failure::Refused { code, message },
             _ => Failure::Retry(format!("answered {status} ({code}): {message}")),
         });
     }

@@ -36,11 +36,14 @@
 //! **Serverless.** The user uploaded a 32-byte request key for (model, measurement) to the key
 //! broker (`enclava keys request-key`), and the model's owner granted that measurement for the
 //! user. `ciphertext` is the input `.npy` sealed with
-//! [`enclava_seal::symmetric`] under that key with context [`SERVERLESS_REQUEST_CONTEXT`]; the
-//! answer is sealed under the same key with [`SERVERLESS_RESPONSE_CONTEXT`]. A node fetches the
+//! [`enclava_seal::symmetric`] under that key with context [`SERVERLESS_REQUEST_CONTEXT`] `‖ "|" ‖`
+//! requestId; the answer is sealed under the same key with [`SERVERLESS_RESPONSE_CONTEXT`] `‖ "|" ‖`
+//! requestId. A node fetches the
 //! user's key from the key broker with fresh evidence on the first request from that user (the
 //! broker checks the measurement is granted for the user), so only the user and granted enclaves
-//! can read the input or the answer.
+//! can read the input or the answer. Because any granted enclave holds the key, a serverless
+//! request replayed to another instance within the time window runs there too (each instance
+//! refuses repeats it has seen); its answer is readable only by the user and granted enclaves.
 //!
 //! # What a node refuses
 //!

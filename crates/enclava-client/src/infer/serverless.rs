@@ -9,6 +9,9 @@ use std::time::Duration;
 use super::direct::{Failure, exchange};
 use super::{HttpClient, UserKey, http_client, seal_serverless};
 
+/// The pause before the n-th retry is n times this.
+pub const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
 /// How [`infer_serverless`] runs.
 #[derive(Debug, Clone)]
 pub struct ServerlessOptions {
@@ -19,8 +22,10 @@ pub struct ServerlessOptions {
     pub model: String,
     /// This user's request key for the model on the measurement the platform runs.
     pub key: UserKey,
-    /// Requests to send at most: a connection failure, `other_measurement` or `unavailable` is
-    /// sent again, freshly sealed (the platform may pick another instance).
+    /// Requests to send at most: after a connection failure, a timeout, or an answer that another
+    /// instance may not give (404, 421 `other_measurement`, 429, 502, 503 `unavailable`, 504) the
+    /// request is sealed afresh and sent again after a short pause (the platform may pick another
+    /// instance).
     pub max_attempts: usize,
     /// Time allowed for each request (connect, run, answer).
     pub request_timeout: Duration,
@@ -75,7 +80,14 @@ impl ServerlessClient {
         if opts.max_attempts == 0 {
             return Err(ServerlessError::Options("max_attempts must be at least 1".into()));
         }
-        if !opts.endpoint.starts_with("http://") && !opts.endpoint.starts_with("https://") {
+        if opts.endpoint.starts_with("https://") {
+            return Err(ServerlessError::Options(format!(
+                "the endpoint {:?} is https: this client speaks plain HTTP only (the request is sealed end to end \
+                 either way); reach it through a local TLS proxy, or use the node's http:// address",
+                opts.endpoint
+            )));
+        }
+        if !opts.endpoint.starts_with("http://") {
             return Err(ServerlessError::Options(format!("the endpoint {:?} is not an http:// URL", opts.endpoint)));
         }
         let http = http_client(opts.request_timeout);
@@ -91,7 +103,12 @@ impl ServerlessClient {
                 seal_serverless(&o.key, &o.model, input_npy).map_err(|e| ServerlessError::Seal(e.to_string()))?;
             match exchange(&self.http, &o.endpoint, req, &pending, o.binary, o.request_timeout).await {
                 Ok(output) => return Ok(output),
-                Err(Failure::Retry(why)) => tries.push(why),
+                Err(Failure::Retry(why)) => {
+                    tries.push(why);
+                    if tries.len() < o.max_attempts {
+                        tokio::time::sleep(RETRY_PAUSE * tries.len() as u32).await;
+                    }
+                }
                 Err(Failure::Tampered(why)) => {
                     return Err(ServerlessError::Tampered { endpoint: o.endpoint.clone(), why });
                 }
@@ -107,4 +124,21 @@ impl ServerlessClient {
 /// One serverless inference: seal with the user's request key, send to the platform, open.
 pub async fn infer_serverless(opts: &ServerlessOptions, input_npy: &[u8]) -> Result<Vec<u8>, ServerlessError> {
     ServerlessClient::new(opts.clone())?.infer(input_npy).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_must_be_plain_http_and_attempts_positive() {
+        let key = UserKey::new("u", "ab", &[1; 32]);
+        let err = ServerlessClient::new(ServerlessOptions::new("https://ow.example/x", "m", key.clone()))
+            .expect_err("https is refused up front");
+        assert!(err.to_string().contains("TLS proxy"), "{err}");
+        assert!(ServerlessClient::new(ServerlessOptions::new("ow.example", "m", key.clone())).is_err());
+        let mut opts = ServerlessOptions::new("http://127.0.0.1:1/v1/infer", "m", key);
+        opts.max_attempts = 0;
+        assert!(ServerlessClient::new(opts).is_err());
+    }
 }

@@ -16,9 +16,9 @@ use zeroize::Zeroizing;
 pub const REQUEST_INFO: &[u8] = b"enclava/infer/request/v1";
 /// HPKE `info` of a direct-mode answer.
 pub const RESPONSE_INFO: &[u8] = b"enclava/infer/response/v1";
-/// Key-derivation context of a serverless request.
+/// Key-derivation context of a serverless request (followed by `|` and the request id).
 pub const SERVERLESS_REQUEST_CONTEXT: &[u8] = b"enclava/infer/serverless/request/v1";
-/// Key-derivation context of a serverless answer.
+/// Key-derivation context of a serverless answer (followed by `|` and the request id).
 pub const SERVERLESS_RESPONSE_CONTEXT: &[u8] = b"enclava/infer/serverless/response/v1";
 /// The path of a request on a node.
 pub const PATH: &str = "/v1/infer";
@@ -159,6 +159,12 @@ pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
+/// The key-derivation context of one serverless message: `base ‖ "|" ‖ request id`, so every
+/// request and every answer is sealed under a key of its own.
+fn serverless_context(base: &[u8], request_id: &str) -> Vec<u8> {
+    [base, b"|", request_id.as_bytes()].concat()
+}
+
 fn fresh_request_id() -> String {
     let mut id = [0u8; REQUEST_ID_LEN];
     rand::fill(&mut id);
@@ -245,7 +251,8 @@ impl PendingRequest {
                 key.open(RESPONSE_INFO, &self.aad, &sealed)
             }
             Opener::Serverless(key) => {
-                symmetric::open_shared(key, SERVERLESS_RESPONSE_CONTEXT, &self.aad, &resp.ciphertext)
+                let context = serverless_context(SERVERLESS_RESPONSE_CONTEXT, &self.request_id);
+                symmetric::open_shared(key, &context, &self.aad, &resp.ciphertext)
             }
         }
         .map_err(|_| OpenResponseError::DoesNotOpen)
@@ -308,7 +315,8 @@ pub fn seal_serverless_with(
     time_ms: u64,
 ) -> Result<(InferRequest, PendingRequest), SealError> {
     let aad = serverless_aad(model, request_id, time_ms, &key.user, &key.measurement);
-    let ciphertext = symmetric::seal_shared(key.key(), SERVERLESS_REQUEST_CONTEXT, &aad, input_npy)?;
+    let context = serverless_context(SERVERLESS_REQUEST_CONTEXT, request_id);
+    let ciphertext = symmetric::seal_shared(key.key(), &context, &aad, input_npy)?;
     let req = InferRequest {
         mode: Mode::Serverless,
         model: model.to_owned(),
@@ -365,7 +373,8 @@ pub fn open_serverless(user_key: &[u8; SHARED_KEY_LEN], req: &InferRequest) -> R
     if req.mode != Mode::Serverless {
         return Err(SealError::Open);
     }
-    let input_npy = symmetric::open_shared(user_key, SERVERLESS_REQUEST_CONTEXT, &req.aad(), &req.ciphertext)?;
+    let context = serverless_context(SERVERLESS_REQUEST_CONTEXT, &req.request_id);
+    let input_npy = symmetric::open_shared(user_key, &context, &req.aad(), &req.ciphertext)?;
     Ok(OpenedRequest { reply: Reply::Serverless(Zeroizing::new(*user_key)), input_npy })
 }
 
@@ -381,7 +390,8 @@ pub fn seal_response(
             (s.enc, s.ciphertext)
         }
         Reply::Serverless(key) => {
-            (Vec::new(), symmetric::seal_shared(key, SERVERLESS_RESPONSE_CONTEXT, &req.aad(), output_npy)?)
+            let context = serverless_context(SERVERLESS_RESPONSE_CONTEXT, &req.request_id);
+            (Vec::new(), symmetric::seal_shared(key, &context, &req.aad(), output_npy)?)
         }
     };
     Ok(InferResponse { request_id: req.request_id.clone(), enc, ciphertext })
