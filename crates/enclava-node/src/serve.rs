@@ -27,8 +27,8 @@
 //! model on a blocking thread, and seals the first output back, in the encoding (JSON or binary)
 //! the request came in. Neither keys, inputs nor outputs are logged or put in error messages.
 //!
-//! - *Direct*: the request is sealed to this node's attested request key and carries the client's
-//!   fresh response key; the answer is sealed to that.
+//! - *Direct*: the request is sealed with a secret from an HPKE setup to this node's attested
+//!   request key; the answer is sealed with the same secret, which only the client shares.
 //! - *Serverless*: the request names a user and a measurement and is sealed with that user's
 //!   request key. A request for another measurement than this node's is refused (421) without
 //!   asking anyone. Otherwise the node asks the key broker for the user's key with fresh evidence
@@ -602,12 +602,7 @@ fn run(model: &Model, req: &InferRequest, opened: OpenedRequest) -> Result<Infer
     })?;
     let first = outputs.first().ok_or_else(|| Refusal::internal("the model has no output"))?;
     let npy = zeroize::Zeroizing::new(first.to_npy());
-    proto::seal_response(req, &opened, &npy).map_err(|e| match e {
-        enclava_seal::SealError::BadPublicKey(_) => {
-            Refusal::bad("bad_request", "the response key in the request is not a valid X25519 public key")
-        }
-        _ => Refusal::internal("the answer could not be sealed"),
-    })
+    proto::seal_response(req, &opened, &npy).map_err(|_| Refusal::internal("the answer could not be sealed"))
 }
 
 /// The serving routes: `/v1/infer`, and `/init`, `/run` in OpenWhisk mode.

@@ -5,7 +5,8 @@
 //! `info` says what the sealed bytes are for (a constant per protocol, so a sealed model key can
 //! never be opened as a request); `aad` binds the context (a nonce, a model id, a request id).
 //!
-//! [`symmetric`] seals under a shared key instead (a user's request key in serverless mode).
+//! [`symmetric`] seals under a shared key instead: a user's request key in serverless mode, or a
+//! secret exported from an HPKE setup ([`encap_export`]) for bulk data in both directions.
 
 pub mod symmetric;
 
@@ -87,6 +88,44 @@ pub fn seal(public_key: &[u8], info: &[u8], aad: &[u8], plaintext: &[u8]) -> Res
     Ok(Sealed { enc: enc.to_bytes().to_vec(), ciphertext })
 }
 
+/// Length of an exported secret.
+pub const EXPORT_LEN: usize = 32;
+
+/// HPKE base-mode setup to `public_key` for `info`: the encapsulated key, and a secret exported
+/// for `exporter_context` that only this sender and the holder of the private key can compute
+/// (RFC 9180 §5.3; how Oblivious HTTP, RFC 9458, keys its answers). Bulk data then goes under
+/// [`symmetric`] with that secret.
+pub fn encap_export(
+    public_key: &[u8],
+    info: &[u8],
+    exporter_context: &[u8],
+) -> Result<(Vec<u8>, Zeroizing<[u8; EXPORT_LEN]>), SealError> {
+    let pk =
+        <Kem as hpke::Kem>::PublicKey::from_bytes(public_key).map_err(|_| SealError::BadPublicKey(public_key.len()))?;
+    let (enc, ctx) =
+        hpke::setup_sender::<Aead, Kdf, Kem>(&OpModeS::Base, &pk, info).map_err(|e| SealError::Seal(e.to_string()))?;
+    let mut secret = Zeroizing::new([0u8; EXPORT_LEN]);
+    ctx.export(exporter_context, secret.as_mut()).map_err(|e| SealError::Seal(e.to_string()))?;
+    Ok((enc.to_bytes().to_vec(), secret))
+}
+
+impl KeyPair {
+    /// The receiving side of [`encap_export`]: the same secret, from the encapsulated key.
+    pub fn decap_export(
+        &self,
+        info: &[u8],
+        enc: &[u8],
+        exporter_context: &[u8],
+    ) -> Result<Zeroizing<[u8; EXPORT_LEN]>, SealError> {
+        let enc = <Kem as hpke::Kem>::EncappedKey::from_bytes(enc).map_err(|_| SealError::BadEncappedKey(enc.len()))?;
+        let ctx = hpke::setup_receiver::<Aead, Kdf, Kem>(&OpModeR::Base, &self.secret, &enc, info)
+            .map_err(|_| SealError::Open)?;
+        let mut secret = Zeroizing::new([0u8; EXPORT_LEN]);
+        ctx.export(exporter_context, secret.as_mut()).map_err(|_| SealError::Open)?;
+        Ok(secret)
+    }
+}
+
 fn hex_string(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -110,6 +149,20 @@ mod tests {
         bad.enc.pop();
         assert_eq!(kp.open(b"info", b"aad", &bad), Err(SealError::BadEncappedKey(31)));
         assert_eq!(seal(&[1, 2, 3], b"i", b"a", b"p"), Err(SealError::BadPublicKey(3)));
+    }
+
+    #[test]
+    fn exported_secrets_agree_only_for_the_same_key_info_and_context() {
+        let kp = KeyPair::generate();
+        let (enc, secret) = encap_export(kp.public(), b"info", b"ctx").expect("encap");
+        assert_eq!(kp.decap_export(b"info", &enc, b"ctx").expect("decap"), secret);
+        assert_ne!(kp.decap_export(b"other", &enc, b"ctx").expect("decap"), secret);
+        assert_ne!(kp.decap_export(b"info", &enc, b"other").expect("decap"), secret);
+        assert_ne!(KeyPair::generate().decap_export(b"info", &enc, b"ctx").expect("decap"), secret);
+        let (enc2, secret2) = encap_export(kp.public(), b"info", b"ctx").expect("encap");
+        assert_ne!((enc2, secret2), (enc.clone(), secret), "fresh every time");
+        assert_eq!(kp.decap_export(b"info", &enc[..31], b"ctx"), Err(SealError::BadEncappedKey(31)));
+        assert!(matches!(encap_export(&[1, 2], b"i", b"c"), Err(SealError::BadPublicKey(2))));
     }
 
     #[test]

@@ -17,7 +17,8 @@
 //! or, with `Content-Type: application/vnd.enclava.sealed` ([`BINARY_CONTENT_TYPE`]), in binary:
 //! a u32 big-endian header length, the same JSON without `ciphertext`, then the ciphertext raw
 //! (no base64: a 224×224 image is 0.6 MB instead of 0.8 MB, and nothing to encode or scan). The
-//! answer comes in the encoding the request came in; errors are always JSON.
+//! answer, `{"requestId": "<same>", "ciphertext": "<b64>"}`, comes in the encoding the request
+//! came in; errors are always JSON.
 //!
 //! - `requestId`: 16 random bytes, lowercase hex; `timeMs`: the client's clock, Unix milliseconds.
 //! - AAD: for each bound field, a u32 big-endian length then its bytes. Direct binds model id,
@@ -26,17 +27,20 @@
 //!
 //! **Direct.** The client finds an enclave serving the model (`FindEnclave`, `dataaccess` = model
 //! id), verifies its published evidence against the user's policy and checks that it binds the
-//! published request key ([`crate::verify_enclave`]) **before** anything is sent to it. `enc` and
-//! `ciphertext` are HPKE base mode (X25519-HKDF-SHA256, HKDF-SHA256, ChaCha20-Poly1305, as
-//! `enclava-seal`) to that key, `info` = [`REQUEST_INFO`]; the plaintext is the client's response
-//! public key (32 bytes, a fresh X25519 key per request) ‖ the input tensor as `.npy` bytes. The
-//! answer is sealed to the response key with `info` = [`RESPONSE_INFO`] and the same AAD: only the
-//! client that sent the request can open it, and only for that request.
+//! published request key ([`crate::verify_enclave`]) **before** anything is sent to it. It then
+//! sets up HPKE base mode (X25519-HKDF-SHA256, HKDF-SHA256, ChaCha20-Poly1305, as `enclava-seal`)
+//! to that key with `info` = [`REQUEST_INFO`]; `enc` is the encapsulated key. The request's secret
+//! is the 32 bytes HPKE exports for [`DIRECT_EXPORT_CONTEXT`], which only this client and that
+//! enclave can compute (how Oblivious HTTP, RFC 9458, keys its answers). `ciphertext` is the input
+//! `.npy` sealed with [`enclava_seal::symmetric`] (AES-256-GCM) under that secret with context
+//! [`DIRECT_REQUEST_CONTEXT`] `‖ "|" ‖` requestId; the answer is sealed under it with
+//! [`DIRECT_RESPONSE_CONTEXT`] `‖ "|" ‖` requestId. Only the client that sent the request can open
+//! the answer, and only for that request.
 //!
 //! **Serverless.** The user uploaded a 32-byte request key for (model, measurement) to the key
 //! broker (`enclava keys request-key`), and the model's owner granted that measurement for the
-//! user. `ciphertext` is the input `.npy` sealed with
-//! [`enclava_seal::symmetric`] under that key with context [`SERVERLESS_REQUEST_CONTEXT`] `‖ "|" ‖`
+//! user. The request's secret is that key: `ciphertext` is the input `.npy` sealed with
+//! [`enclava_seal::symmetric`] under it with context [`SERVERLESS_REQUEST_CONTEXT`] `‖ "|" ‖`
 //! requestId; the answer is sealed under the same key with [`SERVERLESS_RESPONSE_CONTEXT`] `‖ "|" ‖`
 //! requestId. A node fetches the
 //! user's key from the key broker with fresh evidence on the first request from that user (the

@@ -8,14 +8,18 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use enclava_seal::symmetric::{self, SHARED_KEY_LEN};
-use enclava_seal::{KeyPair, SealError, Sealed};
+use enclava_seal::{KeyPair, SealError};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 /// HPKE `info` of a direct-mode request.
 pub const REQUEST_INFO: &[u8] = b"enclava/infer/request/v1";
-/// HPKE `info` of a direct-mode answer.
-pub const RESPONSE_INFO: &[u8] = b"enclava/infer/response/v1";
+/// HPKE exporter context of the direct-mode secret.
+pub const DIRECT_EXPORT_CONTEXT: &[u8] = b"enclava/infer/direct/secret/v1";
+/// Key-derivation context of a direct-mode request (followed by `|` and the request id).
+pub const DIRECT_REQUEST_CONTEXT: &[u8] = b"enclava/infer/direct/request/v1";
+/// Key-derivation context of a direct-mode answer (followed by `|` and the request id).
+pub const DIRECT_RESPONSE_CONTEXT: &[u8] = b"enclava/infer/direct/response/v1";
 /// Key-derivation context of a serverless request (followed by `|` and the request id).
 pub const SERVERLESS_REQUEST_CONTEXT: &[u8] = b"enclava/infer/serverless/request/v1";
 /// Key-derivation context of a serverless answer (followed by `|` and the request id).
@@ -79,9 +83,6 @@ pub struct InferRequest {
 #[serde(rename_all = "camelCase")]
 pub struct InferResponse {
     pub request_id: String,
-    /// Direct: HPKE's encapsulated key.
-    #[serde(with = "b64", default, skip_serializing_if = "Vec::is_empty")]
-    pub enc: Vec<u8>,
     #[serde(with = "b64", default, skip_serializing_if = "Vec::is_empty")]
     pub ciphertext: Vec<u8>,
 }
@@ -159,10 +160,20 @@ pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-/// The key-derivation context of one serverless message: `base ‖ "|" ‖ request id`, so every
-/// request and every answer is sealed under a key of its own.
-fn serverless_context(base: &[u8], request_id: &str) -> Vec<u8> {
+/// The key-derivation context of one message: `base ‖ "|" ‖ request id`, so every request and
+/// every answer is sealed under a key of its own.
+fn context(base: &[u8], request_id: &str) -> Vec<u8> {
     [base, b"|", request_id.as_bytes()].concat()
+}
+
+impl Mode {
+    /// The bases of (request, answer) key-derivation contexts.
+    fn contexts(self) -> (&'static [u8], &'static [u8]) {
+        match self {
+            Mode::Direct => (DIRECT_REQUEST_CONTEXT, DIRECT_RESPONSE_CONTEXT),
+            Mode::Serverless => (SERVERLESS_REQUEST_CONTEXT, SERVERLESS_RESPONSE_CONTEXT),
+        }
+    }
 }
 
 fn fresh_request_id() -> String {
@@ -200,17 +211,12 @@ impl fmt::Debug for UserKey {
     }
 }
 
-/// How an answer is opened.
-enum Opener {
-    /// The client's fresh response key pair (direct).
-    Direct(KeyPair),
-    /// The user's request key (serverless).
-    Serverless(Zeroizing<[u8; SHARED_KEY_LEN]>),
-}
-
-/// What the client keeps to open the answer to one request. `Debug` hides the key.
+/// What the client keeps to open the answer to one request: the request's secret (exported
+/// from the HPKE setup in direct mode, the user's request key in serverless mode). `Debug` hides
+/// it.
 pub struct PendingRequest {
-    opener: Opener,
+    secret: Zeroizing<[u8; SHARED_KEY_LEN]>,
+    mode: Mode,
     aad: Vec<u8>,
     request_id: String,
 }
@@ -245,22 +251,14 @@ impl PendingRequest {
                 got: resp.request_id.chars().take(64).collect(),
             });
         }
-        match &self.opener {
-            Opener::Direct(key) => {
-                let sealed = Sealed { enc: resp.enc.clone(), ciphertext: resp.ciphertext.clone() };
-                key.open(RESPONSE_INFO, &self.aad, &sealed)
-            }
-            Opener::Serverless(key) => {
-                let context = serverless_context(SERVERLESS_RESPONSE_CONTEXT, &self.request_id);
-                symmetric::open_shared(key, &context, &self.aad, &resp.ciphertext)
-            }
-        }
-        .map_err(|_| OpenResponseError::DoesNotOpen)
+        let context = context(self.mode.contexts().1, &self.request_id);
+        symmetric::open_shared(&self.secret, &context, &self.aad, &resp.ciphertext)
+            .map_err(|_| OpenResponseError::DoesNotOpen)
     }
 }
 
 /// Seals `input_npy` for `model` to the enclave key `node_pubkey` (direct mode), with a fresh
-/// request id, the current time and a fresh response key.
+/// request id and the current time.
 pub fn seal_request(
     node_pubkey: &[u8],
     model: &str,
@@ -277,12 +275,9 @@ pub fn seal_request_with(
     request_id: &str,
     time_ms: u64,
 ) -> Result<(InferRequest, PendingRequest), SealError> {
-    let key = KeyPair::generate();
+    let (enc, secret) = enclava_seal::encap_export(node_pubkey, REQUEST_INFO, DIRECT_EXPORT_CONTEXT)?;
     let aad = aad(model, request_id, time_ms);
-    let mut plain = Zeroizing::new(Vec::with_capacity(enclava_seal::KEY_LEN + input_npy.len()));
-    plain.extend_from_slice(key.public());
-    plain.extend_from_slice(input_npy);
-    let sealed = enclava_seal::seal(node_pubkey, REQUEST_INFO, &aad, &plain)?;
+    let ciphertext = symmetric::seal_shared(&secret, &context(DIRECT_REQUEST_CONTEXT, request_id), &aad, input_npy)?;
     let req = InferRequest {
         mode: Mode::Direct,
         model: model.to_owned(),
@@ -290,10 +285,10 @@ pub fn seal_request_with(
         time_ms,
         user: None,
         measurement: None,
-        enc: sealed.enc,
-        ciphertext: sealed.ciphertext,
+        enc,
+        ciphertext,
     };
-    Ok((req, PendingRequest { opener: Opener::Direct(key), aad, request_id: request_id.to_owned() }))
+    Ok((req, PendingRequest { secret, mode: Mode::Direct, aad, request_id: request_id.to_owned() }))
 }
 
 /// Seals `input_npy` for `model` with the user's request key (serverless mode), with a fresh
@@ -315,8 +310,8 @@ pub fn seal_serverless_with(
     time_ms: u64,
 ) -> Result<(InferRequest, PendingRequest), SealError> {
     let aad = serverless_aad(model, request_id, time_ms, &key.user, &key.measurement);
-    let context = serverless_context(SERVERLESS_REQUEST_CONTEXT, request_id);
-    let ciphertext = symmetric::seal_shared(key.key(), &context, &aad, input_npy)?;
+    let ciphertext =
+        symmetric::seal_shared(key.key(), &context(SERVERLESS_REQUEST_CONTEXT, request_id), &aad, input_npy)?;
     let req = InferRequest {
         mode: Mode::Serverless,
         model: model.to_owned(),
@@ -327,21 +322,15 @@ pub fn seal_serverless_with(
         enc: Vec::new(),
         ciphertext,
     };
-    let opener = Opener::Serverless(key.key.clone());
-    Ok((req, PendingRequest { opener, aad, request_id: request_id.to_owned() }))
+    let pending =
+        PendingRequest { secret: key.key.clone(), mode: Mode::Serverless, aad, request_id: request_id.to_owned() };
+    Ok((req, pending))
 }
 
-/// How the enclave seals its answer.
-enum Reply {
-    /// To the client's response key.
-    Direct([u8; enclava_seal::KEY_LEN]),
-    /// With the user's request key.
-    Serverless(Zeroizing<[u8; SHARED_KEY_LEN]>),
-}
-
-/// A request opened by the enclave: how to seal the answer, and the input. `Debug` shows neither.
+/// A request opened by the enclave: the request's secret, to seal the answer with, and the input.
+/// `Debug` shows neither.
 pub struct OpenedRequest {
-    reply: Reply,
+    secret: Zeroizing<[u8; SHARED_KEY_LEN]>,
     pub input_npy: Zeroizing<Vec<u8>>,
 }
 
@@ -351,20 +340,18 @@ impl fmt::Debug for OpenedRequest {
     }
 }
 
+fn open_with(secret: Zeroizing<[u8; SHARED_KEY_LEN]>, req: &InferRequest) -> Result<OpenedRequest, SealError> {
+    let context = context(req.mode.contexts().0, &req.request_id);
+    let input_npy = symmetric::open_shared(&secret, &context, &req.aad(), &req.ciphertext)?;
+    Ok(OpenedRequest { secret, input_npy })
+}
+
 /// The enclave's side of a direct-mode request: opens `req` with its request key pair.
 pub fn open_request(key: &KeyPair, req: &InferRequest) -> Result<OpenedRequest, SealError> {
     if req.mode != Mode::Direct {
         return Err(SealError::Open);
     }
-    let sealed = Sealed { enc: req.enc.clone(), ciphertext: req.ciphertext.clone() };
-    let mut plain = key.open(REQUEST_INFO, &req.aad(), &sealed)?;
-    if plain.len() < enclava_seal::KEY_LEN {
-        return Err(SealError::Open);
-    }
-    let mut response_key = [0u8; enclava_seal::KEY_LEN];
-    response_key.copy_from_slice(&plain[..enclava_seal::KEY_LEN]);
-    plain.drain(..enclava_seal::KEY_LEN);
-    Ok(OpenedRequest { reply: Reply::Direct(response_key), input_npy: plain })
+    open_with(key.decap_export(REQUEST_INFO, &req.enc, DIRECT_EXPORT_CONTEXT)?, req)
 }
 
 /// The enclave's side of a serverless request: opens `req` with the request key the key broker
@@ -373,9 +360,7 @@ pub fn open_serverless(user_key: &[u8; SHARED_KEY_LEN], req: &InferRequest) -> R
     if req.mode != Mode::Serverless {
         return Err(SealError::Open);
     }
-    let context = serverless_context(SERVERLESS_REQUEST_CONTEXT, &req.request_id);
-    let input_npy = symmetric::open_shared(user_key, &context, &req.aad(), &req.ciphertext)?;
-    Ok(OpenedRequest { reply: Reply::Serverless(Zeroizing::new(*user_key)), input_npy })
+    open_with(Zeroizing::new(*user_key), req)
 }
 
 /// The enclave's side: seals `output_npy` as the answer to `req`.
@@ -384,17 +369,9 @@ pub fn seal_response(
     opened: &OpenedRequest,
     output_npy: &[u8],
 ) -> Result<InferResponse, SealError> {
-    let (enc, ciphertext) = match &opened.reply {
-        Reply::Direct(response_key) => {
-            let s = enclava_seal::seal(response_key, RESPONSE_INFO, &req.aad(), output_npy)?;
-            (s.enc, s.ciphertext)
-        }
-        Reply::Serverless(key) => {
-            let context = serverless_context(SERVERLESS_RESPONSE_CONTEXT, &req.request_id);
-            (Vec::new(), symmetric::seal_shared(key, &context, &req.aad(), output_npy)?)
-        }
-    };
-    Ok(InferResponse { request_id: req.request_id.clone(), enc, ciphertext })
+    let context = context(req.mode.contexts().1, &req.request_id);
+    let ciphertext = symmetric::seal_shared(&opened.secret, &context, &req.aad(), output_npy)?;
+    Ok(InferResponse { request_id: req.request_id.clone(), ciphertext })
 }
 
 /// Binary encoding: `u32` big-endian header length ‖ the message as JSON without its ciphertext ‖
@@ -506,7 +483,6 @@ mod tests {
         let opened = open_serverless(&[9; 32], &req).expect("opens");
         assert_eq!(opened.input_npy.as_slice(), b"npy bytes");
         let resp = seal_response(&req, &opened, b"out").expect("seal response");
-        assert!(resp.enc.is_empty());
         assert_eq!(pending.open(&resp).expect("opens").as_slice(), b"out");
 
         assert!(open_serverless(&[8; 32], &req).is_err(), "another user's key");
@@ -525,7 +501,7 @@ mod tests {
             assert!(open_serverless(&[9; 32], &bad).is_err());
         }
         // A request can never be opened as an answer, nor an answer to another request.
-        let as_answer = InferResponse { request_id: req.request_id.clone(), enc: vec![], ciphertext: req.ciphertext };
+        let as_answer = InferResponse { request_id: req.request_id.clone(), ciphertext: req.ciphertext };
         assert_eq!(pending.open(&as_answer), Err(OpenResponseError::DoesNotOpen));
         let (req2, _) = seal_serverless_with(&key, "acme/m", b"x", &req.request_id, req.time_ms + 1).expect("seal");
         let other = seal_response(&req2, &open_serverless(&[9; 32], &req2).expect("opens"), b"out").expect("seal");
@@ -575,7 +551,7 @@ mod tests {
         let (req, _) = seal_request(node.public(), "acme/m", &[7; 1000]).expect("seal");
         let bin = req.clone().to_binary();
         assert_eq!(InferRequest::from_binary(&bin).expect("decodes"), req);
-        let resp = InferResponse { request_id: "ab".repeat(16), enc: vec![1; 32], ciphertext: vec![2; 50] };
+        let resp = InferResponse { request_id: "ab".repeat(16), ciphertext: vec![2; 50] };
         assert_eq!(InferResponse::from_binary(&resp.clone().to_binary()).expect("decodes"), resp);
         for bad in [
             &b""[..],
