@@ -32,10 +32,9 @@
 //! - *Serverless*: the request names a user and a measurement and is sealed with that user's
 //!   request key. A request for another measurement than this node's is refused (421) without
 //!   asking anyone. Otherwise the node asks the key broker for the user's key with fresh evidence
-//!   ([`crate::user_keys`]: one fetch per (model, user) per minute, refusals remembered 10 s,
-//!   at most 4 fetches at once); the
-//!   broker releases it only if the model's owner granted this measurement for that user (403
-//!   otherwise). The answer is sealed with the same key.
+//!   ([`crate::user_keys`]: one fetch per (model, user) per minute, refusals remembered 10 s, at
+//!   most 4 fetches at once); the broker releases it only if the model's owner granted this
+//!   measurement for that user (403 otherwise). The answer is sealed with the same key.
 //!
 //! # OpenWhisk action protocol
 //!
@@ -165,7 +164,7 @@ impl LoadError {
 }
 
 /// A refused request: HTTP status, a stable code and a message without secrets.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Refusal {
     status: StatusCode,
     code: &'static str,
@@ -498,7 +497,7 @@ impl Serving {
     }
 
     /// Opens a serverless request with its user's key, fetching the key if this node does not
-    /// hold it (or holds one that may have been replaced).
+    /// hold it.
     async fn open_serverless(&self, req: &InferRequest) -> Result<OpenedRequest, Refusal> {
         let mine = self.tee.measurement();
         let theirs = req.measurement.as_deref().unwrap_or("");
@@ -517,13 +516,6 @@ impl Serving {
         {
             return Err(Refusal::bad("bad_request", "a serverless request needs \"user\": the key broker's user id"));
         }
-        let tampered = || {
-            Refusal::bad(
-                "tampered",
-                "the request does not open: it was tampered with, or sealed with another key or for another model, \
-                 requestId, time, user or measurement (a replaced request key is used within a minute)",
-            )
-        };
         let key =
             self.user_keys.get(&req.model, user, || self.fetch_user_key(&req.model, user)).await.map_err(|u| {
                 if u.refused {
@@ -532,7 +524,13 @@ impl Serving {
                     Refusal::unavailable(u.message)
                 }
             })?;
-        proto::open_serverless(key.as_bytes(), req).map_err(|_| tampered())
+        proto::open_serverless(key.as_bytes(), req).map_err(|_| {
+            Refusal::bad(
+                "tampered",
+                "the request does not open: it was tampered with, or sealed with another key or for another model, \
+                 requestId, time, user or measurement (a replaced request key is used within a minute)",
+            )
+        })
     }
 
     /// Asks the key broker for `user`'s request key for `model` on this node's measurement.

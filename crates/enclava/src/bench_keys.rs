@@ -58,23 +58,18 @@ fn now() -> u64 {
 
 const MEASUREMENT: [u8; 48] = [0x42; 48];
 
+/// The benchmark enclave's report, binding `report_data`.
+fn report(report_data: [u8; 64]) -> SimReport {
+    SimReport { measurement: MEASUREMENT, signer: [0; 32], product_id: 0, svn: 0, debug: false, report_data }
+}
+
 pub async fn keys(a: KeysBenchArgs) -> anyhow::Result<ExitCode> {
     let dur = Duration::from_secs_f64(a.seconds.max(0.2));
     let tmp = tempfile::tempdir()?;
     let root = SimRoot::generate().map_err(anyhow::Error::msg)?;
     let hw = Arc::new(SimHardware::generate(&root).map_err(anyhow::Error::msg)?);
     let policy = format!("[sim]\nroot = \"{}\"\nany_measurement = true\n", root.public().to_hex());
-    let sim_evidence = |hw: &SimHardware, rd: [u8; 64]| {
-        let report = SimReport {
-            measurement: MEASUREMENT,
-            signer: [0; 32],
-            product_id: 0,
-            svn: 0,
-            debug: false,
-            report_data: rd,
-        };
-        hw.evidence(&report, now())
-    };
+    let sim_evidence = |hw: &SimHardware, rd: [u8; 64]| hw.evidence(&report(rd), now());
 
     // Floor: verification plus one seal, alone, on one core.
     let verifier = Verifier::new();
@@ -153,19 +148,7 @@ pub async fn keys(a: KeysBenchArgs) -> anyhow::Result<ExitCode> {
                 while Instant::now() < deadline {
                     let t = Instant::now();
                     let hw = hw.clone();
-                    client
-                        .fetch("bench/model", 0, &[], move |rd| {
-                            let report = SimReport {
-                                measurement: MEASUREMENT,
-                                signer: [0; 32],
-                                product_id: 0,
-                                svn: 0,
-                                debug: false,
-                                report_data: *rd,
-                            };
-                            Some(hw.evidence(&report, now()))
-                        })
-                        .await?;
+                    client.fetch("bench/model", 0, &[], move |rd| Some(hw.evidence(&report(*rd), now()))).await?;
                     lat.push(t.elapsed().as_secs_f64() * 1e3);
                 }
                 anyhow::Ok(lat)

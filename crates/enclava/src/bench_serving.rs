@@ -29,26 +29,33 @@ pub struct ServingArgs {
     seconds: f64,
 }
 
+/// Calls `f` until `deadline` has passed (at least 3 times), threading a client's `state`
+/// through the calls; returns each call's latency in ms.
+async fn timed<S, Fut>(deadline: Instant, mut state: S, f: impl Fn(S) -> Fut) -> anyhow::Result<Vec<f64>>
+where
+    Fut: std::future::Future<Output = anyhow::Result<S>>,
+{
+    let mut lat = Vec::new();
+    while Instant::now() < deadline || lat.len() < 3 {
+        let t = Instant::now();
+        state = f(state).await?;
+        lat.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(lat)
+}
+
 /// Runs `clients` loops of `f` until `dur` has passed; returns every latency (ms) and the seconds taken.
 async fn load<F, Fut>(clients: usize, dur: Duration, f: F) -> anyhow::Result<Row>
 where
     F: Fn() -> Fut + Send + Sync + Clone + 'static,
-    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
 {
     let deadline = Instant::now() + dur;
     let start = Instant::now();
     let tasks: Vec<_> = (0..clients)
         .map(|_| {
             let f = f.clone();
-            tokio::spawn(async move {
-                let mut lat = Vec::new();
-                while Instant::now() < deadline || lat.len() < 3 {
-                    let t = Instant::now();
-                    f().await?;
-                    lat.push(t.elapsed().as_secs_f64() * 1e3);
-                }
-                anyhow::Ok(lat)
-            })
+            tokio::spawn(timed(deadline, (), move |()| f()))
         })
         .collect();
     join_clients(tasks, start).await
@@ -69,15 +76,16 @@ async fn load_sealed(
     for _ in 0..clients {
         let (opts, input) = (opts.clone(), input.clone());
         tasks.push(tokio::spawn(async move {
-            let mut session =
+            let session =
                 enclava_client::infer::InferSession::connect(opts).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-            let mut lat = Vec::new();
-            while Instant::now() < deadline || lat.len() < 3 {
-                let t = Instant::now();
-                session.infer(&input).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-                lat.push(t.elapsed().as_secs_f64() * 1e3);
-            }
-            anyhow::Ok(lat)
+            timed(deadline, session, |mut session| {
+                let input = input.clone();
+                async move {
+                    session.infer(&input).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                    Ok(session)
+                }
+            })
+            .await
         }));
     }
     join_clients(tasks, start).await
