@@ -196,10 +196,6 @@ impl UserKey {
     pub fn new(user: impl Into<String>, measurement: &str, key: &[u8; SHARED_KEY_LEN]) -> UserKey {
         UserKey { user: user.into(), measurement: measurement.to_ascii_lowercase(), key: Zeroizing::new(*key) }
     }
-
-    pub(crate) fn key(&self) -> &[u8; SHARED_KEY_LEN] {
-        &self.key
-    }
 }
 
 impl fmt::Debug for UserKey {
@@ -311,7 +307,7 @@ pub fn seal_serverless_with(
 ) -> Result<(InferRequest, PendingRequest), SealError> {
     let aad = serverless_aad(model, request_id, time_ms, &key.user, &key.measurement);
     let ciphertext =
-        symmetric::seal_shared(key.key(), &context(SERVERLESS_REQUEST_CONTEXT, request_id), &aad, input_npy)?;
+        symmetric::seal_shared(&key.key, &context(SERVERLESS_REQUEST_CONTEXT, request_id), &aad, input_npy)?;
     let req = InferRequest {
         mode: Mode::Serverless,
         model: model.to_owned(),
