@@ -1,14 +1,19 @@
-//! FindEnclave's algorithm (seed steps 1–3) over any [`Registry`]: pick the candidate index, drop
-//! denied ids, prefer hot ones in random order, check presence and fetch info in at most two
-//! probes, prune the dead from every index that names them, and filter on the info.
+//! FindEnclave's algorithm (seed steps 1–3) over any [`Registry`]: sample the candidate index,
+//! drop denied ids, prefer hot ones (including instances recently seen hot, from [`HotHints`]) in
+//! random order, check presence and fetch info in pipelined probes, prune the dead it met (a
+//! bounded number), and filter on the info.
 //!
-//! Round trips per call: one index read, one or two probes, at most one prune — a constant,
-//! whatever the number of candidates.
+//! One call's work depends on `limit` and on the dead candidates it meets, never on the size of
+//! the index: candidates come from `HRANDFIELD … WITHVALUES` (every entry when the index is small,
+//! a random sample otherwise), at most [`ROUNDS`] samples are drawn, and at most [`MAX_PRUNE`]
+//! dead instances are removed per call. The sweeper removes the rest.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Mutex;
 use std::time::Duration;
 
-use rand::seq::SliceRandom;
+use enclava_core::text::quote;
+use rand::seq::{IndexedRandom, SliceRandom};
 
 use crate::schema::{DataIndexEntry, EnclaveInfoJson, Index, check_measurement, check_name, is_known_platform};
 use crate::{Registry, RegistryError, Result};
@@ -17,6 +22,17 @@ use crate::{Registry, RegistryError, Result};
 pub const MAX_LIMIT: usize = 1000;
 /// The longest deny list one call may send.
 pub const MAX_DENY: usize = 1000;
+/// The first sample is at least this large: an index this small is read whole, so its hot
+/// candidates always come first.
+pub const SMALL_INDEX: usize = 16;
+/// Samples drawn per call at most (each larger than the one before).
+pub const ROUNDS: usize = 2;
+/// The largest sample one call draws.
+pub const MAX_SAMPLE: usize = 4096;
+/// Dead instances one call removes from the indexes at most; the sweeper removes the rest.
+pub const MAX_PRUNE: usize = 64;
+/// Round trips one call makes at most: per round a sample and two probes, then one prune.
+pub const MAX_ROUND_TRIPS: u64 = 3 * ROUNDS as u64 + 1;
 
 /// A validated FindEnclave request.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
@@ -73,7 +89,7 @@ impl FindQuery {
         if let Some(p) = &q.platform
             && !is_known_platform(p)
         {
-            return Err(format!("unknown platform {p:?}: use one of {}", crate::schema::PLATFORMS.join(", ")));
+            return Err(format!("unknown platform {}: use one of {}", quote(p), crate::schema::PLATFORMS.join(", ")));
         }
         Ok(q)
     }
@@ -92,8 +108,9 @@ pub struct Found {
 /// What one run of the algorithm found.
 #[derive(Debug, Clone, Default)]
 pub struct FindOutcome {
-    /// Every live, matching enclave that was checked, preferred first; at least `limit` of them
-    /// when that many exist. Callers return the first `limit`.
+    /// Every live, matching enclave that was checked, hot ones first; at least `limit` of them when
+    /// the index is small enough to be read whole and that many exist (a large index is sampled).
+    /// Callers return the first `limit`.
     pub live: Vec<Found>,
     /// Absent instances removed from the indexes.
     pub pruned: usize,
@@ -101,16 +118,70 @@ pub struct FindOutcome {
     pub skipped: usize,
 }
 
+/// Instances recently seen hot, per data id: a hint that keeps hot enclaves findable first in an
+/// index too large to read whole. Fed by every call and by the sweeper; each hint is checked by a
+/// probe before it is believed, so a stale one costs a probe, never a wrong answer. Only a cache.
+#[derive(Debug, Default)]
+pub struct HotHints {
+    map: Mutex<HashMap<String, Vec<String>>>,
+}
+
+impl HotHints {
+    /// Hinted ids kept per data id.
+    pub const PER_DATA: usize = 256;
+    /// Data ids kept; past that the hints start over.
+    pub const MAX_DATA: usize = 10_000;
+
+    pub fn new() -> HotHints {
+        HotHints::default()
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<String>>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records whether `id` holds `data` hot.
+    pub fn note(&self, data: &str, id: &str, hot: bool) {
+        let mut map = self.map();
+        if hot {
+            if map.len() >= Self::MAX_DATA && !map.contains_key(data) {
+                map.clear();
+            }
+            let ids = map.entry(data.to_owned()).or_default();
+            if !ids.iter().any(|x| x == id) && ids.len() < Self::PER_DATA {
+                ids.push(id.to_owned());
+            }
+        } else if let Some(ids) = map.get_mut(data) {
+            ids.retain(|x| x != id);
+            if ids.is_empty() {
+                map.remove(data);
+            }
+        }
+    }
+
+    /// Forgets `id` everywhere (it is gone).
+    pub fn forget(&self, data: &str, id: &str) {
+        self.note(data, id, false);
+    }
+
+    /// Up to `n` hinted ids for `data`, in random order.
+    pub fn pick(&self, data: &str, n: usize) -> Vec<String> {
+        let map = self.map();
+        map.get(data).map(|ids| ids.choose_multiple(&mut rand::rng(), n).cloned().collect()).unwrap_or_default()
+    }
+}
+
 struct Candidate {
     id: String,
+    /// What the index (or a hint) says; the info decides.
     hot: bool,
-    /// The index value, read again only if the candidate turns out dead (to prune it).
-    raw: String,
+    /// The index value, read again only if the candidate turns out dead (to prune it); `None`
+    /// for a hinted candidate.
+    raw: Option<String>,
 }
 
 /// Reads a `bydataaccess` value. The canonical form Enclava writes, `{"hot":B,"mrenclave":"M"}`,
-/// is read without a JSON parser (FindEnclave reads every entry of an index); anything else goes
-/// through serde.
+/// is read without a JSON parser; anything else goes through serde.
 pub fn parse_data_entry(raw: &str) -> Result<(bool, std::borrow::Cow<'_, str>), String> {
     let fast = || {
         let rest = raw.strip_prefix(r#"{"hot":"#)?;
@@ -129,9 +200,126 @@ pub fn parse_data_entry(raw: &str) -> Result<(bool, std::borrow::Cow<'_, str>), 
     }
 }
 
-/// Runs FindEnclave's steps 1–3.
-pub async fn find(reg: &dyn Registry, q: &FindQuery) -> Result<FindOutcome> {
-    // Step 1: the candidates, in the seed's order.
+/// One call's state: what it has seen, found and will prune.
+struct Search<'a> {
+    reg: &'a dyn Registry,
+    q: &'a FindQuery,
+    index: Index,
+    hints: Option<&'a HotHints>,
+    seen: HashSet<String>,
+    out: FindOutcome,
+    prune: BTreeSet<(Index, String)>,
+    dead: usize,
+}
+
+impl Search<'_> {
+    /// Turns index entries into candidates: not denied, not seen, of the asked measurement.
+    fn candidates(&mut self, entries: Vec<(String, String)>) -> Vec<Candidate> {
+        let mut out = Vec::with_capacity(entries.len());
+        for (id, raw) in entries {
+            if self.q.deny.contains(&id) || self.seen.contains(&id) {
+                continue;
+            }
+            let hot = match &self.index {
+                Index::Data(_) => match parse_data_entry(&raw) {
+                    Ok((_, m)) if self.q.measurement.as_deref().is_some_and(|want| want != m) => continue,
+                    Ok((hot, _)) => hot,
+                    Err(e) => {
+                        tracing::warn!(instance = %quote(&id), index = %quote(&self.reg.keys().index(&self.index)), error = %e, "malformed index entry");
+                        false
+                    }
+                },
+                _ => false,
+            };
+            self.seen.insert(id.clone());
+            out.push(Candidate { id, hot, raw: Some(raw) });
+        }
+        out
+    }
+
+    /// Probes presence and info of `batch`, keeps the live matches, marks the dead for pruning.
+    async fn probe(&mut self, batch: &[Candidate]) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<String> = batch.iter().map(|c| c.id.clone()).collect();
+        let probes = self.reg.probe(&ids, true).await?;
+        for (cand, probe) in batch.iter().zip(probes) {
+            let info = probe.info.as_deref().map(EnclaveInfoJson::parse);
+            let Some(ttl) = probe.presence_ttl else {
+                self.dead(cand, info.and_then(|i| i.ok()));
+                continue;
+            };
+            let info = match info {
+                Some(Ok(info)) if info.instance_id == cand.id => info,
+                Some(Ok(info)) => {
+                    tracing::warn!(instance = %quote(&cand.id), claimed = %quote(&info.instance_id), "info names another instance, skipped");
+                    self.out.skipped += 1;
+                    continue;
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(instance = %quote(&cand.id), error = %e, "malformed enclave info, skipped");
+                    self.out.skipped += 1;
+                    continue;
+                }
+                None => {
+                    tracing::warn!(instance = %quote(&cand.id), "present but no enclave info, skipped");
+                    self.out.skipped += 1;
+                    continue;
+                }
+            };
+            let q = self.q;
+            let access = q.data.as_ref().map(|d| info.data_access.get(d));
+            if let (Some(d), Some(hints)) = (&q.data, self.hints) {
+                hints.note(d, &cand.id, access.flatten().is_some_and(|a| a.hot));
+            }
+            if q.platform.as_ref().is_some_and(|p| *p != info.platform)
+                || q.measurement.as_ref().is_some_and(|m| *m != info.policy.mrenclave)
+                // The index (or a hint) is older than the info: the enclave dropped this data.
+                || access.is_some_and(|a| a.is_none())
+            {
+                continue;
+            }
+            let hot = access.flatten().is_some_and(|a| a.hot);
+            self.out.live.push(Found { info, hot, presence_ttl: ttl });
+        }
+        Ok(())
+    }
+
+    /// An absent instance: remove it from every index that still names it (up to [`MAX_PRUNE`]).
+    fn dead(&mut self, cand: &Candidate, info: Option<EnclaveInfoJson>) {
+        if let (Some(d), Some(hints)) = (&self.q.data, self.hints) {
+            hints.forget(d, &cand.id);
+        }
+        if self.dead >= MAX_PRUNE {
+            return;
+        }
+        self.dead += 1;
+        if let Some(raw) = &cand.raw {
+            self.prune.insert((self.index.clone(), cand.id.clone()));
+            let measurement = match &self.index {
+                Index::Data(_) => parse_data_entry(raw).ok().map(|(_, m)| m.into_owned()),
+                _ => self.q.measurement.clone(),
+            };
+            if let Some(m) = measurement {
+                self.prune.insert((Index::Measurement(m), cand.id.clone()));
+            }
+        }
+        if let Some(info) = info.filter(|i| i.instance_id == cand.id) {
+            for (idx, _) in info.index_entries() {
+                self.prune.insert((idx, cand.id.clone()));
+            }
+        }
+    }
+
+    fn enough(&self) -> bool {
+        self.out.live.len() >= self.q.limit
+    }
+}
+
+/// Runs FindEnclave's steps 1–3. `hints`, when given, is consulted and kept up to date.
+pub async fn find(reg: &dyn Registry, q: &FindQuery, hints: Option<&HotHints>) -> Result<FindOutcome> {
+    // Step 1: the candidate index, in the seed's order.
     let index = match (&q.data, &q.measurement) {
         (Some(d), _) => Index::Data(d.clone()),
         (None, Some(m)) => Index::Measurement(m.clone()),
@@ -139,97 +327,53 @@ pub async fn find(reg: &dyn Registry, q: &FindQuery) -> Result<FindOutcome> {
             return Err(RegistryError::Invalid("send a data id or a measurement".into()));
         }
     };
-    let mut candidates: Vec<Candidate> = Vec::new();
-    for (id, raw) in reg.index(&index).await? {
-        if q.deny.contains(&id) {
-            continue;
-        }
-        let hot = match &index {
-            Index::Data(_) => match parse_data_entry(&raw) {
-                Ok((_, m)) if q.measurement.as_deref().is_some_and(|want| want != m) => continue,
-                Ok((hot, _)) => hot,
-                Err(e) => {
-                    tracing::warn!(instance = %id, index = %reg.keys().index(&index), error = %e, "malformed index entry");
-                    false
+    let mut s = Search {
+        reg,
+        q,
+        index,
+        hints,
+        seen: HashSet::new(),
+        out: FindOutcome::default(),
+        prune: BTreeSet::new(),
+        dead: 0,
+    };
+    let first = q.limit * 2 + 2;
+    let mut size = first.clamp(SMALL_INDEX, MAX_SAMPLE);
+    for round in 0..ROUNDS {
+        let entries = reg.sample(&s.index, size).await?;
+        let exhausted = entries.len() < size;
+        let mut candidates = s.candidates(entries);
+        // Instances seen hot lately come first, checked like any other candidate.
+        if let (0, Some(d), Some(h)) = (round, &q.data, hints) {
+            for id in h.pick(d, first) {
+                if !q.deny.contains(&id) && s.seen.insert(id.clone()) {
+                    candidates.push(Candidate { id, hot: true, raw: None });
                 }
-            },
-            _ => false,
-        };
-        candidates.push(Candidate { id, hot, raw });
-    }
-    // Spread load over equal candidates, then prefer hot ones (a stable sort keeps the shuffle).
-    candidates.shuffle(&mut rand::rng());
-    candidates.sort_by_key(|c| !c.hot);
-
-    // Steps 2 and 3: presence and info of a first batch, then of the rest if that was not enough.
-    let mut out = FindOutcome::default();
-    let mut prune: BTreeSet<(Index, String)> = BTreeSet::new();
-    let first = (q.limit * 2 + 2).min(candidates.len());
-    let (head, tail) = candidates.split_at(first);
-    for batch in [head, tail] {
-        if batch.is_empty() || out.live.len() >= q.limit {
+            }
+        }
+        // Spread load over equal candidates, then prefer hot ones (a stable sort keeps the shuffle).
+        candidates.shuffle(&mut rand::rng());
+        candidates.sort_by_key(|c| !c.hot);
+        // Steps 2 and 3: presence and info of a first batch, then of the rest if that was not enough.
+        let (head, tail) = candidates.split_at(first.min(candidates.len()));
+        s.probe(head).await?;
+        if !s.enough() {
+            s.probe(tail).await?;
+        }
+        if s.enough() || exhausted {
             break;
         }
-        let ids: Vec<String> = batch.iter().map(|c| c.id.clone()).collect();
-        let probes = reg.probe(&ids, true).await?;
-        for (cand, probe) in batch.iter().zip(probes) {
-            let info = probe.info.as_deref().map(EnclaveInfoJson::parse);
-            let Some(ttl) = probe.presence_ttl else {
-                // Absent: remove it from every index that still names it.
-                prune.insert((index.clone(), cand.id.clone()));
-                let measurement = match &index {
-                    Index::Data(_) => parse_data_entry(&cand.raw).ok().map(|(_, m)| m.into_owned()),
-                    _ => q.measurement.clone(),
-                };
-                if let Some(m) = measurement {
-                    prune.insert((Index::Measurement(m), cand.id.clone()));
-                }
-                if let Some(Ok(info)) = &info {
-                    for (idx, _) in info.index_entries() {
-                        prune.insert((idx, cand.id.clone()));
-                    }
-                }
-                continue;
-            };
-            let info = match info {
-                Some(Ok(info)) if info.instance_id == cand.id => info,
-                Some(Ok(info)) => {
-                    tracing::warn!(instance = %cand.id, claimed = %info.instance_id, "info names another instance, skipped");
-                    out.skipped += 1;
-                    continue;
-                }
-                Some(Err(e)) => {
-                    tracing::warn!(instance = %cand.id, error = %e, "malformed enclave info, skipped");
-                    out.skipped += 1;
-                    continue;
-                }
-                None => {
-                    tracing::warn!(instance = %cand.id, "present but no enclave info, skipped");
-                    out.skipped += 1;
-                    continue;
-                }
-            };
-            if q.platform.as_ref().is_some_and(|p| *p != info.platform)
-                || q.measurement.as_ref().is_some_and(|m| *m != info.policy.mrenclave)
-            {
-                continue;
-            }
-            let hot = q.data.as_ref().and_then(|d| info.data_access.get(d)).is_some_and(|a| a.hot);
-            if q.data.as_ref().is_some_and(|d| !info.data_access.contains_key(d)) {
-                // The index is older than the info: the enclave dropped this data.
-                continue;
-            }
-            out.live.push(Found { info, hot, presence_ttl: ttl });
-        }
+        size = (size * 4).min(MAX_SAMPLE);
     }
-    if !prune.is_empty() {
-        let dead: HashSet<&str> = prune.iter().map(|(_, id)| id.as_str()).collect();
-        out.pruned = dead.len();
-        let entries: Vec<(Index, String)> = prune.into_iter().collect();
+    // Hot ones first (stable: probe order is already random among equals).
+    s.out.live.sort_by_key(|f| !f.hot);
+    if !s.prune.is_empty() {
+        s.out.pruned = s.dead;
+        let entries: Vec<(Index, String)> = std::mem::take(&mut s.prune).into_iter().collect();
         reg.remove(&entries).await?;
-        tracing::debug!(pruned = out.pruned, "removed absent instances from the indexes");
+        tracing::debug!(pruned = s.out.pruned, "removed absent instances from the indexes");
     }
-    Ok(out)
+    Ok(s.out)
 }
 
 #[cfg(test)]

@@ -75,8 +75,18 @@ pub trait Registry: Send + Sync + std::fmt::Debug {
     /// Removes presence, info and the given index entries of `id`.
     async fn withdraw(&self, id: &str, entries: &[Index]) -> Result<()>;
 
-    /// Every `(instance id, value)` of one index.
+    /// Every `(instance id, value)` of one index (listing; FindEnclave never reads a whole index).
     async fn index(&self, index: &Index) -> Result<Vec<(String, String)>>;
+
+    /// Up to `count` distinct entries of one index, chosen at random; every entry when the index
+    /// has at most `count` (Redis `HRANDFIELD key count WITHVALUES`). Costs what it returns, not
+    /// the size of the index.
+    async fn sample(&self, index: &Index, count: usize) -> Result<Vec<(String, String)>>;
+
+    /// One step through an index (Redis `HSCAN`): about `count` entries from `cursor` (0 to
+    /// start) and the cursor to go on from, 0 when done. Every entry present for the whole walk is
+    /// returned at least once.
+    async fn scan_index(&self, index: &Index, cursor: u64, count: usize) -> Result<(u64, Vec<(String, String)>)>;
 
     /// Presence TTL (and info, when `with_info`) of each id, in order.
     async fn probe(&self, ids: &[String], with_info: bool) -> Result<Vec<Probe>>;

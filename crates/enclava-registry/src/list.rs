@@ -25,7 +25,7 @@ pub struct ListQuery {
 pub struct Listed {
     pub instance_id: String,
     pub present: bool,
-    /// `None` when the info has expired or is malformed.
+    /// `None` when the info has expired, is malformed, or names another instance.
     pub info: Option<EnclaveInfoJson>,
 }
 
@@ -59,7 +59,13 @@ pub async fn list(reg: &dyn Registry, q: &ListQuery) -> Result<ListPage> {
     let probes = reg.probe(page, true).await?;
     let mut items = Vec::with_capacity(page.len());
     for (id, probe) in page.iter().zip(probes) {
-        let info = probe.info.as_deref().and_then(|raw| EnclaveInfoJson::parse(raw).ok());
+        // Info is shown under the key it was read from: one that claims another instance is not
+        // this instance's info.
+        let info = probe
+            .info
+            .as_deref()
+            .and_then(|raw| EnclaveInfoJson::parse(raw).ok())
+            .filter(|info| info.instance_id == *id);
         if let Some(info) = &info {
             let mismatch = q.platform.as_ref().is_some_and(|p| *p != info.platform)
                 || q.measurement.as_ref().is_some_and(|m| *m != info.policy.mrenclave)

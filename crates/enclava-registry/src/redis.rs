@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::future::try_join_all;
+use futures::future::join_all;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
@@ -27,6 +27,9 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 const POOL: usize = 4;
 /// SCAN batch size for the sweeper.
 const SCAN_COUNT: usize = 1000;
+
+/// One reply of a batch: its value, or the server's refusal of that command alone.
+type Reply = std::result::Result<Value, String>;
 
 struct ClusterConn {
     client: ClusterClient,
@@ -134,37 +137,62 @@ impl RedisRegistry {
         Ok(c)
     }
 
-    /// Runs independent commands in one round trip and returns their replies in order.
-    async fn batch(&self, cmds: Vec<Cmd>) -> Result<Vec<Value>> {
+    /// Whether `e` means the store could not be reached or answered in time (rather than refusing
+    /// one command, as WRONGTYPE does).
+    fn is_transport(e: &RedisError) -> bool {
+        e.is_io_error()
+            || e.is_timeout()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
+            || e.is_cluster_error()
+    }
+
+    /// Runs independent commands in one round trip and returns their replies in order. A command
+    /// the server refuses (a key of the wrong type written by someone else) fails alone; only a
+    /// store that cannot be reached fails the whole batch.
+    async fn batch(&self, cmds: Vec<Cmd>) -> Result<Vec<Reply>> {
         if cmds.is_empty() {
             return Ok(Vec::new());
         }
         self.round_trips.fetch_add(1, Ordering::Relaxed);
+        let one = |r: Result<Value, RedisError>| match r {
+            Ok(Value::ServerError(e)) => Ok(Err(e.to_string())),
+            Ok(v) => Ok(Ok(v)),
+            Err(e) if Self::is_transport(&e) => Err(self.unavailable(e)),
+            Err(e) => Ok(Err(e.to_string())),
+        };
         match &self.conn {
             Conn::Single(pool) if cmds.len() == 1 => {
                 let c = cmds.into_iter().next().unwrap_or_else(|| cmd("PING"));
-                c.query_async::<Value>(&mut self.manager(pool)).await.map(|v| vec![v]).map_err(|e| self.unavailable(e))
+                Ok(vec![one(c.query_async::<Value>(&mut self.manager(pool)).await)?])
             }
             Conn::Single(pool) => {
                 let mut pipe = Pipeline::with_capacity(cmds.len());
+                pipe.ignore_errors();
                 for c in cmds {
                     pipe.add_command(c);
                 }
-                pipe.query_async(&mut self.manager(pool)).await.map_err(|e| self.unavailable(e))
+                let replies: Vec<Value> =
+                    pipe.query_async(&mut self.manager(pool)).await.map_err(|e| self.unavailable(e))?;
+                replies.into_iter().map(|v| one(Ok(v))).collect()
             }
             Conn::Cluster(_) => {
                 let conn = self.cluster_conn().await?;
-                try_join_all(cmds.into_iter().map(|c| {
+                join_all(cmds.into_iter().map(|c| {
                     let mut conn = conn.clone();
                     async move { c.query_async::<Value>(&mut conn).await }
                 }))
                 .await
-                .map_err(|e| self.unavailable(e))
+                .into_iter()
+                .map(one)
+                .collect()
             }
         }
     }
 
-    fn decode<T: FromRedisValue>(&self, v: Value) -> Result<T> {
+    /// Decodes a reply; a refused command or an unreadable reply is a backend error.
+    fn decode<T: FromRedisValue>(&self, r: Reply) -> Result<T> {
+        let v = r.map_err(|reason| RegistryError::Backend { target: self.target.clone(), reason })?;
         T::from_redis_value(v)
             .map_err(|e| RegistryError::Backend { target: self.target.clone(), reason: e.to_string() })
     }
@@ -190,7 +218,7 @@ impl RedisRegistry {
                     return Err(RegistryError::Invalid("SCAN needs a node".into()));
                 }
             };
-            let (next, keys): (u64, Vec<String>) = self.decode(reply)?;
+            let (next, keys): (u64, Vec<String>) = self.decode(Ok(reply))?;
             out.extend(keys);
             if next == 0 {
                 return Ok(out);
@@ -249,7 +277,7 @@ impl Registry for RedisRegistry {
         let mut c = cmd("SET");
         c.arg(self.keys.presence(id)).arg(id).arg("EX").arg(PRESENCE_TTL_SECS).arg("GET");
         let mut replies = self.batch(vec![c]).await?;
-        let old: Option<String> = self.decode(replies.pop().unwrap_or(Value::Nil))?;
+        let old: Option<String> = self.decode(replies.pop().unwrap_or(Ok(Value::Nil)))?;
         Ok(old.is_some())
     }
 
@@ -263,7 +291,7 @@ impl Registry for RedisRegistry {
             c.arg(self.keys.index(index)).arg(id).arg(value);
             cmds.push(c);
         }
-        self.batch(cmds).await.map(drop)
+        self.batch(cmds).await?.into_iter().try_for_each(|r| self.decode::<Value>(r).map(drop))
     }
 
     async fn withdraw(&self, id: &str, entries: &[Index]) -> Result<()> {
@@ -286,7 +314,21 @@ impl Registry for RedisRegistry {
         let mut c = cmd("HGETALL");
         c.arg(self.keys.index(index));
         let mut replies = self.batch(vec![c]).await?;
-        self.decode(replies.pop().unwrap_or(Value::Nil))
+        self.decode(replies.pop().unwrap_or(Ok(Value::Nil)))
+    }
+
+    async fn sample(&self, index: &Index, count: usize) -> Result<Vec<(String, String)>> {
+        let mut c = cmd("HRANDFIELD");
+        c.arg(self.keys.index(index)).arg(count.max(1)).arg("WITHVALUES");
+        let mut replies = self.batch(vec![c]).await?;
+        self.decode(replies.pop().unwrap_or(Ok(Value::Nil)))
+    }
+
+    async fn scan_index(&self, index: &Index, cursor: u64, count: usize) -> Result<(u64, Vec<(String, String)>)> {
+        let mut c = cmd("HSCAN");
+        c.arg(self.keys.index(index)).arg(cursor).arg("COUNT").arg(count.max(1));
+        let mut replies = self.batch(vec![c]).await?;
+        self.decode(replies.pop().unwrap_or(Ok(Value::Nil)))
     }
 
     async fn probe(&self, ids: &[String], with_info: bool) -> Result<Vec<Probe>> {
@@ -305,16 +347,29 @@ impl Registry for RedisRegistry {
         let replies = self.batch(cmds).await?;
         let mut it = replies.into_iter();
         let mut out = Vec::with_capacity(ids.len());
-        for _ in ids {
-            let pttl: i64 = self.decode(it.next().unwrap_or(Value::Nil))?;
+        for id in ids {
+            // -2: no such key. -1: a key without a TTL, which no node writes (someone else's, or
+            // of the wrong type): it would count as live forever, so it counts as absent.
+            let pttl = it.next().and_then(|r| r.ok()).and_then(|v| i64::from_redis_value(v).ok());
             let presence_ttl = match pttl {
-                // -2: no such key. -1: present without a TTL (written by someone else): treat as a
-                // fresh heartbeat so caches still expire.
-                -2 => None,
-                -1 => Some(Duration::from_secs(PRESENCE_TTL_SECS)),
-                ms => Some(Duration::from_millis(ms.max(0).unsigned_abs())),
+                Some(ms) if ms > 0 => Some(Duration::from_millis(ms.unsigned_abs().min(PRESENCE_TTL_SECS * 1000))),
+                _ => None,
             };
-            let info = if with_info { self.decode(it.next().unwrap_or(Value::Nil))? } else { None };
+            let info = if with_info {
+                match it.next() {
+                    Some(Ok(v)) => Option::<String>::from_redis_value(v).unwrap_or_else(|e| {
+                        tracing::warn!(instance = %enclava_core::text::quote(id), error = %e, "unreadable enclave info");
+                        Some(String::new())
+                    }),
+                    Some(Err(e)) => {
+                        tracing::warn!(instance = %enclava_core::text::quote(id), error = %e, "enclave info refused by the store");
+                        Some(String::new())
+                    }
+                    None => None,
+                }
+            } else {
+                None
+            };
             out.push(Probe { presence_ttl, info });
         }
         Ok(out)
@@ -329,7 +384,13 @@ impl Registry for RedisRegistry {
                 c
             })
             .collect();
-        self.batch(cmds).await.map(drop)
+        // A refused HDEL (a key someone replaced with another type) leaves that entry; the rest go.
+        for r in self.batch(cmds).await? {
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "an index entry could not be removed");
+            }
+        }
+        Ok(())
     }
 
     async fn indexes(&self) -> Result<Vec<Index>> {
@@ -351,7 +412,8 @@ impl Registry for RedisRegistry {
     }
 
     async fn ping(&self) -> Result<()> {
-        self.batch(vec![cmd("PING")]).await.map(drop)
+        let mut replies = self.batch(vec![cmd("PING")]).await?;
+        self.decode::<Value>(replies.pop().unwrap_or(Ok(Value::Nil))).map(drop)
     }
 
     fn round_trips(&self) -> u64 {

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use enclava_core::text::quote;
 use serde::{Deserialize, Serialize};
 
 /// Presence is written every second…
@@ -155,12 +156,33 @@ pub struct EnclaveInfoJson {
     pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
+/// The largest info JSON a reader accepts (evidence with its certificates is a few kilobytes).
+pub const MAX_INFO_BYTES: usize = 256 * 1024;
+/// The most data ids one info may list.
+pub const MAX_DATA_ACCESS: usize = 4096;
+
 impl EnclaveInfoJson {
-    /// Parses info JSON written by anyone; checks what a reader relies on.
+    /// Parses info JSON written by anyone and checks every field a reader relies on: the instance
+    /// id, platform and measurement are what the node's own writes would hold, and every data id
+    /// could be a key name. Errors quote at most a short prefix.
     pub fn parse(raw: &str) -> Result<EnclaveInfoJson, String> {
+        if raw.len() > MAX_INFO_BYTES {
+            return Err(format!("info is {} bytes, more than {MAX_INFO_BYTES}", raw.len()));
+        }
         let info: EnclaveInfoJson = serde_json::from_str(raw).map_err(|e| e.to_string())?;
-        if info.instance_id.is_empty() {
-            return Err("instanceId is empty".into());
+        check_name("instanceId", &info.instance_id)?;
+        if !is_known_platform(&info.platform) {
+            return Err(format!("unknown platform {}", quote(&info.platform)));
+        }
+        check_measurement(&info.policy.mrenclave)?;
+        if info.connection_string.len() > 512 || info.connection_string.chars().any(char::is_control) {
+            return Err(format!("connectionString {} is not a connection string", quote(&info.connection_string)));
+        }
+        if info.data_access.len() > MAX_DATA_ACCESS {
+            return Err(format!("dataAccess lists {} ids, more than {MAX_DATA_ACCESS}", info.data_access.len()));
+        }
+        for id in info.data_access.keys() {
+            check_name("a dataAccess id", id)?;
         }
         Ok(info)
     }
@@ -185,26 +207,28 @@ impl EnclaveInfoJson {
 }
 
 /// Checks a name that becomes part of a key (namespace, service, platform, data id, instance id).
+/// The error quotes at most a short prefix of `v`.
 pub fn check_name(what: &str, v: &str) -> Result<(), String> {
     if v.is_empty() {
         return Err(format!("{what} is empty"));
     }
     if v.len() > 256 {
-        return Err(format!("{what} is longer than 256 bytes"));
+        return Err(format!("{what} {} is longer than 256 bytes", quote(v)));
     }
     if v.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(format!("{what} {v:?} contains whitespace or control characters"));
+        return Err(format!("{what} {} contains whitespace or control characters", quote(v)));
     }
     Ok(())
 }
 
-/// Checks a measurement: lowercase hex, even length, at most 64 bytes.
+/// Checks a measurement: lowercase hex, even length, at most 64 bytes. The error quotes at most a
+/// short prefix of `v`.
 pub fn check_measurement(v: &str) -> Result<(), String> {
     let ok = !v.is_empty()
         && v.len().is_multiple_of(2)
         && v.len() <= 128
         && v.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-    if ok { Ok(()) } else { Err(format!("measurement {v:?} is not lowercase hex of at most 64 bytes")) }
+    if ok { Ok(()) } else { Err(format!("measurement {} is not lowercase hex of at most 64 bytes", quote(v))) }
 }
 
 mod b64 {
@@ -258,6 +282,18 @@ mod tests {
         for bad in ["", "null", "{}", r#"{"instanceId":""}"#, "[1,2]", r#"{"instanceId":"i","pubkey":"!!"}"#] {
             assert!(EnclaveInfoJson::parse(bad).is_err(), "{bad} must not parse");
         }
+        // Fields a reader relies on are checked, and errors quote a short prefix only.
+        let with = |field: &str, value: &str| raw.replace(field, value);
+        for (bad, says) in [
+            (with(r#""platform":"sim""#, r#""platform":"quantum""#), "unknown platform"),
+            (with(r#""mrenclave":"ab""#, r#""mrenclave":"é€""#), "measurement"),
+            (with(r#""instanceId":"i""#, r#""instanceId":"a b""#), "whitespace"),
+            (with(r#""dataAccess":{"m""#, r#""dataAccess":{"m n""#), "dataAccess id"),
+            (with(r#""mrenclave":"ab""#, &format!(r#""mrenclave":"{}""#, "é".repeat(100_000))), "bytes)"),
+        ] {
+            let err = EnclaveInfoJson::parse(&bad).expect_err(says);
+            assert!(err.contains(says) && err.len() < 200, "{err}");
+        }
     }
 
     #[test]
@@ -268,5 +304,8 @@ mod tests {
         assert!(check_measurement("00ff").is_ok());
         assert!(check_measurement("0FF").is_err());
         assert!(check_measurement("zz").is_err());
+        let huge = "A".repeat(3_000_000);
+        assert!(check_measurement(&huge).expect_err("too long").len() < 200, "errors quote a short prefix");
+        assert!(check_name("x", &huge).expect_err("too long").len() < 200);
     }
 }

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::find::{FindQuery, find};
+use crate::find::{FindQuery, HotHints, MAX_PRUNE, MAX_ROUND_TRIPS, find};
 use crate::list::{ListQuery, list};
 use crate::schema::{DataAccessJson, EnclaveInfoJson, Index, PolicyJson};
 use crate::sweep::sweep;
@@ -49,7 +49,7 @@ fn q(data: &str, measurement: &str, platform: &str, limit: i64, deny: &[&str]) -
 }
 
 async fn ids(reg: &dyn Registry, query: &FindQuery) -> Vec<String> {
-    let out = find(reg, query).await.expect("find");
+    let out = find(reg, query, None).await.expect("find");
     out.live.into_iter().take(query.limit).map(|f| f.info.instance_id).collect()
 }
 
@@ -59,7 +59,21 @@ async fn index_ids(reg: &dyn Registry, index: &Index) -> BTreeSet<String> {
 
 /// Runs every case, concurrently (the TTL cases wait for real expiry).
 pub async fn run_all(make: &Factory) {
-    let cases = ["hb", "pub", "find", "spread", "prune", "malformed", "rtt", "sweep", "withdraw", "list"];
+    let cases = [
+        "hb",
+        "pub",
+        "find",
+        "spread",
+        "prune",
+        "malformed",
+        "rtt",
+        "sweep",
+        "withdraw",
+        "list",
+        "big",
+        "hints",
+        "claim",
+    ];
     let r: Vec<Arc<dyn Registry>> =
         cases.iter().map(|case| make(&format!("conf{}-{case}", std::process::id()))).collect();
     tokio::join!(
@@ -73,6 +87,9 @@ pub async fn run_all(make: &Factory) {
         sweep_removes_expired(r[7].as_ref()),
         withdraw_removes_everything(r[8].as_ref()),
         list_pages(r[9].as_ref()),
+        find_cost_is_independent_of_index_size(r[10].as_ref()),
+        hot_hints_keep_hot_enclaves_first(r[11].as_ref()),
+        list_shows_info_under_its_own_key(r[12].as_ref()),
     );
 }
 
@@ -129,10 +146,13 @@ pub async fn find_semantics(reg: &dyn Registry) {
     let denied: BTreeSet<String> = ids(reg, &q("d", M1, "", 10, &["hot1"])).await.into_iter().collect();
     assert_eq!(denied, ["cold1"].map(String::from).into(), "deny list");
     assert!(ids(reg, &q("nothing", "", "", 1, &[])).await.is_empty(), "unknown data: empty, not an error");
-    let found = find(reg, &q("d", "", "", 1, &[])).await.expect("find");
+    let found = find(reg, &q("d", "", "", 1, &[]), None).await.expect("find");
     assert!(found.live[0].hot);
     assert!(found.live[0].presence_ttl <= Duration::from_secs(3));
-    assert!(matches!(find(reg, &FindQuery { limit: 1, ..Default::default() }).await, Err(RegistryError::Invalid(_))));
+    assert!(matches!(
+        find(reg, &FindQuery { limit: 1, ..Default::default() }, None).await,
+        Err(RegistryError::Invalid(_))
+    ));
 }
 
 /// Equal candidates do not always come back in the same order.
@@ -154,7 +174,7 @@ pub async fn find_prunes_the_dead(reg: &dyn Registry) {
     }
     register(reg, &info("live", M1, "sim", &[("d", false)]), true).await;
     assert_eq!(ids(reg, &q("d", "", "", 1, &[])).await, vec!["live"], "dead hot ones skipped");
-    let out = find(reg, &q("d", "", "", 5, &[])).await.expect("find");
+    let out = find(reg, &q("d", "", "", 5, &[]), None).await.expect("find");
     assert_eq!(out.live.len(), 1);
     for index in
         [Index::Data("d".into()), Index::Data("x".into()), Index::Measurement(M1.into()), Index::Platform("sim".into())]
@@ -179,23 +199,23 @@ pub async fn find_skips_malformed_info(reg: &dyn Registry) {
         .await
         .expect("publish");
     reg.heartbeat("bad4").await.expect("hb");
-    let out = find(reg, &q("d", "", "", 10, &[])).await.expect("find never fails on bad data");
+    let out = find(reg, &q("d", "", "", 10, &[]), None).await.expect("find never fails on bad data");
     let got: Vec<&str> = out.live.iter().map(|f| f.info.instance_id.as_str()).collect();
     assert_eq!(got, vec!["good"]);
     assert!(out.skipped >= 3, "skipped {}", out.skipped);
 }
 
-/// One index read, at most two probes and one prune, however many candidates.
+/// A bounded number of round trips, however many candidates.
 pub async fn find_round_trips_are_constant(reg: &dyn Registry) {
     for i in 0..200 {
         register(reg, &info(&format!("n{i:03}"), M1, "sim", &[("d", false)]), i % 10 != 0).await;
     }
     for limit in [1, 5, 50, 1000] {
         let before = reg.round_trips();
-        let out = find(reg, &q("d", "", "", limit, &[])).await.expect("find");
+        let out = find(reg, &q("d", "", "", limit, &[]), None).await.expect("find");
         let trips = reg.round_trips() - before;
         assert!(out.live.len() >= (limit as usize).min(180), "limit {limit}: {} found", out.live.len());
-        assert!(trips <= 4, "limit {limit}: {trips} round trips");
+        assert!(trips <= MAX_ROUND_TRIPS, "limit {limit}: {trips} round trips");
     }
     assert_eq!(index_ids(reg, &Index::Data("d".into())).await.len(), 180, "the 20 dead were pruned");
 }
@@ -206,7 +226,7 @@ pub async fn sweep_removes_expired(reg: &dyn Registry) {
     let live = info("live", M2, "sim", &[("d1", false)]);
     register(reg, &dead, false).await;
     register(reg, &live, true).await;
-    let report = sweep(reg).await.expect("sweep");
+    let report = sweep(reg, None).await.expect("sweep");
     assert_eq!(report.removed, 4, "{report:?}");
     for (index, _) in dead.index_entries() {
         assert!(!index_ids(reg, &index).await.contains("dead"), "{index:?}");
@@ -214,7 +234,7 @@ pub async fn sweep_removes_expired(reg: &dyn Registry) {
     for (index, _) in live.index_entries() {
         assert!(index_ids(reg, &index).await.contains("live"), "{index:?}");
     }
-    assert_eq!(sweep(reg).await.expect("sweep").removed, 0, "idempotent");
+    assert_eq!(sweep(reg, None).await.expect("sweep").removed, 0, "idempotent");
 }
 
 /// A clean shutdown leaves nothing behind.
@@ -258,4 +278,79 @@ pub async fn list_pages(reg: &dyn Registry) {
     .await
     .expect("list");
     assert_eq!(by_data.items.len(), 3);
+}
+
+/// Registers `n` instances of `data` (measurement M1) by pipelining them in groups; ids are
+/// `{prefix}{i}`, live when `live(i)`, hot when `hot(i)`.
+async fn register_many(
+    reg: &dyn Registry,
+    prefix: &str,
+    data: &str,
+    n: usize,
+    live: impl Fn(usize) -> bool,
+    hot: impl Fn(usize) -> bool,
+) {
+    let infos: Vec<EnclaveInfoJson> =
+        (0..n).map(|i| info(&format!("{prefix}{i:05}"), M1, "sim", &[(data, hot(i))])).collect();
+    for chunk in infos.chunks(64).zip((0..n).collect::<Vec<_>>().chunks(64)) {
+        let (infos, idx) = chunk;
+        futures::future::join_all(infos.iter().zip(idx).map(|(i, n)| register(reg, i, live(*n)))).await;
+    }
+}
+
+/// One call's work depends on `limit` and the dead it meets, not on the size of the index: a
+/// large index is sampled, a call prunes at most MAX_PRUNE, and the sweeper removes the rest.
+pub async fn find_cost_is_independent_of_index_size(reg: &dyn Registry) {
+    register_many(reg, "c", "big", 1000, |i| i % 10 != 0, |_| false).await;
+    for _ in 0..5 {
+        let before = reg.round_trips();
+        let out = find(reg, &q("big", "", "", 1, &[]), None).await.expect("find");
+        assert_eq!(out.live.len().min(1), 1, "a live one is found");
+        assert!(out.live.len() <= 64, "only a sample is probed: {} live checked", out.live.len());
+        assert!(reg.round_trips() - before <= MAX_ROUND_TRIPS);
+    }
+    // An index of nothing but the dead: one call prunes a bounded number and answers empty.
+    register_many(reg, "d", "dead", 1000, |_| false, |_| false).await;
+    let before = reg.round_trips();
+    let out = find(reg, &q("dead", "", "", 1, &[]), None).await.expect("find");
+    assert!(out.live.is_empty());
+    assert!(out.pruned > 0 && out.pruned <= MAX_PRUNE, "pruned {}", out.pruned);
+    assert!(reg.round_trips() - before <= MAX_ROUND_TRIPS);
+    let left = index_ids(reg, &Index::Data("dead".into())).await.len();
+    assert!(left >= 1000 - MAX_PRUNE, "{left} left");
+    // The sweeper walks everything in steps and removes the rest.
+    let report = sweep(reg, None).await.expect("sweep");
+    assert!(report.entries >= left, "{report:?}");
+    assert!(index_ids(reg, &Index::Data("dead".into())).await.is_empty());
+}
+
+/// A hot enclave among many cold ones is found first once a sweep (or an earlier call) has seen it.
+pub async fn hot_hints_keep_hot_enclaves_first(reg: &dyn Registry) {
+    register_many(reg, "h", "m", 600, |_| true, |i| i == 317).await;
+    let hints = HotHints::new();
+    sweep(reg, Some(&hints)).await.expect("sweep");
+    assert_eq!(hints.pick("m", 10), vec!["h00317".to_owned()]);
+    for _ in 0..10 {
+        let out = find(reg, &q("m", "", "", 1, &[]), Some(&hints)).await.expect("find");
+        assert_eq!(out.live[0].info.instance_id, "h00317");
+        assert!(out.live[0].hot);
+    }
+    // It turns cold: the next call learns it and forgets the hint.
+    let cold = info("h00317", M1, "sim", &[("m", false)]);
+    register(reg, &cold, true).await;
+    find(reg, &q("m", "", "", 1, &[]), Some(&hints)).await.expect("find");
+    assert!(hints.pick("m", 10).is_empty());
+}
+
+/// Info that claims another instance is not shown under this one.
+pub async fn list_shows_info_under_its_own_key(reg: &dyn Registry) {
+    let liar = info("n1", M1, "sim", &[("d", false)]);
+    let mut claim = liar.clone();
+    claim.instance_id = "someone-else".into();
+    reg.publish("n1", &claim.to_json(), &liar.index_entries()).await.expect("publish");
+    reg.heartbeat("n1").await.expect("hb");
+    let page = list(reg, &ListQuery { page_size: 10, ..Default::default() }).await.expect("list");
+    assert_eq!(page.items.len(), 1);
+    assert_eq!(page.items[0].instance_id, "n1");
+    assert!(page.items[0].info.is_none(), "the claimed info is not shown as n1's");
 }

@@ -84,8 +84,9 @@ pub async fn serve(
     if let Some(registry) = &roles.manager {
         let metrics =
             Arc::new(metrics::ServerMetrics::new(registry_metrics.sub_registry_with_prefix("enclava_server")));
-        let manager = manager::Manager::new(registry.clone(), config.cache_ttl, metrics.clone());
-        background.push(tokio::spawn(sweeper(registry.clone(), config.sweep_interval, metrics.clone())));
+        let hints = Arc::new(enclava_registry::find::HotHints::new());
+        let manager = manager::Manager::new(registry.clone(), config.cache_ttl, hints.clone(), metrics.clone());
+        background.push(tokio::spawn(sweeper(registry.clone(), config.sweep_interval, hints, metrics.clone())));
         background.push(tokio::spawn(watch_registry(registry.clone(), registry_ok.clone())));
         grpc = grpc.add_service(EnclaveManagerServer::new(manager));
     }
@@ -123,17 +124,22 @@ pub async fn serve(
 }
 
 /// Removes expired instances from every index, forever.
-async fn sweeper(registry: Arc<dyn Registry>, every: Duration, metrics: Arc<metrics::ServerMetrics>) {
+async fn sweeper(
+    registry: Arc<dyn Registry>,
+    every: Duration,
+    hints: Arc<enclava_registry::find::HotHints>,
+    metrics: Arc<metrics::ServerMetrics>,
+) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        match enclava_registry::sweep::sweep(registry.as_ref()).await {
+        match enclava_registry::sweep::sweep(registry.as_ref(), Some(&hints)).await {
             Ok(r) => {
                 metrics.sweeps.inc();
                 metrics.swept_entries.inc_by(r.removed as u64);
                 if r.removed > 0 {
-                    tracing::info!(removed = r.removed, instances = r.instances, "swept expired index entries");
+                    tracing::info!(removed = r.removed, entries = r.entries, "swept expired index entries");
                 }
             }
             Err(e) => tracing::debug!(error = %e, "sweep skipped"),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use enclava_proto::discovery::v1 as pb;
-use enclava_registry::find::{FindQuery, Found, find};
+use enclava_registry::find::{FindQuery, Found, HotHints, find};
 use enclava_registry::list::{ListQuery, MAX_PAGE, list};
 use enclava_registry::schema::{EnclaveInfoJson, check_measurement, check_name, is_known_platform};
 use enclava_registry::{Registry, RegistryError};
@@ -21,12 +21,19 @@ use crate::metrics::ServerMetrics;
 pub struct Manager {
     registry: Arc<dyn Registry>,
     cache: Arc<FindCache>,
+    hints: Arc<HotHints>,
     metrics: Arc<ServerMetrics>,
 }
 
 impl Manager {
-    pub fn new(registry: Arc<dyn Registry>, cache_ttl: Duration, metrics: Arc<ServerMetrics>) -> Manager {
-        Manager { registry, cache: Arc::new(FindCache::new(cache_ttl)), metrics }
+    /// A manager over `registry`; `hints` is shared with the sweeper, which feeds it.
+    pub fn new(
+        registry: Arc<dyn Registry>,
+        cache_ttl: Duration,
+        hints: Arc<HotHints>,
+        metrics: Arc<ServerMetrics>,
+    ) -> Manager {
+        Manager { registry, cache: Arc::new(FindCache::new(cache_ttl)), hints, metrics }
     }
 
     async fn find_enclave(&self, req: pb::FindEnclaveRequest) -> Result<pb::FindEnclaveResponse, Status> {
@@ -46,7 +53,7 @@ impl Manager {
             None => {
                 self.metrics.cache_misses.inc();
                 let started = Instant::now();
-                let outcome = find(self.registry.as_ref(), &q).await.map_err(|e| {
+                let outcome = find(self.registry.as_ref(), &q, Some(&self.hints)).await.map_err(|e| {
                     self.metrics.count(if matches!(e, RegistryError::Unavailable { .. }) {
                         "unavailable"
                     } else {
@@ -83,7 +90,7 @@ impl Manager {
         if let Some(p) = &q.platform
             && !is_known_platform(p)
         {
-            return Err(Status::invalid_argument(format!("unknown platform {p:?}")));
+            return Err(Status::invalid_argument(format!("unknown platform {}", enclava_core::text::quote(p))));
         }
         if let Some(m) = &q.measurement {
             check_measurement(m).map_err(Status::invalid_argument)?;

@@ -288,8 +288,18 @@ async fn find(a: FindArgs) -> anyhow::Result<ExitCode> {
     writeln!(out, "{:<34} {:<9} {:<18} {:<5} CONNECTION", "INSTANCE", "PLATFORM", "MEASUREMENT", "HOT")?;
     for e in &resp.found {
         let m = e.policy.as_ref().map(|p| p.mrenclave.as_str()).unwrap_or("");
-        let short = if m.len() > 16 { format!("{}…", &m[..16]) } else { m.to_owned() };
-        writeln!(out, "{:<34} {:<9} {:<18} {:<5} {}", e.instance_id, e.platform, short, e.hot, e.connection_string)?;
+        // Everything here was read from the registry, which anyone with write access can fill:
+        // shown cut on characters, never sliced by bytes.
+        let cut = |s: &str, n| enclava_core::text::prefix(s, n);
+        writeln!(
+            out,
+            "{:<34} {:<9} {:<18} {:<5} {}",
+            cut(&e.instance_id, 33),
+            cut(&e.platform, 9),
+            cut(m, 16),
+            e.hot,
+            cut(&e.connection_string, 64)
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }

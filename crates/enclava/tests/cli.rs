@@ -608,3 +608,50 @@ fn sigkill_mid_batch_of_grants_loses_nothing_acknowledged_postgres() {
     kill_mid_batch(&db.url);
     rt.block_on(db.drop_db());
 }
+
+/// Enclave info written into Redis by someone else: a measurement with multibyte characters is
+/// skipped, and long multibyte ids and addresses are shown cut on characters; `find` never panics.
+#[test]
+fn find_shows_foreign_registry_data_without_panicking() {
+    let redis = RedisServer::start().expect("redis");
+    let port = free_port().expect("port");
+    let listen = format!("127.0.0.1:{port}");
+    let server_url = format!("http://{listen}");
+    let _server = spawn(&["server", "--registry", &redis.url(), "--listen", &listen, "--roles", "manager"]);
+    let client = redis::Client::open(redis.url()).expect("url");
+    let mut c = client.get_connection().expect("connect");
+    let long_id = "ü".repeat(40);
+    let measurement = "ab".repeat(48);
+    let bad = "é€".repeat(10);
+    for (id, m) in [(long_id.as_str(), measurement.as_str()), ("bad-measurement", bad.as_str())] {
+        let info = serde_json::json!({
+            "instanceId": id, "serviceName": "enclava", "platform": "sim", "serviceVersion": "1",
+            "policy": {"mrenclave": m}, "attestation": "", "pubkey": "", "connectionString": "é".repeat(100),
+            "dataAccess": {"foreign/x": {"hot": false}},
+        });
+        let _: () = redis::pipe()
+            .cmd("SETEX")
+            .arg(format!("enclava:service:enclava:{id}:presence"))
+            .arg(30)
+            .arg(id)
+            .cmd("SETEX")
+            .arg(format!("enclava:enclava:service:{id}:info"))
+            .arg(30)
+            .arg(info.to_string())
+            .cmd("HSET")
+            .arg("enclava:enclava:bydataaccess:foreign/x")
+            .arg(id)
+            .arg(format!(r#"{{"hot":false,"mrenclave":"{m}"}}"#))
+            .query(&mut c)
+            .expect("write foreign data");
+    }
+    wait_for("server up", Duration::from_secs(10), || std::net::TcpStream::connect(&listen).is_ok());
+    let out =
+        run(enclava(&["find", "--server", &server_url, "--data", "foreign/x", "--limit", "5"]).stdin(Stdio::null()));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "find failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains(&"ü".repeat(33)) && text.contains('…'), "{text}");
+    assert!(!text.contains("bad-measurement"), "the malformed entry is skipped: {text}");
+    let v = find_json(&server_url, "foreign/x", "5");
+    assert_eq!(ids(&v), vec![long_id]);
+}

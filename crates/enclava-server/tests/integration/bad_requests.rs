@@ -29,11 +29,21 @@ async fn bad_requests_get_invalid_argument() {
         ),
         (find_req("has space", 1), "whitespace"),
         (find_req(&"x".repeat(10_000), 1), "longer than"),
+        // A 3 MB measurement: refused with a message that quotes a short prefix, not 3 MB.
+        (
+            FindEnclaveRequest {
+                policy: Some(EnclavePolicy { mrenclave: "A".repeat(3_000_000) }),
+                ..Default::default()
+            },
+            "(3000000 bytes)",
+        ),
+        (FindEnclaveRequest { platform: "é".repeat(100_000), ..find_req("d", 1) }, "unknown platform"),
     ];
     for (req, want) in cases {
         match c.find(req).await {
             Err(ClientError::Status { code: tonic::Code::InvalidArgument, message }) => {
-                assert!(message.contains(want), "{message:?} should say {want:?}")
+                assert!(message.contains(want), "{message:?} should say {want:?}");
+                assert!(message.len() < 300, "the message echoes the input: {} bytes", message.len());
             }
             other => panic!("expected INVALID_ARGUMENT ({want}), got {other:?}"),
         }
@@ -42,9 +52,14 @@ async fn bad_requests_get_invalid_argument() {
         ListEnclavesRequest { page_size: -5, ..Default::default() },
         ListEnclavesRequest { platform: "quantum".into(), ..Default::default() },
         ListEnclavesRequest { mrenclave: "XYZ".into(), ..Default::default() },
+        ListEnclavesRequest { mrenclave: "f".repeat(3_000_001), ..Default::default() },
+        ListEnclavesRequest { dataaccess: "d d".repeat(1_000_000), ..Default::default() },
     ] {
         let err = c.list(req).await.expect_err("invalid");
-        assert!(matches!(err, ClientError::Status { code: tonic::Code::InvalidArgument, .. }), "{err:?}");
+        assert!(
+            matches!(&err, ClientError::Status { code: tonic::Code::InvalidArgument, message } if message.len() < 300),
+            "{err:?}"
+        );
     }
     // Still serving.
     assert!(c.find(find_req("d", 1)).await.expect("valid request").found.is_empty());
