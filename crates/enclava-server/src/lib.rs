@@ -130,7 +130,9 @@ async fn sweeper(
     hints: Arc<enclava_registry::find::HotHints>,
     metrics: Arc<metrics::ServerMetrics>,
 ) {
-    let mut tick = tokio::time::interval(every);
+    // The first sweep comes one period after start, not at once: replicas started together do
+    // not all walk the registry in the same instant.
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
