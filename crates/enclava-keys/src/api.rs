@@ -12,6 +12,43 @@ pub struct Registered {
     pub token: String,
 }
 
+/// `POST /v1/users` body (optional): the invite, where registration needs one.
+#[derive(Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RegisterBody {
+    #[serde(default)]
+    pub invite: Option<String>,
+}
+
+impl std::fmt::Debug for RegisterBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegisterBody").field("invite", &self.invite.as_ref().map(|_| "…")).finish()
+    }
+}
+
+/// `POST /v1/invites` body.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InviteBody {
+    /// The invite makes an administrator.
+    #[serde(default)]
+    pub admin: bool,
+}
+
+/// A one-time invite, shown once.
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Invite {
+    pub token: String,
+    pub expires_at_ms: u64,
+}
+
+impl std::fmt::Debug for Invite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Invite").field("expires_at_ms", &self.expires_at_ms).finish_non_exhaustive()
+    }
+}
+
 /// `GET /v1/users/me`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]

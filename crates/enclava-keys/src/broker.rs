@@ -19,9 +19,10 @@ use zeroize::Zeroizing;
 
 use crate::api::{AuditCheck, AuditRecord, Listing};
 use crate::error::{ErrorCode, KeysError};
-use crate::kek::KeyWrapper;
+use crate::kek::KekSource;
+use crate::limit::RateLimiter;
 use crate::metrics::KeysMetrics;
-use crate::store::{AuditEntry, ModelRow, Store, entry, now_ms};
+use crate::store::{AuditEntry, ModelRow, Store, StoreOptions, entry, now_ms};
 use enclava_proto::keys::payload::{self, ReleasePayload, SecretKey};
 
 /// How long a challenge nonce may be used.
@@ -33,6 +34,45 @@ pub const MAX_OUTSTANDING_NONCES: usize = 1_000_000;
 pub const MAX_EVIDENCE: usize = 256 * 1024;
 /// Most users whose request keys one release may carry.
 pub const MAX_USERS_PER_RELEASE: usize = 64;
+
+/// Who may register.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Registration {
+    /// Anyone (rate-limited per source).
+    #[default]
+    Open,
+    /// Only with a one-time invite an administrator made; with no administrator yet, the broker
+    /// writes an administrator invite to `DATA_DIR/admin-invite` at start.
+    Invite,
+    /// Nobody.
+    Closed,
+}
+
+impl std::str::FromStr for Registration {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Registration, String> {
+        match s {
+            "open" => Ok(Registration::Open),
+            "invite" => Ok(Registration::Invite),
+            "closed" => Ok(Registration::Closed),
+            other => Err(format!(
+                "unknown registration mode {}: use open, invite or closed",
+                enclava_core::text::quote(other)
+            )),
+        }
+    }
+}
+
+/// Which unauthenticated calls a rate limit is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateKind {
+    Register,
+    /// Challenges and releases.
+    Release,
+}
+
+/// How long an invite can be used.
+pub const INVITE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// How a broker is set up.
 #[derive(Debug)]
@@ -47,6 +87,15 @@ pub struct BrokerConfig {
     /// Intel/AMD collateral for real evidence.
     pub collateral: Option<Arc<dyn CollateralSource>>,
     pub nonce_ttl: Duration,
+    /// Start on a database older than the audit anchor (recorded in the audit log).
+    pub accept_rollback: bool,
+    /// Extra PRAGMAs for every SQLite connection.
+    pub sqlite_pragmas: Vec<String>,
+    pub registration: Registration,
+    /// Registrations per source address per minute (0: no limit).
+    pub register_per_minute: u32,
+    /// Challenges and releases per source address per second, each (0: no limit).
+    pub release_per_second: u32,
 }
 
 impl BrokerConfig {
@@ -57,6 +106,11 @@ impl BrokerConfig {
             default_policy: None,
             collateral: None,
             nonce_ttl: NONCE_TTL,
+            accept_rollback: false,
+            sqlite_pragmas: Vec::new(),
+            registration: Registration::Open,
+            register_per_minute: 10,
+            release_per_second: 100,
         }
     }
 }
@@ -111,6 +165,43 @@ impl Refusal {
     }
 }
 
+/// Why a release stopped: a refusal (the node's doing, audited) or an error (the broker's or its
+/// operator's, logged).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stop {
+    Refused(Refusal),
+    Error(KeysError),
+}
+
+impl Stop {
+    /// The refusal's reason, or the error's message.
+    pub fn reason(&self) -> &str {
+        match self {
+            Stop::Refused(r) => r.reason(),
+            Stop::Error(e) => &e.message,
+        }
+    }
+
+    pub fn to_error(&self) -> KeysError {
+        match self {
+            Stop::Refused(r) => r.to_error(),
+            Stop::Error(e) => e.clone(),
+        }
+    }
+}
+
+impl From<Refusal> for Stop {
+    fn from(r: Refusal) -> Stop {
+        Stop::Refused(r)
+    }
+}
+
+impl From<KeysError> for Stop {
+    fn from(e: KeysError) -> Stop {
+        Stop::Error(e)
+    }
+}
+
 /// A release request, as both transports deliver it.
 #[derive(Debug, Clone)]
 pub struct ReleaseRequest {
@@ -158,25 +249,29 @@ pub struct Broker {
     audit: mpsc::Sender<(AuditEntry, oneshot::Sender<Result<(), KeysError>>)>,
     metrics: Arc<KeysMetrics>,
     rng: SystemRandom,
+    registration: Registration,
+    register_limit: Option<RateLimiter>,
+    release_limit: Option<RateLimiter>,
 }
 
 impl Broker {
-    /// Opens the store and starts the audit writer.
-    pub async fn open(
-        config: BrokerConfig,
-        kek: Arc<dyn KeyWrapper>,
-        metrics: Arc<KeysMetrics>,
-    ) -> Result<Broker, KeysError> {
+    /// Opens the store (checking it against the audit anchor, and the KEK against it) and starts
+    /// the audit writer.
+    pub async fn open(config: BrokerConfig, kek: KekSource, metrics: Arc<KeysMetrics>) -> Result<Broker, KeysError> {
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
             KeysError::internal(format!("cannot create the data folder {}: {e}", config.data_dir.display()))
         })?;
-        let anchor = config.data_dir.join("audit.anchor");
-        let store = Store::open(&config.database, kek, Some(anchor)).await?;
+        let options = StoreOptions {
+            anchor: Some(config.data_dir.join("audit.anchor")),
+            accept_rollback: config.accept_rollback,
+            sqlite_pragmas: config.sqlite_pragmas.clone(),
+        };
+        let store = Store::open(&config.database, &kek, options).await?;
         let default_policy = config.default_policy.unwrap_or_else(builtin_policy);
         default_policy.validate().map_err(|e| KeysError::invalid(format!("the default release policy: {e}")))?;
         let (tx, rx) = mpsc::channel(4096);
         tokio::spawn(audit_writer(store.clone(), rx, metrics.clone()));
-        Ok(Broker {
+        let broker = Broker {
             store,
             nonces: Mutex::default(),
             nonce_ttl: config.nonce_ttl,
@@ -188,7 +283,51 @@ impl Broker {
             audit: tx,
             metrics,
             rng: SystemRandom::new(),
-        })
+            registration: config.registration,
+            register_limit: RateLimiter::new(config.register_per_minute, Duration::from_secs(60)),
+            release_limit: RateLimiter::new(config.release_per_second, Duration::from_secs(1)),
+        };
+        if config.registration == Registration::Invite && !broker.store.has_admin().await? {
+            broker.bootstrap_admin_invite(&config.data_dir.join("admin-invite")).await?;
+        }
+        Ok(broker)
+    }
+
+    /// With invite-only registration and no administrator yet: a one-time administrator invite in
+    /// a file only the operator can read.
+    async fn bootstrap_admin_invite(&self, path: &std::path::Path) -> Result<(), KeysError> {
+        let token = format!("eki_{}", URL_SAFE_NO_PAD.encode(self.random::<32>()?));
+        let _ = std::fs::remove_file(path);
+        crate::kek::write_secret(path, format!("{token}\n").as_bytes())
+            .map_err(|e| KeysError::internal(format!("cannot write {}: {e}", path.display())))?;
+        let expires = now_ms() + INVITE_TTL.as_millis() as i64;
+        self.store.create_invite("operator", &token_hash(&token), true, expires).await?;
+        tracing::warn!(
+            path = %path.display(),
+            "no administrator yet: register one with `enclava keys register --invite $(cat {})`",
+            path.display()
+        );
+        Ok(())
+    }
+
+    /// Stops cleanly: the store's anchor brought up to date, its WAL checkpointed, its pool closed.
+    pub async fn shutdown(&self) {
+        self.store.close().await;
+    }
+
+    /// Takes one unauthenticated call of `what` from `source`, or says when to retry.
+    pub fn rate(&self, what: RateKind, source: Option<std::net::IpAddr>) -> Result<(), KeysError> {
+        let (limiter, name) = match what {
+            RateKind::Register => (&self.register_limit, "registrations"),
+            RateKind::Release => (&self.release_limit, "challenges and releases"),
+        };
+        match limiter.as_ref().map(|l| l.check(source)) {
+            Some(Err(secs)) => {
+                self.metrics.rate_limited.inc();
+                Err(KeysError::rate_limited(name, secs))
+            }
+            _ => Ok(()),
+        }
     }
 
     pub fn store(&self) -> &Store {
@@ -205,13 +344,66 @@ impl Broker {
         Ok(b)
     }
 
-    /// A new identity: its id and the credential (shown once).
-    pub async fn register(&self) -> Result<(String, String), KeysError> {
+    /// A new identity: its id and the credential (shown once). `invite` is a one-time invite
+    /// token: needed with invite-only registration, and an administrator invite makes an
+    /// administrator in any mode.
+    pub async fn register(&self, invite: Option<&str>) -> Result<(String, String), KeysError> {
+        let invite = invite.map(str::trim).filter(|i| !i.is_empty());
+        match (self.registration, invite) {
+            (Registration::Closed, _) => {
+                return Err(KeysError::forbidden("registration is closed on this key broker: ask its operator"));
+            }
+            (Registration::Invite, None) => {
+                return Err(KeysError::forbidden(
+                    "this key broker registers users by invite only: ask an administrator for one (`enclava keys invite`), then `enclava keys register --invite TOKEN`",
+                ));
+            }
+            _ => {}
+        }
+        if invite.is_some_and(|i| i.len() > 256) {
+            return Err(KeysError::forbidden(
+                "this invite is unknown, used or expired: ask an administrator for a new one",
+            ));
+        }
         let id = format!("u_{}", hex::encode(self.random::<10>()?));
         let token = format!("ekt_{}", URL_SAFE_NO_PAD.encode(self.random::<32>()?));
-        self.store.create_user(&id, &token_hash(&token)).await?;
-        tracing::info!(user = %id, "user registered");
+        let admin = self.store.create_user(&id, &token_hash(&token), invite.map(token_hash).as_deref()).await?;
+        tracing::info!(user = %id, admin, "user registered");
         Ok((id, token))
+    }
+
+    /// A one-time invite (shown once) that registers a user, or an administrator with `admin`;
+    /// administrators only.
+    pub async fn invite(&self, user: &str, admin: bool) -> Result<(String, u64), KeysError> {
+        if !self.store.is_admin(user).await? {
+            return Err(KeysError::forbidden("only an administrator can make invites"));
+        }
+        let token = format!("eki_{}", URL_SAFE_NO_PAD.encode(self.random::<32>()?));
+        let expires = now_ms() + INVITE_TTL.as_millis() as i64;
+        self.store.create_invite(user, &token_hash(&token), admin, expires).await?;
+        tracing::info!(%user, admin, "invite made");
+        Ok((token, expires as u64))
+    }
+
+    /// Records a refused change to a model the caller does not own, then returns the refusal.
+    async fn audit_refusal(
+        &self,
+        user: &str,
+        action: &str,
+        model: &str,
+        m: &str,
+        subject: &str,
+        e: KeysError,
+    ) -> KeysError {
+        if e.code == ErrorCode::PermissionDenied {
+            let detail = format!("{action} refused: the model belongs to another user");
+            if let Err(err) =
+                self.store.append_audit(&[entry(now_ms(), user, "deny", model, m, subject, &detail)]).await
+            {
+                tracing::error!(error = %err, "cannot audit a refused change");
+            }
+        }
+        e
     }
 
     /// The user a credential belongs to.
@@ -241,7 +433,11 @@ impl Broker {
             }
             Policy::parse(p).map_err(|e| KeysError::invalid(format!("the policy does not parse: {e}")))?;
         }
-        let version = self.store.add_model_key(user, model, key, policy, rotate).await?;
+        let action = if rotate { "rotate" } else { "model-key" };
+        let version = match self.store.add_model_key(user, model, key, policy, rotate).await {
+            Ok(v) => v,
+            Err(e) => return Err(self.audit_refusal(user, action, model, "", "", e).await),
+        };
         tracing::info!(%user, %model, version, "model key stored");
         Ok(version)
     }
@@ -250,7 +446,9 @@ impl Broker {
         check_model_id(model)?;
         let m = normalize_measurement(measurement)?;
         check_user_id(grantee)?;
-        self.store.grant(owner, model, &m, grantee).await?;
+        if let Err(e) = self.store.grant(owner, model, &m, grantee).await {
+            return Err(self.audit_refusal(owner, "grant", model, &m, grantee, e).await);
+        }
         tracing::info!(%owner, %model, measurement = %m, %grantee, "grant added");
         Ok(())
     }
@@ -267,7 +465,13 @@ impl Broker {
         if let Some(g) = grantee {
             check_user_id(g)?;
         }
-        let n = self.store.revoke(owner, model, m.as_deref(), grantee).await?;
+        let n = match self.store.revoke(owner, model, m.as_deref(), grantee).await {
+            Ok(n) => n,
+            Err(e) => {
+                let (m, g) = (m.as_deref().unwrap_or("*"), grantee.unwrap_or("*"));
+                return Err(self.audit_refusal(owner, "revoke", model, m, g, e).await);
+            }
+        };
         tracing::info!(%owner, %model, revoked = n, "grants revoked");
         Ok(n)
     }
@@ -364,26 +568,18 @@ impl Broker {
         c
     }
 
-    /// The model's release material, from the cache while its generation is unchanged.
-    async fn state(&self, model: &str) -> Result<Arc<ModelState>, Refusal> {
-        let store_err = |e: KeysError| Refusal::Denied(format!("store: {e}"));
-        let generation = self
-            .store
-            .generation(model)
-            .await
-            .map_err(store_err)?
-            .ok_or_else(|| Refusal::Denied(format!("no model {model:?}")))?;
+    /// The model's release material, from the cache while its generation is unchanged. A store
+    /// that fails, or a stored key that does not open, is an error (503), never a refusal: the
+    /// node did nothing wrong, and the operator has to act.
+    async fn state(&self, model: &str) -> Result<Arc<ModelState>, Stop> {
+        let generation =
+            self.store.generation(model).await?.ok_or_else(|| Refusal::Denied(format!("no model {model:?}")))?;
         if let Some(s) = self.models.lock().unwrap_or_else(|p| p.into_inner()).get(model)
             && s.row.generation == generation
         {
             return Ok(s.clone());
         }
-        let snap = self
-            .store
-            .snapshot(model)
-            .await
-            .map_err(store_err)?
-            .ok_or_else(|| Refusal::Denied(format!("no model {model:?}")))?;
+        let snap = self.store.snapshot(model).await?.ok_or_else(|| Refusal::Denied(format!("no model {model:?}")))?;
         let policy = self.policy_of(&snap.row)?;
         let state = Arc::new(ModelState {
             measurements: snap.grants.iter().map(|(m, _)| m.clone()).collect(),
@@ -412,67 +608,70 @@ impl Broker {
     /// the model's policy accepts the platform, TCB and debug state at `now`, and active grants
     /// name the measurement (for each user). Public so real evidence, whose report data cannot
     /// bind a fresh nonce here, can be judged by grants in tests.
-    pub async fn authorize(
-        &self,
-        model: &str,
-        claims: &Claims,
-        users: &[String],
-        now: u64,
-    ) -> Result<ModelRow, Refusal> {
+    pub async fn authorize(&self, model: &str, claims: &Claims, users: &[String], now: u64) -> Result<ModelRow, Stop> {
         let state = self.state(model).await?;
         judge(model, &state, claims, users, now)?;
         Ok(state.row.clone())
     }
 
-    /// Attested release: every step, in order; any refusal is audited with its reason.
+    /// Attested release: every step, in order. A refusal after a valid challenge is audited with
+    /// its reason; one without (an unknown, used or expired nonce, which anyone can send) is only
+    /// counted, so anonymous calls cannot fill the audit log.
     pub async fn release(&self, req: ReleaseRequest) -> Result<Release, KeysError> {
         let started = std::time::Instant::now();
         let result = self.release_inner(&req).await;
         let outcome = match &result {
             Ok(_) => "released",
-            Err(Ok(r)) => r.class(),
-            Err(Err(_)) => "error",
+            Err(Stop::Refused(r)) => r.class(),
+            Err(Stop::Error(_)) => "error",
         };
         self.metrics.count(outcome);
         self.metrics.release_seconds.observe(started.elapsed().as_secs_f64());
         match result {
             Ok(r) => Ok(r),
-            Err(Ok(refusal)) => {
-                tracing::info!(model = %req.model, class = refusal.class(), reason = %refusal.reason(), "release refused");
+            Err(Stop::Refused(refusal)) => {
+                tracing::info!(model = %enclava_core::text::quote(&req.model), class = refusal.class(), reason = %refusal.reason(), "release refused");
                 Err(refusal.to_error())
             }
-            Err(Err(e)) => Err(e),
+            Err(Stop::Error(e)) => {
+                if e.code == ErrorCode::Unavailable {
+                    tracing::error!(model = %enclava_core::text::quote(&req.model), error = %e, "release failed: the broker cannot serve it");
+                }
+                Err(e)
+            }
         }
     }
 
-    async fn release_inner(&self, req: &ReleaseRequest) -> Result<Release, Result<Refusal, KeysError>> {
-        check_model_id(&req.model).map_err(Err)?;
+    async fn release_inner(&self, req: &ReleaseRequest) -> Result<Release, Stop> {
+        check_model_id(&req.model)?;
         if req.evidence.len() > MAX_EVIDENCE {
-            return Err(Err(KeysError::invalid(format!("evidence is larger than {MAX_EVIDENCE} bytes"))));
+            return Err(KeysError::invalid(format!("evidence is larger than {MAX_EVIDENCE} bytes")).into());
         }
         if req.public_key.len() != enclava_seal::KEY_LEN {
-            return Err(Err(KeysError::invalid("public_key must be a 32-byte X25519 key")));
+            return Err(KeysError::invalid("public_key must be a 32-byte X25519 key").into());
         }
         if req.users.len() > MAX_USERS_PER_RELEASE {
-            return Err(Err(KeysError::invalid(format!("at most {MAX_USERS_PER_RELEASE} users per release"))));
+            return Err(KeysError::invalid(format!("at most {MAX_USERS_PER_RELEASE} users per release")).into());
         }
         for u in &req.users {
-            check_user_id(u).map_err(Err)?;
+            check_user_id(u)?;
         }
         let now_ms = now_ms() as u64;
         let now = now_ms / 1000;
+        // 1. The nonce goes first, so a replay fails whatever else it carries. Without a valid
+        // challenge nothing is audited: only counted.
+        self.take_nonce(&req.nonce, now_ms)?;
         let mut actor = "enclave:unverified".to_owned();
         let mut measurement = String::new();
         let outcome = async {
-            // 1. The nonce goes first, so a replay fails whatever else it carries.
-            self.take_nonce(&req.nonce, now_ms)?;
             let evidence = Evidence::detect(req.evidence.clone()).map_err(|e| Refusal::Evidence(e.to_string()))?;
             let state = self.state(&req.model).await?;
             if state.policy.rules(evidence.platform()).is_none() {
                 return Err(Refusal::Denied(format!(
                     "the model's policy does not allow platform {}",
                     evidence.platform()
-                )));
+                ))
+                .into());
             }
             // 2. The evidence verifies …
             let collateral = self.collateral_for(&evidence, &state.policy, now).await;
@@ -482,17 +681,17 @@ impl Broker {
             measurement = claims.measurement_hex();
             // 3. … and binds this key and this nonce.
             if !binding::check(&claims.report_data, binding::KEY_RELEASE, &req.public_key, Some(&req.nonce)) {
-                return Err(Refusal::Evidence("the report data does not bind this key and nonce".into()));
+                return Err(Refusal::Evidence("the report data does not bind this key and nonce".into()).into());
             }
             // 4. Policy and grants; 5. the keys, sealed to the bound key.
             judge(&req.model, &state, &claims, &req.users, now)?;
             let plain = material(&req.model, &state, req.version, &measurement, &req.users)?;
-            Ok((state, plain))
+            Ok::<_, Stop>((state, plain))
         }
         .await;
         let (version, plain) = match outcome {
             Ok((state, plain)) => (if req.version == 0 { state.row.current_version } else { req.version }, plain),
-            Err(refusal) => {
+            Err(Stop::Refused(refusal)) => {
                 let e = entry(
                     now_ms as i64,
                     &actor,
@@ -502,23 +701,24 @@ impl Broker {
                     &req.users.join(","),
                     &format!("{}: {}", refusal.class(), refusal.reason()),
                 );
-                self.record(e).await.map_err(Err)?;
-                return Err(Ok(refusal));
+                self.record(e).await?;
+                return Err(refusal.into());
             }
+            Err(e) => return Err(e),
         };
-        self.seal_and_audit(
-            &req.model,
-            version,
-            &plain,
-            &actor,
-            &measurement,
-            &req.users,
-            &req.public_key,
-            &req.nonce,
-            now_ms,
-        )
-        .await
-        .map_err(Err)
+        Ok(self
+            .seal_and_audit(
+                &req.model,
+                version,
+                &plain,
+                &actor,
+                &measurement,
+                &req.users,
+                &req.public_key,
+                &req.nonce,
+                now_ms,
+            )
+            .await?)
     }
 
     /// Releases to claims that already passed verification and binding checks (real evidence

@@ -6,7 +6,12 @@ use std::sync::Arc;
 use enclava_proto::keys::v1 as pb;
 use tonic::{Request, Response, Status};
 
-use crate::broker::{Broker, ReleaseRequest};
+use crate::broker::{Broker, RateKind, ReleaseRequest};
+
+/// The peer's address, where the server put it (axum's connect info).
+fn source<T>(req: &Request<T>) -> Option<std::net::IpAddr> {
+    req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip())
+}
 
 /// The tonic service over a [`Broker`].
 #[derive(Debug, Clone)]
@@ -26,12 +31,14 @@ impl KeyBrokerService {
 
 #[tonic::async_trait]
 impl pb::key_broker_server::KeyBroker for KeyBrokerService {
-    async fn challenge(&self, _: Request<pb::ChallengeRequest>) -> Result<Response<pb::ChallengeResponse>, Status> {
+    async fn challenge(&self, req: Request<pb::ChallengeRequest>) -> Result<Response<pb::ChallengeResponse>, Status> {
+        self.broker.rate(RateKind::Release, source(&req))?;
         let (nonce, expires_at_ms) = self.broker.challenge()?;
         Ok(Response::new(pb::ChallengeResponse { nonce: nonce.to_vec(), expires_at_ms }))
     }
 
     async fn release(&self, req: Request<pb::ReleaseRequest>) -> Result<Response<pb::ReleaseResponse>, Status> {
+        self.broker.rate(RateKind::Release, source(&req))?;
         let r = req.into_inner();
         let release = self
             .broker

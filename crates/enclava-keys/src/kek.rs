@@ -1,6 +1,10 @@
 //! The broker's key-encryption key: every model and request key is wrapped by it before it reaches
 //! the database, and the audit chain is MACed with a key derived from it, so the database alone
 //! reveals no key and cannot be edited unnoticed. A trait, so a KMS or HSM can take its place.
+//!
+//! The KEK is verifiable: the database keeps a check value (a sentinel wrapped by the KEK), so a
+//! broker given the wrong KEK, or none where one existed, refuses to start instead of making a new
+//! one; a new KEK is made only for an empty database.
 
 use std::path::{Path, PathBuf};
 
@@ -16,8 +20,11 @@ use crate::error::KeysError;
 pub trait KeyWrapper: Send + Sync + std::fmt::Debug {
     /// Encrypts `key`, bound to `context` (which row it belongs to).
     fn wrap(&self, context: &str, key: &[u8]) -> Result<Vec<u8>, KeysError>;
-    /// Decrypts what [`KeyWrapper::wrap`] made for the same `context`.
+    /// Decrypts what [`KeyWrapper::wrap`] made for the same `context`; a key that does not open is
+    /// an operator error (UNAVAILABLE), logged at ERROR.
     fn unwrap(&self, context: &str, wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeysError>;
+    /// Like [`KeyWrapper::unwrap`], quietly: `None` when it does not open (for checks).
+    fn try_unwrap(&self, context: &str, wrapped: &[u8]) -> Option<Zeroizing<Vec<u8>>>;
     /// A MAC over an audit row, so only the broker can extend the chain.
     fn audit_mac(&self, data: &[u8]) -> [u8; 32];
 }
@@ -80,32 +87,54 @@ impl LocalKek {
         Ok(LocalKek::from_bytes(kek, source))
     }
 
-    /// Reads the KEK file at `path`, creating it with a fresh random key (mode 0600) when missing.
-    pub fn load_or_create(path: &Path) -> Result<LocalKek, KeysError> {
-        let io = |what: &str, e: std::io::Error| KeysError::internal(format!("cannot {what} {}: {e}", path.display()));
+    /// Reads the KEK file at `path`; `None` when there is no such file.
+    pub fn load(path: &Path) -> Result<Option<LocalKek>, KeysError> {
         match std::fs::read(path) {
             Ok(bytes) => {
                 let bytes = Zeroizing::new(bytes);
                 let kek: &[u8; 32] = bytes.as_slice().try_into().map_err(|_| {
                     KeysError::invalid(format!(
-                        "{} is not a key-encryption key (it must hold exactly 32 bytes)",
+                        "{} is not a key-encryption key (it must hold exactly 32 bytes): restore it from your backup",
                         path.display()
                     ))
                 })?;
-                Ok(LocalKek::from_bytes(kek, format!("file {}", path.display())))
+                Ok(Some(LocalKek::from_bytes(kek, format!("file {}", path.display()))))
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let mut kek = Zeroizing::new([0u8; 32]);
-                SystemRandom::new().fill(kek.as_mut()).map_err(|_| KeysError::internal("no system randomness"))?;
-                if let Some(dir) = path.parent() {
-                    std::fs::create_dir_all(dir).map_err(|e| io("create the folder of", e))?;
-                }
-                write_secret(path, kek.as_slice()).map_err(|e| io("write", e))?;
-                tracing::info!(path = %path.display(), "created a new key-encryption key");
-                Ok(LocalKek::from_bytes(&kek, format!("file {}", path.display())))
-            }
-            Err(e) => Err(io("read", e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(KeysError::internal(format!("cannot read {}: {e}", path.display()))),
         }
+    }
+
+    /// Makes a new random KEK in a new file at `path` (mode 0600, synced with its folder).
+    pub fn create(path: &Path) -> Result<LocalKek, KeysError> {
+        let io = |what: &str, e: std::io::Error| KeysError::internal(format!("cannot {what} {}: {e}", path.display()));
+        let mut kek = Zeroizing::new([0u8; 32]);
+        SystemRandom::new().fill(kek.as_mut()).map_err(|_| KeysError::internal("no system randomness"))?;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| io("create the folder of", e))?;
+        }
+        write_secret(path, kek.as_slice()).map_err(|e| io("write", e))?;
+        sync_dir(path);
+        tracing::info!(path = %path.display(), "created a new key-encryption key for a new database: back it up apart from the database");
+        Ok(LocalKek::from_bytes(&kek, format!("file {}", path.display())))
+    }
+
+    /// Reads the KEK file at `path`, creating it with a fresh random key (mode 0600) when missing.
+    /// Only for a database known to be empty; [`KekSource::open`] decides.
+    pub fn load_or_create(path: &Path) -> Result<LocalKek, KeysError> {
+        match LocalKek::load(path)? {
+            Some(k) => Ok(k),
+            None => LocalKek::create(path),
+        }
+    }
+}
+
+/// Syncs the folder holding `path`, so a rename or a new file in it survives a crash.
+pub fn sync_dir(path: &Path) {
+    if let Some(dir) = path.parent()
+        && let Ok(d) = std::fs::File::open(if dir.as_os_str().is_empty() { Path::new(".") } else { dir })
+    {
+        let _ = d.sync_all();
     }
 }
 
@@ -143,23 +172,25 @@ impl KeyWrapper for LocalKek {
         Ok(out)
     }
 
-    fn unwrap(&self, context: &str, wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeysError> {
-        let bad = || {
-            tracing::error!(context, "a wrapped key does not open with this key-encryption key");
-            KeysError::internal(
-                "a stored key does not open with this broker's key-encryption key (wrong --kek-file or ENCLAVA_KEK, or an edited database)",
-            )
-        };
+    fn try_unwrap(&self, context: &str, wrapped: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
         if wrapped.len() < NONCE_LEN + 16 {
-            return Err(bad());
+            return None;
         }
         let (nonce, sealed) = wrapped.split_at(NONCE_LEN);
-        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| bad())?;
+        let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
         let mut buf = Zeroizing::new(sealed.to_vec());
-        let plain_len =
-            self.wrap.open_in_place(nonce, Aad::from(context.as_bytes()), buf.as_mut_slice()).map_err(|_| bad())?.len();
+        let plain_len = self.wrap.open_in_place(nonce, Aad::from(context.as_bytes()), buf.as_mut_slice()).ok()?.len();
         buf.truncate(plain_len);
-        Ok(buf)
+        Some(buf)
+    }
+
+    fn unwrap(&self, context: &str, wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeysError> {
+        self.try_unwrap(context, wrapped).ok_or_else(|| {
+            tracing::error!(context, "a wrapped key does not open with this key-encryption key: the operator must restore the right key or the database");
+            KeysError::unavailable(
+                "the key broker cannot open a stored key (an operator error: wrong key-encryption key or an edited database); try again after the operator has fixed it",
+            )
+        })
     }
 
     fn audit_mac(&self, data: &[u8]) -> [u8; 32] {
@@ -170,24 +201,73 @@ impl KeyWrapper for LocalKek {
     }
 }
 
-/// Where the KEK comes from: `ENCLAVA_KEK` (hex or base64) when set, else a file.
-#[derive(Debug, Clone)]
+/// The value the database keeps to recognise its KEK: this sentinel, wrapped for this context.
+pub const CHECK_CONTEXT: &str = "kek-check|v1";
+const CHECK_PLAIN: &[u8] = b"enclava key-encryption key check v1";
+
+/// A new check value for `kek` (hex, as stored).
+pub fn check_value(kek: &dyn KeyWrapper) -> Result<String, KeysError> {
+    kek.wrap(CHECK_CONTEXT, CHECK_PLAIN).map(hex::encode)
+}
+
+/// Whether `kek` opens the stored check value `stored` (hex). Quiet: a mismatch is reported by the
+/// caller, once, with what to do.
+pub fn opens_check(kek: &dyn KeyWrapper, stored: &str) -> bool {
+    hex::decode(stored.trim())
+        .ok()
+        .is_some_and(|w| kek.try_unwrap(CHECK_CONTEXT, &w).is_some_and(|p| *p == CHECK_PLAIN))
+}
+
+/// Where the KEK comes from: `ENCLAVA_KEK` (hex or base64) when set, else a file, or a key wrapper
+/// given directly (a KMS, or tests).
+#[derive(Clone)]
 pub enum KekSource {
     Env(String),
     File(PathBuf),
+    Key(std::sync::Arc<dyn KeyWrapper>),
+}
+
+impl std::fmt::Debug for KekSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
 }
 
 impl KekSource {
-    pub fn open(&self) -> Result<LocalKek, KeysError> {
+    /// Where the key comes from, in words.
+    pub fn describe(&self) -> String {
+        match self {
+            KekSource::Env(name) => format!("environment variable {name}"),
+            KekSource::File(p) => format!("file {}", p.display()),
+            KekSource::Key(k) => format!("{k:?}"),
+        }
+    }
+
+    /// Opens the KEK. A missing KEK file is created only when `database_is_empty`; otherwise the
+    /// database's keys were wrapped by a key that must be restored, and this says so.
+    pub fn open(&self, database_is_empty: bool) -> Result<std::sync::Arc<dyn KeyWrapper>, KeysError> {
         match self {
             KekSource::Env(name) => {
                 let value =
                     Zeroizing::new(std::env::var(name).map_err(|_| {
                         KeysError::invalid(format!("environment variable {name} is not set or not UTF-8"))
                     })?);
-                LocalKek::from_text(&value, format!("environment variable {name}"))
+                Ok(std::sync::Arc::new(LocalKek::from_text(&value, format!("environment variable {name}"))?))
             }
-            KekSource::File(path) => LocalKek::load_or_create(path),
+            KekSource::File(path) => match LocalKek::load(path)? {
+                Some(k) => Ok(std::sync::Arc::new(k)),
+                None if database_is_empty => Ok(std::sync::Arc::new(LocalKek::create(path)?)),
+                None => Err(KeysError::new(
+                    crate::error::ErrorCode::FailedPrecondition,
+                    format!(
+                        "the key-encryption key file {} is missing, but the key database already holds keys wrapped by it. \
+                         Restore that file from your backup (or set ENCLAVA_KEK to its value) and start again. A new key would \
+                         leave every stored key unreadable, so none is made; nothing was changed",
+                        path.display()
+                    ),
+                )),
+            },
+            KekSource::Key(k) => Ok(k.clone()),
         }
     }
 }
@@ -219,5 +299,9 @@ mod tests {
         assert_eq!(b.unwrap("c", &w).expect("unwrap").as_slice(), b"k");
         std::fs::write(&path, b"short").expect("write");
         assert!(LocalKek::load_or_create(&path).is_err());
+        let check = check_value(&a).expect("check");
+        assert!(opens_check(&a, &check));
+        assert!(!opens_check(&LocalKek::from_bytes(&[1; 32], "other"), &check));
+        assert!(!opens_check(&a, "zz"));
     }
 }

@@ -9,6 +9,7 @@
 //! - [`kek`]: the key-encryption key trait and its file/environment implementation.
 //! - [`api`]: REST bodies; [`rest`]: the axum routes and OpenAPI; [`grpc`]: the tonic service.
 //! - [`error`]: one error code for HTTP and gRPC; [`metrics`]: Prometheus counters.
+//! - [`limit`]: per-source rate limits for the endpoints anyone may call.
 //!
 //! Invariant: a key exists unwrapped only in this process's memory, and leaves it only sealed to
 //! a key bound by evidence that passed verification, policy and grants, after the release is in
@@ -19,11 +20,12 @@ pub mod broker;
 pub mod error;
 pub mod grpc;
 pub mod kek;
+pub mod limit;
 pub mod metrics;
 pub mod rest;
 pub mod store;
 
-pub use broker::{Broker, BrokerConfig, Refusal, Release, ReleaseRequest};
+pub use broker::{Broker, BrokerConfig, RateKind, Refusal, Registration, Release, ReleaseRequest, Stop};
 pub use enclava_proto::keys::payload::{self, ReleasePayload, SecretKey};
 pub use error::{ErrorCode, KeysError};
 pub use kek::{KekSource, KeyWrapper, LocalKek};

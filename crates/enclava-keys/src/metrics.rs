@@ -18,6 +18,8 @@ pub struct KeysMetrics {
     pub release_seconds: Histogram,
     pub challenges: Counter,
     pub audit_batches: Counter,
+    /// Unauthenticated calls refused by a per-source rate limit.
+    pub rate_limited: Counter,
 }
 
 impl KeysMetrics {
@@ -27,6 +29,7 @@ impl KeysMetrics {
             release_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             challenges: Counter::default(),
             audit_batches: Counter::default(),
+            rate_limited: Counter::default(),
         }
     }
 
@@ -35,12 +38,17 @@ impl KeysMetrics {
         let m = self;
         registry.register(
             "releases",
-            "Key releases by outcome (released, nonce, evidence, denied, error)",
+            "Key releases by outcome (released, nonce, evidence, denied, error); nonce refusals are not audited",
             m.releases.clone(),
         );
         registry.register("release_seconds", "Key release latency", m.release_seconds.clone());
         registry.register("challenges", "Challenge nonces issued", m.challenges.clone());
         registry.register("audit_commits", "Audit log commits (each may carry many records)", m.audit_batches.clone());
+        registry.register(
+            "rate_limited",
+            "Unauthenticated calls refused by a per-source rate limit",
+            m.rate_limited.clone(),
+        );
     }
 
     pub fn count(&self, outcome: &'static str) {

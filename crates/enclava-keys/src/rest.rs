@@ -1,10 +1,12 @@
 //! The REST/JSON face of the key broker (what `enclava keys` uses), with its OpenAPI document at
 //! `/openapi.json`. Callers authenticate with `Authorization: Bearer <token>` from `register`.
+//! The calls anyone may make (registration, challenges, releases) are rate-limited per source
+//! address; bodies over [`MAX_BODY`] get 413.
 
 use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequestParts, Query, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Query, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::routing::{get, post};
@@ -15,13 +17,17 @@ use utoipa::OpenApi;
 use zeroize::Zeroizing;
 
 use crate::api::*;
-use crate::broker::{Broker, ReleaseRequest};
+use crate::broker::{Broker, RateKind, ReleaseRequest};
 use crate::error::{ErrorBody, ErrorCode, KeysError};
+
+/// The largest request body accepted (a release carries at most 256 KiB of evidence, in base64).
+pub const MAX_BODY: usize = 1 << 20;
 
 /// The REST routes and `/openapi.json`.
 pub fn router(broker: Arc<Broker>) -> Router {
     Router::new()
         .route("/v1/users", post(register))
+        .route("/v1/invites", post(invite))
         .route("/v1/users/me", get(whoami))
         .route("/v1/model-keys", post(put_model_key))
         .route("/v1/grants", post(grant))
@@ -33,6 +39,7 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .route("/v1/challenge", post(challenge))
         .route("/v1/release", post(release))
         .route("/openapi.json", get(|| async { ([("content-type", "application/json")], openapi_json()) }))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(broker)
 }
 
@@ -46,6 +53,7 @@ pub fn openapi_json() -> String {
     info(title = "Enclava key broker", description = "Model and request keys, released only to attested enclaves"),
     paths(
         register,
+        invite,
         whoami,
         put_model_key,
         grant,
@@ -59,6 +67,9 @@ pub fn openapi_json() -> String {
     ),
     components(schemas(
         Registered,
+        RegisterBody,
+        InviteBody,
+        Invite,
         WhoAmI,
         ModelKeyUpload,
         ModelKeyVersion,
@@ -98,8 +109,25 @@ impl FromRequestParts<Arc<Broker>> for Caller {
     }
 }
 
+/// The caller's address, when the server knows it (for per-source rate limits).
+struct Source(Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Source {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Source, Self::Rejection> {
+        Ok(Source(parts.extensions.get::<ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip())))
+    }
+}
+
 fn body<T>(j: Result<Json<T>, JsonRejection>) -> Result<T, KeysError> {
-    j.map(|Json(t)| t).map_err(|e| KeysError::invalid(format!("bad request body: {}", e.body_text())))
+    j.map(|Json(t)| t).map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            KeysError::new(ErrorCode::PayloadTooLarge, format!("the request body is larger than {MAX_BODY} bytes"))
+        } else {
+            KeysError::invalid(format!("bad request body: {}", enclava_core::text::quote_n(&e.body_text(), 200)))
+        }
+    })
 }
 
 fn key_bytes(b64: &str) -> Result<Zeroizing<Vec<u8>>, KeysError> {
@@ -110,11 +138,36 @@ fn b64(field: &str, s: &str) -> Result<Vec<u8>, KeysError> {
     STANDARD.decode(s.trim()).map_err(|_| KeysError::invalid(format!("{field} is not base64")))
 }
 
-/// Registers a new user; the token is shown once.
-#[utoipa::path(post, path = "/v1/users", responses((status = 201, body = Registered)))]
-async fn register(State(b): State<Arc<Broker>>) -> Result<(StatusCode, Json<Registered>), KeysError> {
-    let (user_id, token) = b.register().await?;
+/// Registers a new user; the token is shown once. With invite-only registration the body names a
+/// one-time invite; an administrator invite makes an administrator. Rate-limited per source.
+#[utoipa::path(post, path = "/v1/users", request_body(content = Option<RegisterBody>),
+    responses((status = 201, body = Registered), (status = 403, body = ErrorBody), (status = 429, body = ErrorBody)))]
+async fn register(
+    State(b): State<Arc<Broker>>,
+    Source(source): Source,
+    raw: axum::body::Bytes,
+) -> Result<(StatusCode, Json<Registered>), KeysError> {
+    b.rate(RateKind::Register, source)?;
+    let req: RegisterBody = if raw.iter().all(u8::is_ascii_whitespace) {
+        RegisterBody::default()
+    } else {
+        serde_json::from_slice(&raw).map_err(|e| KeysError::invalid(format!("bad request body: {e}")))?
+    };
+    let (user_id, token) = b.register(req.invite.as_deref()).await?;
     Ok((StatusCode::CREATED, Json(Registered { user_id, token })))
+}
+
+/// Makes a one-time invite (administrators only); the token is shown once.
+#[utoipa::path(post, path = "/v1/invites", request_body = InviteBody,
+    responses((status = 201, body = Invite), (status = 403, body = ErrorBody)))]
+async fn invite(
+    State(b): State<Arc<Broker>>,
+    Caller(user): Caller,
+    j: Result<Json<InviteBody>, JsonRejection>,
+) -> Result<(StatusCode, Json<Invite>), KeysError> {
+    let req = body(j)?;
+    let (token, expires_at_ms) = b.invite(&user, req.admin).await?;
+    Ok((StatusCode::CREATED, Json(Invite { token, expires_at_ms })))
 }
 
 /// The caller's user id.
@@ -212,20 +265,24 @@ async fn verify_audit(State(b): State<Arc<Broker>>, Caller(_): Caller) -> Result
     Ok(Json(b.verify_audit().await?))
 }
 
-/// A single-use nonce for a release (nodes; no user credential).
-#[utoipa::path(post, path = "/v1/challenge", responses((status = 200, body = Challenge)))]
-async fn challenge(State(b): State<Arc<Broker>>) -> Result<Json<Challenge>, KeysError> {
+/// A single-use nonce for a release (nodes; no user credential). Rate-limited per source.
+#[utoipa::path(post, path = "/v1/challenge", responses((status = 200, body = Challenge), (status = 429, body = ErrorBody)))]
+async fn challenge(State(b): State<Arc<Broker>>, Source(source): Source) -> Result<Json<Challenge>, KeysError> {
+    b.rate(RateKind::Release, source)?;
     let (nonce, expires_at_ms) = b.challenge()?;
     Ok(Json(Challenge { nonce: STANDARD.encode(nonce), expires_at_ms }))
 }
 
 /// Attested release: keys sealed to the key the evidence binds (nodes; no user credential).
 #[utoipa::path(post, path = "/v1/release", request_body = ReleaseBody,
-    responses((status = 200, body = Released), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 200, body = Released), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 429, body = ErrorBody)))]
 async fn release(
     State(b): State<Arc<Broker>>,
+    Source(source): Source,
     j: Result<Json<ReleaseBody>, JsonRejection>,
 ) -> Result<Json<Released>, KeysError> {
+    b.rate(RateKind::Release, source)?;
     let r = body(j)?;
     let release = b
         .release(ReleaseRequest {

@@ -3,19 +3,28 @@
 //! set of portable SQL statements and one set of migrations.
 //!
 //! Every change commits together with its audit rows, in one transaction that first locks the
-//! audit head, so the chain stays linear even with several brokers on one PostgreSQL.
+//! audit head, so the chain stays linear even with several brokers on one PostgreSQL. A write is
+//! acknowledged only after its COMMIT returned; a connection whose write failed is closed, never
+//! handed back to the pool in a state nobody knows (an open transaction there would make later
+//! "commits" on it vanish).
+//!
+//! At start, before any write, the database is checked against the audit anchor (a file the broker
+//! writes durably beside it): a database older than the anchor (lost WAL, a restored backup) makes
+//! the broker refuse to start unless the operator accepts the rollback, which is audited. The KEK
+//! is checked against a check value in the database.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
-use sqlx::{Any, AnyPool, Row, Transaction};
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyConnection, AnyPool, Row};
 use zeroize::Zeroizing;
 
 use crate::api::{AuditCheck, AuditRecord, GrantView, ModelView, RequestKeyView};
-use crate::error::KeysError;
-use crate::kek::KeyWrapper;
+use crate::error::{ErrorCode, KeysError};
+use crate::kek::{KekSource, KeyWrapper, check_value, opens_check, sync_dir};
 
 /// Which database the store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,22 +35,42 @@ pub enum Backend {
 
 /// Portable DDL (TEXT and BIGINT only, binary values as hex or base64), applied in order; the
 /// index of a statement list is its schema version.
-const MIGRATIONS: &[&[&str]] = &[&[
-    "CREATE TABLE IF NOT EXISTS users (id TEXT PRIMARY KEY, token_hash TEXT NOT NULL UNIQUE, created_at BIGINT NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS models (id TEXT PRIMARY KEY, owner TEXT NOT NULL, policy TEXT, \
+const MIGRATIONS: &[&[&str]] = &[
+    &[
+        "CREATE TABLE IF NOT EXISTS users (id TEXT PRIMARY KEY, token_hash TEXT NOT NULL UNIQUE, created_at BIGINT NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS models (id TEXT PRIMARY KEY, owner TEXT NOT NULL, policy TEXT, \
      current_version BIGINT NOT NULL, generation BIGINT NOT NULL, created_at BIGINT NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS model_keys (model TEXT NOT NULL, version BIGINT NOT NULL, wrapped TEXT NOT NULL, \
+        "CREATE TABLE IF NOT EXISTS model_keys (model TEXT NOT NULL, version BIGINT NOT NULL, wrapped TEXT NOT NULL, \
      created_at BIGINT NOT NULL, PRIMARY KEY (model, version))",
-    "CREATE TABLE IF NOT EXISTS grants (model TEXT NOT NULL, measurement TEXT NOT NULL, user_id TEXT NOT NULL, \
+        "CREATE TABLE IF NOT EXISTS grants (model TEXT NOT NULL, measurement TEXT NOT NULL, user_id TEXT NOT NULL, \
      granted_at BIGINT NOT NULL, revoked_at BIGINT, PRIMARY KEY (model, measurement, user_id))",
-    "CREATE TABLE IF NOT EXISTS request_keys (user_id TEXT NOT NULL, model TEXT NOT NULL, measurement TEXT NOT NULL, \
+        "CREATE TABLE IF NOT EXISTS request_keys (user_id TEXT NOT NULL, model TEXT NOT NULL, measurement TEXT NOT NULL, \
      wrapped TEXT NOT NULL, created_at BIGINT NOT NULL, PRIMARY KEY (user_id, model, measurement))",
-    "CREATE TABLE IF NOT EXISTS audit (seq BIGINT PRIMARY KEY, at_ms BIGINT NOT NULL, actor TEXT NOT NULL, \
+        "CREATE TABLE IF NOT EXISTS audit (seq BIGINT PRIMARY KEY, at_ms BIGINT NOT NULL, actor TEXT NOT NULL, \
      action TEXT NOT NULL, model TEXT NOT NULL, measurement TEXT NOT NULL, subject TEXT NOT NULL, \
      detail TEXT NOT NULL, mac TEXT NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS audit_head (id BIGINT PRIMARY KEY, seq BIGINT NOT NULL, mac TEXT NOT NULL)",
-    "INSERT INTO audit_head (id, seq, mac) VALUES (1, 0, '') ON CONFLICT (id) DO NOTHING",
-]];
+        "CREATE TABLE IF NOT EXISTS audit_head (id BIGINT PRIMARY KEY, seq BIGINT NOT NULL, mac TEXT NOT NULL)",
+        "INSERT INTO audit_head (id, seq, mac) VALUES (1, 0, '') ON CONFLICT (id) DO NOTHING",
+    ],
+    &[
+        "CREATE TABLE IF NOT EXISTS kek_check (id BIGINT PRIMARY KEY, sealed TEXT NOT NULL)",
+        "ALTER TABLE users ADD COLUMN admin BIGINT NOT NULL DEFAULT 0",
+        "CREATE TABLE IF NOT EXISTS invites (token_hash TEXT PRIMARY KEY, created_by TEXT NOT NULL, admin BIGINT NOT NULL, \
+     created_at BIGINT NOT NULL, expires_at BIGINT NOT NULL, used_by TEXT, used_at BIGINT)",
+    ],
+];
+
+/// How the store is opened, besides its URL and KEK.
+#[derive(Debug, Clone, Default)]
+pub struct StoreOptions {
+    /// The audit anchor file (in the broker's data folder); `None`: no anchor (no rollback check).
+    pub anchor: Option<PathBuf>,
+    /// Start on a database older than the anchor (lost WAL, a restored backup); the choice is
+    /// recorded in the audit log.
+    pub accept_rollback: bool,
+    /// Extra PRAGMAs run on every SQLite connection, e.g. `max_page_count = 500`.
+    pub sqlite_pragmas: Vec<String>,
+}
 
 /// One audit event before it is chained.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +100,8 @@ pub struct ModelRow {
 /// The database.
 #[derive(Debug, Clone)]
 pub struct Store {
+    /// The database URL without its password, for messages.
+    target: String,
     pool: AnyPool,
     backend: Backend,
     kek: Arc<dyn KeyWrapper>,
@@ -99,34 +130,112 @@ fn redact(url: &str) -> String {
     }
 }
 
-impl Store {
-    /// Opens (creating when needed) the database at `url`: `sqlite://path` or `postgres://…`.
-    /// `anchor` is a file for the audit head (the broker's data folder).
-    pub async fn open(url: &str, kek: Arc<dyn KeyWrapper>, anchor: Option<PathBuf>) -> Result<Store, KeysError> {
-        install_default_drivers();
-        let (backend, url) = if let Some(rest) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
-            if rest.is_empty() {
-                return Err(KeysError::invalid("--database sqlite:// needs a file path, e.g. sqlite://keys.db"));
+/// The SQLite file a `sqlite://` URL names (`None` for in-memory databases).
+fn sqlite_file(rest: &str) -> Option<PathBuf> {
+    let path = rest.split('?').next().unwrap_or(rest);
+    (!path.is_empty() && path != ":memory:" && !rest.contains("mode=memory")).then(|| PathBuf::from(path))
+}
+
+/// Creates the database file only its owner can read (SQLite gives its `-wal` and `-shm` files the
+/// same mode), or narrows an existing one that others could read.
+fn private_file(path: &std::path::Path) -> Result<(), KeysError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let io =
+        |e: std::io::Error| KeysError::unavailable(format!("cannot create the key database {}: {e}", path.display()));
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            for p in [path.to_owned(), path.with_extension("db-wal"), path.with_extension("db-shm")] {
+                if let Ok(m) = std::fs::metadata(&p)
+                    && m.permissions().mode() & 0o077 != 0
+                {
+                    tracing::warn!(path = %p.display(), "the key database was readable by others: narrowing it to its owner");
+                    let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600));
+                }
             }
-            let sep = if rest.contains('?') { '&' } else { '?' };
-            let url = if rest.contains("mode=") {
-                format!("sqlite://{rest}")
+            Ok(())
+        }
+        Err(e) => Err(io(e)),
+    }
+}
+
+/// Reads the anchor file: `None` when there is none.
+fn read_anchor(path: &std::path::Path) -> Result<Option<Head>, KeysError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let parsed = text.trim().split_once(' ').and_then(|(seq, mac)| {
+                let seq: i64 = seq.parse().ok()?;
+                (seq >= 0 && mac.len() <= 128 && mac.bytes().all(|b| b.is_ascii_hexdigit()))
+                    .then(|| Head { seq, mac: mac.to_owned() })
+            });
+            parsed.map(Some).ok_or_else(|| {
+                KeysError::new(
+                    ErrorCode::FailedPrecondition,
+                    format!(
+                        "the audit anchor {} is damaged; restore it from your backup (or remove it to trust the database as it is)",
+                        path.display()
+                    ),
+                )
+            })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(KeysError::unavailable(format!("cannot read the audit anchor {}: {e}", path.display()))),
+    }
+}
+
+/// Writes the anchor durably: a new private file, synced, renamed over the old one, and the
+/// folder synced, so a crash leaves the old anchor or the new one, whole.
+fn write_anchor_file(path: &std::path::Path, head: &Head) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+    f.write_all(format!("{} {}\n", head.seq, head.mac).as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    sync_dir(path);
+    Ok(())
+}
+
+impl Store {
+    /// Opens (creating when needed) the database at `url` (`sqlite://path` or `postgres://…`) with
+    /// the KEK from `kek`, after checking it against the anchor and the KEK against the database.
+    pub async fn open(url: &str, kek: &KekSource, options: StoreOptions) -> Result<Store, KeysError> {
+        install_default_drivers();
+        let (backend, url, file) =
+            if let Some(rest) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+                if rest.is_empty() {
+                    return Err(KeysError::invalid("--database sqlite:// needs a file path, e.g. sqlite://keys.db"));
+                }
+                let sep = if rest.contains('?') { '&' } else { '?' };
+                let url = if rest.contains("mode=") {
+                    format!("sqlite://{rest}")
+                } else {
+                    format!("sqlite://{rest}{sep}mode=rwc")
+                };
+                (Backend::Sqlite, url, sqlite_file(rest))
+            } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+                (Backend::Postgres, url.to_owned(), None)
             } else {
-                format!("sqlite://{rest}{sep}mode=rwc")
+                return Err(KeysError::invalid(format!(
+                    "unsupported --database {}: use sqlite://FILE or postgres://USER@HOST/DB",
+                    enclava_core::text::quote(&redact(url))
+                )));
             };
-            (Backend::Sqlite, url)
-        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            (Backend::Postgres, url.to_owned())
-        } else {
-            return Err(KeysError::invalid(format!(
-                "unsupported --database {:?}: use sqlite://FILE or postgres://USER@HOST/DB",
-                redact(url)
-            )));
-        };
+        if let Some(f) = &file {
+            private_file(f)?;
+        }
+        let target = redact(&url);
+        let pragmas = options.sqlite_pragmas.clone();
         let pool = AnyPoolOptions::new()
             .max_connections(if backend == Backend::Sqlite { 4 } else { 16 })
             .acquire_timeout(std::time::Duration::from_secs(5))
             .after_connect(move |conn, _| {
+                let pragmas = pragmas.clone();
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
                         // WAL lets readers run beside the writer; FULL syncs every commit, so
@@ -136,23 +245,138 @@ impl Store {
                         {
                             sqlx::query(pragma).execute(&mut *conn).await?;
                         }
+                        for p in &pragmas {
+                            sqlx::query(sqlx::AssertSqlSafe(format!("PRAGMA {p}"))).execute(&mut *conn).await?;
+                        }
                     }
                     Ok(())
                 })
             })
             .connect(&url)
             .await
-            .map_err(|e| {
-                KeysError::new(
-                    crate::error::ErrorCode::Unavailable,
-                    format!("cannot open the key database {}: {e}", redact(&url)),
-                )
-            })?;
-        let store =
-            Store { pool, backend, kek, anchor, anchor_seq: Arc::new(AtomicI64::new(0)), anchor_lock: Arc::default() };
-        store.migrate().await?;
-        tracing::info!(database = %redact(&url), ?backend, "key store open");
+            .map_err(|e| KeysError::unavailable(format!("cannot open the key database {target}: {e}")))?;
+
+        // Before any write: is this database older than the anchor says it must be?
+        let anchor = match &options.anchor {
+            Some(p) => read_anchor(p)?,
+            None => None,
+        };
+        let db_head = read_head(&pool).await?;
+        let rolled_back = match &anchor {
+            Some(a) if a.seq > db_head.seq => Some(format!(
+                "the key database {target} holds audit records up to {}, but this broker's anchor names record {}",
+                db_head.seq, a.seq
+            )),
+            Some(a) if a.seq > 0 && record_mac(&pool, a.seq).await?.as_deref() != Some(a.mac.as_str()) => {
+                Some(format!(
+                    "the key database {target} has another audit record {} than the one this broker's anchor names",
+                    a.seq
+                ))
+            }
+            _ => None,
+        };
+        if let (Some(what), false) = (&rolled_back, options.accept_rollback) {
+            pool.close().await;
+            return Err(KeysError::new(
+                ErrorCode::FailedPrecondition,
+                format!(
+                    "{what}: the database was rolled back (a lost or damaged WAL file, or a restored backup), and writes \
+                     acknowledged after record {} are missing. Restore the newest copy of the database, or start with \
+                     --accept-rollback to go on from this one (that choice is recorded in the audit log). Nothing was changed",
+                    db_head.seq
+                ),
+            ));
+        }
+
+        migrate(&pool).await?;
+        let empty = is_empty(&pool).await?;
+        let store = Store {
+            target,
+            kek: kek.open(empty)?,
+            pool,
+            backend,
+            anchor: options.anchor.clone(),
+            anchor_seq: Arc::new(AtomicI64::new(anchor.as_ref().map_or(0, |a| a.seq))),
+            anchor_lock: Arc::default(),
+        };
+        store.check_kek(kek, empty).await?;
+        tracing::info!(database = %store.target, ?backend, "key store open");
+
+        if let Some(what) = rolled_back {
+            tracing::warn!(%what, "starting on a rolled-back key database, as the operator asked (--accept-rollback)");
+            let e = entry(now_ms(), "operator", "accept-rollback", "", "", "", &what);
+            store.append_audit(&[e]).await?;
+            // The one time the anchor moves back: the operator said this database is the truth.
+            store.anchor_seq.store(0, Ordering::Relaxed);
+            store.force_anchor().await?;
+        } else if anchor.is_none() && store.anchor.is_some() && db_head.seq > 0 {
+            tracing::warn!(
+                anchor = ?store.anchor,
+                "no audit anchor beside a database with records: writing one now (a rollback before this start cannot be detected)"
+            );
+            store.force_anchor().await?;
+        }
         Ok(store)
+    }
+
+    /// Checks the KEK against the database's check value, writing one for a new database (or one
+    /// made before check values, after checking the KEK opens what is stored).
+    async fn check_kek(&self, source: &KekSource, empty: bool) -> Result<(), KeysError> {
+        let wrong = || {
+            KeysError::new(
+                ErrorCode::FailedPrecondition,
+                format!(
+                    "the key-encryption key from {} does not open the key database {}: it is not the key the database was \
+                     made with. Restore the original key (the kek.key file from your backup, or ENCLAVA_KEK) and start \
+                     again; nothing was changed",
+                    source.describe(),
+                    self.target
+                ),
+            )
+        };
+        let stored: Option<String> = sqlx::query("SELECT sealed FROM kek_check WHERE id = 1")
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| r.try_get(0))
+            .transpose()?;
+        match stored {
+            Some(v) if opens_check(self.kek.as_ref(), &v) => return Ok(()),
+            Some(_) => return Err(wrong()),
+            None => {}
+        }
+        if !empty && !self.kek_opens_existing().await? {
+            return Err(wrong());
+        }
+        sqlx::query("INSERT INTO kek_check (id, sealed) VALUES (1, $1) ON CONFLICT (id) DO NOTHING")
+            .bind(check_value(self.kek.as_ref())?)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// For a database made before check values: the KEK verifies its first audit record and opens
+    /// one stored key.
+    async fn kek_opens_existing(&self) -> Result<bool, KeysError> {
+        if let Some(r) = sqlx::query(
+            "SELECT seq, at_ms, actor, action, model, measurement, subject, detail, mac FROM audit ORDER BY seq LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?
+        {
+            let (seq, e) = audit_row(&r)?;
+            let mac: String = r.try_get(8)?;
+            if hex::encode(self.kek.audit_mac(&chain_bytes("", seq, &e))) != mac && seq == 1 {
+                return Ok(false);
+            }
+        }
+        if let Some(r) =
+            sqlx::query("SELECT model, version, wrapped FROM model_keys LIMIT 1").fetch_optional(&self.pool).await?
+        {
+            let (model, version): (String, i64) = (r.try_get(0)?, r.try_get(1)?);
+            let wrapped = hex::decode(r.try_get::<String, _>(2)?).unwrap_or_default();
+            return Ok(self.kek.try_unwrap(&model_key_context(&model, version as u64), &wrapped).is_some());
+        }
+        Ok(true)
     }
 
     pub fn backend(&self) -> Backend {
@@ -163,50 +387,24 @@ impl Store {
         self.kek.as_ref()
     }
 
-    async fn migrate(&self) -> Result<(), KeysError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)").execute(&mut *tx).await?;
-        let current: i64 = sqlx::query("SELECT COALESCE(MAX(version), 0) FROM schema_version")
-            .fetch_one(&mut *tx)
-            .await?
-            .try_get(0)?;
-        if current as usize > MIGRATIONS.len() {
-            return Err(KeysError::internal(format!(
-                "the key database has schema version {current}, newer than this broker knows ({}); upgrade enclava",
-                MIGRATIONS.len()
-            )));
-        }
-        for (i, statements) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-            for s in statements.iter() {
-                sqlx::query(*s).execute(&mut *tx).await?;
-            }
-            sqlx::query("INSERT INTO schema_version (version) VALUES ($1)")
-                .bind(i as i64 + 1)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// Starts a write: a transaction holding the audit head's lock.
-    async fn begin_write(&self) -> Result<(Transaction<'static, Any>, Head), KeysError> {
-        let mut tx = self.pool.begin().await?;
-        // A write first, so SQLite takes its write lock now (waiting politely) and PostgreSQL
-        // locks the head row: writers queue here, and the chain stays linear.
-        sqlx::query("UPDATE audit_head SET seq = seq WHERE id = 1").execute(&mut *tx).await?;
-        let row = sqlx::query("SELECT seq, mac FROM audit_head WHERE id = 1").fetch_one(&mut *tx).await?;
+    /// Starts a write: a transaction holding the audit head's lock (SQLite's write lock, taken at
+    /// BEGIN; PostgreSQL's row lock on the head), so writers queue here and the chain stays linear.
+    async fn begin_write(&self) -> Result<(Write, Head), KeysError> {
+        let conn = self.pool.acquire().await?;
+        let mut w = Write { conn, committed: false };
+        let begin = if self.backend == Backend::Sqlite { "BEGIN IMMEDIATE" } else { "BEGIN" };
+        sqlx::query(begin).execute(&mut *w).await?;
+        let lock = if self.backend == Backend::Sqlite { "" } else { " FOR UPDATE" };
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT seq, mac FROM audit_head WHERE id = 1{lock}")))
+            .fetch_one(&mut *w)
+            .await?;
         let head = Head { seq: row.try_get(0)?, mac: row.try_get(1)? };
-        Ok((tx, head))
+        Ok((w, head))
     }
 
-    /// Appends `entries` to the chain inside `tx` and commits.
-    async fn commit_with_audit(
-        &self,
-        mut tx: Transaction<'static, Any>,
-        mut head: Head,
-        entries: &[AuditEntry],
-    ) -> Result<(), KeysError> {
+    /// Appends `entries` to the chain inside `w` and commits. Acknowledged only once COMMIT
+    /// returned; the anchor follows after.
+    async fn commit_with_audit(&self, mut w: Write, mut head: Head, entries: &[AuditEntry]) -> Result<(), KeysError> {
         for e in entries {
             let seq = head.seq + 1;
             let mac = hex::encode(self.kek.audit_mac(&chain_bytes(&head.mac, seq, e)));
@@ -223,37 +421,43 @@ impl Store {
             .bind(&e.subject)
             .bind(&e.detail)
             .bind(&mac)
-            .execute(&mut *tx)
+            .execute(&mut *w)
             .await?;
             head = Head { seq, mac };
         }
         sqlx::query("UPDATE audit_head SET seq = $1, mac = $2 WHERE id = 1")
             .bind(head.seq)
             .bind(&head.mac)
-            .execute(&mut *tx)
+            .execute(&mut *w)
             .await?;
-        tx.commit().await?;
-        self.write_anchor(&head);
+        w.commit().await?;
+        self.write_anchor(&head, false);
         Ok(())
     }
 
-    /// Records the head in the anchor file, at most every 100 ms (a file rename per release would
-    /// cost more than the release): a rollback of more than the last 100 ms is always caught.
-    fn write_anchor(&self, head: &Head) {
+    /// Records the head in the anchor file, durably, at most every 100 ms unless `force` (a file
+    /// sync per release would cost more than the release): a rollback of more than the last
+    /// 100 ms is always caught. The anchor never moves back.
+    fn write_anchor(&self, head: &Head, force: bool) {
         let Some(path) = &self.anchor else { return };
         let mut last = self.anchor_lock.lock().unwrap_or_else(|p| p.into_inner());
         if head.seq <= self.anchor_seq.load(Ordering::Relaxed)
-            || last.is_some_and(|t: std::time::Instant| t.elapsed() < std::time::Duration::from_millis(100))
+            || (!force && last.is_some_and(|t: std::time::Instant| t.elapsed() < std::time::Duration::from_millis(100)))
         {
             return;
         }
         *last = Some(std::time::Instant::now());
-        let tmp = path.with_extension("tmp");
-        let text = format!("{} {}\n", head.seq, head.mac);
-        match std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, path)) {
+        match write_anchor_file(path, head) {
             Ok(()) => self.anchor_seq.store(head.seq, Ordering::Relaxed),
-            Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot write the audit anchor"),
+            Err(e) => tracing::error!(path = %path.display(), error = %e, "cannot write the audit anchor"),
         }
+    }
+
+    /// Writes the anchor for the database's current head now.
+    async fn force_anchor(&self) -> Result<(), KeysError> {
+        let head = read_head(&self.pool).await?;
+        self.write_anchor(&head, true);
+        Ok(())
     }
 
     /// Appends audit entries on their own (releases and denials), as one commit.
@@ -262,17 +466,89 @@ impl Store {
         self.commit_with_audit(tx, head, entries).await
     }
 
-    pub async fn create_user(&self, id: &str, token_hash: &str) -> Result<(), KeysError> {
+    /// Creates a user. With `invite` (an invite token's hash) the invite is used up in the same
+    /// transaction, and an admin invite makes an administrator.
+    pub async fn create_user(&self, id: &str, token_hash: &str, invite: Option<&str>) -> Result<bool, KeysError> {
         let now = now_ms();
         let (mut tx, head) = self.begin_write().await?;
-        sqlx::query("INSERT INTO users (id, token_hash, created_at) VALUES ($1, $2, $3)")
+        let mut admin = false;
+        if let Some(invite) = invite {
+            let row =
+                sqlx::query("SELECT admin FROM invites WHERE token_hash = $1 AND used_by IS NULL AND expires_at > $2")
+                    .bind(invite)
+                    .bind(now)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let Some(row) = row else {
+                return Err(KeysError::forbidden(
+                    "this invite is unknown, used or expired: ask an administrator for a new one",
+                ));
+            };
+            admin = row.try_get::<i64, _>(0)? != 0;
+            sqlx::query("UPDATE invites SET used_by = $1, used_at = $2 WHERE token_hash = $3")
+                .bind(id)
+                .bind(now)
+                .bind(invite)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("INSERT INTO users (id, token_hash, created_at, admin) VALUES ($1, $2, $3, $4)")
             .bind(id)
             .bind(token_hash)
             .bind(now)
+            .bind(i64::from(admin))
             .execute(&mut *tx)
             .await?;
-        let entry = entry(now, id, "register", "", "", id, "");
-        self.commit_with_audit(tx, head, &[entry]).await
+        let detail = match (invite, admin) {
+            (None, _) => "",
+            (Some(_), false) => "with an invite",
+            (Some(_), true) => "with an administrator invite",
+        };
+        self.commit_with_audit(tx, head, &[entry(now, id, "register", "", "", id, detail)]).await?;
+        Ok(admin)
+    }
+
+    /// Stores a one-time invite (by its hash) made by `by` (a user id, or `operator`).
+    pub async fn create_invite(
+        &self,
+        by: &str,
+        token_hash: &str,
+        admin: bool,
+        expires_at: i64,
+    ) -> Result<(), KeysError> {
+        let now = now_ms();
+        let (mut tx, head) = self.begin_write().await?;
+        if by == "operator" {
+            // A new bootstrap invite replaces the unused ones before it.
+            sqlx::query("DELETE FROM invites WHERE created_by = 'operator' AND used_by IS NULL")
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query(
+            "INSERT INTO invites (token_hash, created_by, admin, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(token_hash)
+        .bind(by)
+        .bind(i64::from(admin))
+        .bind(now)
+        .bind(expires_at)
+        .execute(&mut *tx)
+        .await?;
+        let detail = if admin { "administrator invite" } else { "invite" };
+        self.commit_with_audit(tx, head, &[entry(now, by, "invite", "", "", "", detail)]).await
+    }
+
+    /// Whether `user` is an administrator.
+    pub async fn is_admin(&self, user: &str) -> Result<bool, KeysError> {
+        let row = sqlx::query("SELECT admin FROM users WHERE id = $1").bind(user).fetch_optional(&self.pool).await?;
+        Ok(row.map(|r| r.try_get::<i64, _>(0)).transpose()?.is_some_and(|a| a != 0))
+    }
+
+    /// Whether any administrator exists.
+    pub async fn has_admin(&self) -> Result<bool, KeysError> {
+        let n: i64 =
+            sqlx::query("SELECT COUNT(*) FROM users WHERE admin <> 0").fetch_one(&self.pool).await?.try_get(0)?;
+        Ok(n > 0)
     }
 
     pub async fn user_by_token_hash(&self, token_hash: &str) -> Result<Option<String>, KeysError> {
@@ -365,10 +641,10 @@ impl Store {
         Ok(version as u64)
     }
 
-    async fn owned(tx: &mut Transaction<'static, Any>, user: &str, model: &str) -> Result<(), KeysError> {
+    async fn owned(conn: &mut AnyConnection, user: &str, model: &str) -> Result<(), KeysError> {
         let owner: Option<String> = sqlx::query("SELECT owner FROM models WHERE id = $1")
             .bind(model)
-            .fetch_optional(&mut **tx)
+            .fetch_optional(conn)
             .await?
             .map(|r| r.try_get(0))
             .transpose()?;
@@ -562,10 +838,10 @@ impl Store {
     pub async fn verify_audit(&self) -> Result<AuditCheck, KeysError> {
         let head_row = sqlx::query("SELECT seq, mac FROM audit_head WHERE id = 1").fetch_one(&self.pool).await?;
         let head = Head { seq: head_row.try_get(0)?, mac: head_row.try_get(1)? };
-        let anchor = self.anchor.as_ref().and_then(|p| std::fs::read_to_string(p).ok()).and_then(|t| {
-            let (seq, mac) = t.trim().split_once(' ')?;
-            Some(Head { seq: seq.parse().ok()?, mac: mac.to_owned() })
-        });
+        let anchor = match &self.anchor {
+            Some(p) => read_anchor(p)?,
+            None => None,
+        };
         let rows = sqlx::query(
             "SELECT seq, at_ms, actor, action, model, measurement, subject, detail, mac FROM audit ORDER BY seq",
         )
@@ -611,15 +887,22 @@ impl Store {
             ));
         }
         // A verified head is a safe anchor: later rollbacks below it are caught.
-        if let Some(path) = &self.anchor {
-            let _ = std::fs::write(path, format!("{} {}\n", head.seq, head.mac));
-            self.anchor_seq.fetch_max(head.seq, Ordering::Relaxed);
-        }
+        self.write_anchor(&head, true);
         Ok(AuditCheck { ok: true, records: rows.len() as i64, problem: None })
     }
 
-    /// Closes the pool (tests, shutdown).
+    /// Closes the store on shutdown: the anchor brought up to date, SQLite's WAL checkpointed
+    /// into the database file (so the file alone is a whole copy), then the pool closed.
     pub async fn close(&self) {
+        if let Err(e) = self.force_anchor().await {
+            tracing::warn!(error = %e, "cannot update the audit anchor at shutdown");
+        }
+        if self.backend == Backend::Sqlite {
+            match sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&self.pool).await {
+                Ok(_) => tracing::info!("key database checkpointed"),
+                Err(e) => tracing::warn!(error = %e, "cannot checkpoint the key database's WAL"),
+            }
+        }
         self.pool.close().await;
     }
 }
@@ -628,6 +911,105 @@ impl Store {
 struct Head {
     seq: i64,
     mac: String,
+}
+
+/// A write transaction on one pooled connection, begun and committed by hand. Dropped without a
+/// successful commit (any error on the way), its connection is closed rather than returned to the
+/// pool: closing rolls the transaction back, and no connection in an unknown state is reused.
+struct Write {
+    conn: PoolConnection<Any>,
+    committed: bool,
+}
+
+impl Write {
+    async fn commit(&mut self) -> Result<(), KeysError> {
+        sqlx::query("COMMIT").execute(&mut *self.conn).await?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for Write {
+    type Target = AnyConnection;
+    fn deref(&self) -> &AnyConnection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for Write {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        &mut self.conn
+    }
+}
+
+impl Drop for Write {
+    fn drop(&mut self) {
+        if !self.committed {
+            self.conn.close_on_drop();
+        }
+    }
+}
+
+/// Applies the migrations not applied yet, in one transaction.
+async fn migrate(pool: &AnyPool) -> Result<(), KeysError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)").execute(&mut *tx).await?;
+    let current: i64 =
+        sqlx::query("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetch_one(&mut *tx).await?.try_get(0)?;
+    if current as usize > MIGRATIONS.len() {
+        return Err(KeysError::internal(format!(
+            "the key database has schema version {current}, newer than this broker knows ({}); upgrade enclava",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, statements) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        for s in statements.iter() {
+            sqlx::query(*s).execute(&mut *tx).await?;
+        }
+        sqlx::query("INSERT INTO schema_version (version) VALUES ($1)").bind(i as i64 + 1).execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Whether the database holds nothing yet (no users, models, audit records or KEK check).
+async fn is_empty(pool: &AnyPool) -> Result<bool, KeysError> {
+    let n: i64 = sqlx::query(
+        "SELECT (SELECT COUNT(*) FROM users) + (SELECT COUNT(*) FROM models) + (SELECT COUNT(*) FROM audit) \
+         + (SELECT COUNT(*) FROM kek_check)",
+    )
+    .fetch_one(pool)
+    .await?
+    .try_get(0)?;
+    Ok(n == 0)
+}
+
+/// The audit head; record 0 for a database without the table yet (a new one).
+async fn read_head(pool: &AnyPool) -> Result<Head, KeysError> {
+    match sqlx::query("SELECT seq, mac FROM audit_head WHERE id = 1").fetch_optional(pool).await {
+        Ok(Some(r)) => Ok(Head { seq: r.try_get(0)?, mac: r.try_get(1)? }),
+        Ok(None) => Ok(Head { seq: 0, mac: String::new() }),
+        // No table: a database this broker has not set up yet.
+        Err(sqlx::Error::Database(e))
+            if e.message().contains("no such table") || e.code().as_deref() == Some("42P01") =>
+        {
+            Ok(Head { seq: 0, mac: String::new() })
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The MAC of audit record `seq`, if the database has it.
+async fn record_mac(pool: &AnyPool, seq: i64) -> Result<Option<String>, KeysError> {
+    match sqlx::query("SELECT mac FROM audit WHERE seq = $1").bind(seq).fetch_optional(pool).await {
+        Ok(r) => Ok(r.map(|r| r.try_get(0)).transpose()?),
+        Err(sqlx::Error::Database(e))
+            if e.message().contains("no such table") || e.code().as_deref() == Some("42P01") =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// An audit row selected as `seq, at_ms, actor, action, model, measurement, subject, detail, …`.
@@ -658,8 +1040,8 @@ fn chain_bytes(prev_mac: &str, seq: i64, e: &AuditEntry) -> Vec<u8> {
     out
 }
 
-async fn bump(tx: &mut Transaction<'static, Any>, model: &str) -> Result<(), KeysError> {
-    sqlx::query("UPDATE models SET generation = generation + 1 WHERE id = $1").bind(model).execute(&mut **tx).await?;
+async fn bump(conn: &mut AnyConnection, model: &str) -> Result<(), KeysError> {
+    sqlx::query("UPDATE models SET generation = generation + 1 WHERE id = $1").bind(model).execute(conn).await?;
     Ok(())
 }
 

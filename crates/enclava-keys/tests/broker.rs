@@ -29,8 +29,8 @@ async fn suite(url: &str) {
     let dir = tempfile::tempdir().expect("tmp");
     let b = open(url, dir.path(), Duration::from_secs(60)).await;
     let sim = Sim::new();
-    let (alice, alice_token) = b.register().await.expect("register");
-    let (bob, _) = b.register().await.expect("register");
+    let (alice, alice_token) = b.register(None).await.expect("register");
+    let (bob, _) = b.register(None).await.expect("register");
     assert_eq!(b.authenticate(&alice_token).await.expect("auth"), alice);
     assert_eq!(code(b.authenticate("ekt_nope").await), ErrorCode::Unauthenticated);
 
@@ -64,8 +64,12 @@ async fn suite(url: &str) {
     assert!(KeyPair::generate().open(payload::INFO, &payload::aad(&req.nonce, "acme/m"), &r.sealed).is_err());
 
     // Every refusal, each with its class for the node and its reason in the audit log.
+    // A call without a valid challenge (here a replay) is refused and counted, never audited:
+    // anyone can send those, and they must not fill the log.
+    let rows = b.verify_audit().await.expect("verify").records;
     assert_eq!(code(b.release(req.clone()).await), ErrorCode::FailedPrecondition, "replayed nonce");
-    assert!(audit_has(&b, &alice, "deny", "nonce: unknown or already used").await);
+    assert_eq!(b.verify_audit().await.expect("verify").records, rows, "no audit row for a call without a challenge");
+    assert!(!audit_has(&b, &alice, "deny", "nonce").await);
 
     let (mut other_key, _) = request(&b, &sim, M1, "acme/m", &[]);
     other_key.public_key = KeyPair::generate().public().to_vec();
@@ -94,7 +98,7 @@ async fn suite(url: &str) {
     assert!(audit_has(&b, &alice, "deny", "does not allow platform sim").await);
 
     // Request keys need the user's own grant.
-    let (carol, _) = b.register().await.expect("register");
+    let (carol, _) = b.register(None).await.expect("register");
     let (for_carol, _) = request(&b, &sim, M1, "acme/m", &[&carol]);
     assert_eq!(code(b.release(for_carol).await), ErrorCode::PermissionDenied);
 
@@ -170,7 +174,7 @@ async fn suite_deletions(url: &str, dir: &Path) {
     sqlx::query("UPDATE audit_head SET seq = 0, mac = ''").execute(&pool).await.expect("clear");
     let b = open(url, dir, Duration::from_secs(60)).await;
     for _ in 0..6 {
-        b.register().await.expect("register");
+        b.register(None).await.expect("register");
     }
     assert!(b.verify_audit().await.expect("verify").ok);
     // Tail rows and the head rolled back together: only the anchor catches it.
@@ -211,17 +215,25 @@ async fn conformance_postgres() {
 }
 
 #[tokio::test]
-async fn expired_nonce_is_refused_and_audited() {
+async fn expired_nonce_is_refused_and_counted() {
     let dir = tempfile::tempdir().expect("tmp");
     let b = open(&format!("sqlite://{}/k.db", dir.path().display()), dir.path(), Duration::from_millis(50)).await;
     let sim = Sim::new();
-    let (alice, _) = b.register().await.expect("register");
+    let (alice, _) = b.register(None).await.expect("register");
     b.put_model_key(&alice, "m", &MODEL_KEY, Some(&sim.policy()), false).await.expect("key");
     b.grant(&alice, "m", &hexm(&M1), &alice).await.expect("grant");
     let (req, _) = request(&b, &sim, M1, "m", &[]);
     tokio::time::sleep(Duration::from_millis(120)).await;
     assert_eq!(code(b.release(req).await), ErrorCode::FailedPrecondition);
-    assert!(audit_has(&b, &alice, "deny", "nonce: expired").await);
+    assert!(!audit_has(&b, &alice, "deny", "nonce").await, "counted, not audited");
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &{
+        let mut r = prometheus_client::registry::Registry::default();
+        b.metrics().register(&mut r);
+        r
+    })
+    .expect("metrics");
+    assert!(text.contains(r#"releases_total{outcome="nonce"} 1"#), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -230,7 +242,7 @@ async fn many_nodes_at_once_and_concurrent_replays() {
     let b =
         Arc::new(open(&format!("sqlite://{}/k.db", dir.path().display()), dir.path(), Duration::from_secs(60)).await);
     let sim = Arc::new(Sim::new());
-    let (alice, _) = b.register().await.expect("register");
+    let (alice, _) = b.register(None).await.expect("register");
     b.put_model_key(&alice, "m", &MODEL_KEY, Some(&sim.policy()), false).await.expect("key");
     b.grant(&alice, "m", &hexm(&M1), &alice).await.expect("grant");
 
@@ -299,7 +311,7 @@ async fn real_sgx_tdx_and_snp_samples_are_judged_by_grants_on_their_measurement(
     ];
     let dir = tempfile::tempdir().expect("tmp");
     let b = open(&format!("sqlite://{}/k.db", dir.path().display()), dir.path(), Duration::from_secs(60)).await;
-    let (alice, _) = b.register().await.expect("register");
+    let (alice, _) = b.register(None).await.expect("register");
     // The SGX sample's TCB needs its advisories accepted; the policy says so explicitly.
     let policy = "[sgx]\nany_measurement = true\ntcb_statuses = [\"UpToDate\", \"ConfigurationAndSWHardeningNeeded\"]\n\
                   allowed_advisories = [\"INTEL-SA-00289\", \"INTEL-SA-00615\"]\n[tdx]\nany_measurement = true\n\

@@ -37,7 +37,7 @@ fn no_key_material_in_logs_or_debug_output() {
             let dir = tempfile::tempdir().expect("tmp");
             let b = open(&format!("sqlite://{}/k.db", dir.path().display()), dir.path(), Duration::from_secs(60)).await;
             let sim = Sim::new();
-            let (alice, _) = b.register().await.expect("register");
+            let (alice, _) = b.register(None).await.expect("register");
             b.put_model_key(&alice, "m", &MODEL_KEY, Some(&sim.policy()), false).await.expect("key");
             b.grant(&alice, "m", &hexm(&M1), &alice).await.expect("grant");
             b.put_request_key(&alice, "m", &hexm(&M1), &REQUEST_KEY).await.expect("rk");

@@ -53,7 +53,7 @@ impl Env {
         let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new(Keys::new("enclava", "enclava").expect("keys")));
         let config =
             BrokerConfig::new(format!("sqlite://{}/keys.db?mode=rwc", dir.path().display()), dir.path().join("keys"));
-        let kek = Arc::new(LocalKek::from_bytes(&[9; 32], "test"));
+        let kek = enclava_keys::KekSource::Key(Arc::new(LocalKek::from_bytes(&[9; 32], "test")));
         let broker = Arc::new(Broker::open(config, kek, Arc::new(KeysMetrics::new())).await.expect("broker opens"));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
@@ -65,7 +65,7 @@ impl Env {
         let root = SimRoot::generate().expect("root");
         let root_dir = dir.path().join("sim-root");
         root.save(&root_dir).expect("save root");
-        let (owner, _) = broker.register().await.expect("register");
+        let (owner, _) = broker.register(None).await.expect("register");
         let blobs = dir.path().join("blobs");
         Env { registry, url, broker, owner, root, root_dir, blobs, dir, _stop: stop }
     }
@@ -567,7 +567,7 @@ async fn logs_carry_no_keys_inputs_or_outputs() {
 
 /// A user who uploaded a request key for `model` on `measurement`; granted by the owner if `grant`.
 async fn serverless_user(env: &Env, model: &str, measurement: &str, grant: bool) -> infer::UserKey {
-    let (user, _) = env.broker.register().await.expect("register");
+    let (user, _) = env.broker.register(None).await.expect("register");
     let mut key = [0u8; 32];
     rand_key(&mut key);
     env.broker.put_request_key(&user, model, measurement, &key).await.expect("request key");
@@ -626,7 +626,7 @@ async fn serverless_requests_open_only_on_nodes_granted_for_the_user() {
         .expect_err("wrong key");
     assert!(matches!(&err, infer::ServerlessError::Refused { code, .. } if code == "tampered"), "{err}");
     // A user with no request key at all, and a user id that is not one.
-    let (carol, _) = env.broker.register().await.expect("register");
+    let (carol, _) = env.broker.register(None).await.expect("register");
     let carol = infer::UserKey::new(carol, &measurement(), &[4; 32]);
     let (req, _) = infer::seal_serverless(&carol, "acme/tiny", &x).expect("seal");
     let (status, body) = post(node.addr(), infer::PATH, &req).await;

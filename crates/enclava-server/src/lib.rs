@@ -112,12 +112,17 @@ pub async fn serve(
         axum::serve::ListenerExt::tap_io(listener, |tcp| {
             let _ = tcp.set_nodelay(true);
         }),
-        router,
+        // Callers' addresses reach the handlers (per-source rate limits).
+        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown)
     .await;
     for task in background {
         task.abort();
+    }
+    if let Some(broker) = &roles.keys {
+        // In-flight requests are done: bring the audit anchor up to date and checkpoint the WAL.
+        broker.shutdown().await;
     }
     tracing::info!("server stopped");
     result

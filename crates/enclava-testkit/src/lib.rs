@@ -315,9 +315,14 @@ impl PgCluster {
             .spawn()
             .map_err(|e| format!("cannot start postgres: {e}"))?;
         self.child = Some(child);
-        let port = self.port;
+        // Listening is not enough: it refuses logins while it starts up. pg_isready says when.
+        let (port, isready) = (self.port.to_string(), self.bin.join("pg_isready"));
         let started = wait_until("PostgreSQL to accept connections", || {
-            TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)).is_ok()
+            Command::new(&isready)
+                .args(["-q", "-h", "127.0.0.1", "-p", &port, "-U", "postgres"])
+                .stdin(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
         });
         if started.is_err() {
             self.stop();

@@ -91,10 +91,14 @@ pub async fn keys(a: KeysBenchArgs) -> anyhow::Result<ExitCode> {
 
     // The broker, served over gRPC on loopback.
     let database = a.database.clone().unwrap_or_else(|| format!("sqlite://{}/keys.db", tmp.path().display()));
-    let kek = Arc::new(LocalKek::from_bytes(&[5; 32], "bench"));
-    let broker =
-        Arc::new(Broker::open(BrokerConfig::new(database, tmp.path()), kek, Arc::new(KeysMetrics::new())).await?);
-    let (owner, _) = broker.register().await?;
+    let kek = enclava_keys::KekSource::Key(Arc::new(LocalKek::from_bytes(&[5; 32], "bench")));
+    let broker = {
+        // A benchmark drives the broker from one address as fast as it can: no per-source limit.
+        let mut config = BrokerConfig::new(database, tmp.path());
+        config.release_per_second = 0;
+        Arc::new(Broker::open(config, kek, Arc::new(KeysMetrics::new())).await?)
+    };
+    let (owner, _) = broker.register(None).await?;
     broker.put_model_key(&owner, "bench/model", &[9; 32], Some(&policy), false).await?;
     broker.grant(&owner, "bench/model", &hex::encode(MEASUREMENT), &owner).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

@@ -153,10 +153,14 @@ pub async fn serving(a: ServingArgs) -> anyhow::Result<ExitCode> {
     // The sealed path: manager + key broker + one sim node serving the encrypted model.
     let registry: Arc<dyn Registry> =
         Arc::new(MemoryRegistry::new(Keys::new("enclava", "enclava").map_err(anyhow::Error::msg)?));
-    let kek = Arc::new(LocalKek::from_bytes(&[6; 32], "bench"));
+    let kek = enclava_keys::KekSource::Key(Arc::new(LocalKek::from_bytes(&[6; 32], "bench")));
     let db = format!("sqlite://{}/keys.db", tmp.path().display());
-    let broker =
-        Arc::new(Broker::open(BrokerConfig::new(db, tmp.path().join("srv")), kek, Arc::new(KeysMetrics::new())).await?);
+    let broker = {
+        // A benchmark drives the broker from one address as fast as it can: no per-source limit.
+        let mut config = BrokerConfig::new(db, tmp.path().join("srv"));
+        config.release_per_second = 0;
+        Arc::new(Broker::open(config, kek, Arc::new(KeysMetrics::new())).await?)
+    };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -167,7 +171,7 @@ pub async fn serving(a: ServingArgs) -> anyhow::Result<ExitCode> {
     let root_dir = tmp.path().join("root");
     let root = SimRoot::load_or_init(&root_dir).map_err(anyhow::Error::msg)?;
     let policy_text = format!("[sim]\nroot = \"{}\"\nany_measurement = true\n", root.public().to_hex());
-    let (owner, _) = broker.register().await?;
+    let (owner, _) = broker.register(None).await?;
     broker.put_model_key(&owner, "bench/mobilenet", key.as_bytes(), Some(&policy_text), false).await?;
     let blobs = tmp.path().join("blobs");
     FolderStore::new(&blobs)

@@ -106,6 +106,21 @@ pub struct ServerArgs {
     /// Intel collateral for DCAP quotes in releases: a collateral.json or a folder of PCS responses
     #[arg(long, env = "ENCLAVA_COLLATERAL")]
     pub collateral: Option<PathBuf>,
+    /// Who may register with the key broker: open (anyone, rate-limited), invite (one-time invites
+    /// from an administrator; the first one is written to DATA_DIR/admin-invite), closed [default: open]
+    #[arg(long, env = "ENCLAVA_REGISTRATION")]
+    pub registration: Option<String>,
+    /// Registrations per source address per minute; 0 turns the limit off [default: 10]
+    #[arg(long, env = "ENCLAVA_REGISTER_RATE")]
+    pub register_rate: Option<u32>,
+    /// Key-release challenges and releases per source address per second; 0 turns the limit off [default: 100]
+    #[arg(long, env = "ENCLAVA_RELEASE_RATE")]
+    pub release_rate: Option<u32>,
+    /// Start the key broker on a database older than its audit anchor (after a lost WAL or a
+    /// restored backup); the choice is recorded in the audit log
+    #[arg(long, env = "ENCLAVA_ACCEPT_ROLLBACK")]
+    #[serde(default)]
+    pub accept_rollback: bool,
 }
 
 /// `enclava node`

@@ -90,7 +90,7 @@ pub async fn dev(a: DevArgs) -> anyhow::Result<ExitCode> {
     let config_dir = dir.join("config");
     let user = match crate::keys_cli::session(&url, &config_dir) {
         Ok((_, user)) => user,
-        Err(_) => crate::keys_cli::register(&url, &config_dir).await?,
+        Err(_) => crate::keys_cli::register(&url, &config_dir, None).await?,
     };
     println!("      user {user}; credential in {}", config_dir.join("credentials.json").display());
 

@@ -36,7 +36,18 @@ pub struct KeysArgs {
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
     /// Create a new user identity on the broker and keep its credential; prints the user id.
-    Register,
+    Register {
+        /// A one-time invite (where the broker registers by invite; an administrator invite, such
+        /// as the one in the broker's DATA_DIR/admin-invite, makes an administrator)
+        #[arg(long, env = "ENCLAVA_INVITE")]
+        invite: Option<String>,
+    },
+    /// Make a one-time invite for a new user (administrators only); prints it once.
+    Invite {
+        /// The invite makes an administrator
+        #[arg(long)]
+        admin: bool,
+    },
     /// Print this identity's user id.
     Whoami,
     /// Upload a model key (or generate one), as the model's new version; the first uploader owns the model.
@@ -240,7 +251,7 @@ pub(crate) fn credentials_dir(
 }
 
 /// Registers a new identity on `server` and keeps its credential in `dir`; returns the user id.
-pub(crate) async fn register(server: &str, dir: &Path) -> anyhow::Result<String> {
+pub(crate) async fn register(server: &str, dir: &Path, invite: Option<&str>) -> anyhow::Result<String> {
     let server = server.trim_end_matches('/').to_owned();
     let mut creds = read_credentials(dir)?;
     if let Some(c) = creds.get(&server) {
@@ -249,7 +260,8 @@ pub(crate) async fn register(server: &str, dir: &Path) -> anyhow::Result<String>
             c.user_id
         );
     }
-    let r: Registered = Rest::new(&server, None).call(hyper::Method::POST, "/v1/users", None).await?;
+    let body = invite.map(|i| serde_json::json!({ "invite": i.trim() }));
+    let r: Registered = Rest::new(&server, None).call(hyper::Method::POST, "/v1/users", body).await?;
     creds.insert(server, Credential { user_id: r.user_id.clone(), token: r.token });
     let json = Zeroizing::new(serde_json::to_vec_pretty(&creds)?);
     write_private(&credentials_path(dir), &json)?;
@@ -294,8 +306,8 @@ pub(crate) fn session(server: &str, dir: &Path) -> anyhow::Result<(Rest, String)
 pub async fn run(a: KeysArgs, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<ExitCode> {
     let dir = credentials_dir(a.config_dir.as_deref(), env)?;
     let server = a.server.trim_end_matches('/').to_owned();
-    if let KeysCommand::Register = a.command {
-        let user = register(&server, &dir).await?;
+    if let KeysCommand::Register { invite } = &a.command {
+        let user = register(&server, &dir, invite.as_deref()).await?;
         println!("{user}");
         eprintln!("registered; credential kept in {}", credentials_path(&dir).display());
         return Ok(ExitCode::SUCCESS);
@@ -303,7 +315,16 @@ pub async fn run(a: KeysArgs, env: &dyn Fn(&str) -> Option<String>) -> anyhow::R
     let (rest, _) = session(&server, &dir)?;
     use hyper::Method;
     match a.command {
-        KeysCommand::Register => unreachable!("handled above"),
+        KeysCommand::Register { .. } => unreachable!("handled above"),
+        KeysCommand::Invite { admin } => {
+            let i: Invite = rest.call(Method::POST, "/v1/invites", Some(serde_json::json!({ "admin": admin }))).await?;
+            println!("{}", i.token);
+            eprintln!(
+                "one-time {}invite, valid until {}: `enclava keys register --invite TOKEN`",
+                if admin { "administrator " } else { "" },
+                enclava_attest::time::format_rfc3339(i.expires_at_ms / 1000)
+            );
+        }
         KeysCommand::Whoami => {
             let w: WhoAmI = rest.call(Method::GET, "/v1/users/me", None).await?;
             println!("{}", w.user_id);

@@ -155,14 +155,11 @@ pub(crate) async fn open_broker(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> anyhow::Result<enclava_keys::Broker> {
     let database = a.database.clone().unwrap_or_else(|| format!("sqlite://{}", data_dir.join("keys.db").display()));
-    let kek: Arc<dyn enclava_keys::KeyWrapper> = Arc::new(
-        if env("ENCLAVA_KEK").is_some() {
-            enclava_keys::KekSource::Env("ENCLAVA_KEK".into())
-        } else {
-            enclava_keys::KekSource::File(a.kek_file.clone().unwrap_or_else(|| data_dir.join("kek.key")))
-        }
-        .open()?,
-    );
+    let kek = if env("ENCLAVA_KEK").is_some() {
+        enclava_keys::KekSource::Env("ENCLAVA_KEK".into())
+    } else {
+        enclava_keys::KekSource::File(a.kek_file.clone().unwrap_or_else(|| data_dir.join("kek.key")))
+    };
     let mut config = enclava_keys::BrokerConfig::new(database, data_dir);
     if let Some(p) = &a.policy {
         config.default_policy = Some(enclava_attest::Policy::load(p).map_err(anyhow::Error::msg)?);
@@ -170,6 +167,16 @@ pub(crate) async fn open_broker(
     if let Some(c) = &a.collateral {
         config.collateral = Some(Arc::new(enclava_collateral::FolderSource { dcap: Some(c.clone()), amd: None }));
     }
+    if let Some(r) = &a.registration {
+        config.registration = r.parse().map_err(|e: String| anyhow::anyhow!("--registration: {e}"))?;
+    }
+    if let Some(n) = a.register_rate {
+        config.register_per_minute = n;
+    }
+    if let Some(n) = a.release_rate {
+        config.release_per_second = n;
+    }
+    config.accept_rollback = a.accept_rollback;
     let broker = enclava_keys::Broker::open(config, kek, Arc::new(enclava_keys::KeysMetrics::new())).await?;
     tracing::info!(data_dir = %data_dir.display(), "key broker role");
     Ok(broker)

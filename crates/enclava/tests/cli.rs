@@ -655,3 +655,73 @@ fn find_shows_foreign_registry_data_without_panicking() {
     let v = find_json(&server_url, "foreign/x", "5");
     assert_eq!(ids(&v), vec![long_id]);
 }
+
+/// Runs `enclava server` expecting it to refuse to start; returns what it printed.
+fn refused_start(args: &[&str]) -> String {
+    let mut p = enclava(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = p.try_wait().expect("wait") {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = p.kill();
+            panic!("the server started although it must refuse: {args:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(p.stderr.as_mut().expect("stderr"), &mut err).expect("read");
+    assert!(!status.success(), "{err}");
+    err
+}
+
+/// After SIGKILL the newest commits live only in SQLite's WAL; with the WAL lost the broker refuses
+/// to start (naming --accept-rollback) and moves nothing, starts when the operator accepts, and
+/// the audit chain verifies. A deleted KEK file stops it too, and no new one is made.
+#[test]
+fn a_lost_wal_or_kek_stops_the_broker_until_the_operator_acts() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let port = free_port().expect("port");
+    let addr = format!("127.0.0.1:{port}");
+    let db_file = dir.path().join("keys.db");
+    let db = format!("sqlite://{}", db_file.display());
+    let srv = dir.path().join("srv");
+    let mut server = start_keys_server(&db, dir.path(), port);
+    for _ in 0..3 {
+        assert_eq!(http(&addr, "POST", "/v1/users", None, "").expect("register").0, 201);
+        std::thread::sleep(Duration::from_millis(120));
+    }
+    server.0.kill().expect("SIGKILL");
+    let _ = server.0.wait();
+    for f in ["keys.db-wal", "keys.db-shm"] {
+        let _ = std::fs::remove_file(dir.path().join(f));
+    }
+    let anchor = std::fs::read(srv.join("audit.anchor")).expect("anchor");
+    let args =
+        ["server", "--roles", "keys", "--database", &db, "--listen", &addr, "--data-dir", srv.to_str().expect("utf-8")];
+    let err = refused_start(&args);
+    assert!(err.contains("rolled back") && err.contains("--accept-rollback"), "{err}");
+    assert_eq!(std::fs::read(srv.join("audit.anchor")).expect("anchor"), anchor, "the anchor did not move");
+
+    let mut accepted = args.to_vec();
+    accepted.push("--accept-rollback");
+    let mut p = spawn(&accepted);
+    wait_for("the key broker", Duration::from_secs(20), || {
+        http(&addr, "GET", "/health", None, "").is_ok_and(|(s, _)| s == 200)
+    });
+    let (_, reg) = http(&addr, "POST", "/v1/users", None, "").expect("register");
+    let token =
+        serde_json::from_str::<serde_json::Value>(&reg).expect("json")["token"].as_str().expect("token").to_owned();
+    let (_, check) = http(&addr, "GET", "/v1/audit/verify", Some(&token), "").expect("verify");
+    assert!(check.contains("\"ok\":true"), "{check}");
+    let (_, audit) = http(&addr, "GET", "/v1/audit", Some(&token), "").expect("audit");
+    assert!(audit.is_empty() || audit.starts_with('['), "{audit}");
+    p.0.kill().expect("kill");
+    let _ = p.0.wait();
+
+    std::fs::remove_file(srv.join("kek.key")).expect("rm kek");
+    let err = refused_start(&args);
+    assert!(err.contains("kek.key") && err.contains("missing"), "{err}");
+    assert!(!srv.join("kek.key").exists(), "no new key-encryption key");
+}

@@ -49,7 +49,7 @@ pub fn hexm(m: &[u8; 48]) -> String {
 pub async fn open(url: &str, dir: &Path, ttl: Duration) -> Broker {
     let mut config = BrokerConfig::new(url, dir);
     config.nonce_ttl = ttl;
-    let kek = Arc::new(LocalKek::from_bytes(&[9; 32], "test"));
+    let kek = enclava_keys::KekSource::Key(Arc::new(LocalKek::from_bytes(&[9; 32], "test")));
     Broker::open(config, kek, Arc::new(KeysMetrics::new())).await.expect("broker opens")
 }
 

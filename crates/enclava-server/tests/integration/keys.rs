@@ -15,7 +15,7 @@ use crate::support::*;
 async fn a_sim_node_fetches_keys_only_while_granted() {
     let tmp = tempfile::tempdir().expect("tmp");
     let registry: Arc<dyn enclava_registry::Registry> = Arc::new(MemoryRegistry::new(keys()));
-    let kek = Arc::new(LocalKek::from_bytes(&[3; 32], "test"));
+    let kek = enclava_keys::KekSource::Key(Arc::new(LocalKek::from_bytes(&[3; 32], "test")));
     let db = format!("sqlite://{}/keys.db", tmp.path().display());
     let broker = Arc::new(
         Broker::open(BrokerConfig::new(db, tmp.path().join("srv")), kek, Arc::new(KeysMetrics::new()))
@@ -44,7 +44,7 @@ async fn a_sim_node_fetches_keys_only_while_granted() {
     let node_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let node = enclava_node::start(config, registry, node_listener).await.expect("node");
 
-    let (owner, _) = broker.register().await.expect("register");
+    let (owner, _) = broker.register(None).await.expect("register");
     let policy = format!("[sim]\nroot = \"{}\"\nany_measurement = true\n", root.public().to_hex());
     broker.put_model_key(&owner, "acme/m", &[0x3C; 32], Some(&policy), false).await.expect("key");
     broker.put_request_key(&owner, "acme/m", node.measurement(), &[0x4D; 32]).await.expect("request key");
@@ -66,6 +66,79 @@ async fn a_sim_node_fetches_keys_only_while_granted() {
     let (_, metrics) = http_get(addr, "/metrics").await;
     assert!(metrics.contains("enclava_keys_releases_total{outcome=\"released\"} 1"), "{metrics}");
     node.shutdown().await;
+    let _ = stop.send(());
+    let _ = server.await;
+}
+
+/// What an anonymous caller can do: 2,000 releases with made-up nonces write no audit row and hit
+/// the per-source limit (429 with Retry-After); registrations stop at the limit; an over-size body
+/// gets 413; gRPC challenges are limited too (RESOURCE_EXHAUSTED with retry-after).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_calls_are_rate_limited_and_leave_no_audit_rows() {
+    use base64::Engine;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let tmp = tempfile::tempdir().expect("tmp");
+    let kek = enclava_keys::KekSource::Key(Arc::new(LocalKek::from_bytes(&[3; 32], "test")));
+    let mut config = BrokerConfig::new(format!("sqlite://{}/keys.db", tmp.path().display()), tmp.path());
+    config.register_per_minute = 10;
+    config.release_per_second = 50;
+    let broker = Arc::new(Broker::open(config, kek, Arc::new(KeysMetrics::new())).await.expect("broker"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let roles = enclava_server::Roles { manager: None, keys: Some(broker.clone()) };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(enclava_server::serve(Default::default(), roles, listener, async {
+        let _ = stopped.await;
+    }));
+    let records = broker.verify_audit().await.expect("verify").records;
+
+    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+    for i in 0..2000u32 {
+        let body = serde_json::json!({
+            "nonce": b64(&[i as u8; 32]), "evidence": b64(b"garbage"), "publicKey": b64(&[1; 32]), "model": "acme/m",
+        });
+        let (status, headers, _) = http_post(addr, "/v1/release", body.to_string().as_bytes()).await;
+        if status == 429 {
+            assert!(headers.contains("retry-after: "), "{headers}");
+        }
+        *statuses.entry(status).or_default() += 1;
+    }
+    assert!(statuses.get(&429).copied().unwrap_or(0) > 1000, "{statuses:?}");
+    assert!(statuses.keys().all(|s| [409, 429].contains(s)), "{statuses:?}");
+    assert_eq!(broker.verify_audit().await.expect("verify").records, records, "no audit row per anonymous refusal");
+
+    let mut created = 0;
+    let mut limited = 0;
+    for _ in 0..30 {
+        match http_post(addr, "/v1/users", b"").await {
+            (201, _, _) => created += 1,
+            (429, headers, body) => {
+                assert!(headers.contains("retry-after: ") && body.contains("try again"), "{headers} {body}");
+                limited += 1;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!((created, limited), (10, 20));
+
+    let (status, _, body) = http_post(addr, "/v1/release", &vec![b' '; 2 << 20]).await;
+    assert_eq!(status, 413, "{body}");
+
+    let mut grpc = enclava_proto::keys::v1::key_broker_client::KeyBrokerClient::connect(format!("http://{addr}"))
+        .await
+        .expect("grpc");
+    let mut exhausted = None;
+    for _ in 0..200 {
+        if let Err(s) = grpc.challenge(enclava_proto::keys::v1::ChallengeRequest {}).await {
+            exhausted = Some(s);
+            break;
+        }
+    }
+    let s = exhausted.expect("gRPC challenges are limited too");
+    assert_eq!(s.code(), tonic::Code::ResourceExhausted, "{s:?}");
+    assert!(s.metadata().get("retry-after").is_some(), "{s:?}");
+    let (_, metrics) = http_get(addr, "/metrics").await;
+    assert!(metrics.contains("enclava_keys_rate_limited_total"), "{metrics}");
     let _ = stop.send(());
     let _ = server.await;
 }
