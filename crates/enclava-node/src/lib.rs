@@ -57,7 +57,7 @@ pub struct NodeConfig {
     /// The connection string published in the registry; defaults to the listen address.
     pub advertise: Option<String>,
     /// For `sim`: the deployment's sim root folder (`enclava sim init`), which certifies this
-    /// node's simulated hardware key. Without it the node publishes no evidence.
+    /// node's simulated hardware key. Required for `sim`.
     pub sim_root: Option<PathBuf>,
     /// Serve encrypted models to sealed requests; `None`: discovery only.
     pub serve: Option<ServeConfig>,

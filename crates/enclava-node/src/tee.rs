@@ -25,16 +25,24 @@ pub trait Tee: Send + Sync + std::fmt::Debug {
 }
 
 /// Opens the TEE adapter for `platform`. For `sim`, `sim_root` is the deployment's sim root, which
-/// certifies the node's simulated hardware key; without it the node cannot attest.
+/// certifies the node's simulated hardware key; it is required.
 pub fn open(platform: &str, data_dir: &Path, sim_root: Option<&Path>) -> Result<Box<dyn Tee>, NodeError> {
     match platform {
         "sim" => {
+            // Without its deployment's root a sim node could publish no evidence, and no client or
+            // key broker would ever accept it: refuse to start rather than run unverifiable.
+            let Some(root_dir) = sim_root else {
+                return Err(NodeError::Config(
+                    "platform sim needs this deployment's sim root, which certifies the node's simulated hardware key: \
+                     make one with `enclava sim init --out DIR` (once per deployment) and pass --sim-root DIR \
+                     (or ENCLAVA_SIM_ROOT)"
+                        .into(),
+                ));
+            };
             let mut tee = SimTee::open(data_dir)?;
-            if let Some(root_dir) = sim_root {
-                let root = SimRoot::load(root_dir).map_err(NodeError::Config)?;
-                let hw = SimHardware::load_or_create(&data_dir.join("sim"), &root).map_err(NodeError::Config)?;
-                tee.hardware = Some(hw);
-            }
+            let root = SimRoot::load(root_dir).map_err(NodeError::Config)?;
+            let hw = SimHardware::load_or_create(&data_dir.join("sim"), &root).map_err(NodeError::Config)?;
+            tee.hardware = Some(hw);
             Ok(Box::new(tee))
         }
         "sgx" | "tdx" | "sev-snp" | "nitro" => Err(NodeError::PlatformUnavailable(platform.to_owned())),
@@ -187,6 +195,17 @@ mod tests {
     #[test]
     fn workload_changes_measurement() {
         assert_ne!(sim_measurement(b"a"), sim_measurement(b"b"));
+    }
+
+    #[test]
+    fn a_sim_node_without_its_deployment_root_refuses_to_start() {
+        let d = tempfile::tempdir().expect("tmp");
+        let err = open("sim", d.path(), None).expect_err("no root").to_string();
+        assert!(err.contains("enclava sim init") && err.contains("--sim-root"), "{err}");
+        let root = d.path().join("root");
+        SimRoot::load_or_init(&root).expect("root");
+        let tee = open("sim", &d.path().join("node"), Some(&root)).expect("with its root");
+        assert!(tee.evidence(&[0; 64], 1).is_some_and(|e| !e.is_empty()), "it attests");
     }
 
     #[test]

@@ -153,8 +153,8 @@ pub struct NodeArgs {
     /// Registry service name [default: enclava]
     #[arg(long, env = "ENCLAVA_SERVICE")]
     pub service: Option<String>,
-    /// For sim: the deployment's sim root folder (`enclava sim init`) that certifies this node's
-    /// simulated hardware key; without it the node publishes no evidence
+    /// For sim (required): the deployment's sim root folder (`enclava sim init --out DIR`) that
+    /// certifies this node's simulated hardware key
     #[arg(long, env = "ENCLAVA_SIM_ROOT")]
     pub sim_root: Option<PathBuf>,
     /// Serve this model (decrypted in memory with a key the key broker releases to this enclave);

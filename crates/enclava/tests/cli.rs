@@ -43,13 +43,30 @@ fn read_id(p: &mut Proc) -> String {
     line.split_whitespace().nth(1).expect("instance id").to_owned()
 }
 
-/// Starts a node (with `extra` flags) and reads the instance id it prints.
+/// This test binary's sim deployment root (`enclava sim init`, once).
+fn sim_root() -> &'static str {
+    static ROOT: std::sync::OnceLock<(tempfile::TempDir, String)> = std::sync::OnceLock::new();
+    &ROOT
+        .get_or_init(|| {
+            let dir = tempfile::tempdir().expect("tmp");
+            let root = dir.path().join("root").to_str().expect("utf-8").to_owned();
+            assert!(run(enclava(&["sim", "init", "--out", &root]).stdin(Stdio::null())).status.success());
+            (dir, root)
+        })
+        .1
+}
+
+/// Starts a node (with `extra` flags; this binary's sim root unless they name one) and reads the
+/// instance id it prints.
 fn start_node(redis: &str, dir: &std::path::Path, data: &[&str], extra: &[&str]) -> (Proc, String) {
     let mut args = vec!["node", "--platform", "sim", "--registry", redis, "--listen", "127.0.0.1:0", "--data-dir"];
     let dir = dir.to_str().expect("utf-8 path");
     args.push(dir);
     for d in data {
         args.extend(["--data", d]);
+    }
+    if !extra.contains(&"--sim-root") {
+        args.extend(["--sim-root", sim_root()]);
     }
     args.extend(extra);
     let mut p = spawn(&args);
@@ -165,6 +182,7 @@ fn options_come_from_flags_environment_and_config_file() {
     let mut node = enclava(&["node", "--listen", "127.0.0.1:0"]);
     node.env("ENCLAVA_CONFIG", cfg)
         .env("ENCLAVA_DATA_DIR", node_dir.path())
+        .env("ENCLAVA_SIM_ROOT", sim_root())
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
     let mut node = Proc(node.spawn().expect("node"));
@@ -195,6 +213,7 @@ fn bad_input_gets_a_clear_error() {
         (&["find", "--server", "http://127.0.0.1:1", "--data", "x"], "cannot reach the enclave manager"),
         (&["server", "--registry", "bogus://x"], "unknown registry"),
         (&["node", "--platform", "tdx", "--data-dir", "/tmp/enclava-cli-test-tdx"], "not available on this host"),
+        (&["node", "--platform", "sim", "--data-dir", "/tmp/enclava-cli-test-sim"], "enclava sim init"),
         (&["--config", "/nonexistent/enclava.toml", "find"], "does not exist"),
         (&["server", "--namespace", "has space"], "whitespace"),
     ];

@@ -47,7 +47,11 @@ async fn node_writes_the_seeds_keys_letter_for_letter() {
     assert_eq!(info["platform"], "sim");
     assert_eq!(info["serviceVersion"], env!("CARGO_PKG_VERSION"));
     assert_eq!(info["policy"]["mrenclave"], m.as_str());
-    assert_eq!(info["attestation"], "", "no evidence yet, and no fake one");
+    // Real sim evidence (base64), signed under this deployment's root.
+    let attestation = info["attestation"].as_str().expect("attestation");
+    use base64::Engine;
+    let evidence = base64::engine::general_purpose::STANDARD.decode(attestation).expect("base64");
+    assert!(evidence.starts_with(enclava_attest::sim::MAGIC), "sim evidence");
     assert_eq!(info["pubkey"].as_str().map(str::len), Some(44), "32-byte X25519 key, base64");
     assert_eq!(info["connectionString"], node.addr().to_string().as_str());
     assert_eq!(info["dataAccess"], serde_json::json!({"acme/gpt2": {"hot": false}, "acme/bert": {"hot": false}}));

@@ -24,31 +24,39 @@ async fn published_evidence_verifies_only_under_the_right_policy() {
     let tmp = tempfile::tempdir().expect("tmp");
     let root_dir = tmp.path().join("root");
     let root = SimRoot::load_or_init(&root_dir).expect("root");
-    let mut nodes = Vec::new();
-    for (name, sim_root) in [("attested", Some(root_dir.clone())), ("unattested", None)] {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let config = NodeConfig {
-            platform: "sim".into(),
-            data_dir: tmp.path().join(name),
-            data: vec![name.into()],
-            advertise: None,
-            sim_root,
-            serve: None,
-        };
-        nodes.push(enclava_node::start(config, registry.clone(), listener).await.expect("node"));
-    }
+    let config = |name: &str, sim_root: Option<std::path::PathBuf>| NodeConfig {
+        platform: "sim".into(),
+        data_dir: tmp.path().join(name),
+        data: vec![name.into()],
+        advertise: None,
+        sim_root,
+        serve: None,
+    };
+    // A sim node without its deployment's root refuses to start: it could never be verified.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let err = enclava_node::start(config("unattested", None), registry.clone(), listener).await.expect_err("no root");
+    assert!(err.to_string().contains("enclava sim init"), "{err}");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let nodes = vec![
+        enclava_node::start(config("attested", Some(root_dir.clone())), registry.clone(), listener)
+            .await
+            .expect("node"),
+    ];
     let c = server.client().await;
     let find = |data: &'static str| {
         let mut c = c.clone();
         async move { c.find(find_req(data, 1)).await.expect("find").found }
     };
-    eventually("both registered", Duration::from_secs(3), || {
-        let (a, b) = (find("attested"), find("unattested"));
-        async move { !a.await.is_empty() && !b.await.is_empty() }
+    eventually("registered", Duration::from_secs(3), || {
+        let a = find("attested");
+        async move { !a.await.is_empty() }
     })
     .await;
     let attested = find("attested").await.remove(0);
-    let unattested = find("unattested").await.remove(0);
+    // An entry someone else published without evidence.
+    let mut unattested = attested.clone();
+    unattested.attestation.clear();
+    unattested.pubkey = enclava_seal::KeyPair::generate().public().to_vec();
 
     let ours =
         format!("[sim]\nroot = \"{}\"\nmeasurements = [\"{}\"]\n", root.public().to_hex(), nodes[0].measurement());

@@ -57,7 +57,18 @@ impl Server {
     }
 }
 
-/// Starts a `sim` node with its identity in `dir`.
+/// This test binary's sim deployment root (made once, in a temporary folder).
+pub fn sim_root() -> &'static Path {
+    static ROOT: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    ROOT.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tmp");
+        enclava_attest::sim::SimRoot::load_or_init(&dir.path().join("root")).expect("sim root");
+        dir
+    })
+    .path()
+}
+
+/// Starts a `sim` node with its identity in `dir`, on this binary's sim root.
 pub async fn node(registry: Arc<dyn Registry>, dir: &Path, data: &[&str]) -> NodeHandle {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let config = NodeConfig {
@@ -65,7 +76,7 @@ pub async fn node(registry: Arc<dyn Registry>, dir: &Path, data: &[&str]) -> Nod
         data_dir: dir.to_owned(),
         data: data.iter().map(|s| s.to_string()).collect(),
         advertise: None,
-        sim_root: None,
+        sim_root: Some(sim_root().join("root")),
         serve: None,
     };
     enclava_node::start(config, registry, listener).await.expect("node starts")
