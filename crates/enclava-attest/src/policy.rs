@@ -25,9 +25,13 @@
 //! ```
 //!
 //! The seed's `EnclavePolicy { mrenclave }` is the policy "any confidential platform, this
-//! measurement, UpToDate, no debug". A BlindAI manifest (`mr_enclave`, `allow_debug`, attribute
-//! masks) is an `[sgx]` table with `attributes_flags`/`attributes_mask_flags` and
-//! `attributes_xfrm`/`attributes_mask_xfrm`.
+//! measurement, UpToDate, no debug". A BlindAI manifest (`manifest.toml`, or the older generated
+//! `policy.toml`) is read exactly as BlindAI's client reads it: `mr_enclave` (32 bytes of hex),
+//! `allow_debug`, and six hex strings, `attributes_flags_hex`, `attributes_mask_flags_hex`,
+//! `attributes_xfrm_hex`, `attributes_mask_xfrm_hex`, `misc_select_hex`, `misc_mask_hex`, all
+//! required. It becomes an `[sgx]` table that checks what BlindAI checks: the report's attribute
+//! flags under the mask equal the manifest's flags with INIT set, its XFRM and MISCSELECT under their
+//! masks equal the manifest's, and debug only when allowed.
 
 use std::path::Path;
 
@@ -57,6 +61,9 @@ pub struct PlatformRules {
     pub attributes_mask_flags: Option<u64>,
     pub attributes_xfrm: Option<u64>,
     pub attributes_mask_xfrm: Option<u64>,
+    /// SGX MISCSELECT that must match under its mask (BlindAI manifests).
+    pub misc_select: Option<u32>,
+    pub misc_mask: Option<u32>,
     /// For `sim`: the deployment's sim root (hex).
     pub root: Option<String>,
     /// For `sev-snp`: require that an AMD CRL was checked (default true).
@@ -99,20 +106,86 @@ struct SeedPolicy {
     mrenclave: String,
 }
 
-/// A BlindAI manifest.
+/// A BlindAI manifest, with its key names and hex-string values. `mr_signer`, `isv_prodid` and
+/// `isv_svn` are Enclava's optional additions (BlindAI never checks them).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct BlindAiManifest {
     mr_enclave: String,
-    mr_signer: Option<String>,
-    #[serde(default)]
     allow_debug: bool,
+    attributes_flags_hex: String,
+    attributes_mask_flags_hex: String,
+    attributes_xfrm_hex: String,
+    attributes_mask_xfrm_hex: String,
+    misc_select_hex: String,
+    misc_mask_hex: String,
+    mr_signer: Option<String>,
     isv_prodid: Option<u16>,
     isv_svn: Option<u32>,
-    attributes_flags: Option<u64>,
-    attributes_mask_flags: Option<u64>,
-    attributes_xfrm: Option<u64>,
-    attributes_mask_xfrm: Option<u64>,
+}
+
+/// SGX's INIT attribute flag, which every running enclave has; BlindAI expects it.
+const SGX_FLAG_INIT: u64 = 1;
+
+/// A BlindAI hex value as Python's `int(s, 16)` reads it: optional `0x`, either case, `_`
+/// separators, surrounding spaces; then range-checked to `bits`.
+fn blindai_hex(field: &str, s: &str, bits: u32) -> Result<u64, String> {
+    let t = s.trim();
+    let t = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")).unwrap_or(t);
+    let digits: String = t.chars().filter(|c| *c != '_').collect();
+    let v = if digits.is_empty() || t.starts_with('_') || t.ends_with('_') || t.contains("__") {
+        None
+    } else {
+        u128::from_str_radix(&digits, 16).ok()
+    };
+    match v {
+        Some(v) if v < (1u128 << bits) => Ok(v as u64),
+        Some(_) => Err(format!("{field} {} does not fit in {bits} bits", enclava_core::text::quote(s))),
+        None => Err(format!("{field} {} is not a hex number", enclava_core::text::quote(s))),
+    }
+}
+
+impl BlindAiManifest {
+    fn into_policy(self) -> Result<Policy, String> {
+        let m = self.mr_enclave.trim().to_lowercase();
+        if hex::decode(&m).map(|b| b.len()) != Ok(32) {
+            return Err(format!("mr_enclave {} is not 32 bytes of hex", enclava_core::text::quote(&self.mr_enclave)));
+        }
+        let flags = blindai_hex("attributes_flags_hex", &self.attributes_flags_hex, 64)? | SGX_FLAG_INIT;
+        let mask_flags = blindai_hex("attributes_mask_flags_hex", &self.attributes_mask_flags_hex, 64)?;
+        let xfrm = blindai_hex("attributes_xfrm_hex", &self.attributes_xfrm_hex, 64)?;
+        let mask_xfrm = blindai_hex("attributes_mask_xfrm_hex", &self.attributes_mask_xfrm_hex, 64)?;
+        let misc = blindai_hex("misc_select_hex", &self.misc_select_hex, 32)? as u32;
+        let misc_mask = blindai_hex("misc_mask_hex", &self.misc_mask_hex, 32)? as u32;
+        // BlindAI compares `report & mask` with the value itself: bits outside the mask could never match.
+        for (name, want, mask) in
+            [("attributes_flags_hex (with INIT)", flags, mask_flags), ("attributes_xfrm_hex", xfrm, mask_xfrm)]
+        {
+            if want & !mask != 0 {
+                return Err(format!("{name} {want:#x} has bits outside its mask {mask:#x}: no enclave could match"));
+            }
+        }
+        if misc & !misc_mask != 0 {
+            return Err(format!("misc_select_hex {misc:#x} has bits outside misc_mask_hex {misc_mask:#x}"));
+        }
+        Ok(Policy {
+            allow_debug: self.allow_debug,
+            sgx: Some(PlatformRules {
+                measurements: vec![m],
+                signers: self.mr_signer.map(|s| vec![s.trim().to_lowercase()]).unwrap_or_default(),
+                product_ids: self.isv_prodid.into_iter().collect(),
+                min_security_version: self.isv_svn,
+                attributes_flags: Some(flags),
+                attributes_mask_flags: Some(mask_flags),
+                attributes_xfrm: Some(xfrm),
+                attributes_mask_xfrm: Some(mask_xfrm),
+                misc_select: Some(misc),
+                misc_mask: Some(misc_mask),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    }
 }
 
 impl Policy {
@@ -167,21 +240,7 @@ impl Policy {
             Policy::from_measurement(&seed.mrenclave)
         } else if value.get("mr_enclave").is_some() {
             let m: BlindAiManifest = serde_json::from_value(value).map_err(|e| format!("BlindAI manifest: {e}"))?;
-            Policy {
-                allow_debug: m.allow_debug,
-                sgx: Some(PlatformRules {
-                    measurements: vec![m.mr_enclave.to_lowercase()],
-                    signers: m.mr_signer.map(|s| vec![s.to_lowercase()]).unwrap_or_default(),
-                    product_ids: m.isv_prodid.into_iter().collect(),
-                    min_security_version: m.isv_svn,
-                    attributes_flags: m.attributes_flags,
-                    attributes_mask_flags: m.attributes_mask_flags,
-                    attributes_xfrm: m.attributes_xfrm,
-                    attributes_mask_xfrm: m.attributes_mask_xfrm,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }
+            m.into_policy().map_err(|e| format!("BlindAI manifest: {e}"))?
         } else {
             serde_json::from_value(value).map_err(|e| format!("policy: {e}"))?
         };
@@ -324,6 +383,18 @@ pub fn check(policy: &Policy, claims: &Claims, now: u64, report_data: Option<&[u
             let attrs = claims.raw.get("attributes");
             mask_check(attrs, 0, r.attributes_flags, r.attributes_mask_flags, "flags", &mut f);
             mask_check(attrs, 8, r.attributes_xfrm, r.attributes_mask_xfrm, "xfrm", &mut f);
+            if let Some(want) = r.misc_select {
+                let mask = r.misc_mask.unwrap_or(u32::MAX);
+                let have = claims
+                    .raw
+                    .get("misc_select")
+                    .and_then(|h| u32::from_str_radix(h.trim_start_matches("0x"), 16).ok());
+                match have {
+                    Some(h) if h & mask == want & mask => {}
+                    Some(h) => f.push(format!("MISCSELECT {h:#x} does not match {want:#x} under mask {mask:#x}")),
+                    None => f.push("the evidence has no MISCSELECT to check misc_select against".into()),
+                }
+            }
             if p == Platform::Sim {
                 let want = r.root.as_deref().and_then(|h| RootPublicKey::from_hex(h).ok());
                 let have = claims.raw.get("sim_root").and_then(|h| RootPublicKey::from_hex(h).ok());
@@ -410,17 +481,66 @@ mod tests {
         assert_eq!(seed.platforms(), vec![Platform::Sgx, Platform::Tdx, Platform::SevSnp, Platform::Nitro]);
         assert!(check(&seed, &claims(Platform::Sgx), 100, None).accepted);
         assert!(!seed.allow_debug);
+        // A manifest written the way BlindAI writes them (its generated policy.toml, spacing and all).
         let manifest = format!(
-            "mr_enclave = \"{}\"\nallow_debug = true\nattributes_flags = 5\nattributes_mask_flags = 7\n",
+            "# Enclave policy file. Determines which enclaves are accept by the\n\
+             mr_enclave = \"{}\"\nmisc_select_hex = \"0x0\"\nmisc_mask_hex= \"0xffffffff\"\n\
+             attributes_flags_hex= \"0x4\"\nattributes_xfrm_hex= \"0x3\"\n\
+             attributes_mask_flags_hex= \"0xfffffffffffffffd\"\nattributes_mask_xfrm_hex= \"0xffffffffffffff1b\"\n\
+             allow_debug = false\n",
             "ab".repeat(32)
         );
         let b = Policy::parse(&manifest).expect("blindai");
-        assert!(b.allow_debug);
+        assert!(!b.allow_debug);
+        let with = |flags: u64, xfrm: u64, misc: u32, debug: bool| {
+            let mut c = claims(Platform::Sgx);
+            c.debug = debug;
+            c.raw.insert(
+                "attributes".into(),
+                format!("{}{}", hex::encode(flags.to_le_bytes()), hex::encode(xfrm.to_le_bytes())),
+            );
+            c.raw.insert("misc_select".into(), format!("{misc:#010x}"));
+            check(&b, &c, 100, None)
+        };
+        // A production enclave: INIT | MODE64BIT, x87 + SSE (+ AVX, ignored by the mask).
+        assert!(with(0x5, 0x3, 0, false).accepted);
+        assert!(with(0x5, 0xe7, 0, false).accepted, "{:?}", with(0x5, 0xe7, 0, false));
+        assert!(!with(0x4, 0x3, 0, false).accepted, "INIT is required, as BlindAI requires it");
+        assert!(!with(0x7, 0x3, 0, true).accepted, "debug refused when not allowed");
+        assert!(!with(0x15, 0x3, 0, false).accepted, "PROVISIONKEY set");
+        assert!(!with(0x5, 0x13, 0, false).accepted, "an XFRM bit under the mask differs");
+        assert!(with(0x5, 0x7, 0, false).accepted, "AVX is outside the mask");
+        assert!(!with(0x5, 0x3, 1, false).accepted, "MISCSELECT differs");
+        // The current template (manifest.dev.template.toml): debug allowed, PKRU ignored.
+        let dev = manifest
+            .replace("allow_debug = false", "allow_debug = true")
+            .replace("0xffffffffffffff1b", "0xfffffffffffffd1b");
+        let d = Policy::parse(&dev).expect("dev manifest");
         let mut c = claims(Platform::Sgx);
-        c.raw.insert("attributes".into(), format!("{}{}", hex::encode(5u64.to_le_bytes()), "00".repeat(8)));
-        assert!(check(&b, &c, 100, None).accepted);
-        c.raw.insert("attributes".into(), format!("{}{}", hex::encode(7u64.to_le_bytes()), "00".repeat(8)));
-        assert!(!check(&b, &c, 100, None).accepted);
+        c.debug = true;
+        c.raw.insert(
+            "attributes".into(),
+            format!("{}{}", hex::encode(7u64.to_le_bytes()), hex::encode(0x203u64.to_le_bytes())),
+        );
+        c.raw.insert("misc_select".into(), "0x00000000".into());
+        assert!(check(&d, &c, 100, None).accepted, "{:?}", check(&d, &c, 100, None));
+        // Hex as Python's int(s, 16) reads it, and every key required.
+        assert!(Policy::parse(&manifest.replace("\"0x4\"", "\"4\"")).is_ok());
+        assert!(Policy::parse(&manifest.replace("\"0x4\"", "\"0X0_4\"")).is_ok());
+        for (bad, says) in [
+            (manifest.replace("\"0x4\"", "\"0xg\""), "not a hex number"),
+            (manifest.replace("misc_mask_hex= \"0xffffffff\"", "misc_mask_hex= \"0x1ffffffff\""), "32 bits"),
+            (manifest.replace("allow_debug = false\n", ""), "allow_debug"),
+            (manifest.replace(&"ab".repeat(32), "abcd"), "32 bytes"),
+            (
+                manifest
+                    .replace("attributes_mask_flags_hex= \"0xfffffffffffffffd\"", "attributes_mask_flags_hex= \"0x2\""),
+                "outside",
+            ),
+        ] {
+            let err = Policy::parse(&bad).expect_err(says);
+            assert!(err.contains(says), "{says}: {err}");
+        }
     }
 
     #[test]
@@ -467,6 +587,7 @@ mod tests {
             ("[sgx]\nany_measurement = true\nbogus = 1\n", "unknown field"),
             ("[sgx]\nany_measurement = true\nroot = \"aa\"\n", "root"),
             ("mr_enclave = \"ab\"\nallow_debg = true\n", "unknown field"),
+            ("mr_enclave = \"ab\"\nallow_debug = true\nattributes_flags = 5\n", "unknown field"),
         ] {
             let err = Policy::parse(text).expect_err(text);
             assert!(err.contains(want), "{text:?}: {err}");
