@@ -1,8 +1,9 @@
 //! SEV-SNP reports (v2, v3 and later): the VCEK (or VLEK) must chain ARK → ASK (or ASVK) → VEK
 //! with the ARK one of the pinned AMD roots; every certificate valid at "now"; CRLs signed by the
 //! ARK, current, and not revoking the intermediate; the report signed by the VEK over its first
-//! 0x2A0 bytes; the VEK's TCB extensions equal to the report's `reported_tcb`, and its hwID equal to
-//! `chip_id`. An Azure HCL report is unwrapped, and its runtime data must be bound by report data.
+//! 0x2A0 bytes; the VEK's TCB extensions equal to the report's `reported_tcb` (in its product
+//! line's layout: Turin's puts FMC first), and its hwID matching `chip_id` as the product line
+//! defines it (64 bytes on Milan and Genoa; 8 bytes then zeros from Turin on). An Azure HCL report is unwrapped, and its runtime data must be bound by report data.
 //! The `sev` crate parses the report and checks the RSA-PSS chain; the rest is here.
 
 use std::collections::BTreeMap;
@@ -259,17 +260,19 @@ pub(crate) fn check_report(
             return Err(VerifyError::Malformed(format!("the VEK lacks its {name} TCB extension")));
         }
     }
-    if let Some(hwid) = extension(vek_x509, OID_HWID)
-        && hwid != report.chip_id
-    {
-        return Err(invalid("the VCEK was issued for another chip (hwID differs from chip_id)"));
+    if let Some(hwid) = extension(vek_x509, OID_HWID) {
+        check_chip_id(hwid, &report.chip_id, chain.product)?;
     }
 
     let signing = if report.key_info.signing_key() == 1 { "vlek" } else { "vcek" };
     raw.insert("version".into(), report.version.to_string());
     raw.insert("policy".into(), format!("{:#x}", report.policy.0));
     raw.insert("vmpl".into(), report.vmpl.to_string());
-    raw.insert("reported_tcb".into(), format!("bl {} tee {} snp {} ucode {}", t.bootloader, t.tee, t.snp, t.microcode));
+    let fmc = t.fmc.map(|f| format!("fmc {f} ")).unwrap_or_default();
+    raw.insert(
+        "reported_tcb".into(),
+        format!("{fmc}bl {} tee {} snp {} ucode {}", t.bootloader, t.tee, t.snp, t.microcode),
+    );
     raw.insert("chip_id".into(), hex::encode(report.chip_id));
     raw.insert("host_data".into(), hex::encode(report.host_data));
     raw.insert("family_id".into(), hex::encode(report.family_id));
@@ -300,6 +303,27 @@ pub(crate) fn check_report(
     })
 }
 
+/// Checks that a VCEK was issued for the chip that signed the report, as AMD's VCEK specification
+/// (57230, "hwID") has it per product line: on Milan and Genoa the hwID is the report's whole
+/// 64-byte CHIP_ID; from Turin on it is 8 bytes, and the report's CHIP_ID holds those 8 bytes
+/// followed by 56 zero bytes. `product` is the line whose ARK the VCEK chains to.
+pub fn check_chip_id(hwid: &[u8], chip_id: &[u8; 64], product: &str) -> Result<(), VerifyError> {
+    let other = || invalid("the VCEK was issued for another chip (hwID differs from chip_id)");
+    match (hwid.len(), product) {
+        (64, "Milan" | "Genoa") => (hwid == chip_id.as_slice()).then_some(()).ok_or_else(other),
+        (8, p) if p != "Milan" && p != "Genoa" => {
+            if chip_id[..8] != *hwid {
+                return Err(other());
+            }
+            if chip_id[8..].iter().any(|b| *b != 0) {
+                return Err(invalid(format!("a {p} report's CHIP_ID must be its 8-byte hwID followed by zeros")));
+            }
+            Ok(())
+        }
+        (n, p) => Err(VerifyError::Malformed(format!("a {p} VCEK's hwID is {n} bytes, not what AMD issues for {p}"))),
+    }
+}
+
 /// Verifies an SNP report (or an Azure HCL report holding one) signed by `vek` (DER or PEM).
 pub fn verify(report_bytes: &[u8], vek: &[u8], collateral: &Collateral, now: u64) -> Result<Claims, VerifyError> {
     let mut raw = BTreeMap::new();
@@ -307,4 +331,28 @@ pub fn verify(report_bytes: &[u8], vek: &[u8], collateral: &Collateral, now: u64
     let (vek_der, vek_x509) = parse_vek(vek)?;
     let chain = check_chain(&vek_der, &vek_x509, collateral, now)?;
     check_report(&bytes, &report, &vek_x509, &chain, raw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chip_ids_follow_each_product_line() {
+        let mut chip = [0u8; 64];
+        chip[..8].copy_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8]);
+        assert!(check_chip_id(&chip[..8], &chip, "Turin").is_ok());
+        assert!(check_chip_id(&chip, &chip, "Milan").is_ok());
+        assert!(check_chip_id(&chip, &chip, "Genoa").is_ok());
+        // An 8-byte hwID means nothing on Milan; a 64-byte one nothing on Turin.
+        assert!(matches!(check_chip_id(&chip[..8], &chip, "Milan"), Err(VerifyError::Malformed(_))));
+        assert!(matches!(check_chip_id(&chip, &chip, "Turin"), Err(VerifyError::Malformed(_))));
+        let mut other = chip;
+        other[3] ^= 1;
+        assert!(matches!(check_chip_id(&other[..8], &chip, "Turin"), Err(VerifyError::Invalid(_))));
+        let mut tail = chip;
+        tail[40] = 1;
+        let err = check_chip_id(&chip[..8], &tail, "Turin").expect_err("non-zero tail");
+        assert!(err.to_string().contains("followed by zeros"), "{err}");
+    }
 }

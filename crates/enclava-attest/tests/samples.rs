@@ -174,6 +174,53 @@ fn snp_samples_verify() {
     assert!(h.raw["hcl_runtime_data"].contains("HCLAkPub"));
 }
 
+/// Genuine Turin reports (v5) with their VCEKs: the VCEK's hwID is 8 bytes and the report's CHIP_ID
+/// holds them followed by zeros; the TCB layout puts FMC first. No public Turin CRL is shipped, so
+/// revocation stays unchecked (`require_crl = false` to accept).
+#[test]
+fn turin_samples_verify() {
+    let when = at("2026-07-01T00:00:00Z");
+    for (dir, measurement, tcb, chip) in [
+        ("turin-openanolis", "", "fmc 1 bl 3 tee 2 snp 5 ucode 97", "0910b4f884ff4ba9"),
+        (
+            "turin-oak",
+            "f924dd18f168df60fbea937f0b086284d51b1b376de872bac43694f61134d57967c318018de7335503023dbb50dee624",
+            "fmc 0 bl 1 tee 0 snp 2 ucode 71",
+            "3b42092f69c656d3",
+        ),
+    ] {
+        let (ev, coll) = snp(dir, "report.bin", "vcek.der", "turin_cert_chain.pem", None);
+        let c = verify(&ev, &coll, when).unwrap_or_else(|e| panic!("{dir}: {e}"));
+        assert_eq!(c.platform, Platform::SevSnp);
+        assert_eq!(c.raw["product"], "Turin", "{dir}");
+        assert_eq!(c.raw["reported_tcb"], tcb, "{dir}");
+        assert_eq!(c.raw["chip_id"], format!("{chip}{}", "00".repeat(56)), "{dir}");
+        if !measurement.is_empty() {
+            assert_eq!(c.measurement_hex(), measurement);
+        }
+        let no_crl = Policy::parse("[sev-snp]\nany_measurement = true\nrequire_crl = false\n").expect("policy");
+        assert!(check(&no_crl, &c, when, None).accepted, "{dir}: {:?}", check(&no_crl, &c, when, None));
+        let v = check(&no_debug_any(), &c, when, None);
+        assert!(v.failures.iter().any(|f| f.contains("no AMD CRL")), "{dir}: {v:?}");
+        // The other sample's VCEK is another chip's.
+        let other = if dir == "turin-oak" { "turin-openanolis" } else { "turin-oak" };
+        let swapped = Evidence::SevSnp {
+            report: read(&format!("sev-snp/{dir}/report.bin")),
+            vek: read(&format!("sev-snp/{other}/vcek.der")),
+        };
+        assert!(matches!(verify(&swapped, &coll, when), Err(VerifyError::Invalid(_))), "{dir}");
+        // A Turin report against the Milan chain does not chain.
+        let (ev, milan) = snp(dir, "report.bin", "vcek.der", "milan_cert_chain.pem", None);
+        assert!(verify(&ev, &milan, when).is_err());
+    }
+    // CHIP_ID must be the hwID followed by zeros: a report with a non-zero byte after the 8 (and a
+    // valid signature) could not exist, so flip it and expect a failure either way.
+    let mut report = read("sev-snp/turin-oak/report.bin");
+    report[0x1A0 + 8] ^= 1;
+    let ev = Evidence::SevSnp { report, vek: read("sev-snp/turin-oak/vcek.der") };
+    assert!(verify(&ev, &amd_coll("turin_cert_chain.pem", None), when).is_err());
+}
+
 #[test]
 fn snp_wrong_chain_tcb_or_time_fail() {
     // A Milan VCEK against the Genoa chain.
