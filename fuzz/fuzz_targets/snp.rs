@@ -18,5 +18,5 @@ fuzz_target!(|data: &[u8]| {
         _ => (REPORT.to_vec(), VCEK.to_vec(), vec![rest.to_vec()]),
     };
     let c = Collateral { amd_certs: certs, amd_crls: crls, ..Default::default() };
-    let _ = verify(&Evidence::SevSnp { report, vek }, &c, 1_751_328_000);
+    let _ = verify(&Evidence::SevSnp { report, vek, chain: Vec::new() }, &c, 1_751_328_000);
 });

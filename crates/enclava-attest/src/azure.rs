@@ -68,6 +68,11 @@ fn take<'a>(b: &mut &'a [u8], n: usize) -> Result<&'a [u8], VerifyError> {
     Ok(head)
 }
 
+/// The VCEK Azure evidence carries (PEM bytes), if it parses.
+pub fn vek(json: &[u8]) -> Option<Vec<u8>> {
+    serde_json::from_slice::<AzureEvidence>(json).ok().map(|e| e.vcek.into_bytes())
+}
+
 /// Verifies Azure vTPM evidence (JSON) at `now`.
 pub fn verify(json: &[u8], collateral: &Collateral, now: u64) -> Result<Claims, VerifyError> {
     let ev: AzureEvidence = serde_json::from_slice(json).map_err(malformed)?;

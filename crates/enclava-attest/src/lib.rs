@@ -62,8 +62,10 @@ impl VerifyError {
 pub enum Evidence {
     /// An SGX (v3) or TDX (v4, v5) DCAP quote.
     Dcap(Vec<u8>),
-    /// An SEV-SNP attestation report and the VCEK or VLEK that signed it (DER or PEM).
-    SevSnp { report: Vec<u8>, vek: Vec<u8> },
+    /// An SEV-SNP attestation report, the VCEK or VLEK that signed it (DER or PEM), and any AMD
+    /// certificates carried with it (the ASK or ASVK, the ARK: checked against the pinned ARKs like
+    /// collateral). Published and released as [`snp::encode_envelope`].
+    SevSnp { report: Vec<u8>, vek: Vec<u8>, chain: Vec<Vec<u8>> },
     /// Azure vTPM evidence (JSON: HCL report, VCEK, TPM2 quote); verified as SEV-SNP.
     AzureVtpm(Vec<u8>),
     /// An AWS Nitro attestation document (COSE_Sign1, raw CBOR or base64).
@@ -84,8 +86,9 @@ impl Evidence {
         }
     }
 
-    /// Recognises the format of a single evidence file: a DCAP quote, a raw SNP report (needs its
-    /// VEK separately, so it is refused here), a Nitro document, or sim evidence.
+    /// Recognises the format of a single evidence file: a DCAP quote, an SNP envelope (report, VEK
+    /// and chain), Azure vTPM evidence, a Nitro document, or sim evidence. A raw SNP report needs its
+    /// VEK beside it, so it is refused here.
     pub fn detect(bytes: Vec<u8>) -> Result<Evidence, VerifyError> {
         if bytes.starts_with(sim::MAGIC) {
             return Ok(Evidence::Sim(bytes));
@@ -101,6 +104,9 @@ impl Evidence {
             return Err(VerifyError::MissingCollateral(
                 "an SEV-SNP report needs the VCEK or VLEK that signed it (--certs vcek.der,ask.pem,ark.pem)".into(),
             ));
+        }
+        if snp::looks_like_envelope(&bytes) {
+            return snp::decode_envelope(&bytes);
         }
         if azure::looks_like(&bytes) {
             return Ok(Evidence::AzureVtpm(bytes));
@@ -129,7 +135,7 @@ pub struct Collateral {
 pub fn verify(evidence: &Evidence, collateral: &Collateral, now: u64) -> Result<Claims, VerifyError> {
     match evidence {
         Evidence::Dcap(quote) => dcap::verify(quote, collateral, now),
-        Evidence::SevSnp { report, vek } => snp::verify(report, vek, collateral, now),
+        Evidence::SevSnp { report, vek, chain } => snp::verify(report, vek, &snp::with_chain(collateral, chain), now),
         Evidence::AzureVtpm(json) => azure::verify(json, collateral, now),
         Evidence::Nitro(doc) => nitro::verify(doc, now),
         Evidence::Sim(bytes) => sim::verify(bytes, collateral, now),

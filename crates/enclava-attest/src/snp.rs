@@ -324,6 +324,95 @@ pub fn check_chip_id(hwid: &[u8], chip_id: &[u8; 64], product: &str) -> Result<(
     }
 }
 
+/// The envelope's tag: JSON `{"enclava": "sev-snp/v1", "report", "vek", "chain"}`, binary fields in
+/// base64. A report is useless without its VEK, so a node publishes (and sends for key release)
+/// all three together.
+pub const ENVELOPE_TAG: &str = "sev-snp/v1";
+/// The largest envelope read (a report, a VEK and an ASK/ARK chain are about 6 KiB).
+pub const MAX_ENVELOPE: usize = 64 * 1024;
+
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Envelope {
+    enclava: String,
+    report: String,
+    vek: String,
+    #[serde(default)]
+    chain: Vec<String>,
+}
+
+/// An SNP report with its VEK (DER or PEM) and carried chain (DER), as one evidence blob.
+pub fn encode_envelope(report: &[u8], vek: &[u8], chain: &[Vec<u8>]) -> Vec<u8> {
+    use base64::Engine;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let e = Envelope {
+        enclava: ENVELOPE_TAG.into(),
+        report: b64(report),
+        vek: b64(vek),
+        chain: chain.iter().map(|c| b64(c)).collect(),
+    };
+    serde_json::to_vec(&e).unwrap_or_default()
+}
+
+/// Whether `bytes` is meant as an SNP envelope (it may still be malformed).
+pub fn looks_like_envelope(bytes: &[u8]) -> bool {
+    bytes.first() == Some(&b'{') && bytes.windows(ENVELOPE_TAG.len()).any(|w| w == ENVELOPE_TAG.as_bytes())
+}
+
+/// Reads an SNP envelope.
+pub fn decode_envelope(bytes: &[u8]) -> Result<crate::Evidence, VerifyError> {
+    use base64::Engine;
+    let bad = |m: String| VerifyError::Malformed(format!("SEV-SNP envelope: {m}"));
+    if bytes.len() > MAX_ENVELOPE {
+        return Err(bad(format!("{} bytes, more than {MAX_ENVELOPE}", bytes.len())));
+    }
+    let e: Envelope = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
+    if e.enclava != ENVELOPE_TAG {
+        return Err(bad(format!("unknown version {}", enclava_core::text::quote(&e.enclava))));
+    }
+    if e.chain.len() > 8 {
+        return Err(bad(format!("{} chain certificates, at most 8", e.chain.len())));
+    }
+    let d = |what: &str, s: &str| {
+        base64::engine::general_purpose::STANDARD.decode(s).map_err(|_| bad(format!("{what} is not base64")))
+    };
+    let report = d("report", &e.report)?;
+    if report.len() != REPORT_LEN && !report.starts_with(b"HCLA") {
+        return Err(bad(format!("the report is {} bytes, not {REPORT_LEN}", report.len())));
+    }
+    Ok(crate::Evidence::SevSnp {
+        report,
+        vek: d("vek", &e.vek)?,
+        chain: e.chain.iter().map(|c| d("a chain certificate", c)).collect::<Result<_, _>>()?,
+    })
+}
+
+/// `collateral` with the certificates carried in the evidence added (they are checked against the
+/// pinned ARKs like any other).
+pub fn with_chain(collateral: &Collateral, chain: &[Vec<u8>]) -> Collateral {
+    if chain.is_empty() {
+        return collateral.clone();
+    }
+    let mut c = collateral.clone();
+    for cert in chain {
+        if !c.amd_certs.contains(cert) {
+            c.amd_certs.push(cert.clone());
+        }
+    }
+    c
+}
+
+/// The AMD product line a VEK names (`Milan`, `Genoa`, `Turin`, …, without the stepping), from its
+/// productName extension: which KDS chain and CRL to fetch.
+pub fn product_of(vek: &[u8]) -> Option<String> {
+    let (_, cert) = parse_vek(vek).ok()?;
+    let raw = extension(&cert, OID_PRODUCT)?;
+    let text = String::from_utf8_lossy(raw);
+    let name: String =
+        text.chars().skip_while(|c| !c.is_ascii_alphabetic()).take_while(|c| c.is_ascii_alphanumeric()).collect();
+    (!name.is_empty()).then_some(name)
+}
+
 /// Verifies an SNP report (or an Azure HCL report holding one) signed by `vek` (DER or PEM).
 pub fn verify(report_bytes: &[u8], vek: &[u8], collateral: &Collateral, now: u64) -> Result<Claims, VerifyError> {
     let mut raw = BTreeMap::new();

@@ -98,7 +98,8 @@ impl Verifier {
         match evidence {
             Evidence::Dcap(q) => self.dcap(q, collateral, now),
             Evidence::AzureVtpm(_) => crate::verify(evidence, collateral, now),
-            Evidence::SevSnp { report, vek } => {
+            Evidence::SevSnp { report, vek, chain } => {
+                let collateral = &snp::with_chain(collateral, chain);
                 let mut raw = BTreeMap::new();
                 let (bytes, parsed) = snp::parse(report, &mut raw)?;
                 let (vek_der, vek_x509) = snp::parse_vek(vek)?;

@@ -48,6 +48,7 @@ fn snp(dir: &str, report: &str, vek: &str, chain: &str, crl: Option<&str>) -> (E
     let ev = Evidence::SevSnp {
         report: read(&format!("sev-snp/{dir}/{report}")),
         vek: read(&format!("sev-snp/{dir}/{vek}")),
+        chain: Vec::new(),
     };
     (ev, amd_coll(chain, crl))
 }
@@ -207,6 +208,7 @@ fn turin_samples_verify() {
         let swapped = Evidence::SevSnp {
             report: read(&format!("sev-snp/{dir}/report.bin")),
             vek: read(&format!("sev-snp/{other}/vcek.der")),
+            chain: Vec::new(),
         };
         assert!(matches!(verify(&swapped, &coll, when), Err(VerifyError::Invalid(_))), "{dir}");
         // A Turin report against the Milan chain does not chain.
@@ -217,7 +219,7 @@ fn turin_samples_verify() {
     // valid signature) could not exist, so flip it and expect a failure either way.
     let mut report = read("sev-snp/turin-oak/report.bin");
     report[0x1A0 + 8] ^= 1;
-    let ev = Evidence::SevSnp { report, vek: read("sev-snp/turin-oak/vcek.der") };
+    let ev = Evidence::SevSnp { report, vek: read("sev-snp/turin-oak/vcek.der"), chain: Vec::new() };
     assert!(verify(&ev, &amd_coll("turin_cert_chain.pem", None), when).is_err());
 }
 
@@ -231,6 +233,7 @@ fn snp_wrong_chain_tcb_or_time_fail() {
     let ev = Evidence::SevSnp {
         report: read("sev-snp/milan-virtee/report.bin"),
         vek: read("sev-snp/milan-idblock-trustee/vcek.der"),
+        chain: Vec::new(),
     };
     let err = verify(&ev, &coll, at(JULY_2025)).expect_err("other chip");
     assert!(matches!(err, VerifyError::Invalid(_)), "{err}");
@@ -243,6 +246,7 @@ fn snp_wrong_chain_tcb_or_time_fail() {
     let ev = Evidence::SevSnp {
         report: read("sev-snp/milan-virtee/report.bin"),
         vek: read("sev-snp/milan-virtee/vcek.der"),
+        chain: Vec::new(),
     };
     assert!(matches!(verify(&ev, &Collateral::default(), at(JULY_2025)), Err(VerifyError::MissingCollateral(_))));
 }
@@ -365,23 +369,27 @@ fn flipping_any_signed_byte_of_an_snp_report_or_its_certificates_fails() {
         ("milan-vlek-trustee", "report.bin", "vlek.der", "milan_vlek_cert_chain.pem", None),
         ("genoa-azure-openpcc", "report.bin", "vcek.pem", "genoa_cert_chain.pem", Some("genoa_crl.pem")),
     ] {
-        let (Evidence::SevSnp { report: r, vek: v }, coll) = snp(dir, report, vek, chain, crl) else { unreachable!() };
+        let (Evidence::SevSnp { report: r, vek: v, .. }, coll) = snp(dir, report, vek, chain, crl) else {
+            unreachable!()
+        };
         let now = at(JULY_2025);
         // The signed region (0..0x2A0), every byte; the signature, a sample.
         let mut places: Vec<usize> = (0..0x2A0).collect();
         places.extend(positions(0x2A0..0x330, 40));
-        assert_all_fail(dir, &r, places, |m| verify(&Evidence::SevSnp { report: m, vek: v.clone() }, &coll, now));
+        assert_all_fail(dir, &r, places, |m| {
+            verify(&Evidence::SevSnp { report: m, vek: v.clone(), chain: Vec::new() }, &coll, now)
+        });
         // The VEK certificate (DER).
         let vek_der = roots::der_or_pem(&v).expect("der");
         assert_all_fail(&format!("{dir} VEK"), &vek_der, positions(4..vek_der.len(), 60), |m| {
-            verify(&Evidence::SevSnp { report: r.clone(), vek: m }, &coll, now)
+            verify(&Evidence::SevSnp { report: r.clone(), vek: m, chain: Vec::new() }, &coll, now)
         });
         // The intermediate certificate.
         let inter = coll.amd_certs[0].clone();
         assert_all_fail(&format!("{dir} ASK"), &inter, positions(4..inter.len(), 40), |m| {
             let mut c = coll.clone();
             c.amd_certs[0] = m;
-            verify(&Evidence::SevSnp { report: r.clone(), vek: v.clone() }, &c, now)
+            verify(&Evidence::SevSnp { report: r.clone(), vek: v.clone(), chain: Vec::new() }, &c, now)
         });
     }
 }
@@ -449,7 +457,7 @@ fn warm_equals_cold_and_still_checks_every_piece_of_evidence() {
                 Evidence::Dcap(_) => Evidence::Dcap(m),
                 Evidence::Nitro(_) => Evidence::Nitro(m),
                 Evidence::AzureVtpm(_) => Evidence::AzureVtpm(m),
-                Evidence::SevSnp { vek, .. } => Evidence::SevSnp { report: m, vek: vek.clone() },
+                Evidence::SevSnp { vek, .. } => Evidence::SevSnp { report: m, vek: vek.clone(), chain: Vec::new() },
                 Evidence::Sim(_) => Evidence::Sim(m),
             };
             assert!(v.verify(&mutated, &coll, now).is_err(), "{name}: warm path missed flipped byte {i}");

@@ -76,16 +76,16 @@ fn source_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// Checks a found enclave before anything is sent to it (seed note 3): its published evidence must
-/// verify against `collateral` (Intel or AMD collateral for real platforms; the sim root comes
-/// from the policy when not given), bind its published key, and satisfy `policy` at `now`.
-/// Returns the claims, or every reason it is refused.
-pub fn verify_enclave(
+/// verify (with the collateral `verifier` gathers for it: Intel's or AMD's for real platforms, over
+/// HTTP or from a folder; the sim root from the policy), bind its published key, and satisfy
+/// `policy` at `now`. Returns the claims, or every reason it is refused.
+pub async fn verify_enclave(
     info: &pb::EnclaveInfo,
     policy: &enclava_attest::Policy,
-    collateral: &enclava_attest::Collateral,
+    verifier: &enclava_collateral::EvidenceVerifier,
     now: u64,
 ) -> Result<enclava_attest::Claims, Vec<String>> {
-    use enclava_attest::{Collateral, Evidence, binding, policy::check};
+    use enclava_attest::{Evidence, binding, policy::check};
     if info.attestation.is_empty() {
         return Err(vec!["it publishes no evidence".into()]);
     }
@@ -98,11 +98,8 @@ pub fn verify_enclave(
             allowed.join(", ")
         )]);
     }
-    let mut collateral: Collateral = collateral.clone();
-    if collateral.sim_root.is_none() {
-        collateral.sim_root = policy.sim_root().map_err(|e| vec![e])?;
-    }
-    let claims = enclava_attest::verify(&evidence, &collateral, now).map_err(|e| vec![e.to_string()])?;
+    let sim_root = policy.sim_root().map_err(|e| vec![e])?;
+    let claims = verifier.verify(&evidence, sim_root, now).await.map_err(|e| vec![e.to_string()])?;
     let bound = binding::report_data(binding::NODE_KEY, &info.pubkey, None);
     let verdict = check(policy, &claims, now, Some(&bound));
     if !verdict.accepted {

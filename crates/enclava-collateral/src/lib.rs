@@ -2,8 +2,12 @@
 //! backends: [`FolderSource`] (offline files) and [`HttpSource`] (an Intel PCS/PCCS-style service
 //! for DCAP collateral, an AMD KDS-style service for AMD chains and CRLs), whose answers are cached
 //! until their own `nextUpdate`. The verifier (`enclava-attest`) never fetches anything itself.
+//! [`EvidenceVerifier`] puts them together: it gathers what a piece of evidence needs from one
+//! source and verifies it with one warm verifier, the same way in the key broker and the client.
 //!
 //! # Layout
+//! - [`EvidenceVerifier`]: collateral for this evidence, then the (caching) verifier.
+//! - [`open_source`]: a source from what a user writes (`--collateral DIR|FILE|http://…`).
 //! - [`FolderSource`]: `collateral.json` or a `pcs/` folder; `{product}_cert_chain.pem` and
 //!   `{product}_crl.pem` for AMD.
 //! - [`HttpSource`]: PCS v4 paths (`/{sgx,tdx}/certification/v4/tcb`, `/qe/identity`,
@@ -44,6 +48,127 @@ pub trait CollateralSource: Send + Sync + std::fmt::Debug {
     async fn dcap(&self, quote: &[u8], now: u64) -> Result<QuoteCollateralV3, CollateralError>;
     /// AMD chain and CRLs for a product (`Milan`, `Genoa`, `Turin`).
     async fn amd(&self, product: &str, now: u64) -> Result<AmdCollateral, CollateralError>;
+}
+
+/// A source from what a user writes: `http://host:port` (one service for both Intel's PCS paths
+/// and AMD's KDS paths, e.g. a caching proxy), `intel=http://…,amd=http://…`, a `collateral.json`,
+/// or a folder (Intel collateral as `collateral.json` or PCS responses, AMD chains and CRLs as
+/// `{product}_cert_chain.pem` and `{product}_crl.pem`).
+pub fn open_source(spec: &str) -> Result<std::sync::Arc<dyn CollateralSource>, CollateralError> {
+    let spec = spec.trim();
+    if spec.starts_with("intel=") || spec.starts_with("amd=") {
+        let (mut intel, mut amd) = (None, None);
+        for part in spec.split(',') {
+            match part.split_once('=') {
+                Some(("intel", u)) => intel = Some(u.to_owned()),
+                Some(("amd", u)) => amd = Some(u.to_owned()),
+                _ => {
+                    return Err(CollateralError::Unusable(format!(
+                        "collateral {}: use intel=URL,amd=URL, one URL, or a folder",
+                        enclava_core::text::quote(spec)
+                    )));
+                }
+            }
+        }
+        // One given: it serves both.
+        let (intel, amd) = (intel.clone().or(amd.clone()), amd.or(intel));
+        let (Some(intel), Some(amd)) = (intel, amd) else {
+            return Err(CollateralError::Unusable("collateral: intel=URL or amd=URL names no URL".into()));
+        };
+        return Ok(std::sync::Arc::new(HttpSource::new(&intel, &amd)?));
+    }
+    if spec.contains("://") {
+        return Ok(std::sync::Arc::new(HttpSource::new(spec, spec)?));
+    }
+    let path = PathBuf::from(spec);
+    if path.is_file() {
+        return Ok(std::sync::Arc::new(FolderSource { dcap: Some(path), amd: None }));
+    }
+    if path.is_dir() {
+        let json = path.join("collateral.json");
+        let dcap = if json.is_file() { json } else { path.clone() };
+        return Ok(std::sync::Arc::new(FolderSource { dcap: Some(dcap), amd: Some(path) }));
+    }
+    Err(CollateralError::Unusable(format!(
+        "collateral {} is neither a URL, a file nor a folder",
+        enclava_core::text::quote(spec)
+    )))
+}
+
+/// Verifies evidence with the collateral it needs: Intel's for a DCAP quote (by its FMSPC), AMD's
+/// chain and CRL for an SNP report (by its VEK's product line; certificates carried in the evidence
+/// are used too), and the sim root a policy names. One source and one warm verifier, shared by
+/// every call: the key broker and the client verify the same way.
+#[derive(Debug, Default)]
+pub struct EvidenceVerifier {
+    source: Option<std::sync::Arc<dyn CollateralSource>>,
+    warm: enclava_attest::warm::Verifier,
+}
+
+impl EvidenceVerifier {
+    /// A verifier fetching from `source` (`None`: only evidence that needs no collateral, i.e.
+    /// Nitro, sim, and SNP evidence that carries its whole chain, verifies).
+    pub fn new(source: Option<std::sync::Arc<dyn CollateralSource>>) -> EvidenceVerifier {
+        EvidenceVerifier { source, warm: enclava_attest::warm::Verifier::new() }
+    }
+
+    /// What `evidence` needs from the source, and `sim_root`. A source that cannot answer leaves
+    /// the part out (logged); verification then says what is missing.
+    pub async fn collateral(
+        &self,
+        evidence: &enclava_attest::Evidence,
+        sim_root: Option<enclava_attest::sim::RootPublicKey>,
+        now: u64,
+    ) -> enclava_attest::Collateral {
+        use enclava_attest::Evidence;
+        let mut c = enclava_attest::Collateral { sim_root, ..Default::default() };
+        let Some(src) = &self.source else { return c };
+        match evidence {
+            Evidence::Dcap(quote) => match src.dcap(quote, now).await {
+                Ok(d) => c.dcap = Some(d),
+                Err(e) => tracing::warn!(error = %e, "no Intel collateral for this quote"),
+            },
+            Evidence::SevSnp { vek, .. } => {
+                let Some(product) = enclava_attest::snp::product_of(vek) else {
+                    tracing::warn!("the VEK names no AMD product line: no AMD collateral fetched");
+                    return c;
+                };
+                match src.amd(&product, now).await {
+                    Ok(a) => {
+                        c.amd_certs = a.certs;
+                        c.amd_crls = a.crls;
+                    }
+                    Err(e) => tracing::warn!(error = %e, %product, "no AMD collateral"),
+                }
+            }
+            Evidence::AzureVtpm(json) => {
+                if let Some(product) =
+                    enclava_attest::azure::vek(json).and_then(|v| enclava_attest::snp::product_of(&v))
+                {
+                    match src.amd(&product, now).await {
+                        Ok(a) => {
+                            c.amd_certs = a.certs;
+                            c.amd_crls = a.crls;
+                        }
+                        Err(e) => tracing::warn!(error = %e, %product, "no AMD collateral"),
+                    }
+                }
+            }
+            Evidence::Nitro(_) | Evidence::Sim(_) => {}
+        }
+        c
+    }
+
+    /// Gathers the collateral `evidence` needs and verifies it at `now`.
+    pub async fn verify(
+        &self,
+        evidence: &enclava_attest::Evidence,
+        sim_root: Option<enclava_attest::sim::RootPublicKey>,
+        now: u64,
+    ) -> Result<enclava_attest::Claims, enclava_attest::VerifyError> {
+        let collateral = self.collateral(evidence, sim_root, now).await;
+        self.warm.verify(evidence, &collateral, now)
+    }
 }
 
 /// Collateral from files.

@@ -10,8 +10,8 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use enclava_attest::policy::{PlatformRules, check};
-use enclava_attest::{Claims, Collateral, Evidence, Policy, binding, warm::Verifier};
-use enclava_collateral::CollateralSource;
+use enclava_attest::{Claims, Evidence, Policy, binding};
+use enclava_collateral::{CollateralSource, EvidenceVerifier};
 use ring::rand::{SecureRandom, SystemRandom};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
@@ -239,13 +239,13 @@ pub struct Broker {
     store: Store,
     nonces: Mutex<HashMap<[u8; 32], u64>>,
     nonce_ttl: Duration,
-    verifier: Verifier,
+    /// Collateral for real evidence, and the warm verifier.
+    verifier: EvidenceVerifier,
     default_policy: Arc<Policy>,
     policies: Mutex<HashMap<String, Arc<Policy>>>,
     /// Release material per model, valid while the model's generation is unchanged (one cheap
     /// query per release checks it, so a revocation on any replica takes effect at once).
     models: Mutex<HashMap<String, Arc<ModelState>>>,
-    collateral: Option<Arc<dyn CollateralSource>>,
     audit: mpsc::Sender<(AuditEntry, oneshot::Sender<Result<(), KeysError>>)>,
     metrics: Arc<KeysMetrics>,
     rng: SystemRandom,
@@ -275,11 +275,10 @@ impl Broker {
             store,
             nonces: Mutex::default(),
             nonce_ttl: config.nonce_ttl,
-            verifier: Verifier::new(),
+            verifier: EvidenceVerifier::new(config.collateral),
             default_policy: Arc::new(default_policy),
             policies: Mutex::default(),
             models: Mutex::default(),
-            collateral: config.collateral,
             audit: tx,
             metrics,
             rng: SystemRandom::new(),
@@ -557,17 +556,6 @@ impl Broker {
         Ok(p)
     }
 
-    async fn collateral_for(&self, evidence: &Evidence, policy: &Policy, now: u64) -> Collateral {
-        let mut c = Collateral { sim_root: policy.sim_root().ok().flatten(), ..Default::default() };
-        if let (Some(src), Evidence::Dcap(quote)) = (&self.collateral, evidence) {
-            match src.dcap(quote, now).await {
-                Ok(d) => c.dcap = Some(d),
-                Err(e) => tracing::warn!(error = %e, "no Intel collateral for a release"),
-            }
-        }
-        c
-    }
-
     /// The model's release material, from the cache while its generation is unchanged. A store
     /// that fails, or a stored key that does not open, is an error (503), never a refusal: the
     /// node did nothing wrong, and the operator has to act.
@@ -674,9 +662,9 @@ impl Broker {
                 .into());
             }
             // 2. The evidence verifies …
-            let collateral = self.collateral_for(&evidence, &state.policy, now).await;
+            let sim_root = state.policy.sim_root().ok().flatten();
             let claims =
-                self.verifier.verify(&evidence, &collateral, now).map_err(|e| Refusal::Evidence(e.to_string()))?;
+                self.verifier.verify(&evidence, sim_root, now).await.map_err(|e| Refusal::Evidence(e.to_string()))?;
             actor = format!("enclave:{}:{}", claims.platform, claims.measurement_hex());
             measurement = claims.measurement_hex();
             // 3. … and binds this key and this nonce.

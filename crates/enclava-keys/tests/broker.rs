@@ -305,6 +305,7 @@ async fn real_sgx_tdx_and_snp_samples_are_judged_by_grants_on_their_measurement(
             Evidence::SevSnp {
                 report: testdata("sev-snp/milan-virtee/report.bin"),
                 vek: testdata("sev-snp/milan-virtee/vcek.der"),
+                chain: Vec::new(),
             },
             snp_coll,
         ),

@@ -9,6 +9,9 @@
 //! - [`free_port`]: a loopback port nobody listens on.
 //! - [`PgCluster`]: a throwaway PostgreSQL cluster (`initdb`, `postgres`) on a free port.
 //! - [`PgDatabase`]: a new database on the test PostgreSQL server, dropped when done.
+//! - [`collateral::CollateralServer`]: Intel PCS- and AMD KDS-style collateral over HTTP.
+
+pub mod collateral;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -105,6 +105,7 @@ fn cases() -> anyhow::Result<Vec<Case>> {
             evidence: Evidence::SevSnp {
                 report: sample!("sev-snp/milan-virtee/report.bin").to_vec(),
                 vek: sample!("sev-snp/milan-virtee/vcek.der").to_vec(),
+                chain: Vec::new(),
             },
             collateral: Collateral { amd_certs: milan_chain, amd_crls: vec![milan_crl], ..Default::default() },
             now: at("2025-07-01T00:00:00Z")?,

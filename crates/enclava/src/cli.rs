@@ -103,9 +103,10 @@ pub struct ServerArgs {
     /// measurements from grants, no debug, TCB up to date, never sim]
     #[arg(long, env = "ENCLAVA_POLICY")]
     pub policy: Option<PathBuf>,
-    /// Intel collateral for DCAP quotes in releases: a collateral.json or a folder of PCS responses
+    /// Collateral for real platforms' evidence in releases: an Intel PCS/PCCS- and AMD KDS-style
+    /// service (http://HOST:PORT, or intel=URL,amd=URL), a collateral.json, or a folder
     #[arg(long, env = "ENCLAVA_COLLATERAL")]
-    pub collateral: Option<PathBuf>,
+    pub collateral: Option<String>,
     /// Who may register with the key broker: open (anyone, rate-limited), invite (one-time invites
     /// from an administrator; the first one is written to DATA_DIR/admin-invite), closed [default: open]
     #[arg(long, env = "ENCLAVA_REGISTRATION")]
@@ -211,6 +212,13 @@ pub struct FindArgs {
     /// Policy for --verify (TOML or JSON)
     #[arg(long, env = "ENCLAVA_POLICY")]
     pub policy: Option<PathBuf>,
+    /// Collateral for --verify on real platforms: an Intel PCS/PCCS- and AMD KDS-style service
+    /// (http://HOST:PORT, or intel=URL,amd=URL), a collateral.json, or a folder
+    #[arg(long, env = "ENCLAVA_COLLATERAL")]
+    pub collateral: Option<String>,
+    /// Verify at this time (RFC 3339) instead of now, e.g. for recorded evidence
+    #[arg(long)]
+    pub at: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

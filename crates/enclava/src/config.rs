@@ -74,7 +74,7 @@ macro_rules! layer {
 
 layer!(ServerArgs { registry, listen, namespace, service, cache_ttl_ms, sweep_interval_ms, database, data_dir, kek_file, policy, collateral, registration, register_rate, release_rate } lists { roles } flags { accept_rollback });
 layer!(NodeArgs { registry, listen, advertise, platform, data_dir, namespace, service, sim_root, key_broker, blobs, memory_budget_mb } lists { data, serve_model } flags { openwhisk });
-layer!(FindArgs { server, data, measurement, platform, limit, policy } lists { deny } flags { json, verify });
+layer!(FindArgs { server, data, measurement, platform, limit, policy, collateral, at } lists { deny } flags { json, verify });
 
 #[cfg(test)]
 mod tests {

@@ -150,7 +150,7 @@ pub async fn dev(a: DevArgs) -> anyhow::Result<ExitCode> {
     let policy = Policy::parse(&policy_text).map_err(anyhow::Error::msg)?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
     for e in &found {
-        match enclava_client::verify_enclave(e, &policy, &Default::default(), now) {
+        match enclava_client::verify_enclave(e, &policy, &Default::default(), now).await {
             Ok(c) => println!(
                 "      {}: platform {}, measurement {}…, evidence binds its request key {}… — accepted",
                 e.instance_id,

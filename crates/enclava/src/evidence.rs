@@ -138,7 +138,7 @@ fn load(path: &Path, a: &Shared, policy: Option<&Policy>) -> Result<(Evidence, C
     } else {
         let vek = certs.remove(0);
         collateral.amd_certs = certs;
-        Evidence::SevSnp { report: bytes, vek }
+        Evidence::SevSnp { report: bytes, vek, chain: Vec::new() }
     };
     for p in &a.crl {
         collateral.amd_crls.extend(der_items(p)?);

@@ -26,6 +26,10 @@ pub struct InferArgs {
     /// unverified (serverless mode does not use it)
     #[arg(long, env = "ENCLAVA_POLICY", required_unless_present = "serverless")]
     pub policy: Option<PathBuf>,
+    /// Collateral for verifying real platforms' evidence: an Intel PCS/PCCS- and AMD KDS-style
+    /// service (http://HOST:PORT, or intel=URL,amd=URL), a collateral.json, or a folder
+    #[arg(long, env = "ENCLAVA_COLLATERAL")]
+    pub collateral: Option<String>,
     /// Enclave manager URL (and, in serverless mode, the key broker your identity is kept for)
     #[arg(long, env = "ENCLAVA_SERVER", default_value = "http://127.0.0.1:7000")]
     pub server: String,
@@ -95,6 +99,7 @@ pub async fn run(a: InferArgs, env: &dyn Fn(&str) -> Option<String>) -> anyhow::
     let policy_path = a.policy.clone().context("--policy is required in direct mode")?;
     let policy = Policy::load(&policy_path).map_err(anyhow::Error::msg)?;
     let mut opts = enclava_client::infer::InferOptions::new(a.server.clone(), a.model.clone(), policy);
+    opts.verifier = crate::verifier(a.collateral.as_deref())?;
     opts.max_attempts = a.attempts.max(1);
     let out = enclava_client::infer::infer(&opts, &input.to_npy()).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let (output, top) = finish(&a, &out.output_npy)?;

@@ -165,7 +165,7 @@ pub(crate) async fn open_broker(
         config.default_policy = Some(enclava_attest::Policy::load(p).map_err(anyhow::Error::msg)?);
     }
     if let Some(c) = &a.collateral {
-        config.collateral = Some(Arc::new(enclava_collateral::FolderSource { dcap: Some(c.clone()), amd: None }));
+        config.collateral = Some(enclava_collateral::open_source(c).map_err(|e| anyhow::anyhow!("--collateral: {e}"))?);
     }
     if let Some(r) = &a.registration {
         config.registration = r.parse().map_err(|e: String| anyhow::anyhow!("--registration: {e}"))?;
@@ -180,6 +180,13 @@ pub(crate) async fn open_broker(
     let broker = enclava_keys::Broker::open(config, kek, Arc::new(enclava_keys::KeysMetrics::new())).await?;
     tracing::info!(data_dir = %data_dir.display(), "key broker role");
     Ok(broker)
+}
+
+/// The evidence verifier a client uses, with collateral from `spec` (`--collateral`) when given.
+pub(crate) fn verifier(spec: Option<&str>) -> anyhow::Result<Arc<enclava_collateral::EvidenceVerifier>> {
+    let source =
+        spec.map(enclava_collateral::open_source).transpose().map_err(|e| anyhow::anyhow!("--collateral: {e}"))?;
+    Ok(Arc::new(enclava_collateral::EvidenceVerifier::new(source)))
 }
 
 /// `$XDG_DATA_HOME/enclava/<what>`, else `~/.local/share/enclava/<what>`.
@@ -253,14 +260,19 @@ async fn find(a: FindArgs) -> anyhow::Result<ExitCode> {
     if a.verify {
         let path = a.policy.as_deref().context("--verify needs --policy FILE")?;
         let policy = enclava_attest::Policy::load(path).map_err(anyhow::Error::msg)?;
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
-        resp.found.retain(|e| match enclava_client::verify_enclave(e, &policy, &Default::default(), now) {
-            Ok(_) => true,
-            Err(reasons) => {
-                refused.push((e.instance_id.clone(), reasons));
-                false
+        let now = match &a.at {
+            Some(t) => enclava_attest::time::parse_rfc3339(t).map_err(|e| anyhow::anyhow!("--at: {e}"))?,
+            None => std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs(),
+        };
+        let verifier = verifier(a.collateral.as_deref())?;
+        let mut kept = Vec::new();
+        for e in std::mem::take(&mut resp.found) {
+            match enclava_client::verify_enclave(&e, &policy, &verifier, now).await {
+                Ok(_) => kept.push(e),
+                Err(reasons) => refused.push((e.instance_id.clone(), reasons)),
             }
-        });
+        }
+        resp.found = kept;
     }
     let mut out = std::io::stdout().lock();
     if a.json {

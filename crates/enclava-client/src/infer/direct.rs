@@ -4,7 +4,10 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use enclava_attest::{Claims, Collateral, Policy};
+use std::sync::Arc;
+
+use enclava_attest::{Claims, Policy};
+use enclava_collateral::EvidenceVerifier;
 use enclava_proto::discovery::v1::{EnclaveInfo, FindEnclaveRequest};
 
 use super::{BINARY_CONTENT_TYPE, ErrorBody, HttpClient, InferResponse, PATH, PendingRequest, http_client, post_with};
@@ -19,8 +22,9 @@ pub struct InferOptions {
     pub model: String,
     /// What an enclave must prove before it gets the input.
     pub policy: Policy,
-    /// Intel/AMD collateral for real platforms; the sim root comes from the policy when absent.
-    pub collateral: Collateral,
+    /// Verifies found enclaves, with Intel/AMD collateral for real platforms (its source and caches
+    /// are shared by every request); the sim root comes from the policy.
+    pub verifier: Arc<EvidenceVerifier>,
     /// Enclaves to try at most (each found enclave counts, refused or not).
     pub max_attempts: usize,
     /// Time allowed for each request to an enclave (connect, run, answer).
@@ -40,7 +44,7 @@ impl InferOptions {
             manager: manager.into(),
             model: model.into(),
             policy,
-            collateral: Collateral::default(),
+            verifier: Arc::new(EvidenceVerifier::new(None)),
             max_attempts: 3,
             request_timeout: Duration::from_secs(60),
             reuse_verified: REUSE_VERIFIED,
@@ -184,7 +188,7 @@ impl InferSession {
                         return Err(InferError::NoEnclave { model: opts.model.clone(), tried });
                     };
                     let now = super::now_ms() / 1000;
-                    match crate::verify_enclave(&info, &opts.policy, &opts.collateral, now) {
+                    match crate::verify_enclave(&info, &opts.policy, &opts.verifier, now).await {
                         Ok(claims) => (info, claims, Instant::now()),
                         Err(reasons) => {
                             tried.push(attempt(&info, format!("refused, nothing sent: {}", reasons.join("; "))));

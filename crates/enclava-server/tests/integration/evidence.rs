@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use enclava_attest::Policy;
 use enclava_attest::sim::SimRoot;
+use enclava_collateral::EvidenceVerifier;
 use enclava_node::NodeConfig;
+use enclava_proto::discovery::v1::EnclaveInfo;
 use enclava_registry::memory::MemoryRegistry;
 use enclava_server::ServerConfig;
 
@@ -61,30 +63,82 @@ async fn published_evidence_verifies_only_under_the_right_policy() {
     let ours =
         format!("[sim]\nroot = \"{}\"\nmeasurements = [\"{}\"]\n", root.public().to_hex(), nodes[0].measurement());
     let policy = Policy::parse(&ours).expect("policy");
-    let claims = enclava_client::verify_enclave(&attested, &policy, &Default::default(), now()).expect("verifies");
+    let verifier = EvidenceVerifier::new(None);
+    let claims = enclava_client::verify_enclave(&attested, &policy, &verifier, now()).await.expect("verifies");
     assert_eq!(claims.platform, enclava_attest::Platform::Sim);
     assert_eq!(claims.measurement_hex(), nodes[0].measurement());
 
-    let refuse = |info: &enclava_proto::discovery::v1::EnclaveInfo, policy: &Policy, want: &str| {
-        let reasons = enclava_client::verify_enclave(info, policy, &Default::default(), now()).expect_err("refused");
+    let refuse = async |info: &EnclaveInfo, policy: &Policy, want: &str| {
+        let reasons = enclava_client::verify_enclave(info, policy, &verifier, now()).await.expect_err("refused");
         assert!(reasons.iter().any(|r| r.contains(want)), "{reasons:?} should say {want:?}");
     };
-    refuse(&unattested, &policy, "no evidence");
+    refuse(&unattested, &policy, "no evidence").await;
     let other = SimRoot::generate().expect("root");
     let foreign = Policy::parse(&ours.replace(&root.public().to_hex(), &other.public().to_hex())).expect("policy");
-    refuse(&attested, &foreign, "another deployment");
+    refuse(&attested, &foreign, "another deployment").await;
     let no_sim = Policy::parse(&format!("[sgx]\nmeasurements = [\"{}\"]\n", "00".repeat(32))).expect("policy");
-    refuse(&attested, &no_sim, "platform sim is not allowed");
+    refuse(&attested, &no_sim, "platform sim is not allowed").await;
     let mut swapped = attested.clone();
     swapped.pubkey = unattested.pubkey.clone();
-    refuse(&swapped, &policy, "does not bind");
+    refuse(&swapped, &policy, "does not bind").await;
     let wrong_measurement = Policy::parse(&ours.replace(nodes[0].measurement(), &"ab".repeat(48))).expect("policy");
-    refuse(&attested, &wrong_measurement, "measurement");
+    refuse(&attested, &wrong_measurement, "measurement").await;
     let mut tampered = attested.clone();
     tampered.attestation[20] ^= 1;
-    refuse(&tampered, &policy, "signature");
+    refuse(&tampered, &policy, "signature").await;
     for n in nodes {
         n.shutdown().await;
     }
     server.stop().await;
+}
+
+fn testdata(rel: &str) -> Vec<u8> {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../enclava-attest/testdata").join(rel);
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// What a node on real hardware publishes (a TDX quote; an SNP report in its envelope with the
+/// VCEK), verified by a client whose only collateral is a PCS/KDS-style service it reaches over
+/// HTTP: everything verifies (chain, CRL, TCB, signature), and the one refusal left is the binding
+/// (these samples bind some other key, not the published one). Without the service, the client says
+/// what is missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_verifies_real_evidence_with_collateral_fetched_over_http() {
+    use enclava_attest::time::parse_rfc3339;
+    let td = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../enclava-attest/testdata");
+    let service = enclava_testkit::collateral::CollateralServer::start(td.join("tdx-v4/pcs"), td.join("sev-snp/amd"))
+        .await
+        .expect("collateral service");
+    let online = EvidenceVerifier::new(Some(enclava_collateral::open_source(&service.url).expect("source")));
+    let offline = EvidenceVerifier::new(None);
+    let at = parse_rfc3339("2025-07-01T00:00:00Z").expect("time");
+    let snp = enclava_attest::snp::encode_envelope(
+        &testdata("sev-snp/milan-virtee/report.bin"),
+        &testdata("sev-snp/milan-virtee/vcek.der"),
+        &[],
+    );
+    for (platform, evidence) in [("tdx", testdata("tdx-v4/quote.dat")), ("sev-snp", snp)] {
+        let claims = enclava_attest::verify(
+            &enclava_attest::Evidence::detect(evidence.clone()).expect("detect"),
+            &online.collateral(&enclava_attest::Evidence::detect(evidence.clone()).expect("detect"), None, at).await,
+            at,
+        )
+        .unwrap_or_else(|e| panic!("{platform}: {e}"));
+        let info = EnclaveInfo {
+            instance_id: format!("real-{platform}"),
+            platform: platform.into(),
+            policy: Some(enclava_proto::discovery::v1::EnclavePolicy { mrenclave: claims.measurement_hex() }),
+            attestation: evidence,
+            pubkey: vec![7; 32],
+            connection_string: "127.0.0.1:1".into(),
+            ..Default::default()
+        };
+        let policy = Policy::parse(&format!("[{platform}]\nmeasurements = [\"{}\"]\n", claims.measurement_hex()))
+            .expect("policy");
+        let reasons = enclava_client::verify_enclave(&info, &policy, &online, at).await.expect_err("binds another key");
+        assert_eq!(reasons, vec!["the report data does not bind the expected key and nonce".to_owned()], "{platform}");
+        let reasons = enclava_client::verify_enclave(&info, &policy, &offline, at).await.expect_err("no collateral");
+        assert!(reasons.iter().any(|r| r.contains("missing collateral")), "{platform}: {reasons:?}");
+    }
+    assert!(service.hits() >= 6, "TCB info, QE identity, two CRLs, AMD chain and CRL");
 }
