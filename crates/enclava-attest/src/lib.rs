@@ -30,6 +30,15 @@ pub mod warm;
 pub use claims::{Claims, Platform};
 pub use policy::{Policy, Verdict};
 
+/// Verifies an ECDSA P-384/SHA-384 signature (`r || s`, 96 bytes) by an uncompressed SEC1 public
+/// key, with AWS-LC: the one signature SEV-SNP and Nitro evidence each carry, and the whole cost of
+/// a warm SNP verification.
+pub fn p384_verify(public_key: &[u8], message: &[u8], signature: &[u8]) -> bool {
+    aws_lc_rs::signature::UnparsedPublicKey::new(&aws_lc_rs::signature::ECDSA_P384_SHA384_FIXED, public_key)
+        .verify(message, signature)
+        .is_ok()
+}
+
 /// Why evidence did not verify. Every variant says what failed in words.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum VerifyError {

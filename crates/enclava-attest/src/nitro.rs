@@ -118,11 +118,12 @@ pub(crate) fn check_document(p: &Parsed) -> Result<Claims, VerifyError> {
     let cert = x509_cert::Certificate::from_der(&p.leaf).map_err(|e| malformed(format!("certificate: {e}")))?;
     let key = cert.tbs_certificate.subject_public_key_info.subject_public_key.raw_bytes().to_vec();
     p.sign1
-        .verify_signature(b"", |sig, data| {
-            ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P384_SHA384_FIXED, &key)
-                .verify(data, sig)
-                .map_err(|_| "signature mismatch")
-        })
+        .verify_signature(
+            b"",
+            |sig, data| {
+                if crate::p384_verify(&key, data, sig) { Ok(()) } else { Err("signature mismatch") }
+            },
+        )
         .map_err(|e| VerifyError::Invalid(format!("the document signature does not verify ({e})")))?;
     let map = &p.map;
     let text = |name: &str| field(map, name).and_then(Value::as_text).map(str::to_owned);

@@ -23,13 +23,15 @@ use crate::{Claims, Collateral, Platform, VerifyError, roots};
 /// Size of an SNP attestation report.
 pub const REPORT_LEN: usize = 1184;
 const SIGNED_LEN: usize = 0x2A0;
-const OID_BL: &str = "1.3.6.1.4.1.3704.1.3.1";
-const OID_TEE: &str = "1.3.6.1.4.1.3704.1.3.2";
-const OID_SNP: &str = "1.3.6.1.4.1.3704.1.3.3";
-const OID_UCODE: &str = "1.3.6.1.4.1.3704.1.3.8";
-const OID_FMC: &str = "1.3.6.1.4.1.3704.1.3.9";
-const OID_HWID: &str = "1.3.6.1.4.1.3704.1.4";
-const OID_PRODUCT: &str = "1.3.6.1.4.1.3704.1.2";
+type Oid = x509_cert::der::asn1::ObjectIdentifier;
+// Compared as OIDs, not as text: a warm verification looks several up per report.
+const OID_BL: Oid = Oid::new_unwrap("1.3.6.1.4.1.3704.1.3.1");
+const OID_TEE: Oid = Oid::new_unwrap("1.3.6.1.4.1.3704.1.3.2");
+const OID_SNP: Oid = Oid::new_unwrap("1.3.6.1.4.1.3704.1.3.3");
+const OID_UCODE: Oid = Oid::new_unwrap("1.3.6.1.4.1.3704.1.3.8");
+const OID_FMC: Oid = Oid::new_unwrap("1.3.6.1.4.1.3704.1.3.9");
+const OID_HWID: Oid = Oid::new_unwrap("1.3.6.1.4.1.3704.1.4");
+const OID_PRODUCT: Oid = Oid::new_unwrap("1.3.6.1.4.1.3704.1.2");
 
 fn invalid(m: impl Into<String>) -> VerifyError {
     VerifyError::Invalid(m.into())
@@ -63,17 +65,12 @@ fn check_validity(c: &Certificate, what: &str, now: u64) -> Result<(), VerifyErr
     Ok(())
 }
 
-fn extension<'a>(c: &'a Certificate, oid: &str) -> Option<&'a [u8]> {
-    c.tbs_certificate
-        .extensions
-        .as_ref()?
-        .iter()
-        .find(|e| e.extn_id.to_string() == oid)
-        .map(|e| e.extn_value.as_bytes())
+fn extension(c: &Certificate, oid: Oid) -> Option<&[u8]> {
+    c.tbs_certificate.extensions.as_ref()?.iter().find(|e| e.extn_id == oid).map(|e| e.extn_value.as_bytes())
 }
 
 /// A TCB extension: a DER INTEGER (ucode 217 is `02 02 00 d9`).
-fn tcb_extension(c: &Certificate, oid: &str) -> Result<Option<u8>, VerifyError> {
+fn tcb_extension(c: &Certificate, oid: Oid) -> Result<Option<u8>, VerifyError> {
     let Some(v) = extension(c, oid) else {
         return Ok(None);
     };
@@ -237,9 +234,9 @@ pub(crate) fn check_report(
         sig[48 + i] = *b;
     }
     let key = vek_x509.tbs_certificate.subject_public_key_info.subject_public_key.raw_bytes();
-    ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P384_SHA384_FIXED, key)
-        .verify(&bytes[..SIGNED_LEN], &sig)
-        .map_err(|_| invalid("the report is not signed by the VEK"))?;
+    if !crate::p384_verify(key, &bytes[..SIGNED_LEN], &sig) {
+        return Err(invalid("the report is not signed by the VEK"));
+    }
 
     // The VEK certifies this TCB and this chip.
     let t = &report.reported_tcb;
@@ -389,9 +386,9 @@ pub fn decode_envelope(bytes: &[u8]) -> Result<crate::Evidence, VerifyError> {
 
 /// `collateral` with the certificates carried in the evidence added (they are checked against the
 /// pinned ARKs like any other).
-pub fn with_chain(collateral: &Collateral, chain: &[Vec<u8>]) -> Collateral {
+pub fn with_chain<'a>(collateral: &'a Collateral, chain: &[Vec<u8>]) -> std::borrow::Cow<'a, Collateral> {
     if chain.is_empty() {
-        return collateral.clone();
+        return std::borrow::Cow::Borrowed(collateral);
     }
     let mut c = collateral.clone();
     for cert in chain {
@@ -399,7 +396,7 @@ pub fn with_chain(collateral: &Collateral, chain: &[Vec<u8>]) -> Collateral {
             c.amd_certs.push(cert.clone());
         }
     }
-    c
+    std::borrow::Cow::Owned(c)
 }
 
 /// The AMD product line a VEK names (`Milan`, `Genoa`, `Turin`, …, without the stepping), from its

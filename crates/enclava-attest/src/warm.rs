@@ -18,7 +18,8 @@ const MAX_ENTRIES: usize = 4096;
 enum Cached {
     /// A DCAP quote's claims, but for its report data.
     Dcap(Box<Claims>),
-    Snp(snp::ChainOk),
+    /// A VEK whose chain is known good, parsed once.
+    Snp(snp::ChainOk, std::sync::Arc<x509_cert::Certificate>),
     /// A chain or certificate known good.
     Good,
 }
@@ -99,20 +100,22 @@ impl Verifier {
             Evidence::Dcap(q) => self.dcap(q, collateral, now),
             Evidence::AzureVtpm(_) => crate::verify(evidence, collateral, now),
             Evidence::SevSnp { report, vek, chain } => {
-                let collateral = &snp::with_chain(collateral, chain);
+                let collateral = snp::with_chain(collateral, chain);
                 let mut raw = BTreeMap::new();
                 let (bytes, parsed) = snp::parse(report, &mut raw)?;
-                let (vek_der, vek_x509) = snp::parse_vek(vek)?;
-                let k = key(&[b"snp", &vek_der, &collateral_key(collateral)]);
-                let chain = match self.get(&k, now) {
-                    Some(Cached::Snp(c)) => c,
+                let vek_der = crate::roots::der_or_pem(vek).map_err(|e| VerifyError::Malformed(format!("VEK: {e}")))?;
+                let k = key(&[b"snp", &vek_der, &collateral_key(&collateral)]);
+                let (chain_ok, cert) = match self.get(&k, now) {
+                    Some(Cached::Snp(c, cert)) => (c, cert),
                     _ => {
-                        let c = snp::check_chain(&vek_der, &vek_x509, collateral, now)?;
-                        self.put(k, c.from, c.until, Cached::Snp(c.clone()));
-                        c
+                        let (vek_der, vek_x509) = snp::parse_vek(vek)?;
+                        let c = snp::check_chain(&vek_der, &vek_x509, &collateral, now)?;
+                        let cert = std::sync::Arc::new(vek_x509);
+                        self.put(k, c.from, c.until, Cached::Snp(c.clone(), cert.clone()));
+                        (c, cert)
                     }
                 };
-                snp::check_report(&bytes, &parsed, &vek_x509, &chain, raw)
+                snp::check_report(&bytes, &parsed, &cert, &chain_ok, raw)
             }
             Evidence::Nitro(doc) => {
                 let p = nitro::parse(doc)?;
