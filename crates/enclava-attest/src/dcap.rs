@@ -105,6 +105,20 @@ pub fn verify_with_window(quote: &[u8], collateral: &Collateral, now: u64) -> Re
     Ok((claims, verified.latest_issue_date, verified.earliest_expiration_date))
 }
 
+/// The measurement a DCAP quote states (MRENCLAVE, or a TD's MRTD), unverified: what a node says
+/// about itself before anyone checks it.
+pub fn quote_measurement(quote: &[u8]) -> Option<Vec<u8>> {
+    let q = dcap_qvl::quote::Quote::parse(quote).ok()?;
+    match &q.report {
+        Report::SgxEnclave(r) => Some(r.mr_enclave.to_vec()),
+        other => other
+            .as_td10()
+            .or_else(|| other.as_td15().map(|r| &r.base))
+            .or_else(|| other.as_td15_ex().map(|r| &r.base.base))
+            .map(|td| td.mr_td.to_vec()),
+    }
+}
+
 /// Verifies a DCAP quote and returns its claims.
 pub fn verify(quote: &[u8], collateral: &Collateral, now: u64) -> Result<Claims, VerifyError> {
     verify_with_window(quote, collateral, now).map(|(c, _, _)| c)

@@ -384,6 +384,97 @@ pub fn decode_envelope(bytes: &[u8]) -> Result<crate::Evidence, VerifyError> {
     })
 }
 
+/// What an entry of the host's certificate table is (GHCB spec, "SNP extended guest request").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertKind {
+    Vcek,
+    Vlek,
+    Ask,
+    Ark,
+    Other,
+}
+
+/// GUIDs of the certificate table, in their in-memory (mixed-endian) byte order.
+const CERT_GUIDS: [([u8; 16], CertKind); 4] = [
+    // 63da758d-e664-4564-adc5-f4b93be8accd
+    ([0x8d, 0x75, 0xda, 0x63, 0x64, 0xe6, 0x64, 0x45, 0xad, 0xc5, 0xf4, 0xb9, 0x3b, 0xe8, 0xac, 0xcd], CertKind::Vcek),
+    // a8074bc2-a25a-483e-aae6-39c045a0b8a1
+    ([0xc2, 0x4b, 0x07, 0xa8, 0x5a, 0xa2, 0x3e, 0x48, 0xaa, 0xe6, 0x39, 0xc0, 0x45, 0xa0, 0xb8, 0xa1], CertKind::Vlek),
+    // 4ab7b379-bbac-4fe4-a02f-05aef327c782
+    ([0x79, 0xb3, 0xb7, 0x4a, 0xac, 0xbb, 0xe4, 0x4f, 0xa0, 0x2f, 0x05, 0xae, 0xf3, 0x27, 0xc7, 0x82], CertKind::Ask),
+    // c0b406a4-a803-4952-9743-3fb6014cd0ae
+    ([0xa4, 0x06, 0xb4, 0xc0, 0x03, 0xa8, 0x52, 0x49, 0x97, 0x43, 0x3f, 0xb6, 0x01, 0x4c, 0xd0, 0xae], CertKind::Ark),
+];
+
+/// Reads the host's certificate table (configfs-tsm's `auxblob`, the extended report's data):
+/// 24-byte entries `{guid, offset u32 LE, length u32 LE}` ended by an all-zero entry, offsets from
+/// the table's start.
+pub fn parse_cert_table(table: &[u8]) -> Result<Vec<(CertKind, Vec<u8>)>, VerifyError> {
+    let bad = |m: &str| VerifyError::Malformed(format!("SNP certificate table: {m}"));
+    let mut out = Vec::new();
+    for (i, entry) in table.chunks(24).enumerate() {
+        if entry.len() < 24 {
+            return Err(bad("it ends inside an entry"));
+        }
+        if entry.iter().all(|b| *b == 0) {
+            return Ok(out);
+        }
+        if i >= 16 {
+            return Err(bad("more than 16 entries"));
+        }
+        let guid: [u8; 16] = entry[..16].try_into().map_err(|_| bad("short entry"))?;
+        let offset = u32::from_le_bytes([entry[16], entry[17], entry[18], entry[19]]) as usize;
+        let len = u32::from_le_bytes([entry[20], entry[21], entry[22], entry[23]]) as usize;
+        let cert = offset
+            .checked_add(len)
+            .and_then(|end| table.get(offset..end))
+            .ok_or_else(|| bad("an entry points past its end"))?;
+        let kind = CERT_GUIDS.iter().find(|(g, _)| *g == guid).map_or(CertKind::Other, |(_, k)| *k);
+        out.push((kind, cert.to_vec()));
+    }
+    Err(bad("no terminating entry"))
+}
+
+/// Builds a certificate table (for tests and tools).
+pub fn build_cert_table(certs: &[(CertKind, &[u8])]) -> Vec<u8> {
+    let header = (certs.len() + 1) * 24;
+    let mut table = vec![0u8; header];
+    let mut body = Vec::new();
+    for (i, (kind, cert)) in certs.iter().enumerate() {
+        let guid = CERT_GUIDS.iter().find(|(_, k)| k == kind).map_or([0xff; 16], |(g, _)| *g);
+        let e = &mut table[i * 24..i * 24 + 24];
+        e[..16].copy_from_slice(&guid);
+        e[16..20].copy_from_slice(&((header + body.len()) as u32).to_le_bytes());
+        e[20..24].copy_from_slice(&(cert.len() as u32).to_le_bytes());
+        body.extend_from_slice(cert);
+    }
+    table.extend(body);
+    table
+}
+
+/// The SNP envelope for a report and the host's certificate table: the VCEK (or VLEK) as the VEK,
+/// the ASK and ARK as its chain.
+pub fn envelope_from_table(report: &[u8], table: &[u8]) -> Result<Vec<u8>, VerifyError> {
+    let certs = parse_cert_table(table)?;
+    let vek =
+        certs.iter().find(|(k, _)| matches!(k, CertKind::Vcek | CertKind::Vlek)).map(|(_, c)| c.clone()).ok_or_else(
+            || {
+                VerifyError::MissingCollateral(
+                "the host's certificate table has no VCEK or VLEK: install them on the host (e.g. `snphost import`)"
+                    .into(),
+            )
+            },
+        )?;
+    let chain: Vec<Vec<u8>> =
+        certs.into_iter().filter(|(k, _)| matches!(k, CertKind::Ask | CertKind::Ark)).map(|(_, c)| c).collect();
+    Ok(encode_envelope(report, &vek, &chain))
+}
+
+/// The launch measurement of a raw SNP report, unverified (what a node says about itself).
+pub fn report_measurement(report: &[u8]) -> Option<&[u8]> {
+    (report.len() == REPORT_LEN).then(|| &report[0x90..0xC0])
+}
+
 /// `collateral` with the certificates carried in the evidence added (they are checked against the
 /// pinned ARKs like any other).
 pub fn with_chain<'a>(collateral: &'a Collateral, chain: &[Vec<u8>]) -> std::borrow::Cow<'a, Collateral> {
@@ -422,6 +513,22 @@ pub fn verify(report_bytes: &[u8], vek: &[u8], collateral: &Collateral, now: u64
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn certificate_tables_round_trip_and_refuse_garbage() {
+        let t = build_cert_table(&[(CertKind::Vcek, b"vcek"), (CertKind::Ask, b"ask"), (CertKind::Ark, b"ark")]);
+        let certs = parse_cert_table(&t).expect("parses");
+        assert_eq!(certs[0], (CertKind::Vcek, b"vcek".to_vec()));
+        assert_eq!(certs[2], (CertKind::Ark, b"ark".to_vec()));
+        for bad in [&t[..30], &t[..24]] {
+            assert!(parse_cert_table(bad).is_err());
+        }
+        let mut past = t.clone();
+        past[16] = 0xff;
+        assert!(parse_cert_table(&past).is_err(), "offset past the end");
+        let none = build_cert_table(&[(CertKind::Ask, b"ask")]);
+        assert!(matches!(envelope_from_table(&[0; REPORT_LEN], &none), Err(VerifyError::MissingCollateral(_))));
+    }
 
     #[test]
     fn chip_ids_follow_each_product_line() {

@@ -6,6 +6,7 @@
 //!
 //! # Layout
 //! - [`tee`]: the platform adapter trait and the `sim` platform (sealing key in the data folder).
+//! - [`tsm`]: TDX and SEV-SNP guests, through the kernel's configfs-tsm reports.
 //! - [`publisher`]: the heartbeat and info loop.
 //! - [`serve`]: model loading (attested key release, decryption in memory, LRU under a budget) and
 //!   the sealed request endpoints (`/v1/infer`, OpenWhisk `/init` and `/run`).
@@ -14,6 +15,7 @@
 pub mod publisher;
 pub mod serve;
 pub mod tee;
+pub mod tsm;
 mod user_keys;
 
 use std::collections::BTreeMap;
@@ -61,6 +63,9 @@ pub struct NodeConfig {
     pub sim_root: Option<PathBuf>,
     /// Serve encrypted models to sealed requests; `None`: discovery only.
     pub serve: Option<ServeConfig>,
+    /// For `tdx` and `sev-snp`: the kernel's configfs-tsm report folder [default:
+    /// `/sys/kernel/config/tsm/report`].
+    pub tsm_dir: Option<PathBuf>,
 }
 
 /// The node's request key: an X25519 HPKE key pair made at each start, which sealed requests are
@@ -219,7 +224,8 @@ pub async fn start(
     registry: Arc<dyn Registry>,
     listener: TcpListener,
 ) -> Result<NodeHandle, NodeError> {
-    let tee: Arc<dyn tee::Tee> = tee::open(&config.platform, &config.data_dir, config.sim_root.as_deref())?.into();
+    let tee: Arc<dyn tee::Tee> =
+        tee::open(&config.platform, &config.data_dir, config.sim_root.as_deref(), config.tsm_dir.as_deref())?.into();
     let addr = listener.local_addr().map_err(|source| NodeError::Io {
         what: "cannot read the address of",
         path: "listener".into(),

@@ -1,7 +1,8 @@
 //! The platform adapter: what a node needs from its TEE (platform name, a stable instance id
 //! derived from its sealing identity, its measurement). `sim` is the platform for machines without
-//! a TEE: its sealing key is a file in the node's data folder. Real platforms answer "not available
-//! on this host" until they run on hardware; never a fake.
+//! a TEE: its sealing key is a file in the node's data folder. TDX and SEV-SNP guests attest through
+//! the kernel's configfs-tsm interface ([`crate::tsm`]); SGX and Nitro answer "not available on
+//! this host" until they run on hardware; never a fake.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -26,7 +27,12 @@ pub trait Tee: Send + Sync + std::fmt::Debug {
 
 /// Opens the TEE adapter for `platform`. For `sim`, `sim_root` is the deployment's sim root, which
 /// certifies the node's simulated hardware key; it is required.
-pub fn open(platform: &str, data_dir: &Path, sim_root: Option<&Path>) -> Result<Box<dyn Tee>, NodeError> {
+pub fn open(
+    platform: &str,
+    data_dir: &Path,
+    sim_root: Option<&Path>,
+    tsm_dir: Option<&Path>,
+) -> Result<Box<dyn Tee>, NodeError> {
     match platform {
         "sim" => {
             // Without its deployment's root a sim node could publish no evidence, and no client or
@@ -45,7 +51,11 @@ pub fn open(platform: &str, data_dir: &Path, sim_root: Option<&Path>) -> Result<
             tee.hardware = Some(hw);
             Ok(Box::new(tee))
         }
-        "sgx" | "tdx" | "sev-snp" | "nitro" => Err(NodeError::PlatformUnavailable(platform.to_owned())),
+        "tdx" | "sev-snp" => {
+            let tsm = tsm_dir.unwrap_or(Path::new(crate::tsm::TSM_REPORT_DIR));
+            Ok(Box::new(crate::tsm::TsmTee::open(platform, tsm, data_dir)?))
+        }
+        "sgx" | "nitro" => Err(NodeError::PlatformUnavailable(platform.to_owned())),
         other => Err(NodeError::Config(format!(
             "unknown platform {other:?}: use sim (or sgx, tdx, sev-snp, nitro on such hardware)"
         ))),
@@ -86,27 +96,7 @@ pub fn sim_measurement(workload: &[u8]) -> String {
 impl SimTee {
     /// Loads the sealing key from `data_dir`, or makes one on first start.
     pub fn open(data_dir: &Path) -> Result<SimTee, NodeError> {
-        let dir = data_dir.join("sim");
-        let io = |what, path: &Path| {
-            let path = path.to_owned();
-            move |source| NodeError::Io { what, path, source }
-        };
-        std::fs::create_dir_all(&dir).map_err(io("cannot create the data folder", &dir))?;
-        let path = dir.join("sealing.key");
-        let sealing_key = match std::fs::read(&path) {
-            Ok(bytes) => Zeroizing::new(<[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| {
-                NodeError::Config(format!(
-                    "the sealing key {} is not 32 bytes: it is damaged. Remove it to make a new identity (the instance id will change)",
-                    path.display()
-                ))
-            })?),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => create_key(&path)?,
-            Err(e) => return Err(io("cannot read the sealing key", &path)(e)),
-        };
-        let mut h = Sha256::new();
-        h.update(b"enclava/instance-id/v1\0");
-        h.update(sealing_key.as_slice());
-        let instance_id = hex::encode(&h.finalize()[..16]);
+        let (sealing_key, instance_id) = identity(&data_dir.join("sim"), "sealing.key")?;
         let measurement = sim_measurement(sim_workload().as_bytes());
         Ok(SimTee { sealing_key, instance_id, measurement, hardware: None })
     }
@@ -115,6 +105,32 @@ impl SimTee {
     pub fn sealing_key(&self) -> &[u8; 32] {
         &self.sealing_key
     }
+}
+
+/// A node's identity key in `dir/file` (made on first start, mode 0600) and the stable instance id
+/// derived from it: the same folder keeps the same id across restarts.
+pub(crate) fn identity(dir: &Path, file: &str) -> Result<(Zeroizing<[u8; 32]>, String), NodeError> {
+    let io = |what, path: &Path| {
+        let path = path.to_owned();
+        move |source| NodeError::Io { what, path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(io("cannot create the data folder", dir))?;
+    let path = dir.join(file);
+    let key = match std::fs::read(&path) {
+        Ok(bytes) => Zeroizing::new(<[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| {
+            NodeError::Config(format!(
+                "the identity key {} is not 32 bytes: it is damaged. Remove it to make a new identity (the instance id will change)",
+                path.display()
+            ))
+        })?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => create_key(&path)?,
+        Err(e) => return Err(io("cannot read the identity key", &path)(e)),
+    };
+    let mut h = Sha256::new();
+    h.update(b"enclava/instance-id/v1\0");
+    h.update(key.as_slice());
+    let instance_id = hex::encode(&h.finalize()[..16]);
+    Ok((key, instance_id))
 }
 
 fn create_key(path: &PathBuf) -> Result<Zeroizing<[u8; 32]>, NodeError> {
@@ -200,19 +216,19 @@ mod tests {
     #[test]
     fn a_sim_node_without_its_deployment_root_refuses_to_start() {
         let d = tempfile::tempdir().expect("tmp");
-        let err = open("sim", d.path(), None).expect_err("no root").to_string();
+        let err = open("sim", d.path(), None, None).expect_err("no root").to_string();
         assert!(err.contains("enclava sim init") && err.contains("--sim-root"), "{err}");
         let root = d.path().join("root");
         SimRoot::load_or_init(&root).expect("root");
-        let tee = open("sim", &d.path().join("node"), Some(&root)).expect("with its root");
+        let tee = open("sim", &d.path().join("node"), Some(&root), None).expect("with its root");
         assert!(tee.evidence(&[0; 64], 1).is_some_and(|e| !e.is_empty()), "it attests");
     }
 
     #[test]
     fn real_platforms_say_they_are_unavailable() {
         let d = tempfile::tempdir().expect("tmp");
-        let err = open("tdx", d.path(), None).expect_err("no hardware");
+        let err = open("tdx", d.path(), None, None).expect_err("no hardware");
         assert!(err.to_string().contains("not available on this host"));
-        assert!(open("quantum", d.path(), None).is_err());
+        assert!(open("quantum", d.path(), None, None).is_err());
     }
 }

@@ -94,6 +94,7 @@ impl Env {
             data: Vec::new(),
             advertise,
             sim_root: Some(self.root_dir.clone()),
+            tsm_dir: None,
             serve: Some(ServeConfig {
                 key_broker: self.url.clone(),
                 blobs: self.blobs.clone(),

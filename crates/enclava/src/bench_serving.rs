@@ -185,6 +185,7 @@ pub async fn serving(a: ServingArgs) -> anyhow::Result<ExitCode> {
         data: vec![],
         advertise: None,
         sim_root: Some(root_dir),
+        tsm_dir: None,
         serve: Some(enclava_node::serve::ServeConfig {
             key_broker: url.clone(),
             blobs,

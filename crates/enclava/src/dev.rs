@@ -54,6 +54,7 @@ async fn start_node(
         data: vec![],
         advertise: None,
         sim_root: Some(sim_root.to_owned()),
+        tsm_dir: None,
         serve: Some(enclava_node::serve::ServeConfig {
             key_broker: broker.to_owned(),
             blobs: blobs.to_owned(),

@@ -216,6 +216,7 @@ async fn node(a: NodeArgs, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Resu
         data: a.data,
         advertise: a.advertise,
         sim_root: a.sim_root,
+        tsm_dir: None,
         serve: if a.serve_model.is_empty() && !a.openwhisk {
             None
         } else {

@@ -32,6 +32,7 @@ async fn published_evidence_verifies_only_under_the_right_policy() {
         data: vec![name.into()],
         advertise: None,
         sim_root,
+        tsm_dir: None,
         serve: None,
     };
     // A sim node without its deployment's root refuses to start: it could never be verified.

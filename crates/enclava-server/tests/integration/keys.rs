@@ -39,6 +39,7 @@ async fn a_sim_node_fetches_keys_only_while_granted() {
         data: vec!["acme/m".into()],
         advertise: None,
         sim_root: Some(root_dir),
+        tsm_dir: None,
         serve: None,
     };
     let node_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");

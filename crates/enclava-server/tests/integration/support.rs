@@ -77,6 +77,7 @@ pub async fn node(registry: Arc<dyn Registry>, dir: &Path, data: &[&str]) -> Nod
         data: data.iter().map(|s| s.to_string()).collect(),
         advertise: None,
         sim_root: Some(sim_root().join("root")),
+        tsm_dir: None,
         serve: None,
     };
     enclava_node::start(config, registry, listener).await.expect("node starts")
