@@ -645,21 +645,14 @@ async fn openwhisk_init(body: Bytes) -> Response {
     (StatusCode::OK, Json(serde_json::json!({ "ok": true }))).into_response()
 }
 
-/// OpenWhisk's `/run` envelope; its other fields (namespace, action name, activation id, …) are
-/// not used.
-#[derive(serde::Deserialize)]
-struct RunEnvelope {
-    value: InferRequest,
-}
-
 async fn openwhisk_run(State(s): State<Arc<Serving>>, body: Bytes) -> Response {
     s.metrics.requests.inc();
-    let (result, model) = match serde_json::from_slice::<RunEnvelope>(&body) {
-        Ok(env) => {
-            let model = env.value.model.clone();
-            (s.handle(env.value).await, Some(model))
+    let (result, model) = match enclava_client::infer::from_openwhisk_run(&body) {
+        Ok(req) => {
+            let model = req.model.clone();
+            (s.handle(req).await, Some(model))
         }
-        Err(e) => (Err(Refusal::bad("bad_request", format!("\"value\" is not a sealed inference request: {e}"))), None),
+        Err(e) => (Err(Refusal::bad("bad_request", e)), None),
     };
     match s.answer(result, model.as_deref()) {
         Ok(resp) => (StatusCode::OK, Json(resp)).into_response(),

@@ -412,6 +412,20 @@ impl InferRequest {
     }
 }
 
+/// OpenWhisk's `/run` body: the sealed request is its `value`; its other fields (namespace, action
+/// name, activation id, …) are not used.
+#[derive(serde::Deserialize)]
+struct RunEnvelope {
+    value: InferRequest,
+}
+
+/// The sealed request in an OpenWhisk `/run` body.
+pub fn from_openwhisk_run(body: &[u8]) -> Result<InferRequest, String> {
+    serde_json::from_slice::<RunEnvelope>(body)
+        .map(|e| e.value)
+        .map_err(|e| format!("\"value\" is not a sealed inference request: {e}"))
+}
+
 impl InferResponse {
     /// The binary encoding ([`BINARY_CONTENT_TYPE`]).
     pub fn to_binary(mut self) -> Vec<u8> {
