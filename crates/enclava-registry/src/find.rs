@@ -29,7 +29,8 @@ pub const SMALL_INDEX: usize = 16;
 pub const ROUNDS: usize = 2;
 /// The largest sample one call draws.
 pub const MAX_SAMPLE: usize = 4096;
-/// Dead instances one call removes from the indexes at most; the sweeper removes the rest.
+/// Dead instances one call removes from the indexes at most (or hands to a [`Pruner`]); the sweeper
+/// removes the rest.
 pub const MAX_PRUNE: usize = 64;
 /// Round trips one call makes at most: per round a sample and two probes, then one prune.
 pub const MAX_ROUND_TRIPS: u64 = 3 * ROUNDS as u64 + 1;
@@ -317,8 +318,56 @@ impl Search<'_> {
     }
 }
 
-/// Runs FindEnclave's steps 1–3. `hints`, when given, is consulted and kept up to date.
-pub async fn find(reg: &dyn Registry, q: &FindQuery, hints: Option<&HotHints>) -> Result<FindOutcome> {
+/// Removes dead instances' index entries in the background, in batches: a FindEnclave call hands
+/// the dead it met over instead of waiting for their removal, so the answer does not wait for it,
+/// and concurrent calls that met the same dead instance remove it once. A full queue drops the
+/// excess (the sweeper removes whatever is left).
+#[derive(Debug, Clone)]
+pub struct Pruner {
+    tx: tokio::sync::mpsc::Sender<Vec<(Index, String)>>,
+}
+
+impl Pruner {
+    /// Batches handed over before the queue is full.
+    pub const QUEUE: usize = 1024;
+    /// Entries removed in one round trip at most.
+    pub const BATCH: usize = 4096;
+
+    /// A pruner over `reg`, and its task (runs until every `Pruner` clone is dropped).
+    pub fn start(reg: std::sync::Arc<dyn Registry>) -> (Pruner, tokio::task::JoinHandle<()>) {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<(Index, String)>>(Self::QUEUE);
+        let task = tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut batch: BTreeSet<(Index, String)> = first.into_iter().collect();
+                while batch.len() < Self::BATCH {
+                    match rx.try_recv() {
+                        Ok(more) => batch.extend(more),
+                        Err(_) => break,
+                    }
+                }
+                let entries: Vec<(Index, String)> = batch.into_iter().collect();
+                if let Err(e) = reg.remove(&entries).await {
+                    tracing::debug!(error = %e, entries = entries.len(), "deferred prune failed; the sweeper will retry");
+                }
+            }
+        });
+        (Pruner { tx }, task)
+    }
+
+    /// Hands `entries` over; `false` when the queue is full (they are left to the sweeper).
+    pub fn defer(&self, entries: Vec<(Index, String)>) -> bool {
+        self.tx.try_send(entries).is_ok()
+    }
+}
+
+/// Runs FindEnclave's steps 1–3. `hints`, when given, is consulted and kept up to date. The dead
+/// it meets are removed before it returns, or, with a `pruner`, handed to it.
+pub async fn find(
+    reg: &dyn Registry,
+    q: &FindQuery,
+    hints: Option<&HotHints>,
+    pruner: Option<&Pruner>,
+) -> Result<FindOutcome> {
     // Step 1: the candidate index, in the seed's order.
     let index = match (&q.data, &q.measurement) {
         (Some(d), _) => Index::Data(d.clone()),
@@ -370,8 +419,15 @@ pub async fn find(reg: &dyn Registry, q: &FindQuery, hints: Option<&HotHints>) -
     if !s.prune.is_empty() {
         s.out.pruned = s.dead;
         let entries: Vec<(Index, String)> = std::mem::take(&mut s.prune).into_iter().collect();
-        reg.remove(&entries).await?;
-        tracing::debug!(pruned = s.out.pruned, "removed absent instances from the indexes");
+        match pruner {
+            Some(p) => {
+                p.defer(entries);
+            }
+            None => {
+                reg.remove(&entries).await?;
+                tracing::debug!(pruned = s.out.pruned, "removed absent instances from the indexes");
+            }
+        }
     }
     Ok(s.out)
 }

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::find::{FindQuery, HotHints, MAX_PRUNE, MAX_ROUND_TRIPS, find};
+use crate::find::{FindQuery, HotHints, MAX_PRUNE, MAX_ROUND_TRIPS, Pruner, find};
 use crate::list::{ListQuery, list};
 use crate::schema::{DataAccessJson, EnclaveInfoJson, Index, PolicyJson};
 use crate::sweep::sweep;
@@ -49,7 +49,7 @@ fn q(data: &str, measurement: &str, platform: &str, limit: i64, deny: &[&str]) -
 }
 
 async fn ids(reg: &dyn Registry, query: &FindQuery) -> Vec<String> {
-    let out = find(reg, query, None).await.expect("find");
+    let out = find(reg, query, None, None).await.expect("find");
     out.live.into_iter().take(query.limit).map(|f| f.info.instance_id).collect()
 }
 
@@ -73,6 +73,7 @@ pub async fn run_all(make: &Factory) {
         "big",
         "hints",
         "claim",
+        "defer",
     ];
     let r: Vec<Arc<dyn Registry>> =
         cases.iter().map(|case| make(&format!("conf{}-{case}", std::process::id()))).collect();
@@ -90,6 +91,7 @@ pub async fn run_all(make: &Factory) {
         find_cost_is_independent_of_index_size(r[10].as_ref()),
         hot_hints_keep_hot_enclaves_first(r[11].as_ref()),
         list_shows_info_under_its_own_key(r[12].as_ref()),
+        find_defers_pruning_to_a_pruner(r[13].clone()),
     );
 }
 
@@ -146,11 +148,11 @@ pub async fn find_semantics(reg: &dyn Registry) {
     let denied: BTreeSet<String> = ids(reg, &q("d", M1, "", 10, &["hot1"])).await.into_iter().collect();
     assert_eq!(denied, ["cold1"].map(String::from).into(), "deny list");
     assert!(ids(reg, &q("nothing", "", "", 1, &[])).await.is_empty(), "unknown data: empty, not an error");
-    let found = find(reg, &q("d", "", "", 1, &[]), None).await.expect("find");
+    let found = find(reg, &q("d", "", "", 1, &[]), None, None).await.expect("find");
     assert!(found.live[0].hot);
     assert!(found.live[0].presence_ttl <= Duration::from_secs(3));
     assert!(matches!(
-        find(reg, &FindQuery { limit: 1, ..Default::default() }, None).await,
+        find(reg, &FindQuery { limit: 1, ..Default::default() }, None, None).await,
         Err(RegistryError::Invalid(_))
     ));
 }
@@ -167,14 +169,15 @@ pub async fn find_spreads_load(reg: &dyn Registry) {
     assert_eq!(firsts.len(), 3, "every equal candidate is chosen sometimes: {firsts:?}");
 }
 
-/// An absent candidate is skipped, the next one checked, and the absent one removed everywhere.
+/// An absent candidate is skipped, the next one checked, and the absent one removed everywhere;
+/// with a pruner, the removal happens after the answer, in a batch.
 pub async fn find_prunes_the_dead(reg: &dyn Registry) {
     for i in 0..5 {
         register(reg, &info(&format!("dead{i}"), M1, "sim", &[("d", true), ("x", false)]), false).await;
     }
     register(reg, &info("live", M1, "sim", &[("d", false)]), true).await;
     assert_eq!(ids(reg, &q("d", "", "", 1, &[])).await, vec!["live"], "dead hot ones skipped");
-    let out = find(reg, &q("d", "", "", 5, &[]), None).await.expect("find");
+    let out = find(reg, &q("d", "", "", 5, &[]), None, None).await.expect("find");
     assert_eq!(out.live.len(), 1);
     for index in
         [Index::Data("d".into()), Index::Data("x".into()), Index::Measurement(M1.into()), Index::Platform("sim".into())]
@@ -199,7 +202,7 @@ pub async fn find_skips_malformed_info(reg: &dyn Registry) {
         .await
         .expect("publish");
     reg.heartbeat("bad4").await.expect("hb");
-    let out = find(reg, &q("d", "", "", 10, &[]), None).await.expect("find never fails on bad data");
+    let out = find(reg, &q("d", "", "", 10, &[]), None, None).await.expect("find never fails on bad data");
     let got: Vec<&str> = out.live.iter().map(|f| f.info.instance_id.as_str()).collect();
     assert_eq!(got, vec!["good"]);
     assert!(out.skipped >= 3, "skipped {}", out.skipped);
@@ -212,7 +215,7 @@ pub async fn find_round_trips_are_constant(reg: &dyn Registry) {
     }
     for limit in [1, 5, 50, 1000] {
         let before = reg.round_trips();
-        let out = find(reg, &q("d", "", "", limit, &[]), None).await.expect("find");
+        let out = find(reg, &q("d", "", "", limit, &[]), None, None).await.expect("find");
         let trips = reg.round_trips() - before;
         assert!(out.live.len() >= (limit as usize).min(180), "limit {limit}: {} found", out.live.len());
         assert!(trips <= MAX_ROUND_TRIPS, "limit {limit}: {trips} round trips");
@@ -304,7 +307,7 @@ pub async fn find_cost_is_independent_of_index_size(reg: &dyn Registry) {
     register_many(reg, "c", "big", 1000, |i| i % 10 != 0, |_| false).await;
     for _ in 0..5 {
         let before = reg.round_trips();
-        let out = find(reg, &q("big", "", "", 1, &[]), None).await.expect("find");
+        let out = find(reg, &q("big", "", "", 1, &[]), None, None).await.expect("find");
         assert_eq!(out.live.len().min(1), 1, "a live one is found");
         assert!(out.live.len() <= 64, "only a sample is probed: {} live checked", out.live.len());
         assert!(reg.round_trips() - before <= MAX_ROUND_TRIPS);
@@ -312,7 +315,7 @@ pub async fn find_cost_is_independent_of_index_size(reg: &dyn Registry) {
     // An index of nothing but the dead: one call prunes a bounded number and answers empty.
     register_many(reg, "d", "dead", 1000, |_| false, |_| false).await;
     let before = reg.round_trips();
-    let out = find(reg, &q("dead", "", "", 1, &[]), None).await.expect("find");
+    let out = find(reg, &q("dead", "", "", 1, &[]), None, None).await.expect("find");
     assert!(out.live.is_empty());
     assert!(out.pruned > 0 && out.pruned <= MAX_PRUNE, "pruned {}", out.pruned);
     assert!(reg.round_trips() - before <= MAX_ROUND_TRIPS);
@@ -331,14 +334,14 @@ pub async fn hot_hints_keep_hot_enclaves_first(reg: &dyn Registry) {
     sweep(reg, Some(&hints)).await.expect("sweep");
     assert_eq!(hints.pick("m", 10), vec!["h00317".to_owned()]);
     for _ in 0..10 {
-        let out = find(reg, &q("m", "", "", 1, &[]), Some(&hints)).await.expect("find");
+        let out = find(reg, &q("m", "", "", 1, &[]), Some(&hints), None).await.expect("find");
         assert_eq!(out.live[0].info.instance_id, "h00317");
         assert!(out.live[0].hot);
     }
     // It turns cold: the next call learns it and forgets the hint.
     let cold = info("h00317", M1, "sim", &[("m", false)]);
     register(reg, &cold, true).await;
-    find(reg, &q("m", "", "", 1, &[]), Some(&hints)).await.expect("find");
+    find(reg, &q("m", "", "", 1, &[]), Some(&hints), None).await.expect("find");
     assert!(hints.pick("m", 10).is_empty());
 }
 
@@ -353,4 +356,23 @@ pub async fn list_shows_info_under_its_own_key(reg: &dyn Registry) {
     assert_eq!(page.items.len(), 1);
     assert_eq!(page.items[0].instance_id, "n1");
     assert!(page.items[0].info.is_none(), "the claimed info is not shown as n1's");
+}
+
+/// With a pruner the answer does not wait for the removal: the dead are handed over and removed in
+/// a batch (all of them once the pruner is dropped and its task has finished).
+pub async fn find_defers_pruning_to_a_pruner(reg: Arc<dyn Registry>) {
+    for i in 0..5 {
+        register(reg.as_ref(), &info(&format!("dead{i}"), M1, "sim", &[("d", true)]), false).await;
+    }
+    register(reg.as_ref(), &info("live", M1, "sim", &[("d", false)]), true).await;
+    let (pruner, task) = Pruner::start(reg.clone());
+    let before = reg.round_trips();
+    let out = find(reg.as_ref(), &q("d", "", "", 1, &[]), None, Some(&pruner)).await.expect("find");
+    assert_eq!(out.live[0].info.instance_id, "live");
+    assert_eq!(out.pruned, 5);
+    assert!(reg.round_trips() - before <= MAX_ROUND_TRIPS - 1, "no prune round trip in the call");
+    drop(pruner);
+    task.await.expect("pruner task");
+    let left = index_ids(reg.as_ref(), &Index::Data("d".into())).await;
+    assert_eq!(left, ["live".to_owned()].into(), "the dead were removed in the background");
 }

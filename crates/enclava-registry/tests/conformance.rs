@@ -53,7 +53,7 @@ async fn foreign_keys_of_the_wrong_type(reg: Arc<dyn Registry>, hset: impl Async
     hset(keys.presence("w1")).await;
     hset(keys.info("w2")).await;
     let q = FindQuery::new("d", "", "", 10, &[]).expect("query");
-    let out = find(reg.as_ref(), &q, None).await.expect("find answers despite foreign keys");
+    let out = find(reg.as_ref(), &q, None, None).await.expect("find answers despite foreign keys");
     let ids: Vec<&str> = out.live.iter().map(|f| f.info.instance_id.as_str()).collect();
     assert_eq!(ids, vec!["g"]);
     assert_eq!(out.skipped, 1, "w2's info is unreadable");

@@ -85,7 +85,9 @@ pub async fn serve(
         let metrics =
             Arc::new(metrics::ServerMetrics::new(registry_metrics.sub_registry_with_prefix("enclava_server")));
         let hints = Arc::new(enclava_registry::find::HotHints::new());
-        let manager = manager::Manager::new(registry.clone(), config.cache_ttl, hints.clone(), metrics.clone());
+        let (pruner, prune_task) = enclava_registry::find::Pruner::start(registry.clone());
+        background.push(prune_task);
+        let manager = manager::Manager::new(registry.clone(), config.cache_ttl, hints.clone(), pruner, metrics.clone());
         background.push(tokio::spawn(sweeper(registry.clone(), config.sweep_interval, hints, metrics.clone())));
         background.push(tokio::spawn(watch_registry(registry.clone(), registry_ok.clone())));
         grpc = grpc.add_service(EnclaveManagerServer::new(manager));

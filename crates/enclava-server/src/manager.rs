@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use enclava_proto::discovery::v1 as pb;
-use enclava_registry::find::{FindQuery, Found, HotHints, find};
+use enclava_registry::find::{FindQuery, Found, HotHints, Pruner, find};
 use enclava_registry::list::{ListQuery, MAX_PAGE, list};
 use enclava_registry::schema::{EnclaveInfoJson, check_measurement, check_name, is_known_platform};
 use enclava_registry::{Registry, RegistryError};
@@ -22,18 +22,21 @@ pub struct Manager {
     registry: Arc<dyn Registry>,
     cache: Arc<FindCache>,
     hints: Arc<HotHints>,
+    pruner: Pruner,
     metrics: Arc<ServerMetrics>,
 }
 
 impl Manager {
-    /// A manager over `registry`; `hints` is shared with the sweeper, which feeds it.
+    /// A manager over `registry`; `hints` is shared with the sweeper, which feeds it, and `pruner`
+    /// removes the dead FindEnclave meets after it has answered.
     pub fn new(
         registry: Arc<dyn Registry>,
         cache_ttl: Duration,
         hints: Arc<HotHints>,
+        pruner: Pruner,
         metrics: Arc<ServerMetrics>,
     ) -> Manager {
-        Manager { registry, cache: Arc::new(FindCache::new(cache_ttl)), hints, metrics }
+        Manager { registry, cache: Arc::new(FindCache::new(cache_ttl)), hints, pruner, metrics }
     }
 
     async fn find_enclave(&self, req: pb::FindEnclaveRequest) -> Result<pb::FindEnclaveResponse, Status> {
@@ -53,14 +56,15 @@ impl Manager {
             None => {
                 self.metrics.cache_misses.inc();
                 let started = Instant::now();
-                let outcome = find(self.registry.as_ref(), &q, Some(&self.hints)).await.map_err(|e| {
-                    self.metrics.count(if matches!(e, RegistryError::Unavailable { .. }) {
-                        "unavailable"
-                    } else {
-                        "error"
-                    });
-                    registry_status(e)
-                })?;
+                let outcome =
+                    find(self.registry.as_ref(), &q, Some(&self.hints), Some(&self.pruner)).await.map_err(|e| {
+                        self.metrics.count(if matches!(e, RegistryError::Unavailable { .. }) {
+                            "unavailable"
+                        } else {
+                            "error"
+                        });
+                        registry_status(e)
+                    })?;
                 self.metrics.pruned.inc_by(outcome.pruned as u64);
                 self.cache.put(&q, &outcome.live, started);
                 outcome.live.into_iter().take(q.limit).collect()

@@ -103,11 +103,34 @@ fn bench_info(id: &str) -> EnclaveInfoJson {
     }
 }
 
+/// The dead tenth of a populated index, which FindEnclave prunes as it meets them.
+struct Dead {
+    conn: MultiplexedConnection,
+    index: String,
+    value: String,
+    ids: Vec<String>,
+}
+
+impl Dead {
+    /// Puts every dead entry back (before each measured row, outside its timing): each row starts
+    /// with 10 % of its candidates dead, and the calls prune the ones they meet as they go.
+    async fn restore(&mut self) -> anyhow::Result<()> {
+        for chunk in self.ids.chunks(10_000) {
+            let mut c = redis::cmd("HSET");
+            c.arg(&self.index);
+            for id in chunk {
+                c.arg(id).arg(&self.value);
+            }
+            let () = c.query_async(&mut self.conn).await?;
+        }
+        Ok(())
+    }
+}
+
 /// Registers `n` instances for [`DATA`] with pipelined writes; every tenth is dead (index entries
 /// and info, no presence). Live ones get a long presence (this benchmark measures finding, not
-/// heartbeats). Returns a task that puts pruned dead entries back every second, so about 10 % of
-/// the candidates stay dead throughout.
-async fn populate(reg: Arc<RedisRegistry>, url: &str, n: usize) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+/// heartbeats).
+async fn populate(reg: Arc<RedisRegistry>, url: &str, n: usize) -> anyhow::Result<Dead> {
     let mut conn = redis::Client::open(url)?.get_multiplexed_async_connection().await?;
     let keys = reg.keys().clone();
     let mut dead = Vec::new();
@@ -130,17 +153,7 @@ async fn populate(reg: Arc<RedisRegistry>, url: &str, n: usize) -> anyhow::Resul
     }
     let entry = bench_info("x").index_entries().into_iter().find(|(i, _)| matches!(i, Index::Data(_)));
     let (data_index, value) = entry.context("bench info has a data entry")?;
-    Ok(tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            tick.tick().await;
-            let mut pipe = redis::pipe();
-            for id in &dead {
-                pipe.cmd("HSET").arg(keys.index(&data_index)).arg(id).arg(&value).ignore();
-            }
-            let _: Result<(), _> = pipe.query_async(&mut conn).await;
-        }
-    }))
+    Ok(Dead { conn, index: keys.index(&data_index), value, ids: dead })
 }
 
 /// The floor: FindEnclave's commands for limit 1 (a random sample of the index, then PTTL and GET
@@ -343,7 +356,7 @@ pub async fn discovery(a: DiscoveryArgs) -> anyhow::Result<ExitCode> {
     for &n in &a.candidates {
         let keys = Keys::new(&format!("enclava-bench{n}"), "enclava").map_err(anyhow::Error::msg)?;
         let reg = Arc::new(RedisRegistry::standalone(&url, keys.clone())?);
-        let keeper = populate(reg.clone(), &url, n).await?;
+        let mut dead = populate(reg.clone(), &url, n).await?;
         tokio::time::sleep(Duration::from_millis(300)).await;
         let (uncached_url, stop_u, task_u) = start_server(reg.clone(), Duration::ZERO).await?;
         let (cached_url, stop_c, task_c) = start_server(reg.clone(), Duration::from_millis(1000)).await?;
@@ -352,6 +365,7 @@ pub async fn discovery(a: DiscoveryArgs) -> anyhow::Result<ExitCode> {
             for _ in 0..c {
                 ops.push(raw_find(client.get_multiplexed_async_connection().await?, keys.clone()));
             }
+            dead.restore().await?;
             let floor = drive(ops, dur).await;
             row("raw Redis, same commands (floor)", n, c, &floor, "1.00× floor".into());
             let mut uncached = Vec::new();
@@ -360,9 +374,11 @@ pub async fn discovery(a: DiscoveryArgs) -> anyhow::Result<ExitCode> {
                 uncached.push(grpc_find(ManagerClient::connect(&uncached_url).await?));
                 cached.push(grpc_find(ManagerClient::connect(&cached_url).await?));
             }
+            dead.restore().await?;
             let u = drive(uncached, dur).await;
             let ur = u.ops_per_sec / floor.ops_per_sec.max(1.0);
             row("FindEnclave gRPC, uncached", n, c, &u, format!("{ur:.2}× floor"));
+            dead.restore().await?;
             let k = drive(cached, dur).await;
             let kr = k.ops_per_sec / u.ops_per_sec.max(1.0);
             row("FindEnclave gRPC, cached", n, c, &k, format!("{kr:.2}× uncached"));
@@ -392,7 +408,6 @@ pub async fn discovery(a: DiscoveryArgs) -> anyhow::Result<ExitCode> {
         let _ = stop_c.send(());
         let _ = task_u.await;
         let _ = task_c.await;
-        keeper.abort();
         let mut del = redis::cmd("DEL");
         for index in bench_info("x").index_entries().into_iter().map(|(i, _)| keys.index(&i)) {
             del.arg(index);
