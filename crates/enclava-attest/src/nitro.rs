@@ -90,7 +90,7 @@ pub(crate) fn check_chain(p: &Parsed, now: u64) -> Result<(u64, u64), VerifyErro
     let leaf_der = CertificateDer::from(p.leaf.as_slice());
     let ee = webpki::EndEntityCert::try_from(&leaf_der).map_err(|e| malformed(format!("certificate: {e:?}")))?;
     ee.verify_for_usage(
-        &[webpki::ring::ECDSA_P384_SHA384, webpki::ring::ECDSA_P256_SHA256],
+        &[webpki::aws_lc_rs::ECDSA_P384_SHA384, webpki::aws_lc_rs::ECDSA_P256_SHA256],
         &[anchor],
         &intermediates,
         UnixTime::since_unix_epoch(Duration::from_secs(now)),
