@@ -15,7 +15,7 @@ use std::time::Duration;
 use enclava_core::text::quote;
 use rand::seq::{IndexedRandom, SliceRandom};
 
-use crate::schema::{DataIndexEntry, EnclaveInfoJson, Index, check_measurement, check_name, is_known_platform};
+use crate::schema::{DataIndexEntry, EnclaveInfoJson, Index, check_measurement, check_name};
 use crate::{Registry, RegistryError, Result};
 
 /// The most enclaves one call may ask for.
@@ -87,10 +87,8 @@ impl FindQuery {
         if let Some(m) = &q.measurement {
             check_measurement(m)?;
         }
-        if let Some(p) = &q.platform
-            && !is_known_platform(p)
-        {
-            return Err(format!("unknown platform {}: use one of {}", quote(p), crate::schema::PLATFORMS.join(", ")));
+        if let Some(p) = &q.platform {
+            p.parse::<enclava_core::Platform>()?;
         }
         Ok(q)
     }
@@ -392,11 +390,17 @@ pub async fn find(
         let entries = reg.sample(&s.index, size).await?;
         let exhausted = entries.len() < size;
         let mut candidates = s.candidates(entries);
-        // Instances seen hot lately come first, checked like any other candidate.
+        // Instances seen hot lately come first (also when the sample drew them too), checked like
+        // any other candidate.
         if let (0, Some(d), Some(h)) = (round, &q.data, hints) {
             for id in h.pick(d, first) {
-                if !q.deny.contains(&id) && s.seen.insert(id.clone()) {
+                if q.deny.contains(&id) {
+                    continue;
+                }
+                if s.seen.insert(id.clone()) {
                     candidates.push(Candidate { id, hot: true, raw: None });
+                } else if let Some(c) = candidates.iter_mut().find(|c| c.id == id) {
+                    c.hot = true;
                 }
             }
         }
