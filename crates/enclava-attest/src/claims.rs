@@ -4,54 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-/// A TEE platform.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Platform {
-    Sgx,
-    Tdx,
-    SevSnp,
-    Nitro,
-    /// Enclava's simulated TEE: really signed, but not confidential.
-    Sim,
-}
-
-impl Platform {
-    pub const ALL: [Platform; 5] = [Platform::Sgx, Platform::Tdx, Platform::SevSnp, Platform::Nitro, Platform::Sim];
-
-    /// The name used in the registry, policies and the CLI.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Platform::Sgx => "sgx",
-            Platform::Tdx => "tdx",
-            Platform::SevSnp => "sev-snp",
-            Platform::Nitro => "nitro",
-            Platform::Sim => "sim",
-        }
-    }
-
-    /// Whether the platform protects the workload from its host (DESIGN.md's security status).
-    pub fn is_confidential(self) -> bool {
-        self != Platform::Sim
-    }
-}
-
-impl std::fmt::Display for Platform {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for Platform {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        Platform::ALL
-            .into_iter()
-            .find(|p| p.as_str() == s)
-            .ok_or_else(|| format!("unknown platform {s:?}: use sgx, tdx, sev-snp, nitro or sim"))
-    }
-}
+pub use enclava_core::Platform;
 
 /// What verified evidence says about the enclave that produced it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]

@@ -197,6 +197,8 @@ impl Policy {
             Platform::SevSnp => self.sev_snp.as_ref(),
             Platform::Nitro => self.nitro.as_ref(),
             Platform::Sim => self.sim.as_ref(),
+            // No evidence, nothing to judge: a policy never accepts plaintext.
+            Platform::Plaintext => None,
         }
     }
 

@@ -408,9 +408,9 @@ impl Broker {
     /// The user a credential belongs to.
     pub async fn authenticate(&self, token: &str) -> Result<String, KeysError> {
         if token.is_empty() || token.len() > 256 {
-            return Err(KeysError::unauthenticated());
+            return Err(crate::error::unauthenticated());
         }
-        self.store.user_by_token_hash(&token_hash(token)).await?.ok_or_else(KeysError::unauthenticated)
+        self.store.user_by_token_hash(&token_hash(token)).await?.ok_or_else(crate::error::unauthenticated)
     }
 
     /// Stores a new version of `model`'s key; only its owner may (the first uploader owns it).

@@ -104,7 +104,7 @@ impl FromRequestParts<Arc<Broker>> for Caller {
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(KeysError::unauthenticated)?;
+            .ok_or_else(crate::error::unauthenticated)?;
         broker.authenticate(token.trim()).await.map(Caller)
     }
 }

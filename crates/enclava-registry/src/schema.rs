@@ -16,12 +16,10 @@ pub const INFO_PERIOD: Duration = Duration::from_secs(30);
 /// …with an info TTL of 40 seconds.
 pub const INFO_TTL_SECS: u64 = 40;
 
-/// Platforms Enclava knows (DESIGN.md); the seed's "sgx" is one of them.
-pub const PLATFORMS: &[&str] = &["sgx", "tdx", "sev-snp", "nitro", "sim", "plaintext"];
-
-/// Whether `p` names a known platform.
+/// Whether `p` names a platform Enclava knows ([`enclava_core::Platform`]; the seed's "sgx" is
+/// one of them).
 pub fn is_known_platform(p: &str) -> bool {
-    PLATFORMS.contains(&p)
+    p.parse::<enclava_core::Platform>().is_ok()
 }
 
 /// Builds the seed's key names for one namespace and service.
