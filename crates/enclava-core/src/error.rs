@@ -227,37 +227,6 @@ impl From<ErrorBody> for Error {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_code_has_one_name_status_and_grpc_code() {
-        let mut names = std::collections::HashSet::new();
-        for c in ErrorCode::ALL {
-            assert!(names.insert(c.as_str()), "{c} named twice");
-            assert_eq!(serde_json::to_string(&c).expect("json"), format!("\"{c}\""));
-            assert!((400..600).contains(&c.http_status()));
-            assert!((1..=16).contains(&c.grpc_code()));
-        }
-        assert_eq!(ErrorCode::from_http(421), ErrorCode::OtherMeasurement);
-        assert!(ErrorCode::OtherMeasurement.retryable() && !ErrorCode::Tampered.retryable());
-        let body: ErrorBody = serde_json::from_str(r#"{"code":"not_granted","message":"ask"}"#).expect("body");
-        assert_eq!(Error::from(body).code, ErrorCode::NotGranted);
-    }
-
-    #[cfg(feature = "tonic")]
-    #[test]
-    fn grpc_carries_the_exact_code() {
-        for c in ErrorCode::ALL {
-            let mut e = Error::new(c, "m");
-            e.retry_after = Some(3);
-            let back = Error::from(tonic::Status::from(e.clone()));
-            assert_eq!(back, e, "{c}");
-        }
-    }
-}
-
 #[cfg(feature = "axum")]
 impl axum::response::IntoResponse for Error {
     fn into_response(self) -> axum::response::Response {
@@ -336,6 +305,37 @@ impl From<sqlx::Error> for Error {
                     "the store failed: nothing was changed; try again shortly (the server log has the details)",
                 )
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_has_one_name_status_and_grpc_code() {
+        let mut names = std::collections::HashSet::new();
+        for c in ErrorCode::ALL {
+            assert!(names.insert(c.as_str()), "{c} named twice");
+            assert_eq!(serde_json::to_string(&c).expect("json"), format!("\"{c}\""));
+            assert!((400..600).contains(&c.http_status()));
+            assert!((1..=16).contains(&c.grpc_code()));
+        }
+        assert_eq!(ErrorCode::from_http(421), ErrorCode::OtherMeasurement);
+        assert!(ErrorCode::OtherMeasurement.retryable() && !ErrorCode::Tampered.retryable());
+        let body: ErrorBody = serde_json::from_str(r#"{"code":"not_granted","message":"ask"}"#).expect("body");
+        assert_eq!(Error::from(body).code, ErrorCode::NotGranted);
+    }
+
+    #[cfg(feature = "tonic")]
+    #[test]
+    fn grpc_carries_the_exact_code() {
+        for c in ErrorCode::ALL {
+            let mut e = Error::new(c, "m");
+            e.retry_after = Some(3);
+            let back = Error::from(tonic::Status::from(e.clone()));
+            assert_eq!(back, e, "{c}");
         }
     }
 }
