@@ -2,7 +2,7 @@
 //! a node gets from the broker around it. Nothing may panic.
 #![no_main]
 
-use enclava_proto::keys::payload::ReleasePayload;
+use enclava_contracts::keys::payload::ReleasePayload;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -3,7 +3,7 @@
 //! fixed key; and the client's side, sealed responses. Nothing may panic.
 #![no_main]
 
-use enclava_client::infer::{InferRequest, InferResponse, from_openwhisk_run, open_request, open_serverless};
+use enclava_contracts::sealed::{InferRequest, InferResponse, from_openwhisk_run, open_request, open_serverless};
 use libfuzzer_sys::fuzz_target;
 
 fn key() -> &'static enclava_seal::KeyPair {

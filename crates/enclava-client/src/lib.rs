@@ -1,13 +1,12 @@
 //! The client library: talks to the enclave manager to find enclaves (seed's `FindEnclave`) and
 //! list them, verifies a found enclave before anything is sent to it (seed note 3), and runs sealed
-//! inference ([`infer::infer`]). [`keys::KeyClient`] is a node's side of attested key release.
+//! inference ([`infer::infer`]).
 
 pub mod infer;
-pub mod keys;
 
 use std::time::Duration;
 
-use enclava_proto::discovery::v1 as pb;
+use enclava_contracts::discovery::v1 as pb;
 use pb::enclave_manager_client::EnclaveManagerClient;
 use tonic::transport::{Channel, Endpoint};
 

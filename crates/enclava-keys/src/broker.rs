@@ -17,13 +17,13 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 use zeroize::Zeroizing;
 
-use crate::api::{AuditCheck, AuditRecord, Listing};
 use crate::error::{ErrorCode, KeysError};
 use crate::kek::KekSource;
 use crate::limit::RateLimiter;
 use crate::metrics::KeysMetrics;
 use crate::store::{AuditEntry, ModelRow, Store, StoreOptions, entry, now_ms};
-use enclava_proto::keys::payload::{self, ReleasePayload, SecretKey};
+use enclava_contracts::keys::payload::{self, ReleasePayload, SecretKey};
+use enclava_contracts::keys::rest::{AuditCheck, AuditRecord, Listing};
 
 /// How long a challenge nonce may be used.
 pub const NONCE_TTL: Duration = Duration::from_secs(60);

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use enclava_proto::keys::v1 as pb;
+use enclava_contracts::keys::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use crate::broker::{Broker, RateKind, ReleaseRequest};

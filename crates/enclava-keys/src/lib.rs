@@ -7,7 +7,8 @@
 //! - [`broker`]: the operations and the release protocol (nonce, verify, bind, authorize, seal, audit).
 //! - [`store`]: SQLite or PostgreSQL through one set of portable SQL and migrations.
 //! - [`kek`]: the key-encryption key trait and its file/environment implementation.
-//! - [`api`]: REST bodies; [`rest`]: the axum routes and OpenAPI; [`grpc`]: the tonic service.
+//! - [`rest`]: the axum routes and OpenAPI (the bodies are `enclava_contracts::keys::rest`);
+//!   [`grpc`]: the tonic service.
 //! - [`error`]: one error code for HTTP and gRPC; [`metrics`]: Prometheus counters.
 //! - [`limit`]: per-source rate limits for the endpoints anyone may call.
 //!
@@ -15,7 +16,6 @@
 //! a key bound by evidence that passed verification, policy and grants, after the release is in
 //! the audit log.
 
-pub mod api;
 pub mod broker;
 pub mod error;
 pub mod grpc;
@@ -26,7 +26,7 @@ pub mod rest;
 pub mod store;
 
 pub use broker::{Broker, BrokerConfig, RateKind, Refusal, Registration, Release, ReleaseRequest, Stop};
-pub use enclava_proto::keys::payload::{self, ReleasePayload, SecretKey};
+pub use enclava_contracts::keys::payload::{self, ReleasePayload, SecretKey};
 pub use error::{ErrorCode, KeysError};
 pub use kek::{KekSource, KeyWrapper, LocalKek};
 pub use metrics::KeysMetrics;

@@ -16,9 +16,9 @@ use base64::engine::general_purpose::STANDARD;
 use utoipa::OpenApi;
 use zeroize::Zeroizing;
 
-use crate::api::*;
 use crate::broker::{Broker, RateKind, ReleaseRequest};
 use crate::error::{ErrorBody, ErrorCode, KeysError};
+use enclava_contracts::keys::rest::*;
 
 /// The largest request body accepted (a release carries at most 256 KiB of evidence, in base64).
 pub const MAX_BODY: usize = 1 << 20;

@@ -22,9 +22,9 @@ use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyConnection, AnyPool, Row};
 use zeroize::Zeroizing;
 
-use crate::api::{AuditCheck, AuditRecord, GrantView, ModelView, RequestKeyView};
 use crate::error::{ErrorCode, KeysError};
 use crate::kek::{KekSource, KeyWrapper, check_value, opens_check, sync_dir};
+use enclava_contracts::keys::rest::{AuditCheck, AuditRecord, GrantView, ModelView, RequestKeyView};
 
 /// Which database the store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

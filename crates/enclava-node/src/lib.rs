@@ -7,11 +7,13 @@
 //! # Layout
 //! - [`tee`]: the platform adapter trait and the `sim` platform (sealing key in the data folder).
 //! - [`tsm`]: TDX and SEV-SNP guests, through the kernel's configfs-tsm reports.
+//! - [`keys`]: the node's side of attested key release (challenge, evidence, sealed keys).
 //! - [`publisher`]: the heartbeat and info loop.
 //! - [`serve`]: model loading (attested key release, decryption in memory, LRU under a budget) and
 //!   the sealed request endpoints (`/v1/infer`, OpenWhisk `/init` and `/run`).
 //! - [`NodeHandle`]: a started node; change its data, read its identity, shut it down.
 
+pub mod keys;
 pub mod publisher;
 pub mod serve;
 pub mod tee;
@@ -105,8 +107,8 @@ pub(crate) async fn fetch_keys(
     model: &str,
     version: u64,
     users: &[String],
-) -> Result<enclava_proto::keys::payload::ReleasePayload, enclava_client::ClientError> {
-    let mut client = enclava_client::keys::KeyClient::connect(broker).await?;
+) -> Result<enclava_contracts::keys::payload::ReleasePayload, enclava_core::Error> {
+    let mut client = keys::KeyClient::connect(broker).await?;
     let tee = tee.clone();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let keys = client.fetch(model, version, users, move |rd| tee.evidence(rd, now)).await?;
@@ -139,7 +141,7 @@ impl NodeHandle {
         model: &str,
         version: u64,
         users: &[String],
-    ) -> Result<enclava_proto::keys::payload::ReleasePayload, enclava_client::ClientError> {
+    ) -> Result<enclava_contracts::keys::payload::ReleasePayload, enclava_core::Error> {
         fetch_keys(&self.tee, broker, model, version, users).await
     }
 

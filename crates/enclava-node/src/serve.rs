@@ -21,7 +21,7 @@
 //! # Requests
 //!
 //! The wire protocol (encodings, HPKE `info`, AAD, plaintext layout, errors) is documented and
-//! implemented once, in [`enclava_client::infer`]; this module is its enclave side. The node
+//! implemented once, in [`enclava_contracts::sealed`]; this module is its enclave side. The node
 //! checks the time (±60 s) and opens the request, then refuses a request id seen in the last 120 s
 //! (a bounded replay cache: when it is full the node answers 503 rather than forget), runs the
 //! model on a blocking thread, and seals the first output back, in the encoding (JSON or binary)
@@ -65,7 +65,8 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use enclava_client::infer::{self as proto, ErrorBody, InferRequest, InferResponse, Mode, OpenedRequest};
+use enclava_contracts::sealed::{self as proto, InferRequest, InferResponse, Mode, OpenedRequest};
+use enclava_core::{Error, ErrorCode};
 use enclava_model::{BlobError, BlobStore, FolderStore, ModelKey, PackageError, decrypt_in_place, package_blob_name};
 use enclava_registry::schema::check_name;
 use enclava_runtime::{Model, RuntimeError, Tensor};
@@ -136,8 +137,8 @@ enum Slot {
 /// Why a model did not load.
 #[derive(Debug, thiserror::Error)]
 enum LoadError {
-    #[error("the key broker did not release the model key: {0}")]
-    Keys(enclava_client::ClientError),
+    #[error("the key broker did not release the model key ({}): {}", .0.code, .0.message)]
+    Keys(Error),
     #[error("cannot read the model package: {0}")]
     Blob(BlobError),
     #[error("the model package was refused: {0}")]
@@ -152,7 +153,7 @@ impl LoadError {
     /// What a client may be told.
     fn public(&self) -> &'static str {
         match self {
-            LoadError::Keys(enclava_client::ClientError::Status { code: tonic::Code::PermissionDenied, .. }) => {
+            LoadError::Keys(e) if e.code == ErrorCode::PermissionDenied => {
                 "this node's measurement is not granted the model's key"
             }
             LoadError::Keys(_) => "this node could not obtain the model's key from the key broker",
@@ -163,30 +164,11 @@ impl LoadError {
     }
 }
 
-/// A refused request: HTTP status, a stable code and a message without secrets.
-#[derive(Debug)]
-struct Refusal {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-}
+/// A refused request: the core's error (one code, its HTTP status, a message without secrets).
+type Refusal = Error;
 
-impl Refusal {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Refusal {
-        Refusal { status, code, message: message.into() }
-    }
-
-    fn bad(code: &'static str, message: impl Into<String>) -> Refusal {
-        Refusal::new(StatusCode::BAD_REQUEST, code, message)
-    }
-
-    fn unavailable(message: impl Into<String>) -> Refusal {
-        Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
-    }
-
-    fn internal(message: impl Into<String>) -> Refusal {
-        Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
-    }
+fn bad(code: ErrorCode, message: impl Into<String>) -> Refusal {
+    Error::new(code, message)
 }
 
 /// Request ids seen recently, each kept [`proto::REPLAY_WINDOW_MS`].
@@ -209,10 +191,10 @@ impl ReplayCache {
             }
         }
         if self.seen.get(id).is_some_and(|expires| *expires > now) {
-            return Err(Refusal::bad("replayed", "this requestId was already used: a replayed request is refused"));
+            return Err(bad(ErrorCode::Replayed, "this requestId was already used: a replayed request is refused"));
         }
         if self.seen.len() >= MAX_REPLAY_ENTRIES {
-            return Err(Refusal::unavailable("too many requests in the replay window; try again shortly"));
+            return Err(Error::unavailable("too many requests in the replay window; try again shortly"));
         }
         let expires = now + Duration::from_millis(proto::REPLAY_WINDOW_MS);
         self.seen.insert(id.to_owned(), expires);
@@ -445,7 +427,7 @@ impl Serving {
                     }
                     Slot::Loading => {}
                     Slot::Failed { public, at, .. } if at.elapsed() < RETRY_FAILED_AFTER => {
-                        return Err(Refusal::unavailable(format!(
+                        return Err(Error::unavailable(format!(
                             "model {name} is not available on this node: {public}"
                         )));
                     }
@@ -456,7 +438,7 @@ impl Serving {
                 }
             }
             if tokio::time::timeout_at(deadline, changed.changed()).await.is_err() {
-                return Err(Refusal::unavailable(format!("model {name} is still loading; try again shortly")));
+                return Err(Error::unavailable(format!("model {name} is still loading; try again shortly")));
             }
         }
     }
@@ -467,12 +449,15 @@ impl Serving {
             return Err(not_served(&req.model));
         }
         if !proto::valid_request_id(&req.request_id) {
-            return Err(Refusal::bad("bad_request", "requestId must be 32 lowercase hex characters (16 random bytes)"));
+            return Err(bad(
+                ErrorCode::InvalidArgument,
+                "requestId must be 32 lowercase hex characters (16 random bytes)",
+            ));
         }
         let now = proto::now_ms();
         if now.abs_diff(req.time_ms) > proto::MAX_SKEW_MS {
-            return Err(Refusal::bad(
-                "stale",
+            return Err(bad(
+                ErrorCode::Stale,
                 format!(
                     "timeMs is {} s away from this node's clock (at most {} s allowed)",
                     now.abs_diff(req.time_ms) / 1000,
@@ -482,8 +467,8 @@ impl Serving {
         }
         let opened = match req.mode {
             Mode::Direct => proto::open_request(self.key.pair(), &req).map_err(|_| {
-                Refusal::bad(
-                    "tampered",
+                bad(
+                    ErrorCode::Tampered,
                     "the request does not open: it was tampered with, or sealed to another key, model, requestId or time",
                 )
             })?,
@@ -493,7 +478,7 @@ impl Serving {
         let model = self.ready(&req.model).await?;
         tokio::task::spawn_blocking(move || run(&model, &req, opened))
             .await
-            .map_err(|_| Refusal::internal("the model failed to run on this input"))?
+            .map_err(|_| Error::internal("the model failed to run on this input"))?
     }
 
     /// Opens a serverless request with its user's key, fetching the key if this node does not
@@ -503,9 +488,8 @@ impl Serving {
         let theirs = req.measurement.as_deref().unwrap_or("");
         if !theirs.eq_ignore_ascii_case(mine) {
             let shown: String = theirs.chars().take(128).collect();
-            return Err(Refusal::new(
-                StatusCode::MISDIRECTED_REQUEST,
-                "other_measurement",
+            return Err(Error::new(
+                ErrorCode::OtherMeasurement,
                 format!("the request is sealed for measurement {shown:?}; this node runs {mine}"),
             ));
         }
@@ -514,19 +498,18 @@ impl Serving {
             || user.len() > 128
             || !user.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.@".contains(&b))
         {
-            return Err(Refusal::bad("bad_request", "a serverless request needs \"user\": the key broker's user id"));
+            return Err(bad(
+                ErrorCode::InvalidArgument,
+                "a serverless request needs \"user\": the key broker's user id",
+            ));
         }
         let key =
             self.user_keys.get(&req.model, user, || self.fetch_user_key(&req.model, user)).await.map_err(|u| {
-                if u.refused {
-                    Refusal::new(StatusCode::FORBIDDEN, "not_granted", u.message)
-                } else {
-                    Refusal::unavailable(u.message)
-                }
+                if u.refused { Error::new(ErrorCode::NotGranted, u.message) } else { Error::unavailable(u.message) }
             })?;
         proto::open_serverless(key.as_bytes(), req).map_err(|_| {
-            Refusal::bad(
-                "tampered",
+            bad(
+                ErrorCode::Tampered,
                 "the request does not open: it was tampered with, or sealed with another key or for another model, \
                  requestId, time, user or measurement (a replaced request key is used within a minute)",
             )
@@ -538,7 +521,7 @@ impl Serving {
         &self,
         model: &str,
         user: &str,
-    ) -> Result<enclava_proto::keys::payload::SecretKey, Unavailable> {
+    ) -> Result<enclava_contracts::keys::payload::SecretKey, Unavailable> {
         self.metrics.user_key_fetches.inc();
         let users = [user.to_owned()];
         match crate::fetch_keys(&self.tee, &self.config.key_broker, model, 0, &users).await {
@@ -548,7 +531,7 @@ impl Serving {
                     Err(Unavailable { refused: false, message: "the key broker's answer lacks the user's key".into() })
                 }
             },
-            Err(enclava_client::ClientError::Status { code: tonic::Code::PermissionDenied, .. }) => {
+            Err(e) if e.code == ErrorCode::PermissionDenied => {
                 tracing::info!(%model, %user, "the key broker does not release this user's request key to this node");
                 Err(Unavailable {
                     refused: true,
@@ -577,7 +560,7 @@ impl Serving {
             }
             Err(r) => {
                 self.metrics.requests_refused.inc();
-                tracing::info!(model = model.unwrap_or("-"), status = r.status.as_u16(), code = r.code, reason = %r.message, "request refused");
+                tracing::info!(model = model.unwrap_or("-"), code = %r.code, reason = %r.message, "request refused");
             }
         };
         result
@@ -586,21 +569,21 @@ impl Serving {
 
 fn not_served(model: &str) -> Refusal {
     let shown: String = model.chars().take(256).collect();
-    Refusal::new(StatusCode::NOT_FOUND, "not_served", format!("model {shown:?} is not served by this node"))
+    Error::new(ErrorCode::NotServed, format!("model {shown:?} is not served by this node"))
 }
 
 fn run(model: &Model, req: &InferRequest, opened: OpenedRequest) -> Result<InferResponse, Refusal> {
     let input = Tensor::from_npy(&opened.input_npy)
-        .map_err(|_| Refusal::bad("bad_input", "the input is not a valid .npy tensor of numbers"))?;
+        .map_err(|_| bad(ErrorCode::BadInput, "the input is not a valid .npy tensor of numbers"))?;
     let outputs = model.run(&input).map_err(|e| match e {
         RuntimeError::InputShape { expected, .. } => {
-            Refusal::bad("bad_input", format!("the input's shape does not match the model's input shape {expected:?}"))
+            bad(ErrorCode::BadInput, format!("the input's shape does not match the model's input shape {expected:?}"))
         }
-        _ => Refusal::internal("the model failed to run on this input"),
+        _ => Error::internal("the model failed to run on this input"),
     })?;
-    let first = outputs.first().ok_or_else(|| Refusal::internal("the model has no output"))?;
+    let first = outputs.first().ok_or_else(|| Error::internal("the model has no output"))?;
     let npy = zeroize::Zeroizing::new(first.to_npy());
-    proto::seal_response(req, &opened, &npy).map_err(|_| Refusal::internal("the answer could not be sealed"))
+    proto::seal_response(req, &opened, &npy).map_err(|_| Error::internal("the answer could not be sealed"))
 }
 
 /// The serving routes: `/v1/infer`, and `/init`, `/run` in OpenWhisk mode.
@@ -631,12 +614,12 @@ async fn infer_route(State(s): State<Arc<Serving>>, headers: HeaderMap, body: By
             let model = req.model.clone();
             (s.handle(req).await, Some(model))
         }
-        Err(e) => (Err(Refusal::bad("bad_request", format!("not a sealed inference request: {e}"))), None),
+        Err(e) => (Err(bad(ErrorCode::InvalidArgument, format!("not a sealed inference request: {e}"))), None),
     };
     match s.answer(result, model.as_deref()) {
         Ok(resp) if binary => ([(header::CONTENT_TYPE, proto::BINARY_CONTENT_TYPE)], resp.to_binary()).into_response(),
         Ok(resp) => (StatusCode::OK, Json(resp)).into_response(),
-        Err(r) => (r.status, Json(ErrorBody { code: r.code.to_owned(), message: r.message })).into_response(),
+        Err(r) => r.into_response(),
     }
 }
 
@@ -647,16 +630,21 @@ async fn openwhisk_init(body: Bytes) -> Response {
 
 async fn openwhisk_run(State(s): State<Arc<Serving>>, body: Bytes) -> Response {
     s.metrics.requests.inc();
-    let (result, model) = match enclava_client::infer::from_openwhisk_run(&body) {
+    let (result, model) = match proto::from_openwhisk_run(&body) {
         Ok(req) => {
             let model = req.model.clone();
             (s.handle(req).await, Some(model))
         }
-        Err(e) => (Err(Refusal::bad("bad_request", e)), None),
+        Err(e) => (Err(bad(ErrorCode::InvalidArgument, e)), None),
     };
     match s.answer(result, model.as_deref()) {
         Ok(resp) => (StatusCode::OK, Json(resp)).into_response(),
-        Err(r) => (r.status, Json(serde_json::json!({ "error": r.message, "code": r.code }))).into_response(),
+        // OpenWhisk reads an `error` field as an application error: the core's body, plus that.
+        Err(r) => {
+            let status = StatusCode::from_u16(r.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            (status, Json(serde_json::json!({ "code": r.code, "message": r.message, "error": r.message })))
+                .into_response()
+        }
     }
 }
 
@@ -669,7 +657,7 @@ mod tests {
         let mut c = ReplayCache::default();
         let t0 = Instant::now();
         c.insert("a", t0).expect("first");
-        assert_eq!(c.insert("a", t0 + Duration::from_secs(119)).expect_err("replay").code, "replayed");
+        assert_eq!(c.insert("a", t0 + Duration::from_secs(119)).expect_err("replay").code, ErrorCode::Replayed);
         c.insert("b", t0 + Duration::from_secs(2)).expect("other id");
         c.insert("a", t0 + Duration::from_secs(121)).expect("expired: the time check refuses it anyway");
         assert_eq!(c.seen.len(), 2, "b still remembered, a again");

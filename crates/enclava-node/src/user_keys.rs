@@ -14,7 +14,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use enclava_proto::keys::payload::SecretKey;
+use enclava_contracts::keys::payload::SecretKey;
 use tokio::sync::{OnceCell, Semaphore};
 
 /// How long a fetched key is used before it is fetched again.

@@ -246,7 +246,7 @@ async fn a_node_not_granted_never_gets_the_key_and_a_refused_node_gets_nothing()
 
     // Not granted: the broker refuses, the model never becomes hot, requests are refused.
     let err = node.wait_hot("acme/secret", WAIT).await.expect_err("not granted");
-    assert!(err.contains("did not release") && err.contains("PermissionDenied"), "{err}");
+    assert!(err.contains("did not release") && err.contains("permission_denied"), "{err}");
     assert!(matches!(node.model_state("acme/secret"), Some(ModelState::Failed(_))));
     let audit = env.broker.audit(&env.owner, 1000).await.expect("audit");
     assert!(audit.iter().any(|r| r.action == "deny" && r.detail.contains("not granted")), "{audit:?}");
@@ -340,7 +340,7 @@ async fn tampered_replayed_stale_and_malformed_requests_are_refused() {
     let (status, _) = post(node.addr(), infer::PATH, &bad_id).await;
     assert_eq!(status, 400);
     let (status, body) = post(node.addr(), infer::PATH, &serde_json::json!({"hello": 1})).await;
-    assert_eq!((status, error_code(&body).code.as_str()), (400, "bad_request"));
+    assert_eq!((status, error_code(&body).code.as_str()), (400, "invalid_argument"));
     let (status, _) = post_json(&format!("http://{}{}", node.addr(), infer::PATH), b"\xff\x00{".to_vec(), TIMEOUT)
         .await
         .expect("post");

@@ -20,8 +20,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use enclava_contracts::discovery::v1::enclave_manager_server::EnclaveManagerServer;
 use enclava_keys::Broker;
-use enclava_proto::discovery::v1::enclave_manager_server::EnclaveManagerServer;
 use enclava_registry::Registry;
 use tokio::net::TcpListener;
 

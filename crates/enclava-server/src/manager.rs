@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use enclava_proto::discovery::v1 as pb;
+use enclava_contracts::discovery::v1 as pb;
 use enclava_registry::find::{FindQuery, Found, HotHints, Pruner, find};
 use enclava_registry::list::{ListQuery, MAX_PAGE, list};
 use enclava_registry::schema::{EnclaveInfoJson, check_measurement, check_name, is_known_platform};

@@ -147,7 +147,7 @@ pub async fn keys(a: KeysBenchArgs) -> anyhow::Result<ExitCode> {
         for _ in 0..nodes {
             let (url, hw) = (url.clone(), hw.clone());
             tasks.push(tokio::spawn(async move {
-                let mut client = enclava_client::keys::KeyClient::connect(&url).await?;
+                let mut client = enclava_node::keys::KeyClient::connect(&url).await?;
                 let mut lat = Vec::new();
                 while Instant::now() < deadline {
                     let t = Instant::now();

@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use clap::{Args, Subcommand};
-use enclava_keys::api::*;
+use enclava_contracts::keys::rest::*;
 use enclava_keys::error::ErrorBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;

@@ -30,7 +30,7 @@ use clap::Parser;
 use cli::{Cli, Command, FindArgs, NodeArgs, ServerArgs};
 use config::Layer;
 use enclava_client::{FindEnclaveRequest, ManagerClient};
-use enclava_proto::discovery::v1::EnclavePolicy;
+use enclava_contracts::discovery::v1::EnclavePolicy;
 use enclava_registry::{Keys, Registry, RegistrySpec};
 
 fn main() -> ExitCode {

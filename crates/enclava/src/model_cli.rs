@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use clap::{Args, Subcommand, ValueEnum};
-use enclava_keys::api::ModelKeyVersion;
+use enclava_contracts::keys::rest::ModelKeyVersion;
 use enclava_model::blob::{BlobStore, FolderStore, package_blob_name};
 use enclava_model::package::{self, ModelKey};
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use enclava_attest::{Claims, Policy};
 use enclava_collateral::EvidenceVerifier;
-use enclava_proto::discovery::v1::{EnclaveInfo, FindEnclaveRequest};
+use enclava_contracts::discovery::v1::{EnclaveInfo, FindEnclaveRequest};
 
 use super::{BINARY_CONTENT_TYPE, ErrorBody, HttpClient, InferResponse, PATH, PendingRequest, http_client, post_with};
 use crate::{ClientError, ManagerClient};
@@ -109,7 +109,7 @@ pub enum InferError {
     )]
     TamperedResponse { instance_id: String, tried: Vec<Attempt> },
     #[error("enclave {instance_id} refused the request ({code}): {message}; tried: {}", list(tried))]
-    Refused { instance_id: String, code: String, message: String, tried: Vec<Attempt> },
+    Refused { instance_id: String, code: enclava_core::ErrorCode, message: String, tried: Vec<Attempt> },
 }
 
 impl InferError {
@@ -213,7 +213,7 @@ impl InferSession {
                 Err(Failure::Retry(why)) => tried.push(attempt(&info, why)),
                 // A request to a remembered enclave that does not open there: it may have restarted
                 // at the same address with a new key. Find and verify afresh.
-                Err(Failure::Refused { code, message }) if reused && code == "tampered" => {
+                Err(Failure::Refused { code, message }) if reused && code == enclava_core::ErrorCode::Tampered => {
                     tried.push(attempt(&info, format!("refused the request ({code}): {message}")));
                 }
                 Err(Failure::Tampered(why)) => {
@@ -241,7 +241,7 @@ pub(super) enum Failure {
     /// The answer does not open: stop.
     Tampered(String),
     /// The enclave refused the request itself: another would too.
-    Refused { code: String, message: String },
+    Refused { code: enclava_core::ErrorCode, message: String },
 }
 
 /// Sends a sealed request, as [`BINARY_CONTENT_TYPE`] or as JSON, and opens the answer.
@@ -264,7 +264,7 @@ pub(super) async fn exchange(
     if status != 200 {
         let (code, message) = match serde_json::from_slice::<ErrorBody>(&body) {
             Ok(e) => (e.code, e.message.chars().take(500).collect()),
-            Err(_) => (format!("http {status}"), "no error body".into()),
+            Err(_) => (enclava_core::ErrorCode::from_http(status), format!("HTTP {status} without an error body")),
         };
         // A refusal of the request itself would be the same anywhere; anything else (404
         // not_served, 421 other_measurement, 429, 502, 503 unavailable, 504) may not be.

@@ -56,7 +56,7 @@ pub enum ServerlessError {
     #[error("cannot seal the request: {0}")]
     Seal(String),
     #[error("{endpoint} refused the request ({code}): {message}")]
-    Refused { endpoint: String, code: String, message: String },
+    Refused { endpoint: String, code: enclava_core::ErrorCode, message: String },
     #[error("the answer from {endpoint} does not open: {why}; nothing was accepted")]
     Tampered { endpoint: String, why: String },
     #[error("gave up on {endpoint} after {} attempts:{}", tries.len(), tries.iter().map(|t| format!("\n  - {t}")).collect::<String>())]

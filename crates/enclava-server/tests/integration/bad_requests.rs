@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use enclava_client::{ClientError, FindEnclaveRequest, ListEnclavesRequest};
-use enclava_proto::discovery::v1::EnclavePolicy;
+use enclava_contracts::discovery::v1::EnclavePolicy;
 use enclava_registry::memory::MemoryRegistry;
 use enclava_server::ServerConfig;
 

@@ -8,8 +8,8 @@ use std::time::Duration;
 use enclava_attest::Policy;
 use enclava_attest::sim::SimRoot;
 use enclava_collateral::EvidenceVerifier;
+use enclava_contracts::discovery::v1::EnclaveInfo;
 use enclava_node::NodeConfig;
-use enclava_proto::discovery::v1::EnclaveInfo;
 use enclava_registry::memory::MemoryRegistry;
 use enclava_server::ServerConfig;
 
@@ -128,7 +128,7 @@ async fn a_client_verifies_real_evidence_with_collateral_fetched_over_http() {
         let info = EnclaveInfo {
             instance_id: format!("real-{platform}"),
             platform: platform.into(),
-            policy: Some(enclava_proto::discovery::v1::EnclavePolicy { mrenclave: claims.measurement_hex() }),
+            policy: Some(enclava_contracts::discovery::v1::EnclavePolicy { mrenclave: claims.measurement_hex() }),
             attestation: evidence,
             pubkey: vec![7; 32],
             connection_string: "127.0.0.1:1".into(),

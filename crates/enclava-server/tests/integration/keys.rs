@@ -125,12 +125,12 @@ async fn anonymous_calls_are_rate_limited_and_leave_no_audit_rows() {
     let (status, _, body) = http_post(addr, "/v1/release", &vec![b' '; 2 << 20]).await;
     assert_eq!(status, 413, "{body}");
 
-    let mut grpc = enclava_proto::keys::v1::key_broker_client::KeyBrokerClient::connect(format!("http://{addr}"))
+    let mut grpc = enclava_contracts::keys::v1::key_broker_client::KeyBrokerClient::connect(format!("http://{addr}"))
         .await
         .expect("grpc");
     let mut exhausted = None;
     for _ in 0..200 {
-        if let Err(s) = grpc.challenge(enclava_proto::keys::v1::ChallengeRequest {}).await {
+        if let Err(s) = grpc.challenge(enclava_contracts::keys::v1::ChallengeRequest {}).await {
             exhausted = Some(s);
             break;
         }

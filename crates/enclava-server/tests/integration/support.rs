@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use enclava_client::{FindEnclaveRequest, ManagerClient};
+use enclava_contracts::discovery::v1::EnclavePolicy;
 use enclava_node::{NodeConfig, NodeHandle};
-use enclava_proto::discovery::v1::EnclavePolicy;
 use enclava_registry::redis::RedisRegistry;
 use enclava_registry::{Keys, Registry, RegistrySpec};
 use enclava_server::ServerConfig;

@@ -1,4 +1,4 @@
-//! The request and response bodies of the REST API (JSON, camelCase), shared by the server, the
+//! The key broker's REST bodies (JSON, camelCase), shared by the broker, the
 //! OpenAPI document and the `enclava keys` client. Key bytes travel as base64 strings.
 
 use serde::{Deserialize, Serialize};

@@ -1,10 +1,15 @@
-//! Enclava's gRPC contracts: the generated messages and tonic clients/servers, one module per
-//! protobuf package.
+//! Enclava's contracts, in one place: the gRPC messages and tonic clients/servers (one module per
+//! protobuf package), the sealed inference wire format, the key release payload, and the key
+//! broker's REST bodies. Components serve or call these; none of them imports another component
+//! for a format.
 //!
 //! # Layout
+//! - [`sealed`]: sealed inference requests and answers (direct and serverless), both encodings,
+//!   OpenWhisk's envelope.
 //! - `discovery::v1`: the enclave manager (`FindEnclave`, `ListEnclaves`), from `proto/enclava/discovery/v1`.
 //! - `keys::v1`: the key broker's node protocol (`Challenge`, `Release`), from `proto/enclava/keys/v1`;
-//!   `keys::payload`: the sealed release payload inside a `ReleaseResponse`.
+//!   `keys::payload`: the sealed release payload inside a `ReleaseResponse`; `keys::rest`: the REST
+//!   bodies of the key broker.
 
 pub mod discovery {
     pub mod v1 {
@@ -13,7 +18,11 @@ pub mod discovery {
     }
 }
 
+pub mod sealed;
+
 pub mod keys {
+    /// The key broker's REST bodies (JSON, camelCase) with their OpenAPI schemas.
+    pub mod rest;
     pub mod v1 {
         #![allow(missing_debug_implementations, clippy::all)]
         tonic::include_proto!("enclava.keys.v1");
