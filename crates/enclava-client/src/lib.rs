@@ -1,8 +1,11 @@
 //! The client library: talks to the enclave manager to find enclaves (seed's `FindEnclave`) and
 //! list them, verifies a found enclave before anything is sent to it (seed note 3), and runs sealed
-//! inference ([`infer::infer`]).
+//! inference ([`infer::infer`]); talks to the key broker's REST API ([`keys::KeysClient`]) and
+//! uploads models ([`model::upload`]).
 
 pub mod infer;
+pub mod keys;
+pub mod model;
 
 use std::time::Duration;
 
@@ -19,13 +22,14 @@ pub enum ClientError {
         "cannot reach the enclave manager at {url}: {reason}. Is `enclava server` running there? (--server, ENCLAVA_SERVER)"
     )]
     Connect { url: String, reason: String },
-    #[error("the enclave manager refused the request ({code:?}): {message}")]
-    Status { code: tonic::Code, message: String },
+    /// A refusal, with the same code REST and the node would give.
+    #[error("the enclave manager refused the request ({}): {}", .0.code, .0.message)]
+    Refused(enclava_core::Error),
 }
 
 impl From<tonic::Status> for ClientError {
     fn from(s: tonic::Status) -> Self {
-        ClientError::Status { code: s.code(), message: s.message().to_owned() }
+        ClientError::Refused(s.into())
     }
 }
 

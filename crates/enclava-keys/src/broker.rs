@@ -19,11 +19,11 @@ use zeroize::Zeroizing;
 
 use crate::error::{ErrorCode, KeysError};
 use crate::kek::KekSource;
-use crate::limit::RateLimiter;
 use crate::metrics::KeysMetrics;
 use crate::store::{AuditEntry, ModelRow, Store, StoreOptions, entry, now_ms};
 use enclava_contracts::keys::payload::{self, ReleasePayload, SecretKey};
 use enclava_contracts::keys::rest::{AuditCheck, AuditRecord, Listing};
+use enclava_server::limit::RateLimiter;
 
 /// How long a challenge nonce may be used.
 pub const NONCE_TTL: Duration = Duration::from_secs(60);

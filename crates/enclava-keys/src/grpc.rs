@@ -7,11 +7,7 @@ use enclava_contracts::keys::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use crate::broker::{Broker, RateKind, ReleaseRequest};
-
-/// The peer's address, where the server put it (axum's connect info).
-fn source<T>(req: &Request<T>) -> Option<std::net::IpAddr> {
-    req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip())
-}
+use enclava_server::grpc_source as source;
 
 /// The tonic service over a [`Broker`].
 #[derive(Debug, Clone)]

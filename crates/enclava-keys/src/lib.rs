@@ -10,7 +10,7 @@
 //! - [`rest`]: the axum routes and OpenAPI (the bodies are `enclava_contracts::keys::rest`);
 //!   [`grpc`]: the tonic service.
 //! - [`error`]: one error code for HTTP and gRPC; [`metrics`]: Prometheus counters.
-//! - [`limit`]: per-source rate limits for the endpoints anyone may call.
+//! - [`role`]: the key broker as a role of `enclava server`.
 //!
 //! Invariant: a key exists unwrapped only in this process's memory, and leaves it only sealed to
 //! a key bound by evidence that passed verification, policy and grants, after the release is in
@@ -20,9 +20,9 @@ pub mod broker;
 pub mod error;
 pub mod grpc;
 pub mod kek;
-pub mod limit;
 pub mod metrics;
 pub mod rest;
+pub mod role;
 pub mod store;
 
 pub use broker::{Broker, BrokerConfig, RateKind, Refusal, Registration, Release, ReleaseRequest, Stop};
@@ -30,3 +30,4 @@ pub use enclava_contracts::keys::payload::{self, ReleasePayload, SecretKey};
 pub use error::{ErrorCode, KeysError};
 pub use kek::{KekSource, KeyWrapper, LocalKek};
 pub use metrics::KeysMetrics;
+pub use role::KeysRole;

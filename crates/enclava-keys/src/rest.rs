@@ -1,18 +1,20 @@
-//! The REST/JSON face of the key broker (what `enclava keys` uses), with its OpenAPI document at
-//! `/openapi.json`. Callers authenticate with `Authorization: Bearer <token>` from `register`.
+//! The REST/JSON face of the key broker (what `enclava keys` uses), mounted under the role's
+//! prefix (`/keys/v1/…`), with its part of the server's `/openapi.json`. Callers authenticate with
+//! `Authorization: Bearer <token>` from `register`.
 //! The calls anyone may make (registration, challenges, releases) are rate-limited per source
 //! address; bodies over [`MAX_BODY`] get 413.
 
 use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Query, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Query, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use enclava_server::Source;
 use utoipa::OpenApi;
 use zeroize::Zeroizing;
 
@@ -23,29 +25,28 @@ use enclava_contracts::keys::rest::*;
 /// The largest request body accepted (a release carries at most 256 KiB of evidence, in base64).
 pub const MAX_BODY: usize = 1 << 20;
 
-/// The REST routes and `/openapi.json`.
+/// The REST routes (relative to the role's prefix, [`PREFIX`]).
 pub fn router(broker: Arc<Broker>) -> Router {
     Router::new()
-        .route("/v1/users", post(register))
-        .route("/v1/invites", post(invite))
-        .route("/v1/users/me", get(whoami))
-        .route("/v1/model-keys", post(put_model_key))
-        .route("/v1/grants", post(grant))
-        .route("/v1/revocations", post(revoke))
-        .route("/v1/request-keys", post(put_request_key))
-        .route("/v1/models", get(list))
-        .route("/v1/audit", get(audit))
-        .route("/v1/audit/verify", get(verify_audit))
-        .route("/v1/challenge", post(challenge))
-        .route("/v1/release", post(release))
-        .route("/openapi.json", get(|| async { ([("content-type", "application/json")], openapi_json()) }))
+        .route(path::USERS, post(register))
+        .route(path::INVITES, post(invite))
+        .route(path::ME, get(whoami))
+        .route(path::MODEL_KEYS, post(put_model_key))
+        .route(path::GRANTS, post(grant))
+        .route(path::REVOCATIONS, post(revoke))
+        .route(path::REQUEST_KEYS, post(put_request_key))
+        .route(path::MODELS, get(list))
+        .route(path::AUDIT, get(audit))
+        .route(path::AUDIT_VERIFY, get(verify_audit))
+        .route(path::CHALLENGE, post(challenge))
+        .route(path::RELEASE, post(release))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(broker)
 }
 
-/// The OpenAPI document.
-pub fn openapi_json() -> String {
-    ApiDoc::openapi().to_pretty_json().unwrap_or_else(|_| "{}".to_owned())
+/// The broker's part of the OpenAPI document (paths relative to the role's prefix).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
 }
 
 #[derive(OpenApi)]
@@ -106,17 +107,6 @@ impl FromRequestParts<Arc<Broker>> for Caller {
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or_else(crate::error::unauthenticated)?;
         broker.authenticate(token.trim()).await.map(Caller)
-    }
-}
-
-/// The caller's address, when the server knows it (for per-source rate limits).
-struct Source(Option<std::net::IpAddr>);
-
-impl<S: Send + Sync> FromRequestParts<S> for Source {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Source, Self::Rejection> {
-        Ok(Source(parts.extensions.get::<ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip())))
     }
 }
 
@@ -300,4 +290,18 @@ async fn release(
         enc: STANDARD.encode(&release.sealed.enc),
         ciphertext: STANDARD.encode(&release.sealed.ciphertext),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_contract_route_is_documented() {
+        let doc = openapi();
+        for p in path::ALL {
+            assert!(doc.paths.paths.contains_key(p), "{p} is routed and called but not in the OpenAPI part");
+        }
+        assert_eq!(doc.paths.paths.len(), path::ALL.len(), "a documented route the contract does not name");
+    }
 }

@@ -891,6 +891,12 @@ impl Store {
         Ok(AuditCheck { ok: true, records: rows.len() as i64, problem: None })
     }
 
+    /// Checks the database answers.
+    pub async fn ping(&self) -> Result<(), KeysError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
     /// Closes the store on shutdown: the anchor brought up to date, SQLite's WAL checkpointed
     /// into the database file (so the file alone is a whole copy), then the pool closed.
     pub async fn close(&self) {

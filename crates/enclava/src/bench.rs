@@ -207,7 +207,8 @@ async fn dead_index_row(url: &str, n: usize, goals: &mut Vec<(String, bool)>) ->
         let () = c.query_async(&mut conn).await?;
     }
     let reg: Arc<dyn Registry> = Arc::new(RedisRegistry::standalone(url, keys)?);
-    let (server_url, stop, task) = start_server(reg, Duration::ZERO).await?;
+    let server = start_server(reg, Duration::ZERO).await?;
+    let server_url = server.url().to_owned();
     let mut client = ManagerClient::connect(&server_url).await?;
     let before = rss_bytes();
     let t = Instant::now();
@@ -222,8 +223,7 @@ async fn dead_index_row(url: &str, n: usize, goals: &mut Vec<(String, bool)>) ->
     );
     goals.push((format!("first call over {n} dead entries < 50 ms: {ms:.1} ms"), ms < 50.0));
     goals.push((format!("server memory for that call < 16 MiB: +{grew:.1} MiB"), grew < 16.0));
-    let _ = stop.send(());
-    let _ = task.await;
+    server.stop().await;
     let () = redis::cmd("DEL").arg(&index).query_async(&mut conn).await?;
     Ok(())
 }
@@ -247,29 +247,26 @@ fn grpc_refused(client: ManagerClient) -> Op {
         Box::pin(async move {
             let req = FindEnclaveRequest { dataaccess: DATA.into(), limit: -1, ..Default::default() };
             match client.find(req).await {
-                Err(enclava_client::ClientError::Status { code: tonic::Code::InvalidArgument, .. }) => Ok(()),
+                Err(enclava_client::ClientError::Refused(e)) if e.code == enclava_core::ErrorCode::InvalidArgument => {
+                    Ok(())
+                }
                 other => anyhow::bail!("expected INVALID_ARGUMENT, got {other:?}"),
             }
         })
     })
 }
 
-/// Starts an in-process enclave manager on a free port; returns its URL and a stopper.
-async fn start_server(
-    reg: Arc<dyn Registry>,
-    cache_ttl: Duration,
-) -> anyhow::Result<(String, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}", listener.local_addr()?);
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let config = enclava_server::ServerConfig { cache_ttl, sweep_interval: Duration::from_secs(3600) };
-    let task = tokio::spawn(async move {
-        let _ = enclava_server::serve(config, enclava_server::Roles::manager(reg), listener, async {
-            let _ = rx.await;
+/// Starts an in-process enclave manager (the sandbox, manager role only) on a free port.
+async fn start_server(reg: Arc<dyn Registry>, cache_ttl: Duration) -> anyhow::Result<enclava_sandbox::Sandbox> {
+    enclava_sandbox::SandboxBuilder::new()
+        .registry(reg)
+        .roles(&["manager"])
+        .configure(|c| {
+            c.cache_ttl_ms = cache_ttl.as_millis() as u64;
+            c.sweep_interval_ms = 3_600_000;
         })
-        .await;
-    });
-    Ok((url, tx, task))
+        .start()
+        .await
 }
 
 /// `redis-benchmark` figures for SETEX and HGETALL, when the tool is installed.
@@ -358,8 +355,9 @@ pub async fn discovery(a: DiscoveryArgs) -> anyhow::Result<ExitCode> {
         let reg = Arc::new(RedisRegistry::standalone(&url, keys.clone())?);
         let mut dead = populate(reg.clone(), &url, n).await?;
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let (uncached_url, stop_u, task_u) = start_server(reg.clone(), Duration::ZERO).await?;
-        let (cached_url, stop_c, task_c) = start_server(reg.clone(), Duration::from_millis(1000)).await?;
+        let uncached_server = start_server(reg.clone(), Duration::ZERO).await?;
+        let cached_server = start_server(reg.clone(), Duration::from_millis(1000)).await?;
+        let (uncached_url, cached_url) = (uncached_server.url().to_owned(), cached_server.url().to_owned());
         for &c in &a.clients {
             let mut ops: Vec<Op> = Vec::new();
             for _ in 0..c {
@@ -404,10 +402,8 @@ pub async fn discovery(a: DiscoveryArgs) -> anyhow::Result<ExitCode> {
                 ));
             }
         }
-        let _ = stop_u.send(());
-        let _ = stop_c.send(());
-        let _ = task_u.await;
-        let _ = task_c.await;
+        uncached_server.stop().await;
+        cached_server.stop().await;
         let mut del = redis::cmd("DEL");
         for index in bench_info("x").index_entries().into_iter().map(|(i, _)| keys.index(&i)) {
             del.arg(index);

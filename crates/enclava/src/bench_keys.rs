@@ -8,11 +8,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use enclava_attest::sim::{SimHardware, SimReport, SimRoot};
 use enclava_attest::time::parse_rfc3339;
 use enclava_attest::warm::Verifier;
 use enclava_attest::{Collateral, Evidence, binding, dcap};
-use enclava_keys::{Broker, BrokerConfig, KeysMetrics, LocalKek};
+use enclava_keys::LocalKek;
 
 /// `enclava bench keys`
 #[derive(Debug, clap::Args)]
@@ -92,22 +93,22 @@ pub async fn keys(a: KeysBenchArgs) -> anyhow::Result<ExitCode> {
     // The broker, served over gRPC on loopback.
     let database = a.database.clone().unwrap_or_else(|| format!("sqlite://{}/keys.db", tmp.path().display()));
     let kek = enclava_keys::KekSource::Key(Arc::new(LocalKek::from_bytes(&[5; 32], "bench")));
-    let broker = {
-        // A benchmark drives the broker from one address as fast as it can: no per-source limit.
-        let mut config = BrokerConfig::new(database, tmp.path());
-        config.release_per_second = 0;
-        Arc::new(Broker::open(config, kek, Arc::new(KeysMetrics::new())).await?)
-    };
+    // A benchmark drives the broker from one address as fast as it can: no per-source limit.
+    let sandbox = enclava_sandbox::SandboxBuilder::new()
+        .roles(&["keys"])
+        .dir(tmp.path())
+        .kek(kek)
+        .configure(|c| {
+            c.database = Some(database);
+            c.release_rate = 0;
+        })
+        .start()
+        .await?;
+    let broker = sandbox.broker().context("the keys role runs")?.clone();
     let (owner, _) = broker.register(None).await?;
     broker.put_model_key(&owner, "bench/model", &[9; 32], Some(&policy), false).await?;
     broker.grant(&owner, "bench/model", &hex::encode(MEASUREMENT), &owner).await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}", listener.local_addr()?);
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let roles = enclava_server::Roles { manager: None, keys: Some(broker.clone()) };
-    let server = tokio::spawn(enclava_server::serve(Default::default(), roles, listener, async {
-        let _ = stop_rx.await;
-    }));
+    let url = sandbox.url().to_owned();
 
     println!("attested key release, sim evidence, gRPC on loopback ({:.1} s per row)", dur.as_secs_f64());
     println!("{:<34} {:>12} {:>9} {:>9} {:>10}", "case", "releases/s", "p50 ms", "p99 ms", "vs floor");
@@ -200,8 +201,7 @@ pub async fn keys(a: KeysBenchArgs) -> anyhow::Result<ExitCode> {
     }
     let sgx = join_clients(tasks, start).await?;
     print("SGX quote, warm, in-process, 16", &sgx, None);
-    let _ = stop_tx.send(());
-    let _ = server.await;
+    sandbox.stop().await;
 
     println!();
     let goal = |ok: bool| if ok { "met" } else { "MISSED" };

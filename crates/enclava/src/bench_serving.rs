@@ -9,13 +9,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use enclava_attest::Policy;
-use enclava_attest::sim::SimRoot;
-use enclava_keys::{Broker, BrokerConfig, KeysMetrics, LocalKek};
+use enclava_keys::LocalKek;
 use enclava_model::blob::{BlobStore, FolderStore, package_blob_name};
 use enclava_model::package::{self, ModelKey};
-use enclava_registry::memory::MemoryRegistry;
-use enclava_registry::{Keys, Registry};
 use enclava_runtime::Model;
 use enclava_runtime::generate::{mobilenet_v2, sample_input};
 
@@ -150,54 +148,29 @@ pub async fn serving(a: ServingArgs) -> anyhow::Result<ExitCode> {
         }
     };
 
-    // The sealed path: manager + key broker + one sim node serving the encrypted model.
-    let registry: Arc<dyn Registry> =
-        Arc::new(MemoryRegistry::new(Keys::new("enclava", "enclava").map_err(anyhow::Error::msg)?));
+    // The sealed path: manager + key broker + one sim node serving the encrypted model (the
+    // sandbox; a benchmark drives the broker from one address: no per-source limit).
     let kek = enclava_keys::KekSource::Key(Arc::new(LocalKek::from_bytes(&[6; 32], "bench")));
-    let db = format!("sqlite://{}/keys.db", tmp.path().display());
-    let broker = {
-        // A benchmark drives the broker from one address as fast as it can: no per-source limit.
-        let mut config = BrokerConfig::new(db, tmp.path().join("srv"));
-        config.release_per_second = 0;
-        Arc::new(Broker::open(config, kek, Arc::new(KeysMetrics::new())).await?)
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}", listener.local_addr()?);
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let roles = enclava_server::Roles { manager: Some(registry.clone()), keys: Some(broker.clone()) };
-    let server = tokio::spawn(enclava_server::serve(Default::default(), roles, listener, async {
-        let _ = stop_rx.await;
-    }));
-    let root_dir = tmp.path().join("root");
-    let root = SimRoot::load_or_init(&root_dir).map_err(anyhow::Error::msg)?;
-    let policy_text = format!("[sim]\nroot = \"{}\"\nany_measurement = true\n", root.public().to_hex());
+    let mut sandbox = enclava_sandbox::SandboxBuilder::new()
+        .dir(tmp.path())
+        .kek(kek)
+        .configure(|c| c.release_rate = 0)
+        .start()
+        .await?;
+    let url = sandbox.url().to_owned();
+    let broker = sandbox.broker().context("the keys role runs")?.clone();
+    let policy_text = sandbox.sim_policy(&[]);
     let (owner, _) = broker.register(None).await?;
     broker.put_model_key(&owner, "bench/mobilenet", key.as_bytes(), Some(&policy_text), false).await?;
-    let blobs = tmp.path().join("blobs");
-    FolderStore::new(&blobs)
+    FolderStore::new(sandbox.blobs())
         .put(&package_blob_name("bench/mobilenet", 1), &pkg)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let node_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let config = enclava_node::NodeConfig {
-        platform: "sim".into(),
-        data_dir: tmp.path().join("node"),
-        data: vec![],
-        advertise: None,
-        sim_root: Some(root_dir),
-        tsm_dir: None,
-        serve: Some(enclava_node::serve::ServeConfig {
-            key_broker: url.clone(),
-            blobs,
-            models: vec!["bench/mobilenet".into()],
-            memory_budget: 0,
-            openwhisk: false,
-        }),
-    };
     let measurement = enclava_node::tee::sim_measurement(enclava_node::tee::sim_workload().as_bytes());
     broker.grant(&owner, "bench/mobilenet", &measurement, &owner).await?;
-    let node = enclava_node::start(config, registry, node_listener).await?;
+    let node = sandbox.node(enclava_sandbox::NodeSpec::new("node").serve(&["bench/mobilenet"])).await?;
     node.wait_hot("bench/mobilenet", Duration::from_secs(120)).await.map_err(anyhow::Error::msg)?;
+    let node_addr = node.addr();
     let policy = Policy::parse(&policy_text).map_err(anyhow::Error::msg)?;
     let opts = enclava_client::infer::InferOptions::new(url.clone(), "bench/mobilenet", policy);
     let input_npy = Arc::new(input_npy);
@@ -205,7 +178,7 @@ pub async fn serving(a: ServingArgs) -> anyhow::Result<ExitCode> {
     request_key.copy_from_slice(ModelKey::generate().map_err(|e| anyhow::anyhow!("{e}"))?.as_bytes());
     broker.put_request_key(&owner, "bench/mobilenet", &measurement, &request_key).await?;
     let user_key = enclava_client::infer::UserKey::new(owner.clone(), &measurement, &request_key);
-    let endpoint = format!("http://{}{}", node.addr(), enclava_client::infer::PATH);
+    let endpoint = format!("http://{}{}", node_addr, enclava_client::infer::PATH);
     let mut serverless = enclava_client::infer::ServerlessOptions::new(endpoint, "bench/mobilenet", user_key);
     serverless.binary = true;
 
@@ -215,9 +188,7 @@ pub async fn serving(a: ServingArgs) -> anyhow::Result<ExitCode> {
     let floor8 = load(8, dur, run_plain).await?;
     let sealed8 = load_sealed(8, dur, &opts, &input_npy).await?;
     let serverless8 = load_serverless(8, dur, &serverless, &input_npy).await?;
-    node.shutdown().await;
-    let _ = stop_tx.send(());
-    let _ = server.await;
+    sandbox.stop().await;
 
     println!("MobileNetV2 224×224, tract, 2 cores ({:.1} s per row)", dur.as_secs_f64());
     println!("{:<40} {:>10} {:>9} {:>9}", "case", "infer/s", "p50 ms", "p99 ms");

@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use serde::Deserialize;
 
 const CONFIG_HELP: &str = "Every option can also be set by its ENCLAVA_* environment variable (shown with each option) \
 or in the config file (--config, ENCLAVA_CONFIG, or config.toml in ENCLAVA_CONFIG_DIR / ~/.config/enclava), \
@@ -62,9 +61,9 @@ pub enum Command {
     Bench(BenchCommand),
 }
 
-/// `enclava server`
-#[derive(Debug, Default, Args, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+/// `enclava server`: every option is `None` unless given on the command line or in the
+/// environment; the config file's `[server]` table (`enclava_sandbox::ServerConfig`) has the rest.
+#[derive(Debug, Default, Args)]
 pub struct ServerArgs {
     /// Registry: `memory`, `redis://host:port` or `redis+cluster://host:port[,host:port...]` [default: memory]
     #[arg(long, env = "ENCLAVA_REGISTRY")]
@@ -86,7 +85,6 @@ pub struct ServerArgs {
     pub sweep_interval_ms: Option<u64>,
     /// Roles to run, comma-separated: manager, keys [default: manager,keys]
     #[arg(long, env = "ENCLAVA_ROLES", value_delimiter = ',')]
-    #[serde(default)]
     pub roles: Vec<String>,
     /// Key broker database: sqlite://FILE or postgres://USER@HOST/DB [default: sqlite://DATA_DIR/keys.db]
     #[arg(long, env = "ENCLAVA_DATABASE")]
@@ -119,14 +117,12 @@ pub struct ServerArgs {
     pub release_rate: Option<u32>,
     /// Start the key broker on a database older than its audit anchor (after a lost WAL or a
     /// restored backup); the choice is recorded in the audit log
-    #[arg(long, env = "ENCLAVA_ACCEPT_ROLLBACK")]
-    #[serde(default)]
-    pub accept_rollback: bool,
+    #[arg(long, env = "ENCLAVA_ACCEPT_ROLLBACK", num_args = 0..=1, default_missing_value = "true")]
+    pub accept_rollback: Option<bool>,
 }
 
-/// `enclava node`
-#[derive(Debug, Default, Args, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+/// `enclava node`: as `ServerArgs`, over the `[node]` table (`enclava_sandbox::NodeSettings`).
+#[derive(Debug, Default, Args)]
 pub struct NodeArgs {
     /// TEE platform: sim (no hardware needed; not confidential), sgx, tdx, sev-snp, nitro [default: sim]
     #[arg(long, env = "ENCLAVA_PLATFORM")]
@@ -136,7 +132,6 @@ pub struct NodeArgs {
     pub registry: Option<String>,
     /// A data (model) id this node has access to; repeat for more (env: comma-separated)
     #[arg(long = "data", env = "ENCLAVA_DATA", value_delimiter = ',')]
-    #[serde(default)]
     pub data: Vec<String>,
     /// Address for the node's endpoints (/health, /metrics) [default: 127.0.0.1:0, any free port]
     #[arg(long, env = "ENCLAVA_LISTEN")]
@@ -161,7 +156,6 @@ pub struct NodeArgs {
     /// Serve this model (decrypted in memory with a key the key broker releases to this enclave);
     /// repeat for more (env: comma-separated)
     #[arg(long = "serve-model", env = "ENCLAVA_SERVE_MODEL", value_delimiter = ',')]
-    #[serde(default)]
     pub serve_model: Vec<String>,
     /// Key broker URL for --serve-model [default: http://127.0.0.1:7000]
     #[arg(long, env = "ENCLAVA_KEY_BROKER")]
@@ -173,14 +167,13 @@ pub struct NodeArgs {
     #[arg(long, env = "ENCLAVA_MEMORY_BUDGET_MB")]
     pub memory_budget_mb: Option<u64>,
     /// Also answer the OpenWhisk action protocol (POST /init, POST /run) on --listen
-    #[arg(long, env = "ENCLAVA_OPENWHISK")]
-    #[serde(default)]
-    pub openwhisk: bool,
+    /// (`--openwhisk=false` turns off what the config file turned on)
+    #[arg(long, env = "ENCLAVA_OPENWHISK", num_args = 0..=1, default_missing_value = "true")]
+    pub openwhisk: Option<bool>,
 }
 
-/// `enclava find`
-#[derive(Debug, Default, Args, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+/// `enclava find`: as `ServerArgs`, over the `[find]` table (`config::FindConfig`).
+#[derive(Debug, Default, Args)]
 pub struct FindArgs {
     /// Enclave manager URL [default: http://127.0.0.1:7000]
     #[arg(long, env = "ENCLAVA_SERVER")]
@@ -199,16 +192,13 @@ pub struct FindArgs {
     pub limit: Option<i32>,
     /// An instance id not to return; repeat for more (env: comma-separated)
     #[arg(long = "deny", env = "ENCLAVA_DENY", value_delimiter = ',')]
-    #[serde(default)]
     pub deny: Vec<String>,
     /// Print the FindEnclaveResponse as JSON
-    #[arg(long, env = "ENCLAVA_JSON")]
-    #[serde(default)]
-    pub json: bool,
+    #[arg(long, env = "ENCLAVA_JSON", num_args = 0..=1, default_missing_value = "true")]
+    pub json: Option<bool>,
     /// Verify each enclave's evidence against --policy before printing it; refused ones are listed with why
-    #[arg(long, env = "ENCLAVA_VERIFY", requires = "policy")]
-    #[serde(default)]
-    pub verify: bool,
+    #[arg(long, env = "ENCLAVA_VERIFY", num_args = 0..=1, default_missing_value = "true")]
+    pub verify: Option<bool>,
     /// Policy for --verify (TOML or JSON)
     #[arg(long, env = "ENCLAVA_POLICY")]
     pub policy: Option<PathBuf>,

@@ -1,36 +1,30 @@
-//! `enclava dev`: the whole system in one process on embedded defaults — the enclave manager and
-//! the key broker on one port over the in-memory registry, a SQLite file and a local blob folder,
-//! and two `sim` nodes serving a bundled model — then a demo a newcomer can follow line by line
+//! `enclava dev`: the whole system in one process on embedded defaults, started by the sandbox
+//! builder (the same wiring as `enclava server` and the tests) — the enclave manager and the key
+//! broker on one port over the in-memory registry, a SQLite file and a local blob folder, and two
+//! `sim` nodes serving a bundled model — then a demo a newcomer can follow line by line
 //! (register, encrypt and upload, grant, find, verify, sealed inference in direct mode, then in
 //! serverless mode with a request key), then it keeps serving and prints what to try next.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use enclava_attest::Policy;
-use enclava_attest::sim::SimRoot;
 use enclava_client::{FindEnclaveRequest, ManagerClient};
-use enclava_node::{NodeConfig, NodeHandle};
-use enclava_registry::memory::MemoryRegistry;
-use enclava_registry::{Keys, Registry};
 use enclava_runtime::{Model, Tensor};
+use enclava_sandbox::{NodeSpec, SandboxBuilder};
 
 /// The model the demo serves: a small generated classifier (32×32×3 → 10 classes).
 const DEMO_MODEL: &str = "demo/tiny-classifier";
 const STEPS: usize = 8;
 
-/// `enclava dev`
+/// `enclava dev`: the server's options (flags, `ENCLAVA_*`, the config file's `[server]` table)
+/// apply, with `--data-dir` the folder for everything the demo keeps [default: ./enclava-dev].
 #[derive(Debug, clap::Args)]
 pub struct DevArgs {
-    /// Address of the server (gRPC, REST, /health, /metrics)
-    #[arg(long, env = "ENCLAVA_LISTEN", default_value = "127.0.0.1:7000")]
-    listen: String,
-    /// Folder for everything the demo keeps (database, blobs, identities) [default: ./enclava-dev]
-    #[arg(long, env = "ENCLAVA_DATA_DIR", default_value = "enclava-dev")]
-    data_dir: PathBuf,
+    #[command(flatten)]
+    server: crate::cli::ServerArgs,
     /// Exit after the demo instead of serving
     #[arg(long)]
     demo_only: bool,
@@ -40,52 +34,32 @@ fn step(n: usize, text: &str) {
     println!("[{n}/{STEPS}] {text}");
 }
 
-async fn start_node(
-    registry: Arc<dyn Registry>,
-    dir: PathBuf,
-    sim_root: &Path,
-    broker: &str,
-    blobs: &Path,
-) -> anyhow::Result<NodeHandle> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let config = NodeConfig {
-        platform: "sim".into(),
-        data_dir: dir,
-        data: vec![],
-        advertise: None,
-        sim_root: Some(sim_root.to_owned()),
-        tsm_dir: None,
-        serve: Some(enclava_node::serve::ServeConfig {
-            key_broker: broker.to_owned(),
-            blobs: blobs.to_owned(),
-            models: vec![DEMO_MODEL.into()],
-            memory_budget: 0,
-            openwhisk: true,
-        }),
+pub async fn dev(
+    a: DevArgs,
+    file: enclava_sandbox::ServerConfig,
+    env: &(dyn Fn(&str) -> Option<String> + Sync),
+) -> anyhow::Result<ExitCode> {
+    let mut config = a.server.over(file);
+    let dir = config.data_dir.clone().unwrap_or_else(|| PathBuf::from("enclava-dev"));
+    config.data_dir = Some(dir.join("server"));
+    // The demo needs both roles, whatever the file says.
+    config.roles = vec!["manager".into(), "keys".into()];
+    let listen = config.listen.clone();
+    let registry = config.registry.clone();
+    let database = config.database.clone();
+    let env: enclava_sandbox::Env = {
+        let vars: std::collections::HashMap<String, String> =
+            ["ENCLAVA_KEK"].iter().filter_map(|k| Some((k.to_string(), env(k)?))).collect();
+        Arc::new(move |k| vars.get(k).cloned())
     };
-    Ok(enclava_node::start(config, registry, listener).await?)
-}
-
-pub async fn dev(a: DevArgs) -> anyhow::Result<ExitCode> {
-    let dir = &a.data_dir;
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let registry: Arc<dyn Registry> =
-        Arc::new(MemoryRegistry::new(Keys::new("enclava", "enclava").map_err(anyhow::Error::msg)?));
-    step(1, &format!("starting the enclave manager and the key broker on {} (in-memory registry)", a.listen));
-    let server_args = crate::cli::ServerArgs::default();
-    let broker = Arc::new(crate::open_broker(&server_args, &dir.join("server"), &|k| std::env::var(k).ok()).await?);
+    step(1, &format!("starting the enclave manager and the key broker on {listen} (registry {registry})"));
+    let mut sandbox = SandboxBuilder::new().config(config).dir(&dir).env(env).start().await?;
+    let url = sandbox.url().to_owned();
     println!(
-        "      key database sqlite://{}, key-encryption key in {}",
-        dir.join("server/keys.db").display(),
+        "      key database {}, key-encryption key in {}",
+        database.unwrap_or_else(|| format!("sqlite://{}", dir.join("server/keys.db").display())),
         dir.join("server/kek.key").display()
     );
-    let listener = crate::bind(&a.listen).await?;
-    let url = format!("http://{}", listener.local_addr()?);
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let roles = enclava_server::Roles { manager: Some(registry.clone()), keys: Some(broker) };
-    let server = tokio::spawn(enclava_server::serve(Default::default(), roles, listener, async {
-        let _ = stop_rx.await;
-    }));
 
     step(2, "registering a user with the key broker (enclava keys register)");
     let config_dir = dir.join("config");
@@ -96,15 +70,14 @@ pub async fn dev(a: DevArgs) -> anyhow::Result<ExitCode> {
     println!("      user {user}; credential in {}", config_dir.join("credentials.json").display());
 
     step(3, &format!("encrypting the bundled model and uploading it as {DEMO_MODEL} (enclava model upload)"));
-    let root_dir = dir.join("sim-root");
-    let root = SimRoot::load_or_init(&root_dir).map_err(anyhow::Error::msg)?;
+    let root = sandbox.sim_root();
     let measurement = enclava_node::tee::sim_measurement(enclava_node::tee::sim_workload().as_bytes());
     let policy_text = format!("[sim]\nroot = \"{}\"\nmeasurements = [\"{measurement}\"]\n", root.public().to_hex());
     let policy_path = dir.join("policy.toml");
     std::fs::write(&policy_path, &policy_text)?;
     let onnx = enclava_runtime::generate::tiny(1);
-    let blobs = dir.join("blobs");
-    let up = crate::model_cli::upload(
+    let blobs = sandbox.blobs();
+    let (up, _) = crate::model_cli::upload(
         &url,
         &config_dir,
         &blobs,
@@ -119,7 +92,7 @@ pub async fn dev(a: DevArgs) -> anyhow::Result<ExitCode> {
         onnx.len(),
         up.package_len,
         up.version,
-        up.blob.display()
+        blobs.join(&up.blob).display()
     );
     println!(
         "      release policy: sim from this deployment's root {}…, measurement {}…",
@@ -129,9 +102,11 @@ pub async fn dev(a: DevArgs) -> anyhow::Result<ExitCode> {
     println!("      (sim is a simulated TEE for testing: NOT confidential)");
 
     step(4, "starting two sim nodes; each fetches the model key with fresh evidence and decrypts in memory");
-    let n1 = start_node(registry.clone(), dir.join("node1"), &root_dir, &url, &blobs).await?;
-    let n2 = start_node(registry.clone(), dir.join("node2"), &root_dir, &url, &blobs).await?;
-    for n in [&n1, &n2] {
+    for name in ["node1", "node2"] {
+        sandbox.node(NodeSpec::new(name).serve(&[DEMO_MODEL]).openwhisk()).await?;
+    }
+    let (n1, n2) = (&sandbox.nodes()[0], &sandbox.nodes()[1]);
+    for n in [n1, n2] {
         n.wait_hot(DEMO_MODEL, Duration::from_secs(60)).await.map_err(anyhow::Error::msg)?;
         println!("      node {} on {}: key released, model hot", n.instance_id(), n.addr());
     }
@@ -231,9 +206,6 @@ pub async fn dev(a: DevArgs) -> anyhow::Result<ExitCode> {
         println!("Ctrl-C to stop");
         crate::shutdown_signal().await;
     }
-    n1.shutdown().await;
-    n2.shutdown().await;
-    let _ = stop_tx.send(());
-    server.await.context("server task")??;
+    sandbox.stop().await;
     Ok(ExitCode::SUCCESS)
 }

@@ -1,4 +1,5 @@
-//! `enclava keys …`: the key broker's REST client. Keeps this user's credential for each server
+//! `enclava keys …`: the key broker's REST API from the command line (through
+//! [`enclava_client::keys::KeysClient`]). Keeps this user's credential for each server
 //! in `credentials.json` in the config folder (mode 0600), and keys it generates under
 //! `model-keys/` and `request-keys/` there.
 
@@ -7,16 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use clap::{Args, Subcommand};
+use enclava_client::keys::KeysClient;
 use enclava_contracts::keys::rest::*;
-use enclava_keys::error::ErrorBody;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
@@ -126,52 +120,10 @@ impl std::fmt::Debug for Credential {
     }
 }
 
-/// Talks JSON to one broker.
-pub(crate) struct Rest {
-    base: String,
-    token: Option<Zeroizing<String>>,
-    client: Client<HttpConnector, Full<Bytes>>,
-}
-
-impl Rest {
-    fn new(base: &str, token: Option<Zeroizing<String>>) -> Rest {
-        let client = Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
-        Rest { base: base.trim_end_matches('/').to_owned(), token, client }
-    }
-
-    pub(crate) async fn call<T: DeserializeOwned>(
-        &self,
-        method: hyper::Method,
-        path: &str,
-        body: Option<serde_json::Value>,
-    ) -> anyhow::Result<T> {
-        let url = format!("{}{path}", self.base);
-        let mut req = hyper::Request::builder().method(method).uri(&url).header("content-type", "application/json");
-        if let Some(t) = &self.token {
-            req = req.header("authorization", format!("Bearer {}", t.as_str()));
-        }
-        let body = body.map(|b| serde_json::to_vec(&b)).transpose()?.unwrap_or_default();
-        let req = req.body(Full::new(Bytes::from(body))).context("building the request")?;
-        let resp = tokio::time::timeout(std::time::Duration::from_secs(30), self.client.request(req))
-            .await
-            .with_context(|| format!("the key broker at {} did not answer within 30 s", self.base))?
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot reach the key broker at {}: {e}. Is `enclava server` running there? (--server, ENCLAVA_SERVER)",
-                    self.base
-                )
-            })?;
-        let status = resp.status();
-        let bytes = resp.into_body().collect().await.context("reading the answer")?.to_bytes();
-        if !status.is_success() {
-            match serde_json::from_slice::<ErrorBody>(&bytes) {
-                Ok(e) => bail!("{}", e.message),
-                Err(_) => bail!("the key broker answered {status} (is {} a key broker?)", self.base),
-            }
-        }
-        let bytes = if bytes.is_empty() { Bytes::from_static(b"null") } else { bytes };
-        serde_json::from_slice(&bytes).with_context(|| format!("unexpected answer from {url}"))
-    }
+/// A refusal or failure from the key broker as the CLI says it: the message, then the code the
+/// broker sent (the same code gRPC, REST and the nodes use).
+pub(crate) fn said(e: enclava_core::Error) -> anyhow::Error {
+    anyhow::anyhow!("{} ({})", e.message, e.code)
 }
 
 fn credentials_path(dir: &Path) -> PathBuf {
@@ -260,8 +212,7 @@ pub(crate) async fn register(server: &str, dir: &Path, invite: Option<&str>) -> 
             c.user_id
         );
     }
-    let body = invite.map(|i| serde_json::json!({ "invite": i.trim() }));
-    let r: Registered = Rest::new(&server, None).call(hyper::Method::POST, "/v1/users", body).await?;
+    let r = KeysClient::new(&server, None).register(invite).await.map_err(said)?;
     creds.insert(server, Credential { user_id: r.user_id.clone(), token: r.token });
     let json = Zeroizing::new(serde_json::to_vec_pretty(&creds)?);
     write_private(&credentials_path(dir), &json)?;
@@ -271,7 +222,7 @@ pub(crate) async fn register(server: &str, dir: &Path, invite: Option<&str>) -> 
 /// Uploads this user's request key for `model` on `measurement`: the one in `key_file`, or a fresh
 /// one kept in `dir` (returned).
 pub(crate) async fn upload_request_key(
-    rest: &Rest,
+    rest: &KeysClient,
     dir: &Path,
     model: &str,
     measurement: &str,
@@ -281,9 +232,7 @@ pub(crate) async fn upload_request_key(
         Some(f) => (read_key(f)?, None),
         None => (generate_key()?, Some(key_path(dir, "request-keys", model, &measurement.to_lowercase()))),
     };
-    let body =
-        serde_json::json!({ "model": model, "measurement": measurement, "key": STANDARD.encode(key.as_slice()) });
-    let () = rest.call(hyper::Method::POST, "/v1/request-keys", Some(body)).await?;
+    rest.put_request_key(model, measurement, &key).await.map_err(said)?;
     if let Some(p) = &saved {
         write_private(p, hex::encode(key.as_slice()).as_bytes())?;
     }
@@ -291,7 +240,7 @@ pub(crate) async fn upload_request_key(
 }
 
 /// A REST session as the identity kept in `dir` for `server`, and that identity's user id.
-pub(crate) fn session(server: &str, dir: &Path) -> anyhow::Result<(Rest, String)> {
+pub(crate) fn session(server: &str, dir: &Path) -> anyhow::Result<(KeysClient, String)> {
     let server = server.trim_end_matches('/');
     let creds = read_credentials(dir)?;
     let Some(cred) = creds.get(server) else {
@@ -300,7 +249,7 @@ pub(crate) fn session(server: &str, dir: &Path) -> anyhow::Result<(Rest, String)
             credentials_path(dir).display()
         );
     };
-    Ok((Rest::new(server, Some(Zeroizing::new(cred.token.clone()))), cred.user_id.clone()))
+    Ok((KeysClient::new(server, Some(Zeroizing::new(cred.token.clone()))), cred.user_id.clone()))
 }
 
 pub async fn run(a: KeysArgs, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<ExitCode> {
@@ -313,11 +262,10 @@ pub async fn run(a: KeysArgs, env: &dyn Fn(&str) -> Option<String>) -> anyhow::R
         return Ok(ExitCode::SUCCESS);
     }
     let (rest, _) = session(&server, &dir)?;
-    use hyper::Method;
     match a.command {
         KeysCommand::Register { .. } => unreachable!("handled above"),
         KeysCommand::Invite { admin } => {
-            let i: Invite = rest.call(Method::POST, "/v1/invites", Some(serde_json::json!({ "admin": admin }))).await?;
+            let i = rest.invite(admin).await.map_err(said)?;
             println!("{}", i.token);
             eprintln!(
                 "one-time {}invite, valid until {}: `enclava keys register --invite TOKEN`",
@@ -326,7 +274,7 @@ pub async fn run(a: KeysArgs, env: &dyn Fn(&str) -> Option<String>) -> anyhow::R
             );
         }
         KeysCommand::Whoami => {
-            let w: WhoAmI = rest.call(Method::GET, "/v1/users/me", None).await?;
+            let w = rest.whoami().await.map_err(said)?;
             println!("{}", w.user_id);
         }
         KeysCommand::ModelKey { model, key_file, policy } => {
@@ -336,8 +284,7 @@ pub async fn run(a: KeysArgs, env: &dyn Fn(&str) -> Option<String>) -> anyhow::R
             upload_model_key(&rest, &dir, &model, key_file.as_deref(), None, true).await?;
         }
         KeysCommand::Grant { model, measurement, user } => {
-            let body = serde_json::to_value(GrantRequest { model: model.clone(), measurement, user: user.clone() })?;
-            let () = rest.call(Method::POST, "/v1/grants", Some(body)).await?;
+            rest.grant(&model, &measurement, &user).await.map_err(said)?;
             println!("granted: {user}'s requests to {model} may be served by that measurement");
         }
         KeysCommand::RequestKey { model, measurement, key_file } => {
@@ -347,13 +294,11 @@ pub async fn run(a: KeysArgs, env: &dyn Fn(&str) -> Option<String>) -> anyhow::R
             }
         }
         KeysCommand::Revoke { model, measurement, user } => {
-            let body = serde_json::to_value(RevokeRequest { model: model.clone(), measurement, user })?;
-            let r: Revoked = rest.call(Method::POST, "/v1/revocations", Some(body)).await?;
+            let r = rest.revoke(&RevokeRequest { model: model.clone(), measurement, user }).await.map_err(said)?;
             println!("revoked {} grant(s) of {model}", r.revoked);
         }
         KeysCommand::List { model, json } => {
-            let q = model.map(|m| format!("?model={m}")).unwrap_or_default();
-            let l: Listing = rest.call(Method::GET, &format!("/v1/models{q}"), None).await?;
+            let l = rest.list(model.as_deref()).await.map_err(said)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&l)?);
             } else {
@@ -361,7 +306,7 @@ pub async fn run(a: KeysArgs, env: &dyn Fn(&str) -> Option<String>) -> anyhow::R
             }
         }
         KeysCommand::Audit { verify: true, .. } => {
-            let c: AuditCheck = rest.call(Method::GET, "/v1/audit/verify", None).await?;
+            let c = rest.verify_audit().await.map_err(said)?;
             if c.ok {
                 println!("audit log intact: {} records, chain and anchor verified", c.records);
             } else {
@@ -370,7 +315,7 @@ pub async fn run(a: KeysArgs, env: &dyn Fn(&str) -> Option<String>) -> anyhow::R
             }
         }
         KeysCommand::Audit { verify: false, limit, json } => {
-            let rows: Vec<AuditRecord> = rest.call(Method::GET, &format!("/v1/audit?limit={limit}"), None).await?;
+            let rows = rest.audit(limit).await.map_err(said)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
@@ -393,7 +338,7 @@ pub async fn run(a: KeysArgs, env: &dyn Fn(&str) -> Option<String>) -> anyhow::R
 }
 
 async fn upload_model_key(
-    rest: &Rest,
+    rest: &KeysClient,
     dir: &Path,
     model: &str,
     key_file: Option<&Path>,
@@ -407,8 +352,7 @@ async fn upload_model_key(
     let policy = policy
         .map(|p| std::fs::read_to_string(p).with_context(|| format!("cannot read policy {}", p.display())))
         .transpose()?;
-    let body = serde_json::json!({ "model": model, "key": STANDARD.encode(key.as_slice()), "policy": policy, "rotate": rotate });
-    let v: ModelKeyVersion = rest.call(hyper::Method::POST, "/v1/model-keys", Some(body)).await?;
+    let v = rest.put_model_key(model, &key, policy.as_deref(), rotate).await.map_err(said)?;
     if key_file.is_none() {
         let p = key_path(dir, "model-keys", model, &format!("v{}", v.version));
         write_private(&p, hex::encode(key.as_slice()).as_bytes())?;

@@ -6,12 +6,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use clap::{Args, Subcommand, ValueEnum};
-use enclava_contracts::keys::rest::ModelKeyVersion;
-use enclava_model::blob::{BlobStore, FolderStore, package_blob_name};
-use enclava_model::package::{self, ModelKey};
+use enclava_client::model::Uploaded;
+use enclava_model::blob::FolderStore;
+
+use crate::keys_cli::said;
 
 #[derive(Debug, Subcommand)]
 pub enum ModelCommand {
@@ -75,7 +74,7 @@ pub async fn run(cmd: ModelCommand, env: &dyn Fn(&str) -> Option<String>) -> any
             let dir = crate::keys_cli::credentials_dir(a.config_dir.as_deref(), env)?;
             let blobs = match a.blobs.clone() {
                 Some(b) => b,
-                None => crate::default_data_dir(env, "blobs")?,
+                None => crate::config::default_data_dir(env, "blobs")?,
             };
             let onnx = std::fs::read(&a.file).with_context(|| format!("cannot read {}", a.file.display()))?;
             let policy = a
@@ -83,18 +82,18 @@ pub async fn run(cmd: ModelCommand, env: &dyn Fn(&str) -> Option<String>) -> any
                 .as_ref()
                 .map(|p| std::fs::read_to_string(p).with_context(|| format!("cannot read policy {}", p.display())))
                 .transpose()?;
-            let r = upload(&a.server, &dir, &blobs, &a.id, &onnx, policy.as_deref(), &a.grants).await?;
+            let (r, user) = upload(&a.server, &dir, &blobs, &a.id, &onnx, policy.as_deref(), &a.grants).await?;
             println!(
                 "{}: version {} encrypted ({} bytes) and stored as {}",
                 a.id,
                 r.version,
                 r.package_len,
-                r.blob.display()
+                blobs.join(&r.blob).display()
             );
             if a.grants.is_empty() {
                 println!(
                     "grant an enclave measurement next: enclava keys grant --model {} --measurement HEX --user {}",
-                    a.id, r.user
+                    a.id, user
                 );
             }
             Ok(ExitCode::SUCCESS)
@@ -102,16 +101,9 @@ pub async fn run(cmd: ModelCommand, env: &dyn Fn(&str) -> Option<String>) -> any
     }
 }
 
-/// What an upload did.
-#[derive(Debug)]
-pub struct Uploaded {
-    pub version: u64,
-    pub package_len: usize,
-    pub blob: PathBuf,
-    pub user: String,
-}
-
-/// The upload itself, shared with `enclava dev`.
+/// The upload as `enclava model upload` and `enclava dev` do it: as the identity kept in
+/// `config_dir` for `server`, into the blob folder `blobs`; prints each grant. Returns what was
+/// stored and the uploader's user id.
 pub async fn upload(
     server: &str,
     config_dir: &Path,
@@ -120,24 +112,16 @@ pub async fn upload(
     onnx: &[u8],
     policy: Option<&str>,
     grants: &[String],
-) -> anyhow::Result<Uploaded> {
-    enclava_keys::broker::check_model_id(id).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let (rest, user) = crate::keys_cli::session(server, config_dir)?;
-    let key = ModelKey::generate().map_err(|e| anyhow::anyhow!("{e}"))?;
-    let body = serde_json::json!({ "model": id, "key": STANDARD.encode(key.as_bytes()), "policy": policy });
-    let v: ModelKeyVersion = rest.call(hyper::Method::POST, "/v1/model-keys", Some(body)).await?;
-    let package = package::encrypt(id, v.version, &key, onnx).map_err(|e| anyhow::anyhow!("encrypting: {e}"))?;
-    let name = package_blob_name(id, v.version);
-    FolderStore::new(blobs).put(&name, &package).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+) -> anyhow::Result<(Uploaded, String)> {
+    enclava_core::id::check_model_id(id).map_err(said)?;
+    let (keys, user) = crate::keys_cli::session(server, config_dir)?;
+    let up = enclava_client::model::upload(&keys, &user, &FolderStore::new(blobs), id, onnx, policy, grants)
+        .await
+        .map_err(said)?;
     for m in grants {
-        let body = serde_json::json!({ "model": id, "measurement": m, "user": user });
-        let () = rest.call(hyper::Method::POST, "/v1/grants", Some(body)).await?;
         println!("granted measurement {m} for your requests to {id}");
     }
-    if grants.is_empty() && policy.is_none() {
-        tracing::debug!(model = %id, "uploaded without grants or policy");
-    }
-    Ok(Uploaded { version: v.version, package_len: package.len(), blob: blobs.join(name), user })
+    Ok((up, user))
 }
 
 fn gen_model(a: &GenArgs) -> anyhow::Result<ExitCode> {

@@ -523,7 +523,11 @@ fn keys_cli_register_grant_revoke_list_audit() {
     // Only the owner touches the model, with a clear error and exit code 2.
     let stolen = keys(&url, &bob_dir, &["model-key", "--model", "acme/m"]);
     assert_eq!(stolen.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&stolen.stderr).contains("belongs to another user"));
+    let stolen_err = String::from_utf8_lossy(&stolen.stderr);
+    assert!(
+        stolen_err.contains("belongs to another user") && stolen_err.contains("(permission_denied)"),
+        "{stolen_err}"
+    );
     let no_cred = keys(&url, &dir.path().join("nobody"), &["whoami"]);
     assert!(String::from_utf8_lossy(&no_cred.stderr).contains("keys --server"), "says to register first");
 
@@ -543,7 +547,7 @@ fn keys_cli_register_grant_revoke_list_audit() {
     assert!(ok_text(&keys(&url, &alice_dir, &["audit", "--verify"])).contains("audit log intact"));
     let (status, doc) = http(&format!("127.0.0.1:{port}"), "GET", "/openapi.json", None, "").expect("openapi");
     assert_eq!(status, 200);
-    assert!(doc.contains("/v1/grants") && doc.contains("/v1/release"), "{doc}");
+    assert!(doc.contains("/keys/v1/grants") && doc.contains("/keys/v1/release"), "{doc}");
 
     // Someone edits the database behind the broker's back: --verify says so and exits 1.
     let raw = Command::new("sqlite3")
@@ -564,12 +568,12 @@ fn kill_mid_batch(database: &str) {
     let port = free_port().expect("port");
     let addr = format!("127.0.0.1:{port}");
     let mut server = start_keys_server(database, dir.path(), port);
-    let (_, reg) = http(&addr, "POST", "/v1/users", None, "").expect("register");
+    let (_, reg) = http(&addr, "POST", "/keys/v1/users", None, "").expect("register");
     let reg: serde_json::Value = serde_json::from_str(&reg).expect("json");
     let (owner, token) =
         (reg["userId"].as_str().expect("id").to_owned(), reg["token"].as_str().expect("token").to_owned());
     let body = r#"{"model":"acme/m","key":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="}"#;
-    assert_eq!(http(&addr, "POST", "/v1/model-keys", Some(&token), body).expect("key").0, 201);
+    assert_eq!(http(&addr, "POST", "/keys/v1/model-keys", Some(&token), body).expect("key").0, 201);
     let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let next = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let workers: Vec<_> = (0..4)
@@ -582,7 +586,7 @@ fn kill_mid_batch(database: &str) {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let m = format!("{i:064x}");
                     let body = format!(r#"{{"model":"acme/m","measurement":"{m}","user":"{owner}"}}"#);
-                    match http(&addr, "POST", "/v1/grants", Some(&token), &body) {
+                    match http(&addr, "POST", "/keys/v1/grants", Some(&token), &body) {
                         Ok((204, _)) => acked.lock().expect("lock").push(m),
                         Ok((s, b)) => panic!("grant refused before the kill: {s} {b}"),
                         Err(_) => return, // the broker is gone
@@ -599,7 +603,7 @@ fn kill_mid_batch(database: &str) {
     }
     let acked = acked.lock().expect("lock").clone();
     let _server = start_keys_server(database, dir.path(), port);
-    let (status, listing) = http(&addr, "GET", "/v1/models", Some(&token), "").expect("list");
+    let (status, listing) = http(&addr, "GET", "/keys/v1/models", Some(&token), "").expect("list");
     assert_eq!(status, 200, "{listing}");
     let listing: serde_json::Value = serde_json::from_str(&listing).expect("json");
     let stored: std::collections::HashSet<String> = listing["models"][0]["grants"]
@@ -610,7 +614,7 @@ fn kill_mid_batch(database: &str) {
         .collect();
     let lost: Vec<&String> = acked.iter().filter(|m| !stored.contains(*m)).collect();
     assert!(lost.is_empty(), "{} acknowledged grants lost after SIGKILL: {lost:?}", lost.len());
-    let (_, check) = http(&addr, "GET", "/v1/audit/verify", Some(&token), "").expect("verify");
+    let (_, check) = http(&addr, "GET", "/keys/v1/audit/verify", Some(&token), "").expect("verify");
     assert!(check.contains("\"ok\":true"), "{check}");
 }
 
@@ -708,7 +712,7 @@ fn a_lost_wal_or_kek_stops_the_broker_until_the_operator_acts() {
     let srv = dir.path().join("srv");
     let mut server = start_keys_server(&db, dir.path(), port);
     for _ in 0..3 {
-        assert_eq!(http(&addr, "POST", "/v1/users", None, "").expect("register").0, 201);
+        assert_eq!(http(&addr, "POST", "/keys/v1/users", None, "").expect("register").0, 201);
         std::thread::sleep(Duration::from_millis(120));
     }
     server.0.kill().expect("SIGKILL");
@@ -729,12 +733,12 @@ fn a_lost_wal_or_kek_stops_the_broker_until_the_operator_acts() {
     wait_for("the key broker", Duration::from_secs(20), || {
         http(&addr, "GET", "/health", None, "").is_ok_and(|(s, _)| s == 200)
     });
-    let (_, reg) = http(&addr, "POST", "/v1/users", None, "").expect("register");
+    let (_, reg) = http(&addr, "POST", "/keys/v1/users", None, "").expect("register");
     let token =
         serde_json::from_str::<serde_json::Value>(&reg).expect("json")["token"].as_str().expect("token").to_owned();
-    let (_, check) = http(&addr, "GET", "/v1/audit/verify", Some(&token), "").expect("verify");
+    let (_, check) = http(&addr, "GET", "/keys/v1/audit/verify", Some(&token), "").expect("verify");
     assert!(check.contains("\"ok\":true"), "{check}");
-    let (_, audit) = http(&addr, "GET", "/v1/audit", Some(&token), "").expect("audit");
+    let (_, audit) = http(&addr, "GET", "/keys/v1/audit", Some(&token), "").expect("audit");
     assert!(audit.is_empty() || audit.starts_with('['), "{audit}");
     p.0.kill().expect("kill");
     let _ = p.0.wait();

@@ -4,6 +4,40 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+/// Where the key broker role mounts its routes on the server (`/keys/v1/users`, …).
+pub const PREFIX: &str = "/keys";
+
+/// The routes, relative to [`PREFIX`] (the broker's OpenAPI part lists each of them).
+pub mod path {
+    pub const USERS: &str = "/v1/users";
+    pub const INVITES: &str = "/v1/invites";
+    pub const ME: &str = "/v1/users/me";
+    pub const MODEL_KEYS: &str = "/v1/model-keys";
+    pub const GRANTS: &str = "/v1/grants";
+    pub const REVOCATIONS: &str = "/v1/revocations";
+    pub const REQUEST_KEYS: &str = "/v1/request-keys";
+    pub const MODELS: &str = "/v1/models";
+    pub const AUDIT: &str = "/v1/audit";
+    pub const AUDIT_VERIFY: &str = "/v1/audit/verify";
+    pub const CHALLENGE: &str = "/v1/challenge";
+    pub const RELEASE: &str = "/v1/release";
+    /// Every route.
+    pub const ALL: [&str; 12] = [
+        USERS,
+        INVITES,
+        ME,
+        MODEL_KEYS,
+        GRANTS,
+        REVOCATIONS,
+        REQUEST_KEYS,
+        MODELS,
+        AUDIT,
+        AUDIT_VERIFY,
+        CHALLENGE,
+        RELEASE,
+    ];
+}
+
 /// `POST /v1/users`: a new identity. The token is shown once; the broker keeps only its hash.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]

@@ -1,4 +1,5 @@
-//! The sandbox: starts a server and nodes in-process over a given registry, with bounded waits.
+//! Helpers on the sandbox: a server (the manager role) and nodes over a given registry, bounded
+//! waits, plain HTTP.
 
 use std::future::Future;
 use std::path::Path;
@@ -7,10 +8,10 @@ use std::time::Duration;
 
 use enclava_client::{FindEnclaveRequest, ManagerClient};
 use enclava_contracts::discovery::v1::EnclavePolicy;
-use enclava_node::{NodeConfig, NodeHandle};
+use enclava_manager::ManagerConfig as ServerConfig;
+use enclava_node::NodeHandle;
 use enclava_registry::redis::RedisRegistry;
 use enclava_registry::{Keys, Registry, RegistrySpec};
-use enclava_server::ServerConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
@@ -25,35 +26,34 @@ pub fn redis(url: &str, keys: Keys) -> Arc<dyn Registry> {
     }
 }
 
-/// A running in-process server.
+/// A running in-process server: the sandbox with the enclave manager alone.
 pub struct Server {
     pub url: String,
     pub http: std::net::SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    sandbox: enclava_sandbox::Sandbox,
 }
 
 impl Server {
     pub async fn start(registry: Arc<dyn Registry>, config: ServerConfig) -> Server {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let http = listener.local_addr().expect("addr");
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task =
-            tokio::spawn(enclava_server::serve(config, enclava_server::Roles::manager(registry), listener, async {
-                let _ = rx.await;
-            }));
-        Server { url: format!("http://{http}"), http, stop: Some(tx), task }
+        let sandbox = enclava_sandbox::SandboxBuilder::new()
+            .registry(registry)
+            .roles(&["manager"])
+            .configure(|c| {
+                c.cache_ttl_ms = config.cache_ttl.as_millis() as u64;
+                c.sweep_interval_ms = config.sweep_interval.as_millis() as u64;
+            })
+            .start()
+            .await
+            .expect("server starts");
+        Server { url: sandbox.url().to_owned(), http: sandbox.addr(), sandbox }
     }
 
     pub async fn client(&self) -> ManagerClient {
         ManagerClient::connect(&self.url).await.expect("connect")
     }
 
-    pub async fn stop(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        let _ = (&mut self.task).await;
+    pub async fn stop(self) {
+        self.sandbox.stop().await;
     }
 }
 
@@ -68,19 +68,15 @@ pub fn sim_root() -> &'static Path {
     .path()
 }
 
-/// Starts a `sim` node with its identity in `dir`, on this binary's sim root.
+/// Starts a `sim` node with its identity in `dir`, on this binary's sim root (the sandbox's node
+/// wiring).
 pub async fn node(registry: Arc<dyn Registry>, dir: &Path, data: &[&str]) -> NodeHandle {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let config = NodeConfig {
-        platform: "sim".into(),
-        data_dir: dir.to_owned(),
+    let settings = enclava_sandbox::NodeSettings {
         data: data.iter().map(|s| s.to_string()).collect(),
-        advertise: None,
         sim_root: Some(sim_root().join("root")),
-        tsm_dir: None,
-        serve: None,
+        ..Default::default()
     };
-    enclava_node::start(config, registry, listener).await.expect("node starts")
+    enclava_sandbox::start_node(&settings, dir, &dir.join("blobs"), registry).await.expect("node starts")
 }
 
 pub fn find_req(data: &str, limit: i32) -> FindEnclaveRequest {

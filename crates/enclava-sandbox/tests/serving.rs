@@ -1,4 +1,4 @@
-//! Model serving end to end, in one process: a manager and key broker (`enclava-server` over the
+//! Model serving end to end, in one process: the sandbox's manager and key broker (over the
 //! in-memory registry and SQLite), `sim` nodes that fetch model keys with evidence, decrypt the
 //! packages from a blob folder and answer sealed requests, and the client library's
 //! find → verify → seal → send → open loop, with every refusal the protocol promises.
@@ -12,32 +12,24 @@ use axum::body::Bytes;
 use axum::http::StatusCode;
 
 use enclava_attest::Policy;
-use enclava_attest::sim::SimRoot;
 use enclava_client::infer::{self, ErrorBody, InferError, InferOptions, InferRequest, InferResponse, post_json};
 use enclava_client::{FindEnclaveRequest, ManagerClient};
-use enclava_keys::{Broker, BrokerConfig, KeysMetrics, LocalKek};
+use enclava_keys::{Broker, LocalKek};
 use enclava_model::{BlobStore, FolderStore, ModelKey, package_blob_name};
-use enclava_node::{ModelState, NodeConfig, NodeHandle, ServeConfig};
-use enclava_registry::Keys;
-use enclava_registry::Registry;
-use enclava_registry::memory::MemoryRegistry;
+use enclava_node::{ModelState, NodeHandle};
 use enclava_runtime::{Model, Tensor, generate};
-use tempfile::TempDir;
+use enclava_sandbox::{NodeSpec, SandboxBuilder};
 
 const WAIT: Duration = Duration::from_secs(30);
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A manager + key broker, a sim root, a blob folder and a model owner.
+/// The sandbox (manager + key broker), its blob folder and a model owner.
 struct Env {
-    dir: TempDir,
-    registry: Arc<dyn Registry>,
+    sandbox: enclava_sandbox::Sandbox,
     url: String,
     broker: Arc<Broker>,
     owner: String,
-    root: SimRoot,
-    root_dir: PathBuf,
     blobs: PathBuf,
-    _stop: tokio::sync::oneshot::Sender<()>,
 }
 
 fn measurement() -> String {
@@ -49,29 +41,15 @@ const OTHER_MEASUREMENT: &str =
 
 impl Env {
     async fn new() -> Env {
-        let dir = tempfile::tempdir().expect("tmp");
-        let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new(Keys::new("enclava", "enclava").expect("keys")));
-        let config =
-            BrokerConfig::new(format!("sqlite://{}/keys.db?mode=rwc", dir.path().display()), dir.path().join("keys"));
         let kek = enclava_keys::KekSource::Key(Arc::new(LocalKek::from_bytes(&[9; 32], "test")));
-        let broker = Arc::new(Broker::open(config, kek, Arc::new(KeysMetrics::new())).await.expect("broker opens"));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-        let roles = enclava_server::Roles { manager: Some(registry.clone()), keys: Some(broker.clone()) };
-        tokio::spawn(enclava_server::serve(Default::default(), roles, listener, async {
-            let _ = rx.await;
-        }));
-        let root = SimRoot::generate().expect("root");
-        let root_dir = dir.path().join("sim-root");
-        root.save(&root_dir).expect("save root");
+        let sandbox = SandboxBuilder::new().kek(kek).start().await.expect("sandbox starts");
+        let broker = sandbox.broker().expect("keys role").clone();
         let (owner, _) = broker.register(None).await.expect("register");
-        let blobs = dir.path().join("blobs");
-        Env { registry, url, broker, owner, root, root_dir, blobs, dir, _stop: stop }
+        Env { url: sandbox.url().to_owned(), blobs: sandbox.blobs(), broker, owner, sandbox }
     }
 
     fn sim_policy(&self, measurements: &str) -> String {
-        format!("[sim]\nroot = \"{}\"\n{measurements}\n", self.root.public().to_hex())
+        format!("[sim]\nroot = \"{}\"\n{measurements}\n", self.sandbox.sim_root().public().to_hex())
     }
 
     /// Encrypts `onnx` as `model`, stores its key with a sim policy and grants `grant`.
@@ -87,23 +65,11 @@ impl Env {
     }
 
     async fn node_with(&self, name: &str, models: &[&str], budget: u64, advertise: Option<String>) -> NodeHandle {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let config = NodeConfig {
-            platform: "sim".into(),
-            data_dir: self.dir.path().join(name),
-            data: Vec::new(),
-            advertise,
-            sim_root: Some(self.root_dir.clone()),
-            tsm_dir: None,
-            serve: Some(ServeConfig {
-                key_broker: self.url.clone(),
-                blobs: self.blobs.clone(),
-                models: models.iter().map(|m| m.to_string()).collect(),
-                memory_budget: budget,
-                openwhisk: true,
-            }),
-        };
-        enclava_node::start(config, self.registry.clone(), listener).await.expect("node starts")
+        let mut spec = NodeSpec::new(name).serve(models).memory_budget(budget).openwhisk();
+        if let Some(a) = advertise {
+            spec = spec.advertise(a);
+        }
+        self.sandbox.detached_node(spec).await.expect("node starts")
     }
 
     async fn node(&self, name: &str, models: &[&str]) -> NodeHandle {

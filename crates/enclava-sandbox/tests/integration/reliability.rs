@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use enclava_manager::ManagerConfig as ServerConfig;
 use enclava_registry::{Index, Registry};
-use enclava_server::ServerConfig;
 use enclava_testkit::{RedisCluster, RedisServer};
 use redis::AsyncCommands;
 use tokio::time::Instant;
@@ -153,8 +153,8 @@ async fn nodes_reregister_after_redis_restart_or_flush_and_manager_recovers() {
         let mut c = c.clone();
         async move {
             match c.find(find_req("x", 1)).await {
-                Err(enclava_client::ClientError::Status { code, message }) => {
-                    code == tonic::Code::Unavailable && message.contains("registry unavailable")
+                Err(enclava_client::ClientError::Refused(e)) => {
+                    e.code == enclava_core::ErrorCode::Unavailable && e.message.contains("registry unavailable")
                 }
                 _ => false,
             }

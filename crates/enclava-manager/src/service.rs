@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use enclava_contracts::discovery::v1 as pb;
+use enclava_core::Error;
 use enclava_registry::find::{FindQuery, Found, HotHints, Pruner, find};
 use enclava_registry::list::{ListQuery, MAX_PAGE, list};
 use enclava_registry::schema::{EnclaveInfoJson, check_measurement, check_name, is_known_platform};
@@ -16,7 +17,7 @@ use tonic::{Request, Response, Status};
 use crate::cache::FindCache;
 use crate::metrics::ServerMetrics;
 
-/// The enclave manager role.
+/// The `EnclaveManager` gRPC service.
 #[derive(Debug, Clone)]
 pub struct Manager {
     registry: Arc<dyn Registry>,
@@ -45,7 +46,7 @@ impl Manager {
             FindQuery::new(&req.dataaccess, measurement, &req.platform, i64::from(req.limit), &req.enclave_deny_list)
                 .map_err(|e| {
                 self.metrics.count("invalid");
-                Status::invalid_argument(e)
+                Status::from(Error::invalid(e))
             })?;
         self.cache.evict(&q.deny);
         let found = match self.cache.get(&q) {
@@ -83,9 +84,7 @@ impl Manager {
             page_size: match req.page_size {
                 0 => 100,
                 n if n < 0 || n as usize > MAX_PAGE => {
-                    return Err(Status::invalid_argument(format!(
-                        "page_size is {n}: send 1 to {MAX_PAGE}, or 0 for 100"
-                    )));
+                    return Err(Error::invalid(format!("page_size is {n}: send 1 to {MAX_PAGE}, or 0 for 100")).into());
                 }
                 n => n as usize,
             },
@@ -94,14 +93,14 @@ impl Manager {
         if let Some(p) = &q.platform
             && !is_known_platform(p)
         {
-            return Err(Status::invalid_argument(format!("unknown platform {}", enclava_core::text::quote(p))));
+            return Err(Error::invalid(format!("unknown platform {}", enclava_core::text::quote(p))).into());
         }
         if let Some(m) = &q.measurement {
-            check_measurement(m).map_err(Status::invalid_argument)?;
+            check_measurement(m).map_err(invalid)?;
         }
         for (what, v) in [("data id", &q.data), ("page_token", &q.after)] {
             if let Some(v) = v {
-                check_name(what, v).map_err(Status::invalid_argument)?;
+                check_name(what, v).map_err(invalid)?;
             }
         }
         let page = list(self.registry.as_ref(), &q).await.map_err(registry_status)?;
@@ -127,14 +126,20 @@ impl Manager {
     }
 }
 
+/// A request refused as invalid, with the core's code (carried in the status's metadata).
+fn invalid(message: String) -> Status {
+    Error::invalid(message).into()
+}
+
 fn registry_status(e: RegistryError) -> Status {
     match e {
         RegistryError::Unavailable { .. } => {
-            Status::unavailable(format!("{e}; the enclave manager reconnects by itself: retry shortly"))
+            Error::unavailable(format!("{e}; the enclave manager reconnects by itself: retry shortly"))
         }
-        RegistryError::Invalid(m) => Status::invalid_argument(m),
-        RegistryError::Backend { .. } => Status::internal(e.to_string()),
+        RegistryError::Invalid(m) => Error::invalid(m),
+        RegistryError::Backend { .. } => Error::internal(e.to_string()),
     }
+    .into()
 }
 
 fn info_to_proto(info: EnclaveInfoJson, hot: bool) -> pb::EnclaveInfo {

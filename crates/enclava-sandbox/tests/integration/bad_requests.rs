@@ -1,12 +1,13 @@
 //! Bad requests get INVALID_ARGUMENT with a message that says what to send, never a panic, and
 //! leave the server serving.
 
+use enclava_core::ErrorCode;
 use std::sync::Arc;
 
 use enclava_client::{ClientError, FindEnclaveRequest, ListEnclavesRequest};
 use enclava_contracts::discovery::v1::EnclavePolicy;
+use enclava_manager::ManagerConfig as ServerConfig;
 use enclava_registry::memory::MemoryRegistry;
-use enclava_server::ServerConfig;
 
 use crate::support::*;
 
@@ -41,7 +42,7 @@ async fn bad_requests_get_invalid_argument() {
     ];
     for (req, want) in cases {
         match c.find(req).await {
-            Err(ClientError::Status { code: tonic::Code::InvalidArgument, message }) => {
+            Err(ClientError::Refused(enclava_core::Error { code: ErrorCode::InvalidArgument, message, .. })) => {
                 assert!(message.contains(want), "{message:?} should say {want:?}");
                 assert!(message.len() < 300, "the message echoes the input: {} bytes", message.len());
             }
@@ -57,7 +58,7 @@ async fn bad_requests_get_invalid_argument() {
     ] {
         let err = c.list(req).await.expect_err("invalid");
         assert!(
-            matches!(&err, ClientError::Status { code: tonic::Code::InvalidArgument, message } if message.len() < 300),
+            matches!(&err, ClientError::Refused(enclava_core::Error { code: ErrorCode::InvalidArgument, message, .. }) if message.len() < 300),
             "{err:?}"
         );
     }

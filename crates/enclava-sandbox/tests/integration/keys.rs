@@ -4,49 +4,22 @@
 
 use std::sync::Arc;
 
-use enclava_attest::sim::SimRoot;
-use enclava_keys::{Broker, BrokerConfig, KeysMetrics, LocalKek};
-use enclava_node::NodeConfig;
-use enclava_registry::memory::MemoryRegistry;
+use enclava_keys::LocalKek;
+use enclava_sandbox::{NodeSpec, SandboxBuilder};
 
 use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sim_node_fetches_keys_only_while_granted() {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let registry: Arc<dyn enclava_registry::Registry> = Arc::new(MemoryRegistry::new(keys()));
     let kek = enclava_keys::KekSource::Key(Arc::new(LocalKek::from_bytes(&[3; 32], "test")));
-    let db = format!("sqlite://{}/keys.db", tmp.path().display());
-    let broker = Arc::new(
-        Broker::open(BrokerConfig::new(db, tmp.path().join("srv")), kek, Arc::new(KeysMetrics::new()))
-            .await
-            .expect("broker"),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let roles = enclava_server::Roles { manager: Some(registry.clone()), keys: Some(broker.clone()) };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(enclava_server::serve(Default::default(), roles, listener, async {
-        let _ = stopped.await;
-    }));
-    let url = format!("http://{addr}");
-
-    let root_dir = tmp.path().join("root");
-    let root = SimRoot::load_or_init(&root_dir).expect("root");
-    let config = NodeConfig {
-        platform: "sim".into(),
-        data_dir: tmp.path().join("node"),
-        data: vec!["acme/m".into()],
-        advertise: None,
-        sim_root: Some(root_dir),
-        tsm_dir: None,
-        serve: None,
-    };
-    let node_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let node = enclava_node::start(config, registry, node_listener).await.expect("node");
+    let mut sandbox = SandboxBuilder::new().kek(kek).start().await.expect("sandbox");
+    let (url, addr) = (sandbox.url().to_owned(), sandbox.addr());
+    let broker = sandbox.broker().expect("keys role").clone();
+    let policy = sandbox.sim_policy(&[]);
+    sandbox.node(NodeSpec::new("node").data(&["acme/m"])).await.expect("node");
+    let node = &sandbox.nodes()[0];
 
     let (owner, _) = broker.register(None).await.expect("register");
-    let policy = format!("[sim]\nroot = \"{}\"\nany_measurement = true\n", root.public().to_hex());
     broker.put_model_key(&owner, "acme/m", &[0x3C; 32], Some(&policy), false).await.expect("key");
     broker.put_request_key(&owner, "acme/m", node.measurement(), &[0x4D; 32]).await.expect("request key");
 
@@ -66,9 +39,7 @@ async fn a_sim_node_fetches_keys_only_while_granted() {
     assert!(health.contains("manager") && health.contains("keys"), "{health}");
     let (_, metrics) = http_get(addr, "/metrics").await;
     assert!(metrics.contains("enclava_keys_releases_total{outcome=\"released\"} 1"), "{metrics}");
-    node.shutdown().await;
-    let _ = stop.send(());
-    let _ = server.await;
+    sandbox.stop().await;
 }
 
 /// What an anonymous caller can do: 2,000 releases with made-up nonces write no audit row and hit
@@ -78,19 +49,19 @@ async fn a_sim_node_fetches_keys_only_while_granted() {
 async fn anonymous_calls_are_rate_limited_and_leave_no_audit_rows() {
     use base64::Engine;
     let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
-    let tmp = tempfile::tempdir().expect("tmp");
     let kek = enclava_keys::KekSource::Key(Arc::new(LocalKek::from_bytes(&[3; 32], "test")));
-    let mut config = BrokerConfig::new(format!("sqlite://{}/keys.db", tmp.path().display()), tmp.path());
-    config.register_per_minute = 10;
-    config.release_per_second = 50;
-    let broker = Arc::new(Broker::open(config, kek, Arc::new(KeysMetrics::new())).await.expect("broker"));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let roles = enclava_server::Roles { manager: None, keys: Some(broker.clone()) };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(enclava_server::serve(Default::default(), roles, listener, async {
-        let _ = stopped.await;
-    }));
+    let sandbox = SandboxBuilder::new()
+        .roles(&["keys"])
+        .kek(kek)
+        .configure(|c| {
+            c.register_rate = 10;
+            c.release_rate = 50;
+        })
+        .start()
+        .await
+        .expect("sandbox");
+    let addr = sandbox.addr();
+    let broker = sandbox.broker().expect("keys role").clone();
     let records = broker.verify_audit().await.expect("verify").records;
 
     let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
@@ -98,7 +69,7 @@ async fn anonymous_calls_are_rate_limited_and_leave_no_audit_rows() {
         let body = serde_json::json!({
             "nonce": b64(&[i as u8; 32]), "evidence": b64(b"garbage"), "publicKey": b64(&[1; 32]), "model": "acme/m",
         });
-        let (status, headers, _) = http_post(addr, "/v1/release", body.to_string().as_bytes()).await;
+        let (status, headers, _) = http_post(addr, "/keys/v1/release", body.to_string().as_bytes()).await;
         if status == 429 {
             assert!(headers.contains("retry-after: "), "{headers}");
         }
@@ -111,7 +82,7 @@ async fn anonymous_calls_are_rate_limited_and_leave_no_audit_rows() {
     let mut created = 0;
     let mut limited = 0;
     for _ in 0..30 {
-        match http_post(addr, "/v1/users", b"").await {
+        match http_post(addr, "/keys/v1/users", b"").await {
             (201, _, _) => created += 1,
             (429, headers, body) => {
                 assert!(headers.contains("retry-after: ") && body.contains("try again"), "{headers} {body}");
@@ -122,7 +93,7 @@ async fn anonymous_calls_are_rate_limited_and_leave_no_audit_rows() {
     }
     assert_eq!((created, limited), (10, 20));
 
-    let (status, _, body) = http_post(addr, "/v1/release", &vec![b' '; 2 << 20]).await;
+    let (status, _, body) = http_post(addr, "/keys/v1/release", &vec![b' '; 2 << 20]).await;
     assert_eq!(status, 413, "{body}");
 
     let mut grpc = enclava_contracts::keys::v1::key_broker_client::KeyBrokerClient::connect(format!("http://{addr}"))
@@ -140,6 +111,5 @@ async fn anonymous_calls_are_rate_limited_and_leave_no_audit_rows() {
     assert!(s.metadata().get("retry-after").is_some(), "{s:?}");
     let (_, metrics) = http_get(addr, "/metrics").await;
     assert!(metrics.contains("enclava_keys_rate_limited_total"), "{metrics}");
-    let _ = stop.send(());
-    let _ = server.await;
+    sandbox.stop().await;
 }

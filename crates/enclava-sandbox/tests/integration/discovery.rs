@@ -4,9 +4,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use enclava_manager::ManagerConfig as ServerConfig;
 use enclava_registry::Keys;
 use enclava_registry::memory::MemoryRegistry;
-use enclava_server::ServerConfig;
 use enclava_testkit::{RedisCluster, RedisServer};
 use redis::AsyncCommands;
 

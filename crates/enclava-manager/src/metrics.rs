@@ -1,4 +1,4 @@
-//! The server's Prometheus metrics: finds by outcome, cache hits and misses, FindEnclave latency,
+//! The enclave manager's Prometheus metrics (`enclava_server_*`): finds by outcome, cache hits and misses, FindEnclave latency,
 //! pruned instances and sweeps.
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -25,9 +25,8 @@ pub struct ServerMetrics {
 }
 
 impl ServerMetrics {
-    /// The manager's metrics, registered in `r` (give it an `enclava_server` sub-registry).
-    pub fn new(r: &mut Metrics) -> ServerMetrics {
-        let m = ServerMetrics {
+    pub fn new() -> ServerMetrics {
+        ServerMetrics {
             finds: Family::default(),
             cache_hits: Counter::default(),
             cache_misses: Counter::default(),
@@ -35,7 +34,12 @@ impl ServerMetrics {
             pruned: Counter::default(),
             sweeps: Counter::default(),
             swept_entries: Counter::default(),
-        };
+        }
+    }
+
+    /// Exposes these metrics in `r` (give it an `enclava_server` sub-registry).
+    pub fn register(&self, r: &mut Metrics) {
+        let m = self;
         r.register("finds", "FindEnclave calls by outcome (found, empty, invalid, unavailable)", m.finds.clone());
         r.register("find_cache_hits", "FindEnclave answers served from the cache", m.cache_hits.clone());
         r.register("find_cache_misses", "FindEnclave answers read from the registry", m.cache_misses.clone());
@@ -43,10 +47,15 @@ impl ServerMetrics {
         r.register("pruned_instances", "Absent instances removed from indexes by FindEnclave", m.pruned.clone());
         r.register("sweeps", "Completed index sweeps", m.sweeps.clone());
         r.register("swept_entries", "Index entries removed by the sweeper", m.swept_entries.clone());
-        m
     }
 
     pub fn count(&self, outcome: &'static str) {
         self.finds.get_or_create(&Outcome { outcome }).inc();
+    }
+}
+
+impl Default for ServerMetrics {
+    fn default() -> Self {
+        ServerMetrics::new()
     }
 }

@@ -9,9 +9,8 @@ use enclava_attest::Policy;
 use enclava_attest::sim::SimRoot;
 use enclava_collateral::EvidenceVerifier;
 use enclava_contracts::discovery::v1::EnclaveInfo;
-use enclava_node::NodeConfig;
+use enclava_manager::ManagerConfig as ServerConfig;
 use enclava_registry::memory::MemoryRegistry;
-use enclava_server::ServerConfig;
 
 use crate::support::*;
 
@@ -26,22 +25,19 @@ async fn published_evidence_verifies_only_under_the_right_policy() {
     let tmp = tempfile::tempdir().expect("tmp");
     let root_dir = tmp.path().join("root");
     let root = SimRoot::load_or_init(&root_dir).expect("root");
-    let config = |name: &str, sim_root: Option<std::path::PathBuf>| NodeConfig {
-        platform: "sim".into(),
-        data_dir: tmp.path().join(name),
-        data: vec![name.into()],
-        advertise: None,
-        sim_root,
-        tsm_dir: None,
-        serve: None,
-    };
     // A sim node without its deployment's root refuses to start: it could never be verified.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let err = enclava_node::start(config("unattested", None), registry.clone(), listener).await.expect_err("no root");
+    let bare = enclava_sandbox::NodeSettings { data: vec!["unattested".into()], ..Default::default() };
+    let err = enclava_sandbox::start_node(&bare, &tmp.path().join("unattested"), tmp.path(), registry.clone())
+        .await
+        .expect_err("no root");
     assert!(err.to_string().contains("enclava sim init"), "{err}");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let attested = enclava_sandbox::NodeSettings {
+        data: vec!["attested".into()],
+        sim_root: Some(root_dir.clone()),
+        ..Default::default()
+    };
     let nodes = vec![
-        enclava_node::start(config("attested", Some(root_dir.clone())), registry.clone(), listener)
+        enclava_sandbox::start_node(&attested, &tmp.path().join("attested"), tmp.path(), registry.clone())
             .await
             .expect("node"),
     ];

@@ -1,0 +1,461 @@
+//! The one place the system is wired. `enclava server` and `enclava node` build their parts here
+//! ([`serve`], [`start_node`]); `enclava dev`, the integration tests and the benchmarks start the
+//! whole system in-process with [`SandboxBuilder`]: server roles on a free port, a registry (in
+//! memory, or Redis / Redis Cluster), the key broker on SQLite or PostgreSQL, a sim root, and any
+//! number of nodes. Nothing else wires the system by hand.
+//!
+//! # Layout
+//! - [`config`]: the typed `[server]` and `[node]` configuration.
+//! - [`roles`]: the roles `--roles` knows (one line per role) and how each is built.
+//! - [`SandboxBuilder`] / [`Sandbox`]: the system in one process.
+
+pub mod config;
+pub mod roles;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use enclava_attest::sim::SimRoot;
+use enclava_keys::{Broker, BrokerConfig, KekSource};
+use enclava_node::{NodeConfig, NodeHandle, ServeConfig};
+use enclava_registry::{Keys, Registry, RegistrySpec};
+use enclava_server::{Role, Server};
+use tokio::net::TcpListener;
+
+pub use config::{NodeSettings, ServerConfig};
+
+/// The environment as a function (so tests pass their own).
+pub type Env = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+/// Opens the registry a spec names, under `namespace` and `service`.
+pub fn open_registry(spec: &str, namespace: &str, service: &str) -> anyhow::Result<Arc<dyn Registry>> {
+    let spec: RegistrySpec = spec.parse().map_err(anyhow::Error::msg)?;
+    let keys = Keys::new(namespace, service).map_err(|e| anyhow::anyhow!("--namespace/--service: {e}"))?;
+    Ok(enclava_registry::open(&spec, keys)?)
+}
+
+/// Binds `listen`, with a message that says what to do when it is taken.
+pub async fn bind(listen: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(listen).await.with_context(|| {
+        format!("cannot listen on {listen}: is another process using it? choose another with --listen")
+    })
+}
+
+/// What the roles were built with, and the broker among them.
+struct Built {
+    server: Server,
+    broker: Option<Arc<Broker>>,
+}
+
+async fn build_server(
+    config: &ServerConfig,
+    data_dir: &Path,
+    registry: Arc<dyn Registry>,
+    env: &(dyn Fn(&str) -> Option<String> + Sync),
+    kek: Option<KekSource>,
+    tune_broker: Option<&(dyn Fn(&mut BrokerConfig) + Sync)>,
+    extra: Vec<Arc<dyn Role>>,
+) -> anyhow::Result<Built> {
+    config.validate().map_err(anyhow::Error::msg)?;
+    let ctx = roles::RoleContext { config, data_dir, registry, env, tune_broker, kek, broker: Mutex::new(None) };
+    let mut server = Server::new();
+    for role in roles::build(&ctx).await? {
+        server = server.role(role);
+    }
+    for role in extra {
+        server = server.role(role);
+    }
+    let broker = ctx.broker.lock().unwrap_or_else(|p| p.into_inner()).take();
+    Ok(Built { server, broker })
+}
+
+/// `enclava server`: the configured roles on `config.listen` until `shutdown`; `data_dir` is the
+/// resolved `config.data_dir`.
+pub async fn serve(
+    config: &ServerConfig,
+    data_dir: &Path,
+    env: &(dyn Fn(&str) -> Option<String> + Sync),
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let registry = open_registry(&config.registry, &config.namespace, &config.service)?;
+    let built = build_server(config, data_dir, registry, env, None, None, Vec::new()).await?;
+    let listener = bind(&config.listen).await?;
+    built.server.run(listener, shutdown).await?;
+    Ok(())
+}
+
+/// `enclava node`: a node as `settings` describe it, on `registry`. `data_dir` and `blobs` are the
+/// resolved folders.
+pub async fn start_node(
+    settings: &NodeSettings,
+    data_dir: &Path,
+    blobs: &Path,
+    registry: Arc<dyn Registry>,
+) -> anyhow::Result<NodeHandle> {
+    let config = node_config(settings, data_dir, blobs)?;
+    launch_node(config, &settings.listen, registry).await
+}
+
+/// The node's own configuration from its settings.
+fn node_config(settings: &NodeSettings, data_dir: &Path, blobs: &Path) -> anyhow::Result<NodeConfig> {
+    settings.validate().map_err(anyhow::Error::msg)?;
+    let serve = (!settings.serve_model.is_empty()).then(|| ServeConfig {
+        key_broker: settings.key_broker.clone(),
+        blobs: blobs.to_owned(),
+        models: settings.serve_model.clone(),
+        memory_budget: settings.memory_budget_mb.saturating_mul(1 << 20),
+        openwhisk: settings.openwhisk,
+    });
+    Ok(NodeConfig {
+        platform: settings.platform.clone(),
+        data_dir: data_dir.to_owned(),
+        data: settings.data.clone(),
+        advertise: settings.advertise.clone(),
+        sim_root: settings.sim_root.clone(),
+        tsm_dir: None,
+        serve,
+    })
+}
+
+async fn launch_node(config: NodeConfig, listen: &str, registry: Arc<dyn Registry>) -> anyhow::Result<NodeHandle> {
+    if config.platform == "sim" {
+        tracing::warn!("platform sim is a simulated TEE for testing: it is NOT confidential");
+    }
+    let listener = bind(listen).await?;
+    Ok(enclava_node::start(config, registry, listener).await?)
+}
+
+/// Adjusts the key broker's settings before it opens.
+pub type TuneBroker = dyn Fn(&mut BrokerConfig) + Send + Sync;
+
+/// Builds a [`Sandbox`].
+pub struct SandboxBuilder {
+    config: ServerConfig,
+    dir: Option<PathBuf>,
+    registry: Option<Arc<dyn Registry>>,
+    extra_roles: Vec<Arc<dyn Role>>,
+    kek: Option<KekSource>,
+    tune_broker: Option<Box<TuneBroker>>,
+    env: Env,
+}
+
+impl std::fmt::Debug for SandboxBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SandboxBuilder").field("config", &self.config).field("dir", &self.dir).finish_non_exhaustive()
+    }
+}
+
+impl Default for SandboxBuilder {
+    fn default() -> Self {
+        SandboxBuilder::new()
+    }
+}
+
+impl SandboxBuilder {
+    /// The manager and the key broker on a free loopback port, over an in-memory registry, with
+    /// SQLite in a temporary folder; no environment.
+    pub fn new() -> SandboxBuilder {
+        SandboxBuilder {
+            config: ServerConfig { listen: "127.0.0.1:0".into(), ..Default::default() },
+            dir: None,
+            registry: None,
+            extra_roles: Vec::new(),
+            kek: None,
+            tune_broker: None,
+            env: Arc::new(|_| None),
+        }
+    }
+
+    /// The server's configuration (its `listen` included).
+    pub fn config(mut self, config: ServerConfig) -> SandboxBuilder {
+        self.config = config;
+        self
+    }
+
+    /// Changes the configuration in place.
+    pub fn configure(mut self, f: impl FnOnce(&mut ServerConfig)) -> SandboxBuilder {
+        f(&mut self.config);
+        self
+    }
+
+    /// Keeps everything in `dir` (otherwise a temporary folder, removed when the sandbox drops).
+    pub fn dir(mut self, dir: impl Into<PathBuf>) -> SandboxBuilder {
+        self.dir = Some(dir.into());
+        self
+    }
+
+    /// Uses this registry (otherwise the one the configuration names).
+    pub fn registry(mut self, registry: Arc<dyn Registry>) -> SandboxBuilder {
+        self.registry = Some(registry);
+        self
+    }
+
+    /// Runs these roles, by name.
+    pub fn roles(mut self, roles: &[&str]) -> SandboxBuilder {
+        self.config.roles = roles.iter().map(|r| r.to_string()).collect();
+        self
+    }
+
+    /// Adds a role that is not in [`roles::ROLES`] (a test's own).
+    pub fn role(mut self, role: Arc<dyn Role>) -> SandboxBuilder {
+        self.extra_roles.push(role);
+        self
+    }
+
+    /// The key broker's key-encryption key.
+    pub fn kek(mut self, kek: KekSource) -> SandboxBuilder {
+        self.kek = Some(kek);
+        self
+    }
+
+    /// Adjusts the key broker's settings (rate limits, nonce lifetime) before it opens.
+    pub fn tune_broker(mut self, f: impl Fn(&mut BrokerConfig) + Send + Sync + 'static) -> SandboxBuilder {
+        self.tune_broker = Some(Box::new(f));
+        self
+    }
+
+    /// The environment the roles read (`ENCLAVA_KEK`).
+    pub fn env(mut self, env: Env) -> SandboxBuilder {
+        self.env = env;
+        self
+    }
+
+    /// Starts the server.
+    pub async fn start(self) -> anyhow::Result<Sandbox> {
+        let (temp, dir) = match self.dir {
+            Some(d) => (None, d),
+            None => {
+                let t = tempfile::tempdir().context("a temporary folder for the sandbox")?;
+                let d = t.path().to_owned();
+                (Some(t), d)
+            }
+        };
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let data_dir = self.config.data_dir.clone().unwrap_or_else(|| dir.join("server"));
+        let registry = match self.registry {
+            Some(r) => r,
+            None => open_registry(&self.config.registry, &self.config.namespace, &self.config.service)?,
+        };
+        let env = self.env.clone();
+        let tune = self.tune_broker.as_deref().map(|f| f as &(dyn Fn(&mut BrokerConfig) + Sync));
+        let built =
+            build_server(&self.config, &data_dir, registry.clone(), &*env, self.kek, tune, self.extra_roles).await?;
+        let roles = built.server.names();
+        let listener = bind(&self.config.listen).await?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(built.server.run(listener, async {
+            let _ = stopped.await;
+        }));
+        let sim_root_dir = dir.join("sim-root");
+        let sim_root = SimRoot::load_or_init(&sim_root_dir).map_err(anyhow::Error::msg)?;
+        Ok(Sandbox {
+            url: format!("http://{addr}"),
+            addr,
+            roles,
+            registry,
+            broker: built.broker,
+            sim_root,
+            sim_root_dir,
+            dir,
+            _temp: temp,
+            nodes: Vec::new(),
+            stop: Some(stop),
+            task: Some(task),
+        })
+    }
+}
+
+/// A node to start in a [`Sandbox`].
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    /// Its data folder's name in the sandbox (the same name keeps the same instance id).
+    pub name: String,
+    /// Data ids it has access to (discovery only).
+    pub data: Vec<String>,
+    /// Models it serves, from the sandbox's blob folder, with keys from the sandbox's broker.
+    pub serve: Vec<String>,
+    /// Bytes of decrypted models to keep loaded; 0: no limit.
+    pub memory_budget: u64,
+    pub openwhisk: bool,
+    /// `sim` (on the sandbox's root) by default.
+    pub platform: String,
+    /// The sim root to certify it with, instead of the sandbox's (another deployment's).
+    pub sim_root: Option<PathBuf>,
+    /// The address it publishes instead of its own (a proxy in front of it).
+    pub advertise: Option<String>,
+}
+
+impl NodeSpec {
+    /// A sim node named `name` with access to `data`.
+    pub fn new(name: impl Into<String>) -> NodeSpec {
+        NodeSpec {
+            name: name.into(),
+            data: Vec::new(),
+            serve: Vec::new(),
+            memory_budget: 0,
+            openwhisk: false,
+            platform: "sim".into(),
+            sim_root: None,
+            advertise: None,
+        }
+    }
+
+    pub fn data(mut self, data: &[&str]) -> NodeSpec {
+        self.data = data.iter().map(|d| d.to_string()).collect();
+        self
+    }
+
+    pub fn serve(mut self, models: &[&str]) -> NodeSpec {
+        self.serve = models.iter().map(|d| d.to_string()).collect();
+        self
+    }
+
+    pub fn memory_budget(mut self, bytes: u64) -> NodeSpec {
+        self.memory_budget = bytes;
+        self
+    }
+
+    pub fn openwhisk(mut self) -> NodeSpec {
+        self.openwhisk = true;
+        self
+    }
+
+    pub fn sim_root(mut self, root: impl Into<PathBuf>) -> NodeSpec {
+        self.sim_root = Some(root.into());
+        self
+    }
+
+    pub fn advertise(mut self, addr: impl Into<String>) -> NodeSpec {
+        self.advertise = Some(addr.into());
+        self
+    }
+}
+
+/// The system in one process: the server's roles, a registry, a sim root, and nodes.
+pub struct Sandbox {
+    url: String,
+    addr: std::net::SocketAddr,
+    roles: Vec<&'static str>,
+    registry: Arc<dyn Registry>,
+    broker: Option<Arc<Broker>>,
+    sim_root: SimRoot,
+    sim_root_dir: PathBuf,
+    dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+    nodes: Vec<NodeHandle>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox").field("url", &self.url).field("roles", &self.roles).finish_non_exhaustive()
+    }
+}
+
+impl Sandbox {
+    /// `http://127.0.0.1:PORT`: gRPC, REST, `/health`, `/metrics`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+
+    pub fn roles(&self) -> &[&'static str] {
+        &self.roles
+    }
+
+    pub fn registry(&self) -> &Arc<dyn Registry> {
+        &self.registry
+    }
+
+    /// The key broker, when the `keys` role runs.
+    pub fn broker(&self) -> Option<&Arc<Broker>> {
+        self.broker.as_ref()
+    }
+
+    /// The sandbox's folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Where model packages are kept.
+    pub fn blobs(&self) -> PathBuf {
+        self.dir.join("blobs")
+    }
+
+    /// The deployment's sim root and its folder.
+    pub fn sim_root(&self) -> &SimRoot {
+        &self.sim_root
+    }
+
+    pub fn sim_root_dir(&self) -> &Path {
+        &self.sim_root_dir
+    }
+
+    /// A policy accepting sim evidence from this sandbox's root, for `measurements` (any when empty).
+    pub fn sim_policy(&self, measurements: &[&str]) -> String {
+        let root = self.sim_root.public().to_hex();
+        if measurements.is_empty() {
+            format!("[sim]\nroot = \"{root}\"\nany_measurement = true\n")
+        } else {
+            let list: Vec<String> = measurements.iter().map(|m| format!("\"{m}\"")).collect();
+            format!("[sim]\nroot = \"{root}\"\nmeasurements = [{}]\n", list.join(", "))
+        }
+    }
+
+    /// Starts a node the sandbox keeps (and stops with itself); returns it.
+    pub async fn node(&mut self, spec: NodeSpec) -> anyhow::Result<&NodeHandle> {
+        let node = self.detached_node(spec).await?;
+        self.nodes.push(node);
+        Ok(self.nodes.last().expect("just pushed"))
+    }
+
+    /// Starts a node the caller owns (to stop, kill or restart it).
+    pub async fn detached_node(&self, spec: NodeSpec) -> anyhow::Result<NodeHandle> {
+        let settings = NodeSettings {
+            platform: spec.platform.clone(),
+            data: spec.data.clone(),
+            sim_root: Some(spec.sim_root.clone().unwrap_or_else(|| self.sim_root_dir.clone())),
+            serve_model: spec.serve.clone(),
+            key_broker: self.url.clone(),
+            openwhisk: spec.openwhisk,
+            advertise: spec.advertise,
+            ..Default::default()
+        };
+        let mut config = node_config(&settings, &self.dir.join(&spec.name), &self.blobs())?;
+        if let Some(serve) = &mut config.serve {
+            serve.memory_budget = spec.memory_budget;
+        }
+        launch_node(config, &settings.listen, self.registry.clone()).await
+    }
+
+    pub fn nodes(&self) -> &[NodeHandle] {
+        &self.nodes
+    }
+
+    /// Shuts every node down, then the server (draining it).
+    pub async fn stop(mut self) {
+        for n in std::mem::take(&mut self.nodes) {
+            n.shutdown().await;
+        }
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}

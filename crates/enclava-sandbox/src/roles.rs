@@ -1,0 +1,99 @@
+//! The server roles `enclava server --roles` knows, and how each is built from the server's
+//! configuration. Adding a role is a crate implementing [`enclava_server::Role`] and one line in
+//! [`ROLES`].
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use enclava_keys::{Broker, BrokerConfig, KekSource, KeysMetrics};
+use enclava_registry::Registry;
+use enclava_server::Role;
+use futures::future::BoxFuture;
+
+use crate::config::ServerConfig;
+
+/// What building a role may use.
+pub struct RoleContext<'a> {
+    pub config: &'a ServerConfig,
+    /// The server's own folder (the key broker's files), resolved.
+    pub data_dir: &'a Path,
+    /// The registry, shared with nodes started in the same process.
+    pub registry: Arc<dyn Registry>,
+    /// The environment (passed in: tests supply their own).
+    pub env: &'a (dyn Fn(&str) -> Option<String> + Sync),
+    /// Adjusts the key broker's settings before it opens (tests and benchmarks).
+    pub tune_broker: Option<&'a (dyn Fn(&mut BrokerConfig) + Sync)>,
+    /// The key-encryption key to use instead of `ENCLAVA_KEK` or the file.
+    pub kek: Option<KekSource>,
+    /// The key broker, once built (the sandbox hands it to tests).
+    pub broker: Mutex<Option<Arc<Broker>>>,
+}
+
+impl std::fmt::Debug for RoleContext<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoleContext").field("config", &self.config).field("data_dir", &self.data_dir).finish()
+    }
+}
+
+/// Builds one role.
+pub type BuildRole = for<'a> fn(&'a RoleContext<'a>) -> BoxFuture<'a, anyhow::Result<Arc<dyn Role>>>;
+
+/// Every role, by the name `--roles` uses.
+pub const ROLES: &[(&str, BuildRole)] = &[("manager", manager), ("keys", keys)];
+
+/// The roles `config.roles` names, in order.
+pub async fn build(ctx: &RoleContext<'_>) -> anyhow::Result<Vec<Arc<dyn Role>>> {
+    let mut out = Vec::new();
+    for name in &ctx.config.roles {
+        let (_, build) = ROLES
+            .iter()
+            .find(|(n, _)| n == name)
+            .with_context(|| format!("unknown role {}", enclava_core::text::quote(name)))?;
+        out.push(build(ctx).await?);
+    }
+    Ok(out)
+}
+
+fn manager<'a>(ctx: &'a RoleContext<'a>) -> BoxFuture<'a, anyhow::Result<Arc<dyn Role>>> {
+    Box::pin(async move {
+        let config = enclava_manager::ManagerConfig {
+            cache_ttl: std::time::Duration::from_millis(ctx.config.cache_ttl_ms),
+            sweep_interval: std::time::Duration::from_millis(ctx.config.sweep_interval_ms.max(100)),
+        };
+        tracing::info!(registry = ?ctx.registry, "enclave manager role");
+        Ok(Arc::new(enclava_manager::ManagerRole::new(ctx.registry.clone(), config)) as Arc<dyn Role>)
+    })
+}
+
+fn keys<'a>(ctx: &'a RoleContext<'a>) -> BoxFuture<'a, anyhow::Result<Arc<dyn Role>>> {
+    Box::pin(async move {
+        let c = ctx.config;
+        let dir = ctx.data_dir;
+        let database = c.database.clone().unwrap_or_else(|| format!("sqlite://{}", dir.join("keys.db").display()));
+        let kek = match (&ctx.kek, (ctx.env)("ENCLAVA_KEK")) {
+            (Some(k), _) => k.clone(),
+            (None, Some(_)) => KekSource::Env("ENCLAVA_KEK".into()),
+            (None, None) => KekSource::File(c.kek_file.clone().unwrap_or_else(|| dir.join("kek.key"))),
+        };
+        let mut config = BrokerConfig::new(database, dir);
+        if let Some(p) = &c.policy {
+            config.default_policy = Some(enclava_attest::Policy::load(p).map_err(anyhow::Error::msg)?);
+        }
+        if let Some(spec) = &c.collateral {
+            config.collateral =
+                Some(enclava_collateral::open_source(spec).map_err(|e| anyhow::anyhow!("--collateral: {e}"))?);
+        }
+        config.registration = c.registration.parse().map_err(|e: String| anyhow::anyhow!("--registration: {e}"))?;
+        config.register_per_minute = c.register_rate;
+        config.release_per_second = c.release_rate;
+        config.accept_rollback = c.accept_rollback;
+        if let Some(tune) = ctx.tune_broker {
+            tune(&mut config);
+        }
+        let broker = Arc::new(Broker::open(config, kek, Arc::new(KeysMetrics::new())).await?);
+        tracing::info!(data_dir = %dir.display(), "key broker role");
+        *ctx.broker.lock().unwrap_or_else(|p| p.into_inner()) = Some(broker.clone());
+        Ok(Arc::new(enclava_keys::KeysRole::new(broker)) as Arc<dyn Role>)
+    })
+}
