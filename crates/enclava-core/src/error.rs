@@ -27,6 +27,8 @@ pub enum ErrorCode {
     /// The key broker does not release what this needs to this enclave (grant it).
     NotGranted,
     NotFound,
+    /// What the request would create exists already (an organisation's name, …).
+    AlreadyExists,
     /// The node does not serve this model or workload.
     NotServed,
     /// The request depends on a state that does not hold (an unknown or used nonce, …).
@@ -44,7 +46,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for tables and tests.
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 17] = [
         ErrorCode::InvalidArgument,
         ErrorCode::BadInput,
         ErrorCode::Tampered,
@@ -54,6 +56,7 @@ impl ErrorCode {
         ErrorCode::PermissionDenied,
         ErrorCode::NotGranted,
         ErrorCode::NotFound,
+        ErrorCode::AlreadyExists,
         ErrorCode::NotServed,
         ErrorCode::FailedPrecondition,
         ErrorCode::PayloadTooLarge,
@@ -75,6 +78,7 @@ impl ErrorCode {
             ErrorCode::PermissionDenied => "permission_denied",
             ErrorCode::NotGranted => "not_granted",
             ErrorCode::NotFound => "not_found",
+            ErrorCode::AlreadyExists => "already_exists",
             ErrorCode::NotServed => "not_served",
             ErrorCode::FailedPrecondition => "failed_precondition",
             ErrorCode::PayloadTooLarge => "payload_too_large",
@@ -96,7 +100,7 @@ impl ErrorCode {
             ErrorCode::Unauthenticated => 401,
             ErrorCode::PermissionDenied | ErrorCode::NotGranted => 403,
             ErrorCode::NotFound | ErrorCode::NotServed => 404,
-            ErrorCode::FailedPrecondition => 409,
+            ErrorCode::FailedPrecondition | ErrorCode::AlreadyExists => 409,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::OtherMeasurement => 421,
             ErrorCode::RateLimited => 429,
@@ -109,7 +113,7 @@ impl ErrorCode {
     pub fn grpc_code(self) -> i32 {
         match self {
             ErrorCode::InvalidArgument | ErrorCode::BadInput | ErrorCode::Tampered | ErrorCode::Stale => 3,
-            ErrorCode::Replayed => 6,
+            ErrorCode::Replayed | ErrorCode::AlreadyExists => 6,
             ErrorCode::Unauthenticated => 16,
             ErrorCode::PermissionDenied | ErrorCode::NotGranted => 7,
             ErrorCode::NotFound | ErrorCode::NotServed => 5,

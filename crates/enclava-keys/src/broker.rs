@@ -7,23 +7,21 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use enclava_attest::policy::{PlatformRules, check};
 use enclava_attest::{Claims, Evidence, Policy, binding};
 use enclava_collateral::{CollateralSource, EvidenceVerifier};
 use ring::rand::{SecureRandom, SystemRandom};
-use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 use zeroize::Zeroizing;
 
 use crate::error::{ErrorCode, KeysError};
-use crate::kek::KekSource;
 use crate::metrics::KeysMetrics;
 use crate::store::{AuditEntry, ModelRow, Store, StoreOptions, entry, now_ms};
 use enclava_contracts::keys::payload::{self, ReleasePayload, SecretKey};
 use enclava_contracts::keys::rest::{AuditCheck, AuditRecord, Listing};
+use enclava_identity::Identity;
 use enclava_server::limit::RateLimiter;
+use enclava_store::kek::KekSource;
 
 /// How long a challenge nonce may be used.
 pub const NONCE_TTL: Duration = Duration::from_secs(60);
@@ -35,33 +33,7 @@ pub const MAX_EVIDENCE: usize = 256 * 1024;
 /// Most users whose request keys one release may carry.
 pub const MAX_USERS_PER_RELEASE: usize = 64;
 
-/// Who may register.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Registration {
-    /// Anyone (rate-limited per source).
-    #[default]
-    Open,
-    /// Only with a one-time invite an administrator made; with no administrator yet, the broker
-    /// writes an administrator invite to `DATA_DIR/admin-invite` at start.
-    Invite,
-    /// Nobody.
-    Closed,
-}
-
-impl std::str::FromStr for Registration {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Registration, String> {
-        match s {
-            "open" => Ok(Registration::Open),
-            "invite" => Ok(Registration::Invite),
-            "closed" => Ok(Registration::Closed),
-            other => Err(format!(
-                "unknown registration mode {}: use open, invite or closed",
-                enclava_core::text::quote(other)
-            )),
-        }
-    }
-}
+pub use enclava_identity::Registration;
 
 /// Which unauthenticated calls a rate limit is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,9 +42,6 @@ pub enum RateKind {
     /// Challenges and releases.
     Release,
 }
-
-/// How long an invite can be used.
-pub const INVITE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// How a broker is set up.
 #[derive(Debug)]
@@ -249,7 +218,7 @@ pub struct Broker {
     audit: mpsc::Sender<(AuditEntry, oneshot::Sender<Result<(), KeysError>>)>,
     metrics: Arc<KeysMetrics>,
     rng: SystemRandom,
-    registration: Registration,
+    identity: Arc<Identity>,
     register_limit: Option<RateLimiter>,
     release_limit: Option<RateLimiter>,
 }
@@ -269,9 +238,11 @@ impl Broker {
         let store = Store::open(&config.database, &kek, options).await?;
         let default_policy = config.default_policy.unwrap_or_else(builtin_policy);
         default_policy.validate().map_err(|e| KeysError::invalid(format!("the default release policy: {e}")))?;
+        let admin_invite = Identity::admin_invite_path(&config.data_dir);
+        let identity = Arc::new(Identity::open(store.audit().clone(), config.registration, Some(&admin_invite)).await?);
         let (tx, rx) = mpsc::channel(4096);
         tokio::spawn(audit_writer(store.clone(), rx, metrics.clone()));
-        let broker = Broker {
+        Ok(Broker {
             store,
             nonces: Mutex::default(),
             nonce_ttl: config.nonce_ttl,
@@ -282,31 +253,10 @@ impl Broker {
             audit: tx,
             metrics,
             rng: SystemRandom::new(),
-            registration: config.registration,
+            identity,
             register_limit: RateLimiter::new(config.register_per_minute, Duration::from_secs(60)),
             release_limit: RateLimiter::new(config.release_per_second, Duration::from_secs(1)),
-        };
-        if config.registration == Registration::Invite && !broker.store.has_admin().await? {
-            broker.bootstrap_admin_invite(&config.data_dir.join("admin-invite")).await?;
-        }
-        Ok(broker)
-    }
-
-    /// With invite-only registration and no administrator yet: a one-time administrator invite in
-    /// a file only the operator can read.
-    async fn bootstrap_admin_invite(&self, path: &std::path::Path) -> Result<(), KeysError> {
-        let token = format!("eki_{}", URL_SAFE_NO_PAD.encode(self.random::<32>()?));
-        let _ = std::fs::remove_file(path);
-        crate::kek::write_secret(path, format!("{token}\n").as_bytes())
-            .map_err(|e| KeysError::internal(format!("cannot write {}: {e}", path.display())))?;
-        let expires = now_ms() + INVITE_TTL.as_millis() as i64;
-        self.store.create_invite("operator", &token_hash(&token), true, expires).await?;
-        tracing::warn!(
-            path = %path.display(),
-            "no administrator yet: register one with `enclava keys register --invite $(cat {})`",
-            path.display()
-        );
-        Ok(())
+        })
     }
 
     /// Stops cleanly: the store's anchor brought up to date, its WAL checkpointed, its pool closed.
@@ -343,45 +293,23 @@ impl Broker {
         Ok(b)
     }
 
+    /// The identity component the broker's callers are known to.
+    pub fn identity(&self) -> &Arc<Identity> {
+        &self.identity
+    }
+
     /// A new identity: its id and the credential (shown once). `invite` is a one-time invite
     /// token: needed with invite-only registration, and an administrator invite makes an
     /// administrator in any mode.
     pub async fn register(&self, invite: Option<&str>) -> Result<(String, String), KeysError> {
-        let invite = invite.map(str::trim).filter(|i| !i.is_empty());
-        match (self.registration, invite) {
-            (Registration::Closed, _) => {
-                return Err(KeysError::forbidden("registration is closed on this key broker: ask its operator"));
-            }
-            (Registration::Invite, None) => {
-                return Err(KeysError::forbidden(
-                    "this key broker registers users by invite only: ask an administrator for one (`enclava keys invite`), then `enclava keys register --invite TOKEN`",
-                ));
-            }
-            _ => {}
-        }
-        if invite.is_some_and(|i| i.len() > 256) {
-            return Err(KeysError::forbidden(
-                "this invite is unknown, used or expired: ask an administrator for a new one",
-            ));
-        }
-        let id = format!("u_{}", hex::encode(self.random::<10>()?));
-        let token = format!("ekt_{}", URL_SAFE_NO_PAD.encode(self.random::<32>()?));
-        let admin = self.store.create_user(&id, &token_hash(&token), invite.map(token_hash).as_deref()).await?;
-        tracing::info!(user = %id, admin, "user registered");
-        Ok((id, token))
+        self.identity.register(invite).await
     }
 
     /// A one-time invite (shown once) that registers a user, or an administrator with `admin`;
     /// administrators only.
     pub async fn invite(&self, user: &str, admin: bool) -> Result<(String, u64), KeysError> {
-        if !self.store.is_admin(user).await? {
-            return Err(KeysError::forbidden("only an administrator can make invites"));
-        }
-        let token = format!("eki_{}", URL_SAFE_NO_PAD.encode(self.random::<32>()?));
-        let expires = now_ms() + INVITE_TTL.as_millis() as i64;
-        self.store.create_invite(user, &token_hash(&token), admin, expires).await?;
-        tracing::info!(%user, admin, "invite made");
-        Ok((token, expires as u64))
+        let by = self.identity.user(user).await?;
+        self.identity.invite(&by, admin).await
     }
 
     /// Records a refused change to a model the caller does not own, then returns the refusal.
@@ -407,10 +335,7 @@ impl Broker {
 
     /// The user a credential belongs to.
     pub async fn authenticate(&self, token: &str) -> Result<String, KeysError> {
-        if token.is_empty() || token.len() > 256 {
-            return Err(crate::error::unauthenticated());
-        }
-        self.store.user_by_token_hash(&token_hash(token)).await?.ok_or_else(crate::error::unauthenticated)
+        Ok(self.identity.authenticate(token).await?.id)
     }
 
     /// Stores a new version of `model`'s key; only its owner may (the first uploader owns it).
@@ -841,51 +766,4 @@ async fn audit_writer(
     }
 }
 
-fn token_hash(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
-}
-
-/// Model ids: 1–128 bytes of `[A-Za-z0-9._-]` in `/`-separated segments (`acme/mobilenet`).
-pub fn check_model_id(id: &str) -> Result<(), KeysError> {
-    let ok = !id.is_empty()
-        && id.len() <= 128
-        && id.split('/').all(|seg| {
-            !seg.is_empty()
-                && seg != "."
-                && seg != ".."
-                && seg.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        });
-    if ok {
-        Ok(())
-    } else {
-        Err(KeysError::invalid(format!(
-            "invalid model id {:?}: use letters, digits, '.', '_', '-' in '/'-separated parts, at most 128 bytes",
-            id.chars().take(140).collect::<String>()
-        )))
-    }
-}
-
-fn check_user_id(id: &str) -> Result<(), KeysError> {
-    if id.starts_with("u_") && id.len() <= 64 && id[2..].bytes().all(|b| b.is_ascii_hexdigit()) {
-        Ok(())
-    } else {
-        Err(KeysError::invalid(format!(
-            "invalid user id {:?} (user ids look like u_0123456789abcdef0123)",
-            id.chars().take(70).collect::<String>()
-        )))
-    }
-}
-
-/// Measurements are hex (lowercased here), 16 to 64 bytes.
-pub fn normalize_measurement(m: &str) -> Result<String, KeysError> {
-    let m = m.trim().to_ascii_lowercase();
-    let ok = m.len().is_multiple_of(2) && (32..=128).contains(&m.len()) && m.bytes().all(|b| b.is_ascii_hexdigit());
-    if ok {
-        Ok(m)
-    } else {
-        Err(KeysError::invalid(format!(
-            "invalid measurement {:?}: hex, 16 to 64 bytes (as `enclava find` or `enclava evidence verify` print it)",
-            m.chars().take(140).collect::<String>()
-        )))
-    }
-}
+pub use enclava_core::id::{check_model_id, check_user_id, normalize_measurement};

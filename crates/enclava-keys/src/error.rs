@@ -3,10 +3,4 @@
 
 pub use enclava_core::{Error as KeysError, ErrorBody, ErrorCode};
 
-/// No credential, or one the broker does not know.
-pub fn unauthenticated() -> KeysError {
-    KeysError::new(
-        ErrorCode::Unauthenticated,
-        "missing or unknown credential: run `enclava keys register` (or check --config-dir)",
-    )
-}
+pub use enclava_identity::unauthenticated;

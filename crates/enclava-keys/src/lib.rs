@@ -5,8 +5,9 @@
 //!
 //! # Layout
 //! - [`broker`]: the operations and the release protocol (nonce, verify, bind, authorize, seal, audit).
-//! - [`store`]: SQLite or PostgreSQL through one set of portable SQL and migrations.
-//! - [`kek`]: the key-encryption key trait and its file/environment implementation.
+//! - [`store`]: the broker's tables on the shared database (`enclava-store`: one pool, migrations
+//!   per component, the audit log; [`kek`] is its key-encryption key). Users and credentials are
+//!   the identity component's (`enclava-identity`).
 //! - [`rest`]: the axum routes and OpenAPI (the bodies are `enclava_contracts::keys::rest`);
 //!   [`grpc`]: the tonic service.
 //! - [`error`]: one error code for HTTP and gRPC; [`metrics`]: Prometheus counters.
@@ -19,7 +20,6 @@
 pub mod broker;
 pub mod error;
 pub mod grpc;
-pub mod kek;
 pub mod metrics;
 pub mod rest;
 pub mod role;
@@ -27,7 +27,7 @@ pub mod store;
 
 pub use broker::{Broker, BrokerConfig, RateKind, Refusal, Registration, Release, ReleaseRequest, Stop};
 pub use enclava_contracts::keys::payload::{self, ReleasePayload, SecretKey};
+pub use enclava_store::kek::{self, KekSource, KeyWrapper, LocalKek};
 pub use error::{ErrorCode, KeysError};
-pub use kek::{KekSource, KeyWrapper, LocalKek};
 pub use metrics::KeysMetrics;
 pub use role::KeysRole;

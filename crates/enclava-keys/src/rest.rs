@@ -7,13 +7,14 @@
 use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Query, State};
+use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::StatusCode;
-use axum::http::request::Parts;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use enclava_identity::http::Caller;
+use enclava_identity::{Operation, Target};
 use enclava_server::Source;
 use utoipa::OpenApi;
 use zeroize::Zeroizing;
@@ -41,6 +42,7 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .route(path::CHALLENGE, post(challenge))
         .route(path::RELEASE, post(release))
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(enclava_identity::http::layer(broker.identity().clone()))
         .with_state(broker)
 }
 
@@ -93,20 +95,13 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 )]
 struct ApiDoc;
 
-/// The authenticated caller.
-struct Caller(String);
-
-impl FromRequestParts<Arc<Broker>> for Caller {
-    type Rejection = KeysError;
-
-    async fn from_request_parts(parts: &mut Parts, broker: &Arc<Broker>) -> Result<Caller, KeysError> {
-        let token = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(crate::error::unauthenticated)?;
-        broker.authenticate(token.trim()).await.map(Caller)
+/// The caller's user id, when one of its roles lets it do `op` on its own `resource` (a service
+/// identity, a node's or a run's, manages no keys).
+fn acting(Caller(p): Caller, op: Operation, resource: &str) -> Result<String, KeysError> {
+    if p.may(op, resource, &Target::owned_by(&p.id)) {
+        Ok(p.id)
+    } else {
+        Err(KeysError::forbidden(format!("a {} identity cannot do this: use a user's credential", p.kind.as_str())))
     }
 }
 
@@ -152,18 +147,18 @@ async fn register(
     responses((status = 201, body = Invite), (status = 403, body = ErrorBody)))]
 async fn invite(
     State(b): State<Arc<Broker>>,
-    Caller(user): Caller,
+    Caller(by): Caller,
     j: Result<Json<InviteBody>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Invite>), KeysError> {
     let req = body(j)?;
-    let (token, expires_at_ms) = b.invite(&user, req.admin).await?;
+    let (token, expires_at_ms) = b.identity().invite(&by, req.admin).await?;
     Ok((StatusCode::CREATED, Json(Invite { token, expires_at_ms })))
 }
 
 /// The caller's user id.
 #[utoipa::path(get, path = "/v1/users/me", responses((status = 200, body = WhoAmI), (status = 401, body = ErrorBody)))]
-async fn whoami(Caller(user_id): Caller) -> Json<WhoAmI> {
-    Json(WhoAmI { user_id })
+async fn whoami(caller: Caller) -> Result<Json<WhoAmI>, KeysError> {
+    Ok(Json(WhoAmI { user_id: acting(caller, Operation::View, "user")? }))
 }
 
 /// Uploads a new version of a model's key; the first uploader owns the model.
@@ -171,10 +166,11 @@ async fn whoami(Caller(user_id): Caller) -> Json<WhoAmI> {
     responses((status = 201, body = ModelKeyVersion), (status = 403, body = ErrorBody)))]
 async fn put_model_key(
     State(b): State<Arc<Broker>>,
-    Caller(user): Caller,
+    caller: Caller,
     j: Result<Json<ModelKeyUpload>, JsonRejection>,
 ) -> Result<(StatusCode, Json<ModelKeyVersion>), KeysError> {
     let req = body(j)?;
+    let user = acting(caller, if req.rotate { Operation::Edit } else { Operation::Create }, "model")?;
     let key = key_bytes(&req.key)?;
     let version = b.put_model_key(&user, &req.model, &key, req.policy.as_deref(), req.rotate).await?;
     Ok((StatusCode::CREATED, Json(ModelKeyVersion { model: req.model, version })))
@@ -185,9 +181,10 @@ async fn put_model_key(
     responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn grant(
     State(b): State<Arc<Broker>>,
-    Caller(user): Caller,
+    caller: Caller,
     j: Result<Json<GrantRequest>, JsonRejection>,
 ) -> Result<StatusCode, KeysError> {
+    let user = acting(caller, Operation::Edit, "model")?;
     let req = body(j)?;
     b.grant(&user, &req.model, &req.measurement, &req.user).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -197,9 +194,10 @@ async fn grant(
 #[utoipa::path(post, path = "/v1/revocations", request_body = RevokeRequest, responses((status = 200, body = Revoked)))]
 async fn revoke(
     State(b): State<Arc<Broker>>,
-    Caller(user): Caller,
+    caller: Caller,
     j: Result<Json<RevokeRequest>, JsonRejection>,
 ) -> Result<Json<Revoked>, KeysError> {
+    let user = acting(caller, Operation::Edit, "model")?;
     let req = body(j)?;
     let revoked = b.revoke(&user, &req.model, req.measurement.as_deref(), req.user.as_deref()).await?;
     Ok(Json(Revoked { revoked }))
@@ -210,9 +208,10 @@ async fn revoke(
     responses((status = 204), (status = 404, body = ErrorBody)))]
 async fn put_request_key(
     State(b): State<Arc<Broker>>,
-    Caller(user): Caller,
+    caller: Caller,
     j: Result<Json<RequestKeyUpload>, JsonRejection>,
 ) -> Result<StatusCode, KeysError> {
+    let user = acting(caller, Operation::Create, "request-key")?;
     let req = body(j)?;
     let key = key_bytes(&req.key)?;
     b.put_request_key(&user, &req.model, &req.measurement, &key).await?;
@@ -228,9 +227,10 @@ struct ListQuery {
 #[utoipa::path(get, path = "/v1/models", params(ListQuery), responses((status = 200, body = Listing)))]
 async fn list(
     State(b): State<Arc<Broker>>,
-    Caller(user): Caller,
+    caller: Caller,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Listing>, KeysError> {
+    let user = acting(caller, Operation::View, "model")?;
     Ok(Json(b.list(&user, q.model.as_deref()).await?))
 }
 
@@ -243,15 +243,17 @@ struct AuditQuery {
 #[utoipa::path(get, path = "/v1/audit", params(AuditQuery), responses((status = 200, body = Vec<AuditRecord>)))]
 async fn audit(
     State(b): State<Arc<Broker>>,
-    Caller(user): Caller,
+    caller: Caller,
     Query(q): Query<AuditQuery>,
 ) -> Result<Json<Vec<AuditRecord>>, KeysError> {
+    let user = acting(caller, Operation::View, "audit")?;
     Ok(Json(b.audit(&user, q.limit.unwrap_or(100)).await?))
 }
 
 /// Checks the whole audit chain: no record edited, deleted or rolled back.
 #[utoipa::path(get, path = "/v1/audit/verify", responses((status = 200, body = AuditCheck)))]
-async fn verify_audit(State(b): State<Arc<Broker>>, Caller(_): Caller) -> Result<Json<AuditCheck>, KeysError> {
+async fn verify_audit(State(b): State<Arc<Broker>>, caller: Caller) -> Result<Json<AuditCheck>, KeysError> {
+    acting(caller, Operation::View, "audit")?;
     Ok(Json(b.verify_audit().await?))
 }
 

@@ -335,3 +335,43 @@ async fn registration_by_invite_or_closed_and_refused_ownership_is_audited() {
     let e = err(b.register(None).await);
     assert!(e.code == ErrorCode::PermissionDenied && e.message.contains("closed"), "{e}");
 }
+
+/// A database an earlier release made (the key broker kept users, invites and the audit log in
+/// its own migrations, versioned in `schema_version`) opens unchanged: nothing re-created, its
+/// users and chain intact, the identity and audit components recorded at their versions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_from_before_the_components_split_opens_unchanged() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    let sim = Sim::new();
+    let b = open_with(BrokerConfig::new(sqlite(d), d), kek_file(d)).await.expect("open");
+    let alice = seed(&b, &sim).await;
+    b.shutdown().await;
+    drop(b);
+    // Make it look like the earlier release left it: one version table, no per-component rows.
+    let pool = raw(&sqlite(d)).await;
+    for s in [
+        "DROP TABLE schema_versions",
+        "CREATE TABLE schema_version (version BIGINT NOT NULL)",
+        "INSERT INTO schema_version (version) VALUES (1), (2)",
+        "DROP TABLE organisations",
+        "DROP TABLE services",
+        "DROP TABLE role_assignments",
+        "ALTER TABLE users DROP COLUMN organisation",
+    ] {
+        sqlx::query(s).execute(&pool).await.expect(s);
+    }
+    pool.close().await;
+    let b = open_with(BrokerConfig::new(sqlite(d), d), kek_file(d)).await.expect("reopens");
+    assert_eq!(b.list(&alice, None).await.expect("list").models.len(), 1, "the model is still there");
+    assert!(b.verify_audit().await.expect("verify").ok, "the chain is intact");
+    let versions: Vec<(String, i64)> = sqlx::query("SELECT component, version FROM schema_versions ORDER BY component")
+        .fetch_all(&raw(&sqlite(d)).await)
+        .await
+        .expect("versions")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(versions, [("audit".into(), 1), ("identity".into(), 2), ("keys".into(), 2)]);
+    b.shutdown().await;
+}

@@ -1,6 +1,7 @@
-//! The broker's key-encryption key: every model and request key is wrapped by it before it reaches
-//! the database, and the audit chain is MACed with a key derived from it, so the database alone
-//! reveals no key and cannot be edited unnoticed. A trait, so a KMS or HSM can take its place.
+//! The key-encryption key (KEK): every secret a component keeps (the key broker's model and request
+//! keys) is wrapped by it before it reaches the database, and the audit chain is MACed with a key
+//! derived from it, so the database alone reveals no secret and cannot be edited unnoticed. A
+//! trait, so a KMS or HSM can take its place.
 //!
 //! The KEK is verifiable: the database keeps a check value (a sentinel wrapped by the KEK), so a
 //! broker given the wrong KEK, or none where one existed, refuses to start instead of making a new
@@ -14,18 +15,18 @@ use ring::rand::{SecureRandom, SystemRandom};
 use ring::{hkdf, hmac};
 use zeroize::Zeroizing;
 
-use crate::error::KeysError;
+use enclava_core::{Error, ErrorCode};
 
 /// Wraps and unwraps keys at rest, and MACs the audit chain.
 pub trait KeyWrapper: Send + Sync + std::fmt::Debug {
     /// Encrypts `key`, bound to `context` (which row it belongs to).
-    fn wrap(&self, context: &str, key: &[u8]) -> Result<Vec<u8>, KeysError>;
+    fn wrap(&self, context: &str, key: &[u8]) -> Result<Vec<u8>, Error>;
     /// Decrypts what [`KeyWrapper::wrap`] made for the same `context`; a key that does not open is
     /// an operator error (UNAVAILABLE), logged at ERROR.
-    fn unwrap(&self, context: &str, wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeysError>;
+    fn unwrap(&self, context: &str, wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>, Error>;
     /// Like [`KeyWrapper::unwrap`], quietly: `None` when it does not open (for checks).
     fn try_unwrap(&self, context: &str, wrapped: &[u8]) -> Option<Zeroizing<Vec<u8>>>;
-    /// A MAC over an audit row, so only the broker can extend the chain.
+    /// A MAC over an audit row, so only the holder of the KEK can extend the chain.
     fn audit_mac(&self, data: &[u8]) -> [u8; 32];
 }
 
@@ -73,7 +74,7 @@ impl LocalKek {
     }
 
     /// A KEK from a value given in the environment: 32 bytes as hex or base64.
-    pub fn from_text(text: &str, source: impl Into<String>) -> Result<LocalKek, KeysError> {
+    pub fn from_text(text: &str, source: impl Into<String>) -> Result<LocalKek, Error> {
         let text = text.trim();
         let bytes = Zeroizing::new(
             hex::decode(text)
@@ -82,18 +83,18 @@ impl LocalKek {
                 .unwrap_or_default(),
         );
         let kek: &[u8; 32] = bytes.as_slice().try_into().map_err(|_| {
-            KeysError::invalid("the key-encryption key must be 32 bytes as hex or base64 (e.g. `openssl rand -hex 32`)")
+            Error::invalid("the key-encryption key must be 32 bytes as hex or base64 (e.g. `openssl rand -hex 32`)")
         })?;
         Ok(LocalKek::from_bytes(kek, source))
     }
 
     /// Reads the KEK file at `path`; `None` when there is no such file.
-    pub fn load(path: &Path) -> Result<Option<LocalKek>, KeysError> {
+    pub fn load(path: &Path) -> Result<Option<LocalKek>, Error> {
         match std::fs::read(path) {
             Ok(bytes) => {
                 let bytes = Zeroizing::new(bytes);
                 let kek: &[u8; 32] = bytes.as_slice().try_into().map_err(|_| {
-                    KeysError::invalid(format!(
+                    Error::invalid(format!(
                         "{} is not a key-encryption key (it must hold exactly 32 bytes): restore it from your backup",
                         path.display()
                     ))
@@ -101,15 +102,15 @@ impl LocalKek {
                 Ok(Some(LocalKek::from_bytes(kek, format!("file {}", path.display()))))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(KeysError::internal(format!("cannot read {}: {e}", path.display()))),
+            Err(e) => Err(Error::internal(format!("cannot read {}: {e}", path.display()))),
         }
     }
 
     /// Makes a new random KEK in a new file at `path` (mode 0600, synced with its folder).
-    pub fn create(path: &Path) -> Result<LocalKek, KeysError> {
-        let io = |what: &str, e: std::io::Error| KeysError::internal(format!("cannot {what} {}: {e}", path.display()));
+    pub fn create(path: &Path) -> Result<LocalKek, Error> {
+        let io = |what: &str, e: std::io::Error| Error::internal(format!("cannot {what} {}: {e}", path.display()));
         let mut kek = Zeroizing::new([0u8; 32]);
-        SystemRandom::new().fill(kek.as_mut()).map_err(|_| KeysError::internal("no system randomness"))?;
+        SystemRandom::new().fill(kek.as_mut()).map_err(|_| Error::internal("no system randomness"))?;
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| io("create the folder of", e))?;
         }
@@ -121,7 +122,7 @@ impl LocalKek {
 
     /// Reads the KEK file at `path`, creating it with a fresh random key (mode 0600) when missing.
     /// Only for a database known to be empty; [`KekSource::open`] decides.
-    pub fn load_or_create(path: &Path) -> Result<LocalKek, KeysError> {
+    pub fn load_or_create(path: &Path) -> Result<LocalKek, Error> {
         match LocalKek::load(path)? {
             Some(k) => Ok(k),
             None => LocalKek::create(path),
@@ -154,9 +155,9 @@ pub fn write_secret(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 impl KeyWrapper for LocalKek {
-    fn wrap(&self, context: &str, key: &[u8]) -> Result<Vec<u8>, KeysError> {
+    fn wrap(&self, context: &str, key: &[u8]) -> Result<Vec<u8>, Error> {
         let mut nonce = [0u8; NONCE_LEN];
-        SystemRandom::new().fill(&mut nonce).map_err(|_| KeysError::internal("no system randomness"))?;
+        SystemRandom::new().fill(&mut nonce).map_err(|_| Error::internal("no system randomness"))?;
         let mut out = Vec::with_capacity(NONCE_LEN + key.len() + 16);
         out.extend_from_slice(&nonce);
         out.extend_from_slice(key);
@@ -167,7 +168,7 @@ impl KeyWrapper for LocalKek {
                 Aad::from(context.as_bytes()),
                 &mut out[NONCE_LEN..],
             )
-            .map_err(|_| KeysError::internal("wrapping a key failed"))?;
+            .map_err(|_| Error::internal("wrapping a key failed"))?;
         out.extend_from_slice(tag.as_ref());
         Ok(out)
     }
@@ -184,11 +185,11 @@ impl KeyWrapper for LocalKek {
         Some(buf)
     }
 
-    fn unwrap(&self, context: &str, wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeysError> {
+    fn unwrap(&self, context: &str, wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>, Error> {
         self.try_unwrap(context, wrapped).ok_or_else(|| {
             tracing::error!(context, "a wrapped key does not open with this key-encryption key: the operator must restore the right key or the database");
-            KeysError::unavailable(
-                "the key broker cannot open a stored key (an operator error: wrong key-encryption key or an edited database); try again after the operator has fixed it",
+            Error::unavailable(
+                "a stored key does not open (an operator error: wrong key-encryption key or an edited database); try again after the operator has fixed it",
             )
         })
     }
@@ -206,7 +207,7 @@ pub const CHECK_CONTEXT: &str = "kek-check|v1";
 const CHECK_PLAIN: &[u8] = b"enclava key-encryption key check v1";
 
 /// A new check value for `kek` (hex, as stored).
-pub fn check_value(kek: &dyn KeyWrapper) -> Result<String, KeysError> {
+pub fn check_value(kek: &dyn KeyWrapper) -> Result<String, Error> {
     kek.wrap(CHECK_CONTEXT, CHECK_PLAIN).map(hex::encode)
 }
 
@@ -245,20 +246,20 @@ impl KekSource {
 
     /// Opens the KEK. A missing KEK file is created only when `database_is_empty`; otherwise the
     /// database's keys were wrapped by a key that must be restored, and this says so.
-    pub fn open(&self, database_is_empty: bool) -> Result<std::sync::Arc<dyn KeyWrapper>, KeysError> {
+    pub fn open(&self, database_is_empty: bool) -> Result<std::sync::Arc<dyn KeyWrapper>, Error> {
         match self {
             KekSource::Env(name) => {
-                let value =
-                    Zeroizing::new(std::env::var(name).map_err(|_| {
-                        KeysError::invalid(format!("environment variable {name} is not set or not UTF-8"))
-                    })?);
+                let value = Zeroizing::new(
+                    std::env::var(name)
+                        .map_err(|_| Error::invalid(format!("environment variable {name} is not set or not UTF-8")))?,
+                );
                 Ok(std::sync::Arc::new(LocalKek::from_text(&value, format!("environment variable {name}"))?))
             }
             KekSource::File(path) => match LocalKek::load(path)? {
                 Some(k) => Ok(std::sync::Arc::new(k)),
                 None if database_is_empty => Ok(std::sync::Arc::new(LocalKek::create(path)?)),
-                None => Err(KeysError::new(
-                    crate::error::ErrorCode::FailedPrecondition,
+                None => Err(Error::new(
+                    ErrorCode::FailedPrecondition,
                     format!(
                         "the key-encryption key file {} is missing, but the key database already holds keys wrapped by it. \
                          Restore that file from your backup (or set ENCLAVA_KEK to its value) and start again. A new key would \

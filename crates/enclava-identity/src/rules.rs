@@ -1,0 +1,219 @@
+//! Access rules: a role is a set of rules, a rule allows one operation on one kind of resource
+//! within a scope (the caller's own, their organisation's, their collaborations', or any), and a
+//! principal (a user or a service identity) may do what one of its roles' rules allows. The roles
+//! are defined here, in code, and assigned per principal in the database.
+
+/// What is done to a resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Operation {
+    Create,
+    View,
+    Edit,
+    Delete,
+    /// Use without changing: run a task on it, receive its key.
+    Use,
+}
+
+/// How far a rule reaches, narrowest first; each includes the ones before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Scope {
+    /// Resources the principal owns.
+    Own,
+    /// Resources of the principal's organisation.
+    Organisation,
+    /// Resources of a collaboration the principal's organisation takes part in.
+    Collaboration,
+    /// Any resource.
+    Global,
+}
+
+/// One permission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rule {
+    /// The kind of resource (`model`, `request-key`, `audit`, `invite`, `organisation`, `user`,
+    /// `service`, `task`, …), or `*` for every kind.
+    pub resource: &'static str,
+    pub scope: Scope,
+    pub operation: Operation,
+}
+
+/// A named set of rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoleDef {
+    pub name: &'static str,
+    pub rules: &'static [Rule],
+}
+
+const fn rule(resource: &'static str, scope: Scope, operation: Operation) -> Rule {
+    Rule { resource, scope, operation }
+}
+
+use Operation::*;
+use Scope::*;
+
+/// Every role. `user` is every registered user's; `administrator` is the operator's delegate;
+/// `organisation-admin` manages one organisation; `node` and `run` are service identities'.
+pub const ROLES: &[RoleDef] = &[
+    RoleDef {
+        name: "user",
+        rules: &[
+            rule("model", Own, Create),
+            rule("model", Own, View),
+            rule("model", Own, Edit),
+            rule("model", Own, Delete),
+            rule("request-key", Own, Create),
+            rule("request-key", Own, View),
+            rule("audit", Own, View),
+            rule("user", Own, View),
+        ],
+    },
+    RoleDef {
+        name: "organisation-admin",
+        rules: &[
+            rule("user", Organisation, View),
+            rule("user", Organisation, Edit),
+            rule("service", Organisation, Create),
+            rule("service", Organisation, View),
+            rule("service", Organisation, Delete),
+            rule("model", Organisation, View),
+            rule("audit", Organisation, View),
+        ],
+    },
+    RoleDef {
+        name: "administrator",
+        rules: &[
+            rule("*", Global, Create),
+            rule("*", Global, View),
+            rule("*", Global, Edit),
+            rule("*", Global, Delete),
+        ],
+    },
+    RoleDef { name: "node", rules: &[rule("model", Collaboration, Use), rule("task", Collaboration, View)] },
+    RoleDef { name: "run", rules: &[rule("task", Own, View), rule("task", Own, Edit)] },
+];
+
+/// The role named `name`.
+pub fn role(name: &str) -> Option<&'static RoleDef> {
+    ROLES.iter().find(|r| r.name == name)
+}
+
+/// Who holds a credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PrincipalKind {
+    User,
+    /// A node of an organisation (federation, the farm).
+    Node,
+    /// One run of a task, for its lifetime only.
+    Run,
+}
+
+impl PrincipalKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PrincipalKind::User => "user",
+            PrincipalKind::Node => "node",
+            PrincipalKind::Run => "run",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<PrincipalKind> {
+        [PrincipalKind::User, PrincipalKind::Node, PrincipalKind::Run].into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub id: String,
+    pub kind: PrincipalKind,
+    pub organisation: Option<String>,
+    /// Role names, each in [`ROLES`].
+    pub roles: Vec<String>,
+    /// Collaborations the principal's organisation takes part in.
+    pub collaborations: Vec<String>,
+}
+
+/// What a resource belongs to, for a rule's scope.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Target<'a> {
+    pub owner: Option<&'a str>,
+    pub organisation: Option<&'a str>,
+    pub collaboration: Option<&'a str>,
+}
+
+impl<'a> Target<'a> {
+    /// A resource with no owner (the server's own: invites, organisations).
+    pub fn global() -> Target<'a> {
+        Target::default()
+    }
+
+    /// A resource `owner` owns.
+    pub fn owned_by(owner: &'a str) -> Target<'a> {
+        Target { owner: Some(owner), ..Target::default() }
+    }
+}
+
+impl Principal {
+    /// Whether one of the principal's roles has a rule allowing `operation` on `resource` that
+    /// reaches `target`.
+    pub fn may(&self, operation: Operation, resource: &str, target: &Target<'_>) -> bool {
+        let reach = self.reach(target);
+        self.roles.iter().filter_map(|r| role(r)).flat_map(|r| r.rules.iter()).any(|rule| {
+            rule.operation == operation && (rule.resource == "*" || rule.resource == resource) && rule.scope >= reach
+        })
+    }
+
+    /// The narrowest scope that reaches `target` from this principal.
+    fn reach(&self, target: &Target<'_>) -> Scope {
+        if target.owner.is_some_and(|o| o == self.id) {
+            Own
+        } else if target.organisation.is_some() && target.organisation == self.organisation.as_deref() {
+            Organisation
+        } else if target.collaboration.is_some_and(|c| self.collaborations.iter().any(|m| m == c)) {
+            Collaboration
+        } else {
+            Global
+        }
+    }
+
+    pub fn is_admin(&self) -> bool {
+        self.roles.iter().any(|r| r == "administrator")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn who(id: &str, org: Option<&str>, roles: &[&str]) -> Principal {
+        Principal {
+            id: id.into(),
+            kind: PrincipalKind::User,
+            organisation: org.map(Into::into),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            collaborations: vec!["c1".into()],
+        }
+    }
+
+    #[test]
+    fn scopes_reach_as_far_as_they_say() {
+        let alice = who("alice", Some("acme"), &["user"]);
+        assert!(alice.may(Edit, "model", &Target::owned_by("alice")));
+        assert!(!alice.may(Edit, "model", &Target::owned_by("bob")), "another user's model");
+        assert!(!alice.may(Create, "invite", &Target::global()), "users make no invites");
+        let org_admin = who("carol", Some("acme"), &["user", "organisation-admin"]);
+        let bob_at_acme = Target { owner: Some("bob"), organisation: Some("acme"), collaboration: None };
+        assert!(org_admin.may(View, "user", &bob_at_acme));
+        assert!(!org_admin.may(View, "user", &Target { organisation: Some("other"), ..bob_at_acme }));
+        let admin = who("root", None, &["user", "administrator"]);
+        assert!(admin.may(Create, "invite", &Target::global()) && admin.may(Delete, "model", &bob_at_acme));
+        assert!(!admin.may(Use, "model", &bob_at_acme), "no rule allows Use to administrators");
+        let node = Principal { kind: PrincipalKind::Node, ..who("n1", Some("acme"), &["node"]) };
+        assert!(node.may(Use, "model", &Target { collaboration: Some("c1"), ..Target::default() }));
+        assert!(!node.may(Use, "model", &Target { collaboration: Some("c2"), ..Target::default() }));
+        assert!(!who("x", None, &["no-such-role"]).may(View, "model", &Target::owned_by("x")));
+        for r in ROLES {
+            assert_eq!(role(r.name), Some(r), "role names are unique");
+        }
+    }
+}
