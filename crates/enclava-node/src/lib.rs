@@ -9,8 +9,10 @@
 //! - [`tsm`]: TDX and SEV-SNP guests, through the kernel's configfs-tsm reports.
 //! - [`keys`]: the node's side of attested key release (challenge, evidence, sealed keys).
 //! - [`publisher`]: the heartbeat and info loop.
-//! - [`serve`]: model loading (attested key release, decryption in memory, LRU under a budget) and
-//!   the sealed request endpoints (`/v1/infer`, OpenWhisk `/init` and `/run`).
+//! - [`serve`]: workload loading (attested key release, decryption in memory, the executor's load,
+//!   LRU under a budget), the sealed request endpoints (`/v1/infer`, OpenWhisk `/init` and
+//!   `/run`) and per-workload usage; the executors themselves are other crates
+//!   ([`enclava_executor`]), so the node links neither tract nor wasmtime.
 //! - [`NodeHandle`]: a started node; change its data, read its identity, shut it down.
 
 pub mod keys;
@@ -33,8 +35,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub use enclava_executor::{Executor, Executors};
 pub use publisher::NodeMetrics;
-pub use serve::{ModelState, ServeConfig};
+pub use serve::{ModelState, ServeConfig, WorkloadUsage};
 
 /// What can stop a node from starting.
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +162,11 @@ impl NodeHandle {
         }
     }
 
+    /// Each served workload's usage since the node started (empty when it serves none).
+    pub fn usage(&self) -> BTreeMap<String, WorkloadUsage> {
+        self.serving.as_ref().map(|(s, _)| s.usage()).unwrap_or_default()
+    }
+
     /// Drops `model` from memory now (as the LRU would) and marks it cold; the next request for
     /// it loads it again. `false` if it was not loaded.
     pub fn evict(&self, model: &str) -> bool {
@@ -239,10 +247,9 @@ pub async fn start(
         data.insert(d.clone(), DataAccessJson { hot: false });
     }
     if let Some(serve) = &config.serve {
-        serve.validate()?;
-        // Served models are listed from the start, cold until loaded.
-        for m in &serve.models {
-            data.insert(m.clone(), DataAccessJson { hot: false });
+        // Served workloads are listed from the start, cold until loaded.
+        for id in serve.workloads()?.into_keys() {
+            data.insert(id, DataAccessJson { hot: false });
         }
     }
     let request_key = Arc::new(RequestKey::generate());
@@ -293,7 +300,7 @@ pub async fn start(
     let (router, serving) = match config.serve {
         Some(serve) => {
             let serving =
-                serve::Serving::new(serve, request_key.clone(), tee.clone(), data_tx.clone(), metrics.clone());
+                serve::Serving::new(serve, request_key.clone(), tee.clone(), data_tx.clone(), metrics.clone())?;
             let router = router.merge(serve::router(serving.clone()));
             let loader = tokio::spawn(serving.clone().load_all());
             (router, Some((serving, loader)))

@@ -41,6 +41,8 @@ pub struct NodeMetrics {
     pub model_evictions: Counter,
     /// Users' request keys fetched from the key broker (serverless mode), granted or not.
     pub user_key_fetches: Counter,
+    /// Time workloads spent running, in microseconds (the executors' measure).
+    pub workload_busy_us: Counter,
     registered: AtomicBool,
 }
 
@@ -61,6 +63,7 @@ impl NodeMetrics {
             model_load_failures: Counter::default(),
             model_evictions: Counter::default(),
             user_key_fetches: Counter::default(),
+            workload_busy_us: Counter::default(),
             registered: AtomicBool::new(false),
         };
         r.register("heartbeats", "Presence heartbeats written", m.heartbeats.clone());
@@ -86,6 +89,11 @@ impl NodeMetrics {
             "user_key_fetches",
             "Users' request keys asked of the key broker (serverless mode)",
             m.user_key_fetches.clone(),
+        );
+        r.register(
+            "workload_busy_microseconds",
+            "Time workloads spent running, as their executors measured it",
+            m.workload_busy_us.clone(),
         );
         NodeMetrics { registry: Arc::new(r), ..m }
     }

@@ -1,17 +1,20 @@
-//! Serving encrypted models to sealed requests: the node fetches each model's key from the key
-//! broker with fresh evidence, decrypts the package in memory, loads it with tract, and answers
-//! sealed requests on `/v1/infer`, in direct mode (BlindAI) and serverless mode (MOSS), and, as an
-//! OpenWhisk action, on `/init` and `/run`.
+//! Serving encrypted workloads to sealed requests: the node fetches each workload's key from the
+//! key broker with fresh evidence, decrypts the package in memory, hands it to the workload's
+//! executor ([`enclava_executor`]: ONNX models first, Wasm next), and answers sealed requests on
+//! `/v1/infer`, in direct mode (BlindAI) and serverless mode (MOSS), and, as an OpenWhisk action,
+//! on `/init` and `/run`. Everything here is the same for every executor; an executor only loads
+//! bytes and runs an input.
 //!
 //! # Models
 //!
 //! Every model in [`ServeConfig::models`] is listed in the registry from the start, cold. A
 //! background task then loads each: attested key release (version 0: the current one), blob
 //! `<model>/v<version>.enclava` from the blob folder, [`enclava_model::decrypt_in_place`] (which
-//! checks the model id and version the package names and authenticates every chunk), then
-//! [`enclava_runtime::Model::load`] from memory. A loaded model is shared by every request (an
-//! `Arc`) and published hot. Models are kept under [`ServeConfig::memory_budget`] (by
-//! [`enclava_runtime::Model::memory_estimate`]) by evicting the least recently used, which is
+//! checks the model id and version the package names and authenticates every chunk), then the
+//! executor's [`Executor::load`](enclava_executor::Executor::load) from memory. A loaded workload
+//! is shared by every request (an `Arc`) and published hot. Workloads are kept under
+//! [`ServeConfig::memory_budget`] (by [`Loaded::memory_bytes`]) by evicting the least recently
+//! used (dropping it), which is
 //! published cold; a request for a cold model loads it again and waits for it (up to
 //! [`LOAD_WAIT`]). A load that fails (the broker refuses this node's measurement, the package is
 //! missing or fails authentication, the model does not load) is logged with its reason; the model
@@ -23,9 +26,11 @@
 //! The wire protocol (encodings, HPKE `info`, AAD, plaintext layout, errors) is documented and
 //! implemented once, in [`enclava_contracts::sealed`]; this module is its enclave side. The node
 //! checks the time (±60 s) and opens the request, then refuses a request id seen in the last 120 s
-//! (a bounded replay cache: when it is full the node answers 503 rather than forget), runs the
-//! model on a blocking thread, and seals the first output back, in the encoding (JSON or binary)
-//! the request came in. Neither keys, inputs nor outputs are logged or put in error messages.
+//! (a bounded replay cache: when it is full the node answers 503 rather than forget), checks the
+//! input against the executor's [`Limits`], invokes the workload on a blocking thread (giving up
+//! after the limit's timeout), adds what it used to the workload's [`WorkloadUsage`], and seals
+//! the output back, in the encoding (JSON or binary) the request came in. Neither keys, inputs nor
+//! outputs are logged or put in error messages.
 //!
 //! - *Direct*: the request is sealed with a secret from an HPKE setup to this node's attested
 //!   request key; the answer is sealed with the same secret, which only the client shares.
@@ -67,9 +72,8 @@ use axum::routing::post;
 use axum::{Json, Router};
 use enclava_contracts::sealed::{self as proto, InferRequest, InferResponse, Mode, OpenedRequest};
 use enclava_core::{Error, ErrorCode};
+use enclava_executor::{Executors, Limits, Loaded, WorkloadRef};
 use enclava_model::{BlobError, BlobStore, FolderStore, ModelKey, PackageError, decrypt_in_place, package_blob_name};
-use enclava_registry::schema::check_name;
-use enclava_runtime::{Model, RuntimeError, Tensor};
 use tokio::sync::watch;
 
 use crate::user_keys::{Unavailable, UserKeys};
@@ -91,8 +95,10 @@ pub struct ServeConfig {
     pub key_broker: String,
     /// The blob folder holding the model packages.
     pub blobs: PathBuf,
-    /// The model ids to serve.
+    /// The workloads to serve: `KIND:ID`, or `ID` for the first executor's kind.
     pub models: Vec<String>,
+    /// The executors workloads run on (the first is the default kind).
+    pub executors: Executors,
     /// Bytes of loaded models to keep at most (least recently used evicted first); 0: no limit.
     /// One model larger than the budget is still served, alone.
     pub memory_budget: u64,
@@ -101,18 +107,36 @@ pub struct ServeConfig {
 }
 
 impl ServeConfig {
-    pub(crate) fn validate(&self) -> Result<(), NodeError> {
+    /// Checks the configuration; returns the workloads, by id.
+    pub(crate) fn workloads(&self) -> Result<BTreeMap<String, WorkloadRef>, NodeError> {
         if self.models.is_empty() {
             return Err(NodeError::Config("serving needs at least one model id".into()));
         }
         if self.key_broker.is_empty() {
             return Err(NodeError::Config("serving needs the key broker's URL".into()));
         }
+        let mut out = BTreeMap::new();
         for m in &self.models {
-            check_name("model id", m).map_err(NodeError::Config)?;
+            let w = WorkloadRef::parse(m, &self.executors).map_err(NodeError::Config)?;
+            if out.insert(w.id.clone(), w).is_some() {
+                return Err(NodeError::Config(format!("workload {m} is listed twice")));
+            }
         }
-        Ok(())
+        Ok(out)
     }
+}
+
+/// What one workload has used since the node started: its usage report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkloadUsage {
+    /// Invocations answered.
+    pub invocations: u64,
+    /// Time spent running them, as the executor measured it.
+    pub busy: Duration,
+    /// Executor-specific work units (Wasm fuel).
+    pub units: u64,
+    pub input_bytes: u64,
+    pub output_bytes: u64,
 }
 
 /// Where a served model stands.
@@ -130,7 +154,7 @@ pub enum ModelState {
 enum Slot {
     Cold,
     Loading,
-    Hot { model: Arc<Model>, bytes: u64, last_used: u64 },
+    Hot { model: Arc<dyn Loaded>, bytes: u64, last_used: u64 },
     Failed { public: String, detail: String, at: Instant },
 }
 
@@ -143,8 +167,8 @@ enum LoadError {
     Blob(BlobError),
     #[error("the model package was refused: {0}")]
     Package(PackageError),
-    #[error("the decrypted model does not load: {0}")]
-    Model(RuntimeError),
+    #[error("the decrypted model does not load: {}", .0.message)]
+    Model(Error),
     #[error("the loading task failed: {0}")]
     Task(String),
 }
@@ -206,6 +230,8 @@ impl ReplayCache {
 /// The serving state of a node, shared by its request handlers and loaders.
 pub struct Serving {
     config: ServeConfig,
+    workloads: BTreeMap<String, WorkloadRef>,
+    usage: Mutex<BTreeMap<String, WorkloadUsage>>,
     store: FolderStore,
     key: Arc<RequestKey>,
     tee: Arc<dyn Tee>,
@@ -221,7 +247,7 @@ pub struct Serving {
 
 impl std::fmt::Debug for Serving {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Serving").field("models", &self.config.models).finish_non_exhaustive()
+        f.debug_struct("Serving").field("workloads", &self.workloads).finish_non_exhaustive()
     }
 }
 
@@ -237,10 +263,13 @@ impl Serving {
         tee: Arc<dyn Tee>,
         data: Arc<DataMap>,
         metrics: Arc<NodeMetrics>,
-    ) -> Arc<Serving> {
-        let slots = config.models.iter().map(|m| (m.clone(), Slot::Cold)).collect();
-        Arc::new(Serving {
+    ) -> Result<Arc<Serving>, NodeError> {
+        let workloads = config.workloads()?;
+        let slots = workloads.keys().map(|m| (m.clone(), Slot::Cold)).collect();
+        Ok(Arc::new(Serving {
             store: FolderStore::new(config.blobs.clone()),
+            usage: Mutex::new(workloads.keys().map(|m| (m.clone(), WorkloadUsage::default())).collect()),
+            workloads,
             config,
             key,
             tee,
@@ -251,7 +280,17 @@ impl Serving {
             user_keys: UserKeys::default(),
             changed: watch::Sender::new(0),
             clock: AtomicU64::new(0),
-        })
+        }))
+    }
+
+    /// Each workload's usage report.
+    pub(crate) fn usage(&self) -> BTreeMap<String, WorkloadUsage> {
+        lock(&self.usage).clone()
+    }
+
+    /// The executor limits of workload `id`.
+    fn limits(&self, id: &str) -> Limits {
+        self.workloads.get(id).and_then(|w| self.config.executors.get(&w.kind)).map(|e| e.limits()).unwrap_or_default()
     }
 
     fn tick(&self) -> u64 {
@@ -273,7 +312,8 @@ impl Serving {
 
     /// Loads every served model that is still cold, one after the other.
     pub(crate) async fn load_all(self: Arc<Self>) {
-        for name in self.config.models.clone() {
+        let names: Vec<String> = self.workloads.keys().cloned().collect();
+        for name in names {
             let start = {
                 let mut slots = lock(&self.slots);
                 match slots.get_mut(&name) {
@@ -300,9 +340,9 @@ impl Serving {
             let mut slots = lock(&self.slots);
             match result {
                 Ok(model) => {
-                    let bytes = model.memory_estimate() as u64;
+                    let bytes = model.memory_bytes();
                     let last_used = self.tick();
-                    slots.insert(name.clone(), Slot::Hot { model: Arc::new(model), bytes, last_used });
+                    slots.insert(name.clone(), Slot::Hot { model, bytes, last_used });
                     set_hot(&self.data, &name, true);
                     self.metrics.model_loads.inc();
                     tracing::info!(model = %name, bytes, elapsed_ms = started.elapsed().as_millis() as u64, "model loaded: hot");
@@ -356,7 +396,13 @@ impl Serving {
         evicted
     }
 
-    async fn load_inner(&self, name: &str) -> Result<Model, LoadError> {
+    async fn load_inner(&self, name: &str) -> Result<Arc<dyn Loaded>, LoadError> {
+        let executor = self
+            .workloads
+            .get(name)
+            .and_then(|w| self.config.executors.get(&w.kind))
+            .cloned()
+            .ok_or_else(|| LoadError::Task(format!("no executor for {name}")))?;
         let keys =
             crate::fetch_keys(&self.tee, &self.config.key_broker, name, 0, &[]).await.map_err(LoadError::Keys)?;
         let version = keys.version;
@@ -366,7 +412,7 @@ impl Serving {
         let id = name.to_owned();
         tokio::task::spawn_blocking(move || {
             let plain = decrypt_in_place(package, &id, version, &key).map_err(LoadError::Package)?;
-            Model::load(&plain).map_err(LoadError::Model)
+            executor.load(&id, plain).map_err(LoadError::Model)
         })
         .await
         .map_err(|e| LoadError::Task(e.to_string()))?
@@ -411,7 +457,7 @@ impl Serving {
     }
 
     /// The loaded model, loading it first if it is cold.
-    async fn ready(self: &Arc<Self>, name: &str) -> Result<Arc<Model>, Refusal> {
+    async fn ready(self: &Arc<Self>, name: &str) -> Result<Arc<dyn Loaded>, Refusal> {
         let deadline = tokio::time::Instant::now() + LOAD_WAIT;
         loop {
             let mut changed = self.changed.subscribe();
@@ -445,7 +491,7 @@ impl Serving {
 
     /// Checks, opens, runs and seals one request.
     async fn handle(self: &Arc<Self>, req: InferRequest) -> Result<InferResponse, Refusal> {
-        if !self.config.models.contains(&req.model) {
+        if !self.workloads.contains_key(&req.model) {
             return Err(not_served(&req.model));
         }
         if !proto::valid_request_id(&req.request_id) {
@@ -475,10 +521,38 @@ impl Serving {
             Mode::Serverless => self.open_serverless(&req).await?,
         };
         lock(&self.replay).insert(&req.request_id, Instant::now())?;
+        let limits = self.limits(&req.model);
+        if opened.input_npy.len() > limits.max_input_bytes {
+            return Err(bad(
+                ErrorCode::PayloadTooLarge,
+                format!("the input is larger than this workload takes ({} bytes)", limits.max_input_bytes),
+            ));
+        }
         let model = self.ready(&req.model).await?;
-        tokio::task::spawn_blocking(move || run(&model, &req, opened))
+        let input_len = opened.input_npy.len() as u64;
+        let id = req.model.clone();
+        let invocation = tokio::task::spawn_blocking(move || {
+            let out = model.invoke(&opened.input_npy);
+            (out, req, opened)
+        });
+        let (out, req, opened) = tokio::time::timeout(limits.timeout, invocation)
             .await
-            .map_err(|_| Error::internal("the model failed to run on this input"))?
+            .map_err(|_| {
+                Error::unavailable(format!("the workload did not answer within {} s", limits.timeout.as_secs()))
+            })?
+            .map_err(|_| Error::internal("the workload failed to run on this input"))?;
+        let out = out?;
+        {
+            let mut usage = lock(&self.usage);
+            let u = usage.entry(id).or_default();
+            u.invocations += 1;
+            u.busy += out.usage.busy;
+            u.units += out.usage.units;
+            u.input_bytes += input_len;
+            u.output_bytes += out.bytes.len() as u64;
+        }
+        self.metrics.workload_busy_us.inc_by(out.usage.busy.as_micros() as u64);
+        proto::seal_response(&req, &opened, &out.bytes).map_err(|_| Error::internal("the answer could not be sealed"))
     }
 
     /// Opens a serverless request with its user's key, fetching the key if this node does not
@@ -570,20 +644,6 @@ impl Serving {
 fn not_served(model: &str) -> Refusal {
     let shown: String = model.chars().take(256).collect();
     Error::new(ErrorCode::NotServed, format!("model {shown:?} is not served by this node"))
-}
-
-fn run(model: &Model, req: &InferRequest, opened: OpenedRequest) -> Result<InferResponse, Refusal> {
-    let input = Tensor::from_npy(&opened.input_npy)
-        .map_err(|_| bad(ErrorCode::BadInput, "the input is not a valid .npy tensor of numbers"))?;
-    let outputs = model.run(&input).map_err(|e| match e {
-        RuntimeError::InputShape { expected, .. } => {
-            bad(ErrorCode::BadInput, format!("the input's shape does not match the model's input shape {expected:?}"))
-        }
-        _ => Error::internal("the model failed to run on this input"),
-    })?;
-    let first = outputs.first().ok_or_else(|| Error::internal("the model has no output"))?;
-    let npy = zeroize::Zeroizing::new(first.to_npy());
-    proto::seal_response(req, &opened, &npy).map_err(|_| Error::internal("the answer could not be sealed"))
 }
 
 /// The serving routes: `/v1/infer`, and `/init`, `/run` in OpenWhisk mode.

@@ -11,14 +11,17 @@
 //! - [`generate`]: ONNX model generators (MobileNetV2, a tiny classifier) and sample inputs.
 //! - [`bench`](mod@bench): timing helpers for inference and model loading.
 //! - [`error`]: [`RuntimeError`], every way loading, running or reading can fail.
+//! - [`executor`]: [`OnnxExecutor`], this crate as the node's `onnx` workload executor.
 
 pub mod bench;
 pub mod error;
+pub mod executor;
 pub mod generate;
 pub mod model;
 pub mod npy;
 pub mod tensor;
 
 pub use error::RuntimeError;
+pub use executor::OnnxExecutor;
 pub use model::Model;
 pub use tensor::Tensor;

@@ -6,7 +6,8 @@
 //!
 //! # Layout
 //! - [`config`]: the typed `[server]` and `[node]` configuration.
-//! - [`roles`]: the roles `--roles` knows (one line per role) and how each is built.
+//! - [`roles`]: the roles `--roles` knows (one line per role) and how each is built; the
+//!   executors nodes run (one line per executor).
 //! - [`SandboxBuilder`] / [`Sandbox`]: the system in one process.
 
 pub mod config;
@@ -106,6 +107,7 @@ fn node_config(settings: &NodeSettings, data_dir: &Path, blobs: &Path) -> anyhow
         models: settings.serve_model.clone(),
         memory_budget: settings.memory_budget_mb.saturating_mul(1 << 20),
         openwhisk: settings.openwhisk,
+        executors: roles::executors(),
     });
     Ok(NodeConfig {
         platform: settings.platform.clone(),
@@ -285,6 +287,8 @@ pub struct NodeSpec {
     pub sim_root: Option<PathBuf>,
     /// The address it publishes instead of its own (a proxy in front of it).
     pub advertise: Option<String>,
+    /// Executors besides the ones every node runs (a test's own).
+    pub executors: Vec<Arc<dyn enclava_executor::Executor>>,
 }
 
 impl NodeSpec {
@@ -299,6 +303,7 @@ impl NodeSpec {
             platform: "sim".into(),
             sim_root: None,
             advertise: None,
+            executors: Vec::new(),
         }
     }
 
@@ -324,6 +329,12 @@ impl NodeSpec {
 
     pub fn sim_root(mut self, root: impl Into<PathBuf>) -> NodeSpec {
         self.sim_root = Some(root.into());
+        self
+    }
+
+    /// Adds an executor this node runs (after the default ones).
+    pub fn executor(mut self, executor: Arc<dyn enclava_executor::Executor>) -> NodeSpec {
+        self.executors.push(executor);
         self
     }
 
@@ -430,6 +441,9 @@ impl Sandbox {
         let mut config = node_config(&settings, &self.dir.join(&spec.name), &self.blobs())?;
         if let Some(serve) = &mut config.serve {
             serve.memory_budget = spec.memory_budget;
+            for e in spec.executors {
+                serve.executors = std::mem::take(&mut serve.executors).with(e);
+            }
         }
         launch_node(config, &settings.listen, self.registry.clone()).await
     }

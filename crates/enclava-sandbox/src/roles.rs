@@ -1,6 +1,7 @@
 //! The server roles `enclava server --roles` knows, and how each is built from the server's
-//! configuration. Adding a role is a crate implementing [`enclava_server::Role`] and one line in
-//! [`ROLES`].
+//! configuration, and the executors a node runs workloads on. Adding a role is a crate
+//! implementing [`enclava_server::Role`] and one line in [`ROLES`]; adding an executor is a crate
+//! implementing [`enclava_executor::Executor`] and one line in [`executors`].
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -41,6 +42,11 @@ pub type BuildRole = for<'a> fn(&'a RoleContext<'a>) -> BoxFuture<'a, anyhow::Re
 
 /// Every role, by the name `--roles` uses.
 pub const ROLES: &[(&str, BuildRole)] = &[("manager", manager), ("keys", keys)];
+
+/// The executors every node runs, the default kind first.
+pub fn executors() -> enclava_executor::Executors {
+    enclava_executor::Executors::new().with(Arc::new(enclava_runtime::OnnxExecutor))
+}
 
 /// The roles `config.roles` names, in order.
 pub async fn build(ctx: &RoleContext<'_>) -> anyhow::Result<Vec<Arc<dyn Role>>> {

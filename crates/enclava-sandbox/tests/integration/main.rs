@@ -4,6 +4,7 @@
 mod bad_requests;
 mod discovery;
 mod evidence;
+mod extend;
 mod keys;
 mod reliability;
 mod support;
