@@ -214,13 +214,13 @@ pub struct FindArgs {
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// FindEnclave and heartbeats against a local redis-server, next to the raw Redis floor.
-    Discovery(crate::bench::DiscoveryArgs),
+    Discovery(enclava_bench::discovery::DiscoveryArgs),
     /// Evidence verification per platform, cold and warm, next to its signature floor.
-    Evidence(crate::bench_evidence::EvidenceArgs),
+    Evidence(enclava_bench::evidence::EvidenceArgs),
     /// Attested key releases over gRPC with sim evidence, next to verify + seal alone.
-    Keys(crate::bench_keys::KeysBenchArgs),
+    Keys(enclava_bench::keys::KeysBenchArgs),
     /// MobileNetV2 through the sealed path next to plain tract in-process; model decryption and load.
-    Serving(crate::bench_serving::ServingArgs),
+    Serving(enclava_bench::serving::ServingArgs),
 }
 
 #[derive(Debug, Subcommand)]

@@ -3,14 +3,11 @@
 //!
 //! # Layout
 //! - `cli`: the flags. - `config`: the config file and layering. - `dev`: `enclava dev`.
-//! - `evidence`: `enclava evidence verify`, `enclava sim init`. - `bench`: `enclava bench …`.
-//! - `keys_cli`: `enclava keys …`, the key broker's REST client. - `model_cli`: `enclava model …`.
-//! - `infer_cli`: `enclava infer`. - `bench_serving`: `enclava bench serving`. - `bench_keys`: `enclava bench keys`.
+//! - `evidence`: `enclava evidence verify`, `enclava sim init`.
+//! - `keys_cli`: `enclava keys …` (through the client library's key broker client).
+//! - `model_cli`: `enclava model …`. - `infer_cli`: `enclava infer`.
+//! - `enclava bench …` runs the `enclava-bench` crate; everything else is library calls.
 
-mod bench;
-mod bench_evidence;
-mod bench_keys;
-mod bench_serving;
 mod cli;
 mod config;
 mod dev;
@@ -72,10 +69,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Evidence(cli::EvidenceCommand::Verify(a)) => evidence::verify_cmd(a),
         Command::Evidence(cli::EvidenceCommand::DryRun(a)) => evidence::dry_run(a),
         Command::Sim(cli::SimCommand::Init(a)) => evidence::sim_init(a),
-        Command::Bench(cli::BenchCommand::Discovery(a)) => bench::discovery(a).await,
-        Command::Bench(cli::BenchCommand::Evidence(a)) => bench_evidence::evidence(a),
-        Command::Bench(cli::BenchCommand::Keys(a)) => bench_keys::keys(a).await,
-        Command::Bench(cli::BenchCommand::Serving(a)) => bench_serving::serving(a).await,
+        Command::Bench(cli::BenchCommand::Discovery(a)) => enclava_bench::discovery::discovery(a).await,
+        Command::Bench(cli::BenchCommand::Evidence(a)) => enclava_bench::evidence::evidence(a),
+        Command::Bench(cli::BenchCommand::Keys(a)) => enclava_bench::keys::keys(a).await,
+        Command::Bench(cli::BenchCommand::Serving(a)) => enclava_bench::serving::serving(a).await,
     }
 }
 

@@ -17,7 +17,7 @@ use enclava_model::package::{self, ModelKey};
 use enclava_runtime::Model;
 use enclava_runtime::generate::{mobilenet_v2, sample_input};
 
-use crate::bench_keys::{Row, join_clients, summarize};
+use crate::keys::{Row, join_clients, summarize};
 
 /// `enclava bench serving`
 #[derive(Debug, clap::Args)]

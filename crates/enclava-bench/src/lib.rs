@@ -1,0 +1,15 @@
+//! The benchmarks `enclava bench …` runs, each against a floor measured in the same run (these
+//! machines are shared and noisy): ratios, not absolute numbers, are what they report. Each starts
+//! the system through the sandbox (`enclava-sandbox`) and, where it needs Redis, a throwaway
+//! `redis-server` (`enclava-testkit`), so nothing here wires the system by hand.
+//!
+//! # Layout
+//! - [`discovery`]: FindEnclave over gRPC against Redis's own floor; heartbeat capacity.
+//! - [`evidence`]: verifications per second per platform, cold and warm, against the signature floor.
+//! - [`keys`]: attested key releases over gRPC against evidence verification plus one HPKE seal.
+//! - [`serving`]: sealed inference against plain tract; encrypted model load against plaintext.
+
+pub mod discovery;
+pub mod evidence;
+pub mod keys;
+pub mod serving;
