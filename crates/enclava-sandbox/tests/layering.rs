@@ -27,23 +27,23 @@ impl Graph {
             .as_array()
             .expect("packages")
             .iter()
-            .map(|p| (p["id"].as_str().unwrap().to_owned(), p["name"].as_str().unwrap().to_owned()))
+            .map(|p| (text(&p["id"]).to_owned(), text(&p["name"]).to_owned()))
             .collect();
         let members = meta["workspace_members"]
             .as_array()
             .expect("workspace_members")
             .iter()
-            .map(|id| name_of[id.as_str().unwrap()].clone())
+            .map(|id| name_of[text(id)].clone())
             .collect();
         let mut deps: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for node in meta["resolve"]["nodes"].as_array().expect("resolve.nodes") {
-            let name = name_of[node["id"].as_str().unwrap()].clone();
+            let name = name_of[text(&node["id"])].clone();
             let normal = node["deps"]
                 .as_array()
                 .expect("deps")
                 .iter()
                 .filter(|d| d["dep_kinds"].as_array().is_some_and(|k| k.iter().any(|k| k["kind"].is_null())))
-                .map(|d| name_of[d["pkg"].as_str().unwrap()].clone());
+                .map(|d| name_of[text(&d["pkg"])].clone());
             deps.entry(name).or_default().extend(normal);
         }
         Graph { deps, members }
@@ -87,6 +87,10 @@ fn host_triple(cargo: &str) -> String {
         .find_map(|l| l.strip_prefix("host: "))
         .expect("rustc -vV names the host")
         .to_owned()
+}
+
+fn text(v: &serde_json::Value) -> &str {
+    v.as_str().expect("a string in cargo metadata")
 }
 
 fn set(names: &[&str]) -> BTreeSet<String> {
