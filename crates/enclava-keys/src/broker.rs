@@ -127,7 +127,8 @@ impl Refusal {
             Refusal::Evidence(_) => KeysError::forbidden(
                 "release refused (evidence): the evidence does not verify or does not bind this key and nonce",
             ),
-            Refusal::Denied(_) => KeysError::forbidden(
+            Refusal::Denied(_) => KeysError::new(
+                ErrorCode::NotGranted,
                 "release refused (denied): this enclave is not authorized for this model (ask the model owner to grant its measurement)",
             ),
         }

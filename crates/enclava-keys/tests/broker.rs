@@ -77,13 +77,13 @@ async fn suite(url: &str) {
     assert!(audit_has(&b, &alice, "deny", "evidence: the report data does not bind").await);
 
     let (not_granted, _) = request(&b, &sim, M2, "acme/m", &[]);
-    assert_eq!(code(b.release(not_granted).await), ErrorCode::PermissionDenied, "measurement not granted");
+    assert_eq!(code(b.release(not_granted).await), ErrorCode::NotGranted, "measurement not granted");
     assert!(audit_has(&b, &alice, "deny", &format!("measurement {} is not granted", hexm(&M2))).await);
 
     let (mut debug, kp) = request(&b, &sim, M1, "acme/m", &[]);
     let rd = binding::report_data(binding::KEY_RELEASE, kp.public(), Some(&debug.nonce));
     debug.evidence = sim.evidence(M1, true, rd);
-    assert_eq!(code(b.release(debug).await), ErrorCode::PermissionDenied, "debug enclave");
+    assert_eq!(code(b.release(debug).await), ErrorCode::NotGranted, "debug enclave");
     assert!(audit_has(&b, &alice, "deny", "debug").await);
 
     let other_sim = Sim::new();
@@ -94,13 +94,13 @@ async fn suite(url: &str) {
     b.put_model_key(&alice, "acme/real-only", &[3; 32], None, false).await.expect("key");
     b.grant(&alice, "acme/real-only", &hexm(&M1), &bob).await.expect("grant");
     let (sim_not_named, _) = request(&b, &sim, M1, "acme/real-only", &[]);
-    assert_eq!(code(b.release(sim_not_named).await), ErrorCode::PermissionDenied);
+    assert_eq!(code(b.release(sim_not_named).await), ErrorCode::NotGranted);
     assert!(audit_has(&b, &alice, "deny", "does not allow platform sim").await);
 
     // Request keys need the user's own grant.
     let (carol, _) = b.register(None).await.expect("register");
     let (for_carol, _) = request(&b, &sim, M1, "acme/m", &[&carol]);
-    assert_eq!(code(b.release(for_carol).await), ErrorCode::PermissionDenied);
+    assert_eq!(code(b.release(for_carol).await), ErrorCode::NotGranted);
 
     // Rotation: a new current version; the old one stays releasable for old packages.
     assert_eq!(b.put_model_key(&alice, "acme/m", &[0xB8; 32], None, true).await.expect("rotate"), 2);
@@ -117,7 +117,7 @@ async fn suite(url: &str) {
     // Revocation takes effect on the next release.
     assert_eq!(b.revoke(&alice, "acme/m", Some(&hexm(&M1)), None).await.expect("revoke"), 1);
     let (revoked, _) = request(&b, &sim, M1, "acme/m", &[]);
-    assert_eq!(code(b.release(revoked).await), ErrorCode::PermissionDenied, "revoked grant");
+    assert_eq!(code(b.release(revoked).await), ErrorCode::NotGranted, "revoked grant");
     assert_eq!(code(b.revoke(&bob, "acme/m", None, None).await), ErrorCode::PermissionDenied);
 
     // Listing: owners see their models and grants, users their request keys, never key bytes.

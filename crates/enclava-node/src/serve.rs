@@ -177,7 +177,7 @@ impl LoadError {
     /// What a client may be told.
     fn public(&self) -> &'static str {
         match self {
-            LoadError::Keys(e) if e.code == ErrorCode::PermissionDenied => {
+            LoadError::Keys(e) if matches!(e.code, ErrorCode::NotGranted | ErrorCode::PermissionDenied) => {
                 "this node's measurement is not granted the model's key"
             }
             LoadError::Keys(_) => "this node could not obtain the model's key from the key broker",
@@ -605,7 +605,7 @@ impl Serving {
                     Err(Unavailable { refused: false, message: "the key broker's answer lacks the user's key".into() })
                 }
             },
-            Err(e) if e.code == ErrorCode::PermissionDenied => {
+            Err(e) if matches!(e.code, ErrorCode::NotGranted | ErrorCode::PermissionDenied) => {
                 tracing::info!(%model, %user, "the key broker does not release this user's request key to this node");
                 Err(Unavailable {
                     refused: true,

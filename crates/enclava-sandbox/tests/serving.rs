@@ -212,7 +212,7 @@ async fn a_node_not_granted_never_gets_the_key_and_a_refused_node_gets_nothing()
 
     // Not granted: the broker refuses, the model never becomes hot, requests are refused.
     let err = node.wait_hot("acme/secret", WAIT).await.expect_err("not granted");
-    assert!(err.contains("did not release") && err.contains("permission_denied"), "{err}");
+    assert!(err.contains("did not release") && err.contains("not_granted"), "{err}");
     assert!(matches!(node.model_state("acme/secret"), Some(ModelState::Failed(_))));
     let audit = env.broker.audit(&env.owner, 1000).await.expect("audit");
     assert!(audit.iter().any(|r| r.action == "deny" && r.detail.contains("not granted")), "{audit:?}");

@@ -153,8 +153,8 @@ pub struct NodeArgs {
     /// certifies this node's simulated hardware key
     #[arg(long, env = "ENCLAVA_SIM_ROOT")]
     pub sim_root: Option<PathBuf>,
-    /// Serve this model (decrypted in memory with a key the key broker releases to this enclave);
-    /// repeat for more (env: comma-separated)
+    /// Serve this workload, `[KIND:]ID` (decrypted in memory with a key the key broker releases to
+    /// this enclave; KIND is an executor, `onnx` by default); repeat for more (env: comma-separated)
     #[arg(long = "serve-model", env = "ENCLAVA_SERVE_MODEL", value_delimiter = ',')]
     pub serve_model: Vec<String>,
     /// Key broker URL for --serve-model [default: http://127.0.0.1:7000]
