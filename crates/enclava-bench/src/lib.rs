@@ -5,11 +5,13 @@
 //!
 //! # Layout
 //! - [`discovery`]: FindEnclave over gRPC against Redis's own floor; heartbeat capacity.
+//! - [`farm`]: the Wasm executor's warm and cold starts and fuel metering against a process spawn and unmetered runs.
 //! - [`evidence`]: verifications per second per platform, cold and warm, against the signature floor.
 //! - [`keys`]: attested key releases over gRPC against evidence verification plus one HPKE seal.
 //! - [`serving`]: sealed inference against plain tract; encrypted model load against plaintext.
 
 pub mod discovery;
 pub mod evidence;
+pub mod farm;
 pub mod keys;
 pub mod serving;

@@ -45,7 +45,9 @@ pub const ROLES: &[(&str, BuildRole)] = &[("manager", manager), ("keys", keys)];
 
 /// The executors every node runs, the default kind first.
 pub fn executors() -> enclava_executor::Executors {
-    enclava_executor::Executors::new().with(Arc::new(enclava_runtime::OnnxExecutor))
+    enclava_executor::Executors::new()
+        .with(Arc::new(enclava_runtime::OnnxExecutor))
+        .with(Arc::new(enclava_wasm::WasmExecutor::with_defaults()))
 }
 
 /// The roles `config.roles` names, in order.

@@ -112,6 +112,7 @@ fn dependency_directions_hold() {
     within("enclava-executor", &["enclava-core"]);
     within("enclava-store", &["enclava-core"]);
     within("enclava-identity", &["enclava-core", "enclava-store"]);
+    within("enclava-wasm", &["enclava-core", "enclava-executor"]);
 
     // The role framework knows no role.
     for role in
@@ -150,6 +151,14 @@ fn dependency_directions_hold() {
         with_tract,
         set(&["enclava", "enclava-bench", "enclava-runtime", "enclava-sandbox"]),
         "crates linking tract-onnx"
+    );
+
+    // wasmtime likewise, only where Wasm actually runs.
+    let with_wasmtime: BTreeSet<String> = g.members.iter().filter(|m| g.links(m, "wasmtime")).cloned().collect();
+    assert_eq!(
+        with_wasmtime,
+        set(&["enclava", "enclava-bench", "enclava-sandbox", "enclava-wasm"]),
+        "crates linking wasmtime"
     );
 
     // Test harnesses are dev-dependencies, except for the benchmark crate that is one.

@@ -221,6 +221,8 @@ pub enum BenchCommand {
     Keys(enclava_bench::keys::KeysBenchArgs),
     /// MobileNetV2 through the sealed path next to plain tract in-process; model decryption and load.
     Serving(enclava_bench::serving::ServingArgs),
+    /// The Wasm executor: warm and cold starts, fuel metering, next to a process spawn and unmetered runs.
+    Farm(enclava_bench::farm::FarmArgs),
 }
 
 #[derive(Debug, Subcommand)]

@@ -17,7 +17,9 @@ use enclava_sandbox::{NodeSpec, SandboxBuilder};
 
 /// The model the demo serves: a small generated classifier (32×32×3 → 10 classes).
 const DEMO_MODEL: &str = "demo/tiny-classifier";
-const STEPS: usize = 8;
+/// The Wasm workload the demo serves beside it: a WASI command that reverses its input.
+const DEMO_WASM: &str = "demo/reverse";
+const STEPS: usize = 9;
 
 /// `enclava dev`: the server's options (flags, `ENCLAVA_*`, the config file's `[server]` table)
 /// apply, with `--data-dir` the folder for everything the demo keeps [default: ./enclava-dev].
@@ -100,15 +102,38 @@ pub async fn dev(
         &measurement[..16]
     );
     println!("      (sim is a simulated TEE for testing: NOT confidential)");
+    let wasm = enclava_wasm::examples::REVERSE.as_bytes();
+    let (up, _) = crate::model_cli::upload(
+        &url,
+        &config_dir,
+        &blobs,
+        DEMO_WASM,
+        wasm,
+        Some(&policy_text),
+        std::slice::from_ref(&measurement),
+    )
+    .await?;
+    println!(
+        "      and a Wasm workload, {DEMO_WASM}: {} bytes → {} bytes, key version {}",
+        wasm.len(),
+        up.package_len,
+        up.version
+    );
 
-    step(4, "starting two sim nodes; each fetches the model key with fresh evidence and decrypts in memory");
+    step(4, "starting two sim nodes; each fetches the keys with fresh evidence and decrypts in memory");
+    let wasm_ref = format!("wasm:{DEMO_WASM}");
     for name in ["node1", "node2"] {
-        sandbox.node(NodeSpec::new(name).serve(&[DEMO_MODEL]).openwhisk()).await?;
+        sandbox.node(NodeSpec::new(name).serve(&[DEMO_MODEL, &wasm_ref]).openwhisk()).await?;
     }
     let (n1, n2) = (&sandbox.nodes()[0], &sandbox.nodes()[1]);
     for n in [n1, n2] {
         n.wait_hot(DEMO_MODEL, Duration::from_secs(60)).await.map_err(anyhow::Error::msg)?;
-        println!("      node {} on {}: key released, model hot", n.instance_id(), n.addr());
+        n.wait_hot(DEMO_WASM, Duration::from_secs(60)).await.map_err(anyhow::Error::msg)?;
+        println!(
+            "      node {} on {}: keys released, {DEMO_MODEL} (onnx) and {DEMO_WASM} (wasm) hot",
+            n.instance_id(),
+            n.addr()
+        );
     }
 
     step(5, &format!("finding an enclave serving {DEMO_MODEL} and verifying its evidence (seed note 3)"));
@@ -180,8 +205,23 @@ pub async fn dev(
     let served = Tensor::from_npy(&out).map_err(|e| anyhow::anyhow!("{e}"))?;
     anyhow::ensure!(served.data() == output.data(), "the serverless answer differs from the direct one");
     println!("      sent to {endpoint} (the platform's choice, not verified by the client); identical answer");
+
+    step(9, &format!("a Wasm workload ({DEMO_WASM}): sealed in, run by wasmtime with fuel metering, sealed out"));
+    let policy = Policy::parse(&policy_text).map_err(anyhow::Error::msg)?;
+    let wopts = enclava_client::infer::InferOptions::new(url.clone(), DEMO_WASM, policy);
+    let said = b"!msaw morf olleh";
+    let out = enclava_client::infer::infer(&wopts, said).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let node = sandbox.nodes().iter().find(|n| n.instance_id() == out.instance_id);
+    let fuel = node.and_then(|n| n.usage().get(DEMO_WASM).map(|u| u.units)).unwrap_or(0);
     println!(
-        "demo done: register → encrypt → grant → release → find → verify → sealed inference, direct and serverless"
+        "      {:?} → {:?} on {} ({}): {fuel} units of fuel; no sockets linked, no folders opened",
+        String::from_utf8_lossy(said),
+        String::from_utf8_lossy(&out.output_npy),
+        out.instance_id,
+        out.platform
+    );
+    println!(
+        "demo done: register → encrypt → grant → release → find → verify → sealed inference, direct and serverless, ONNX and Wasm"
     );
 
     if !a.demo_only {

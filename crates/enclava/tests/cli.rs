@@ -234,7 +234,8 @@ fn dev_demo_runs_green_from_a_clean_folder() {
         .stdin(Stdio::null()));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("[8/8]") && text.contains("demo done") && text.contains("identical"), "{text}");
+    assert!(text.contains("[9/9]") && text.contains("demo done") && text.contains("identical"), "{text}");
+    assert!(text.contains("\"hello from wasm!\"") && text.contains("units of fuel"), "the Wasm step: {text}");
 }
 
 #[test]

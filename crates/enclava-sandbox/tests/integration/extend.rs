@@ -16,7 +16,7 @@ use enclava_server::{Health, Role, StopSignal};
 use prometheus_client::metrics::counter::Counter;
 use zeroize::Zeroizing;
 
-use crate::support::{eventually, http_get};
+use crate::support::{eventually, http_get, publish_workload};
 
 /// A role: `GET /greeter/hello`, `GET /greeter/slow` (answers after 300 ms), a counter, a ticking
 /// background task, a switch for its health, and a record of being stopped.
@@ -168,21 +168,7 @@ impl Loaded for Reversing {
 async fn a_test_executor_joins_with_one_line() {
     use enclava_client::infer::{InferError, InferOptions, infer};
     let mut sandbox = SandboxBuilder::new().start().await.expect("starts");
-    let broker = sandbox.broker().expect("keys role").clone();
-    let (owner, _) = broker.register(None).await.expect("register");
-    let policy = sandbox.sim_policy(&[]);
-    let key = enclava_model::ModelKey::generate().expect("key");
-    let v = broker.put_model_key(&owner, "acme/rev", key.as_bytes(), Some(&policy), false).await.expect("key");
-    let m = enclava_node::tee::sim_measurement(enclava_node::tee::sim_workload().as_bytes());
-    broker.grant(&owner, "acme/rev", &m, &owner).await.expect("grant");
-    let package = enclava_model::encrypt("acme/rev", v, &key, b"!").expect("encrypt");
-    enclava_model::BlobStore::put(
-        &enclava_model::FolderStore::new(sandbox.blobs()),
-        &enclava_model::package_blob_name("acme/rev", v),
-        &package,
-    )
-    .await
-    .expect("blob");
+    let policy = publish_workload(&sandbox, "acme/rev", b"!").await;
 
     let spec = NodeSpec::new("n1").serve(&["rev:acme/rev"]).executor(Arc::new(Reverse));
     sandbox.node(spec).await.expect("node");

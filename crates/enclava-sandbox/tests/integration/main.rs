@@ -8,3 +8,4 @@ mod extend;
 mod keys;
 mod reliability;
 mod support;
+mod wasm;

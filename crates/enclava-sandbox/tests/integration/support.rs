@@ -142,3 +142,20 @@ pub async fn http_post(addr: std::net::SocketAddr, path: &str, body: &[u8]) -> (
         text.split_once("\r\n\r\n").map(|(h, b)| (h.to_lowercase(), b.to_owned())).unwrap_or_default();
     (status, headers, body)
 }
+
+/// Publishes `bytes` as workload `id` in a sandbox the way a model owner does: a fresh key in the
+/// key broker under the sandbox's sim policy, a grant to the sim node's measurement for the owner,
+/// and the encrypted package in the blob folder. Answers the policy a client verifies against.
+pub async fn publish_workload(sandbox: &enclava_sandbox::Sandbox, id: &str, bytes: &[u8]) -> String {
+    let broker = sandbox.broker().expect("keys role").clone();
+    let (owner, _) = broker.register(None).await.expect("register");
+    let policy = sandbox.sim_policy(&[]);
+    let key = enclava_model::ModelKey::generate().expect("key");
+    let v = broker.put_model_key(&owner, id, key.as_bytes(), Some(&policy), false).await.expect("key");
+    let m = enclava_node::tee::sim_measurement(enclava_node::tee::sim_workload().as_bytes());
+    broker.grant(&owner, id, &m, &owner).await.expect("grant");
+    let package = enclava_model::encrypt(id, v, &key, bytes).expect("encrypt");
+    let store = enclava_model::FolderStore::new(sandbox.blobs());
+    enclava_model::BlobStore::put(&store, &enclava_model::package_blob_name(id, v), &package).await.expect("blob");
+    policy
+}
