@@ -1,6 +1,6 @@
-//! `enclava bench farm`: the Wasm executor's start and metering costs (the farm's first part),
-//! next to what the same run measures as floors: a plain process spawn, and the same modules run
-//! without fuel metering.
+//! `enclava bench farm`: the Wasm executor's start and metering costs and a sandboxed process's
+//! start (the farm's first parts), next to what the same run measures as floors: a plain process
+//! spawn, and the same modules run without fuel metering.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -34,11 +34,21 @@ pub fn farm(args: FarmArgs) -> anyhow::Result<ExitCode> {
             .map_err(|e| enclava_core::Error::internal(e.to_string()))?;
         if status.success() { Ok(()) } else { Err(enclava_core::Error::internal("/bin/true failed")) }
     })?;
+    let sandboxed = sandboxed_start(dur)?;
     let instantiate = bench::warm_instantiate(&metered, dur)?;
     let run = bench::warm_run(&metered, dur)?;
     let cold = bench::cold_start(&metered, dur)?;
     println!("{:<44} {:>10}  goal", "", "p50 µs");
     println!("{:<44} {:>10.1}  (floor)", "plain process spawn (/bin/true)", us(spawn));
+    match sandboxed {
+        Some(d) => println!(
+            "{:<44} {:>10.1}  {:.1}× spawn",
+            "sandboxed process: bubblewrap + `true`",
+            us(d),
+            d.as_secs_f64() / spawn.as_secs_f64()
+        ),
+        None => println!("{:<44} {:>10}  (needs bubblewrap and busybox-static)", "sandboxed process", "skipped"),
+    }
     println!("{:<44} {:>10.2}  ≤ 5 µs", "warm start: pooled instance of a cached module", us(instantiate));
     println!("{:<44} {:>10.2}", "warm run: empty command, limits, pipes, report", us(run));
     println!("{:<44} {:>10.1}  ≤ 1000 µs", "cold start: precompiled code loaded and run", us(cold));
@@ -84,4 +94,41 @@ pub fn farm(args: FarmArgs) -> anyhow::Result<ExitCode> {
         if met_goal { "met" } else { "missed" }
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The p50 of a bubblewrap job running busybox `true` on a one-binary root filesystem, or `None`
+/// when bubblewrap or a static busybox is missing. Runs on a blocking thread of the runtime.
+fn sandboxed_start(dur: Duration) -> anyhow::Result<Option<Duration>> {
+    use enclava_process::{ProcessJob, ProcessLimits, ProcessSandbox};
+    let (Ok(sandbox), Some(busybox)) = (
+        ProcessSandbox::find(),
+        ["/usr/bin/busybox", "/bin/busybox"].into_iter().find(|p| std::path::Path::new(p).exists()),
+    ) else {
+        return Ok(None);
+    };
+    let dir = tempfile::tempdir()?;
+    let root = dir.path().join("rootfs");
+    std::fs::create_dir_all(root.join("bin"))?;
+    std::fs::copy(busybox, root.join("bin/busybox"))?;
+    std::os::unix::fs::symlink("busybox", root.join("bin/true"))?;
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work)?;
+    let job = ProcessJob {
+        rootfs: root,
+        argv: vec!["/bin/true".into()],
+        env: vec![],
+        work,
+        stdin: vec![],
+        limits: ProcessLimits::default(),
+    };
+    let rt = tokio::runtime::Handle::current();
+    let d = bench::p50(dur, || {
+        let report = rt.block_on(sandbox.run(&job))?;
+        if report.outcome.success() {
+            Ok(())
+        } else {
+            Err(enclava_core::Error::internal(format!("the sandboxed `true` {}", report.outcome)))
+        }
+    })?;
+    Ok(Some(d))
 }

@@ -113,6 +113,7 @@ fn dependency_directions_hold() {
     within("enclava-store", &["enclava-core"]);
     within("enclava-identity", &["enclava-core", "enclava-store"]);
     within("enclava-wasm", &["enclava-core", "enclava-executor"]);
+    within("enclava-process", &["enclava-core"]);
 
     // The role framework knows no role.
     for role in
