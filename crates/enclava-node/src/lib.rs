@@ -15,6 +15,7 @@
 //!   ([`enclava_executor`]), so the node links neither tract nor wasmtime.
 //! - [`NodeHandle`]: a started node; change its data, read its identity, shut it down.
 
+pub mod capacity;
 pub mod keys;
 pub mod publisher;
 pub mod serve;

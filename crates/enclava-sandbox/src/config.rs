@@ -112,6 +112,9 @@ pub struct NodeSettings {
     /// 0: no limit.
     pub memory_budget_mb: u64,
     pub openwhisk: bool,
+    /// What the host offers to farm jobs (`cpu=2,memory=4GiB,disk=10GiB`), checked against what
+    /// is measured at start. `None`: nothing offered.
+    pub offer: Option<String>,
 }
 
 impl Default for NodeSettings {
@@ -131,6 +134,7 @@ impl Default for NodeSettings {
             blobs: None,
             memory_budget_mb: 0,
             openwhisk: false,
+            offer: None,
         }
     }
 }
@@ -143,6 +147,9 @@ impl NodeSettings {
             .map_err(|e| format!("--namespace/--service: {e}"))?;
         if self.openwhisk && self.serve_model.is_empty() {
             return Err("--openwhisk serves models: name them with --serve-model MODEL".into());
+        }
+        if let Some(offer) = &self.offer {
+            enclava_node::capacity::Offer::parse(offer).map_err(|e| format!("--offer: {e}"))?;
         }
         Ok(())
     }

@@ -95,7 +95,28 @@ pub async fn start_node(
     registry: Arc<dyn Registry>,
 ) -> anyhow::Result<NodeHandle> {
     let config = node_config(settings, data_dir, blobs)?;
+    if let Some(offer) = &settings.offer {
+        check_offer(offer, data_dir)?;
+    }
     launch_node(config, &settings.listen, registry).await
+}
+
+/// Measures this host and refuses an offer beyond it: a host does not sell what it does not have.
+pub fn check_offer(offer: &str, data_dir: &Path) -> anyhow::Result<enclava_node::capacity::Capacity> {
+    let offer = enclava_node::capacity::Offer::parse(offer).map_err(|e| anyhow::anyhow!("--offer: {e}"))?;
+    std::fs::create_dir_all(data_dir)?;
+    let measured = enclava_node::capacity::measure(data_dir);
+    offer.within(&measured).map_err(anyhow::Error::msg)?;
+    tracing::info!(
+        cores = offer.cores,
+        memory_mib = offer.memory_bytes >> 20,
+        disk_mib = offer.disk_bytes >> 20,
+        gpus = offer.gpus,
+        measured_cores = measured.cores,
+        measured_memory_mib = measured.memory_bytes >> 20,
+        "offer within the measured capacity"
+    );
+    Ok(measured)
 }
 
 /// The node's own configuration from its settings.

@@ -56,6 +56,8 @@ pub enum Command {
     /// The simulated TEE, for machines without one.
     #[command(subcommand)]
     Sim(SimCommand),
+    /// What this host can give farm jobs, measured (cores, memory, disk, GPUs) and how.
+    Capacity(CapacityArgs),
     /// Measure Enclava against its floors.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -170,6 +172,10 @@ pub struct NodeArgs {
     /// (`--openwhisk=false` turns off what the config file turned on)
     #[arg(long, env = "ENCLAVA_OPENWHISK", num_args = 0..=1, default_missing_value = "true")]
     pub openwhisk: Option<bool>,
+    /// What this host offers to farm jobs, e.g. `cpu=2,memory=4GiB,disk=10GiB`; refused at start
+    /// when it exceeds what is measured (see `enclava capacity`)
+    #[arg(long, env = "ENCLAVA_OFFER")]
+    pub offer: Option<String>,
 }
 
 /// `enclava find`: as `ServerArgs`, over the `[find]` table (`config::FindConfig`).
@@ -209,6 +215,20 @@ pub struct FindArgs {
     /// Verify at this time (RFC 3339) instead of now, e.g. for recorded evidence
     #[arg(long)]
     pub at: Option<String>,
+}
+
+/// `enclava capacity`
+#[derive(Debug, clap::Args)]
+pub struct CapacityArgs {
+    /// The folder whose filesystem holds job data [default: the current folder]
+    #[arg(long, default_value = ".")]
+    pub data_dir: PathBuf,
+    /// Also check an offer (`cpu=2,memory=4GiB,disk=10GiB`) against it; exit 1 when it exceeds
+    #[arg(long)]
+    pub offer: Option<String>,
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]

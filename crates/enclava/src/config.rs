@@ -135,7 +135,7 @@ impl NodeArgs {
     pub fn over(self, mut c: NodeSettings) -> NodeSettings {
         let a = self;
         overlay!(c, a; platform, registry, listen, namespace, service, key_broker, memory_budget_mb, openwhisk;
-            opt advertise, data_dir, sim_root, blobs;
+            opt advertise, data_dir, sim_root, blobs, offer;
             list data, serve_model);
         c
     }

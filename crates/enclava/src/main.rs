@@ -69,6 +69,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Evidence(cli::EvidenceCommand::Verify(a)) => evidence::verify_cmd(a),
         Command::Evidence(cli::EvidenceCommand::DryRun(a)) => evidence::dry_run(a),
         Command::Sim(cli::SimCommand::Init(a)) => evidence::sim_init(a),
+        Command::Capacity(a) => capacity(a),
         Command::Bench(cli::BenchCommand::Discovery(a)) => enclava_bench::discovery::discovery(a).await,
         Command::Bench(cli::BenchCommand::Evidence(a)) => enclava_bench::evidence::evidence(a),
         Command::Bench(cli::BenchCommand::Keys(a)) => enclava_bench::keys::keys(a).await,
@@ -138,6 +139,37 @@ async fn node(settings: NodeSettings, env: &dyn Fn(&str) -> Option<String>) -> a
     println!("instance {} listening on {}", node.instance_id(), node.addr());
     shutdown_signal().await;
     node.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `enclava capacity`: what this host measures, each figure with how, and an offer checked.
+fn capacity(a: cli::CapacityArgs) -> anyhow::Result<ExitCode> {
+    let c = enclava_node::capacity::measure(&a.data_dir);
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&c)?);
+    } else {
+        println!("cores   {:<10} {}", c.cores, c.cores_how);
+        println!("memory  {:<10} {}", format!("{} MiB", c.memory_bytes >> 20), c.memory_how);
+        println!("disk    {:<10} {}", format!("{} MiB", c.disk_bytes >> 20), c.disk_how);
+        let gpus: Vec<String> = c.gpus.iter().map(|g| format!("{} ({} MiB)", g.name, g.memory_bytes >> 20)).collect();
+        println!(
+            "gpus    {:<10} {}{}",
+            c.gpus.len(),
+            c.gpus_how,
+            if gpus.is_empty() { String::new() } else { format!(": {}", gpus.join(", ")) }
+        );
+        println!("(measured, not declared; on a plaintext host nothing vouches for these figures but this host)");
+    }
+    if let Some(offer) = a.offer {
+        let offer = enclava_node::capacity::Offer::parse(&offer).map_err(anyhow::Error::msg)?;
+        if let Err(e) = offer.within(&c) {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(1));
+        }
+        if !a.json {
+            println!("offer accepted: within what was measured");
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -800,3 +800,34 @@ fn evidence_verify_reads_blindai_manifests_as_blindai_writes_them() {
     assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("measurement"), "{text}");
 }
+
+#[test]
+fn capacity_is_measured_and_an_offer_beyond_it_is_refused() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = run(enclava(&["capacity", "--json", "--data-dir"]).arg(dir.path()).stdin(Stdio::null()));
+    let c: serde_json::Value = serde_json::from_str(&ok_text(&out)).expect("json");
+    assert!(c["cores"].as_f64().is_some_and(|n| n > 0.0), "{c}");
+    assert!(
+        c["memory_bytes"].as_u64().is_some_and(|n| n > 0) && c["disk_bytes"].as_u64().is_some_and(|n| n > 0),
+        "{c}"
+    );
+    assert!(c["gpus_how"].as_str().is_some(), "{c}");
+
+    let out =
+        run(enclava(&["capacity", "--offer", "cpu=1,memory=1MiB", "--data-dir"]).arg(dir.path()).stdin(Stdio::null()));
+    assert!(ok_text(&out).contains("offer accepted"));
+    let out = run(enclava(&["capacity", "--offer", "cpu=4096", "--data-dir"]).arg(dir.path()).stdin(Stdio::null()));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cpu=4096 but"), "{out:?}");
+
+    // A node does not start with an offer beyond what its host has.
+    let out = run(enclava(&["node", "--offer", "cpu=4096,memory=4GiB", "--data-dir"])
+        .arg(dir.path().join("node"))
+        .stdin(Stdio::null()));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("the offer exceeds what this host has"), "{err}");
+    let out = run(enclava(&["node", "--offer", "bandwidth=1G", "--data-dir"])
+        .arg(dir.path().join("node"))
+        .stdin(Stdio::null()));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bandwidth is measured"), "{out:?}");
+}
