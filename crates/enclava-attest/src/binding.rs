@@ -24,6 +24,9 @@ pub fn check(report_data_in_evidence: &[u8], label: &str, public_key: &[u8], non
 /// The label nodes use for the key requests are sealed to.
 pub const NODE_KEY: &str = "enclava/node-request-key";
 
+/// The label for farm receipts: the bound "key" is the SHA-256 of the receipt's exact JSON.
+pub const RECEIPT: &str = "enclava/receipt";
+
 /// The label for key release: the key broker seals keys to the bound key, for this nonce only.
 pub const KEY_RELEASE: &str = "enclava/key-release";
 

@@ -78,6 +78,48 @@ fn source_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// Checks a host's signed receipt before it is believed: the evidence verifies (with the same
+/// verifier as enclaves), passes `policy`, and binds exactly these receipt bytes; the receipt names
+/// the platform the evidence proves; and, when `output` is given, its SHA-256 is the receipt's. A
+/// receipt or output changed by one byte is refused, with every reason.
+pub async fn verify_receipt(
+    signed: &enclava_contracts::farm::SignedReceipt,
+    policy: &enclava_attest::Policy,
+    verifier: &enclava_collateral::EvidenceVerifier,
+    now: u64,
+    output: Option<&[u8]>,
+) -> Result<(enclava_contracts::farm::Receipt, enclava_attest::Claims), Vec<String>> {
+    use enclava_attest::{Evidence, binding, policy::check};
+    use sha2::Digest;
+    let receipt: enclava_contracts::farm::Receipt =
+        serde_json::from_str(&signed.receipt).map_err(|e| vec![format!("the receipt is not a receipt: {e}")])?;
+    let evidence = Evidence::detect(signed.evidence.clone()).map_err(|e| vec![e.to_string()])?;
+    if policy.rules(evidence.platform()).is_none() {
+        return Err(vec![format!("platform {} is not allowed by this policy", evidence.platform())]);
+    }
+    let sim_root = policy.sim_root().map_err(|e| vec![e])?;
+    let claims = verifier.verify(&evidence, sim_root, now).await.map_err(|e| vec![e.to_string()])?;
+    let digest = sha2::Sha256::digest(signed.receipt.as_bytes());
+    let bound = binding::report_data(binding::RECEIPT, &digest, None);
+    let verdict = check(policy, &claims, now, Some(&bound));
+    let mut failures = verdict.failures;
+    if claims.platform.as_str() != receipt.platform {
+        failures
+            .push(format!("the receipt says platform {} but its evidence is {}", receipt.platform, claims.platform));
+    }
+    if let Some(out) = output {
+        let actual = enclava_contracts::farm::sha256_hex(out);
+        if actual != receipt.output_sha256 {
+            failures.push(format!(
+                "the output's SHA-256 is {}… but the receipt says {}…",
+                &actual[..16],
+                enclava_core::text::quote(&receipt.output_sha256)
+            ));
+        }
+    }
+    if failures.is_empty() { Ok((receipt, claims)) } else { Err(failures) }
+}
+
 /// Checks a found enclave before anything is sent to it (seed note 3): its published evidence must
 /// verify (with the collateral `verifier` gathers for it: Intel's or AMD's for real platforms, over
 /// HTTP or from a folder; the sim root from the policy), bind its published key, and satisfy

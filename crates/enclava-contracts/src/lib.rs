@@ -18,6 +18,7 @@ pub mod discovery {
     }
 }
 
+pub mod farm;
 pub mod sealed;
 
 pub mod keys {
@@ -31,12 +32,17 @@ pub mod keys {
     pub mod payload;
 }
 
-/// Serializes `bytes` fields as base64 strings in JSON output.
+/// `bytes` fields as base64 strings in JSON (`#[serde(with = "base64_bytes")]`).
 pub mod base64_bytes {
     use base64::Engine;
     use base64::engine::general_purpose::STANDARD;
 
     pub fn serialize<S: serde::Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&STANDARD.encode(v))
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s: String = serde::Deserialize::deserialize(d)?;
+        STANDARD.decode(s).map_err(|_| serde::de::Error::custom("not base64"))
     }
 }

@@ -64,8 +64,6 @@
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use enclava_seal::symmetric::{self, SHARED_KEY_LEN};
 use enclava_seal::{KeyPair, SealError};
 use serde::{Deserialize, Serialize};
@@ -131,9 +129,9 @@ pub struct InferRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub measurement: Option<String>,
     /// Direct: HPKE's encapsulated key.
-    #[serde(with = "b64", default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(with = "crate::base64_bytes", default, skip_serializing_if = "Vec::is_empty")]
     pub enc: Vec<u8>,
-    #[serde(with = "b64", default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(with = "crate::base64_bytes", default, skip_serializing_if = "Vec::is_empty")]
     pub ciphertext: Vec<u8>,
 }
 
@@ -142,24 +140,11 @@ pub struct InferRequest {
 #[serde(rename_all = "camelCase")]
 pub struct InferResponse {
     pub request_id: String,
-    #[serde(with = "b64", default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(with = "crate::base64_bytes", default, skip_serializing_if = "Vec::is_empty")]
     pub ciphertext: Vec<u8>,
 }
 
 pub use enclava_core::{ErrorBody, ErrorCode};
-
-mod b64 {
-    use super::{Engine, STANDARD};
-
-    pub fn serialize<S: serde::Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&STANDARD.encode(v))
-    }
-
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        let s: String = serde::Deserialize::deserialize(d)?;
-        STANDARD.decode(s).map_err(|_| serde::de::Error::custom("not base64"))
-    }
-}
 
 /// Length-prefixed concatenation: for each field a u32 big-endian length, then its bytes.
 fn length_prefixed(fields: &[&[u8]]) -> Vec<u8> {

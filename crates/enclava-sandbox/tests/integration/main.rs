@@ -6,6 +6,7 @@ mod discovery;
 mod evidence;
 mod extend;
 mod keys;
+mod receipts;
 mod reliability;
 mod support;
 mod wasm;
