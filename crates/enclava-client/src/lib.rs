@@ -78,16 +78,27 @@ fn source_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// What a submitter knows of the job a receipt must be for. A receipt carries no nonce, so a real
+/// receipt for another job verifies on its own: name the job, and what ran on what, to refuse it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReceiptExpectations<'a> {
+    pub job: Option<&'a str>,
+    pub program_sha256: Option<&'a str>,
+    pub input_sha256: Option<&'a str>,
+    /// The output received (its SHA-256 and length must be the receipt's).
+    pub output: Option<&'a [u8]>,
+}
+
 /// Checks a host's signed receipt before it is believed: the evidence verifies (with the same
 /// verifier as enclaves), passes `policy`, and binds exactly these receipt bytes; the receipt names
-/// the platform the evidence proves; and, when `output` is given, its SHA-256 is the receipt's. A
-/// receipt or output changed by one byte is refused, with every reason.
+/// the platform the evidence proves; and it is for the job, program, input and output `expect`
+/// names. A receipt or output changed by one byte is refused, with every reason.
 pub async fn verify_receipt(
     signed: &enclava_contracts::farm::SignedReceipt,
     policy: &enclava_attest::Policy,
     verifier: &enclava_collateral::EvidenceVerifier,
     now: u64,
-    output: Option<&[u8]>,
+    expect: &ReceiptExpectations<'_>,
 ) -> Result<(enclava_contracts::farm::Receipt, enclava_attest::Claims), Vec<String>> {
     use enclava_attest::{Evidence, binding, policy::check};
     use sha2::Digest;
@@ -107,8 +118,29 @@ pub async fn verify_receipt(
         failures
             .push(format!("the receipt says platform {} but its evidence is {}", receipt.platform, claims.platform));
     }
-    if let Some(out) = output {
+    if receipt.version != 1 {
+        failures.push(format!("receipt version {} is not one this client reads (1)", receipt.version));
+    }
+    for (what, expected, actual) in [
+        ("job", expect.job, &receipt.job),
+        ("program", expect.program_sha256, &receipt.program_sha256),
+        ("input", expect.input_sha256, &receipt.input_sha256),
+    ] {
+        if let Some(e) = expected
+            && e != actual
+        {
+            failures.push(format!(
+                "the receipt is for {what} {} but {} was expected",
+                enclava_core::text::quote(actual),
+                enclava_core::text::quote(e)
+            ));
+        }
+    }
+    if let Some(out) = expect.output {
         let actual = enclava_contracts::farm::sha256_hex(out);
+        if out.len() as u64 != receipt.bytes_out {
+            failures.push(format!("the output is {} bytes but the receipt says {}", out.len(), receipt.bytes_out));
+        }
         if actual != receipt.output_sha256 {
             failures.push(format!(
                 "the output's SHA-256 is {}… but the receipt says {}…",

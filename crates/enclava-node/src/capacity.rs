@@ -33,32 +33,43 @@ pub struct Capacity {
 
 /// Measures this host, with `data_dir` the folder whose filesystem holds job data.
 pub fn measure(data_dir: &Path) -> Capacity {
-    let affinity = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
-    let quota = read("/sys/fs/cgroup/cpu.max")
-        .and_then(|s| cgroup_v2_cpu(&s))
-        .map(|q| (q, "cgroup v2 cpu.max"))
-        .or_else(|| {
-            let quota = read("/sys/fs/cgroup/cpu/cpu.cfs_quota_us")?;
-            let period = read("/sys/fs/cgroup/cpu/cpu.cfs_period_us")?;
-            cgroup_v1_cpu(&quota, &period).map(|q| (q, "cgroup v1 cpu.cfs_quota_us"))
-        });
+    let memberships = read("/proc/self/cgroup").unwrap_or_default();
+    let affinity = read("/proc/self/status")
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:").and_then(cpu_list_count)))
+        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+        as f64;
+    // The smallest quota on the way from this process's cgroup up to the root.
+    let v2_quota = cgroup_dirs(&memberships, None)
+        .into_iter()
+        .filter_map(|d| read_path(&d.join("cpu.max")).and_then(|s| cgroup_v2_cpu(&s)))
+        .map(|q| (q, "cgroup v2 cpu.max"));
+    let v1_quota = cgroup_dirs(&memberships, Some("cpu"))
+        .into_iter()
+        .filter_map(|d| {
+            let quota = read_path(&d.join("cpu.cfs_quota_us"))?;
+            let period = read_path(&d.join("cpu.cfs_period_us"))?;
+            cgroup_v1_cpu(&quota, &period)
+        })
+        .map(|q| (q, "cgroup v1 cpu.cfs_quota_us"));
+    let quota = v2_quota.chain(v1_quota).min_by(|a, b| a.0.total_cmp(&b.0));
     let (cores, cores_how) = match quota {
         Some((q, how)) if q < affinity => (q, format!("{how} quota (CPU affinity allows {affinity})")),
-        _ => (affinity, "CPU affinity (sched_getaffinity); no lower cgroup quota".into()),
+        _ => (affinity, "CPU affinity (Cpus_allowed_list); no lower cgroup quota up the tree".into()),
     };
 
     let total = read("/proc/meminfo").and_then(|s| meminfo_total(&s));
-    let limit = read("/sys/fs/cgroup/memory.max")
-        .and_then(|s| cgroup_memory(&s))
-        .map(|l| (l, "cgroup v2 memory.max"))
-        .or_else(|| {
-            read("/sys/fs/cgroup/memory/memory.limit_in_bytes")
-                .and_then(|s| cgroup_memory(&s))
-                .map(|l| (l, "cgroup v1 memory.limit_in_bytes"))
-        });
+    let v2_limit = cgroup_dirs(&memberships, None)
+        .into_iter()
+        .filter_map(|d| read_path(&d.join("memory.max")).and_then(|s| cgroup_memory(&s)))
+        .map(|l| (l, "cgroup v2 memory.max"));
+    let v1_limit = cgroup_dirs(&memberships, Some("memory"))
+        .into_iter()
+        .filter_map(|d| read_path(&d.join("memory.limit_in_bytes")).and_then(|s| cgroup_memory(&s)))
+        .map(|l| (l, "cgroup v1 memory.limit_in_bytes"));
+    let limit = v2_limit.chain(v1_limit).min_by_key(|l| l.0);
     let (memory_bytes, memory_how) = match (total, limit) {
         (Some(t), Some((l, how))) if l < t => (l, format!("{how} (the machine has {} MiB)", t >> 20)),
-        (Some(t), _) => (t, "MemTotal in /proc/meminfo; no lower cgroup limit".into()),
+        (Some(t), _) => (t, "MemTotal in /proc/meminfo; no lower cgroup limit up the tree".into()),
         (None, Some((l, how))) => (l, how.into()),
         (None, None) => (0, "unknown: /proc/meminfo is not readable".into()),
     };
@@ -83,6 +94,53 @@ pub fn measure(data_dir: &Path) -> Capacity {
 
 fn read(path: &str) -> Option<String> {
     std::fs::read_to_string(path).ok()
+}
+
+fn read_path(path: &Path) -> Option<String> {
+    std::fs::read_to_string(path).ok()
+}
+
+/// The folders of this process's cgroup and of each ancestor up to the root, for cgroup v2
+/// (`controller` `None`) or for a v1 controller's hierarchy, from `/proc/self/cgroup`.
+fn cgroup_dirs(memberships: &str, controller: Option<&str>) -> Vec<std::path::PathBuf> {
+    let line = memberships.lines().find_map(|l| {
+        let mut parts = l.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        match controller {
+            None => (controllers.is_empty()).then(|| ("/sys/fs/cgroup".to_owned(), path)),
+            Some(c) => controllers.split(',').any(|x| x == c).then(|| (format!("/sys/fs/cgroup/{controllers}"), path)),
+        }
+    });
+    let Some((mount, path)) = line else { return Vec::new() };
+    let mut dirs = Vec::new();
+    let mut here = Path::new(path);
+    loop {
+        let rel = here.strip_prefix("/").unwrap_or(here);
+        if rel.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+            break;
+        }
+        dirs.push(Path::new(&mount).join(rel));
+        match here.parent() {
+            Some(p) if here != Path::new("/") => here = p,
+            _ => break,
+        }
+    }
+    dirs
+}
+
+/// `0-3,8,10-11` → 7.
+fn cpu_list_count(list: &str) -> Option<usize> {
+    let mut n = 0usize;
+    for part in list.trim().split(',').filter(|p| !p.is_empty()) {
+        n += match part.split_once('-') {
+            Some((a, b)) => b.trim().parse::<usize>().ok()?.checked_sub(a.trim().parse::<usize>().ok()?)? + 1,
+            None => {
+                part.trim().parse::<usize>().ok()?;
+                1
+            }
+        };
+    }
+    (n > 0).then_some(n)
 }
 
 /// `cpu.max`: `max 100000` (no quota) or `QUOTA PERIOD`.
@@ -117,7 +175,7 @@ fn parse_nvidia_smi(text: &str) -> Vec<Gpu> {
         .filter_map(|l| {
             let (name, mib) = l.rsplit_once(',')?;
             let mib: u64 = mib.trim().parse().ok()?;
-            Some(Gpu { name: name.trim().to_owned(), memory_bytes: mib << 20 })
+            Some(Gpu { name: name.trim().to_owned(), memory_bytes: mib.checked_mul(1 << 20)? })
         })
         .collect()
 }
@@ -253,6 +311,24 @@ mod tests {
         let meminfo = "MemTotal:       24576000 kB\nMemFree:         1000 kB\n";
         assert_eq!(meminfo_total(meminfo), Some(24576000 * 1024));
         assert_eq!(meminfo_total("garbage"), None);
+        assert_eq!(cpu_list_count("0-1\n"), Some(2));
+        assert_eq!(cpu_list_count("0-3,8,10-11"), Some(7));
+        assert_eq!(cpu_list_count("3-1"), None);
+        let groups = "4:memory:/a/b\n1:cpu,cpuacct:/c\n0::/d/e\n";
+        assert_eq!(
+            cgroup_dirs(groups, Some("memory")),
+            ["/sys/fs/cgroup/memory/a/b", "/sys/fs/cgroup/memory/a", "/sys/fs/cgroup/memory"]
+                .map(std::path::PathBuf::from)
+        );
+        assert_eq!(
+            cgroup_dirs(groups, Some("cpu")),
+            ["/sys/fs/cgroup/cpu,cpuacct/c", "/sys/fs/cgroup/cpu,cpuacct"].map(std::path::PathBuf::from)
+        );
+        assert_eq!(
+            cgroup_dirs(groups, None),
+            ["/sys/fs/cgroup/d/e", "/sys/fs/cgroup/d", "/sys/fs/cgroup"].map(std::path::PathBuf::from)
+        );
+        assert!(cgroup_dirs("0::/../x\n", None).is_empty(), "no climbing out of the hierarchy");
         let smi = "NVIDIA H100 80GB HBM3, 81559\nNVIDIA A10, 23028\nnot a line\n";
         assert_eq!(
             parse_nvidia_smi(smi),

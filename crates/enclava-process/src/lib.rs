@@ -5,7 +5,10 @@
 //! - an unprivileged user inside (uid and gid 1000) and every capability dropped;
 //! - the root filesystem's entries bound read-only onto an empty root that is itself read-only,
 //!   a fresh `/proc` and minimal `/dev`, a private `/tmp`, and one writable folder at `/work`;
-//! - address-space, CPU-time, file-size and open-file limits (`prlimit`), a cleared environment;
+//! - per-process address-space, CPU-time, file-size and open-file limits (`prlimit`), and a
+//!   cleared environment. There is no cgroup limit on the number of processes or on their total
+//!   memory: these hosts' hybrid cgroups are not delegated, so a job that forks many processes is
+//!   bounded only by each one's limits and by its deadline;
 //! - a wall-clock deadline, after which bubblewrap is killed and the job with it
 //!   (`--die-with-parent`).
 //!
@@ -21,7 +24,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// What a sandboxed process job is, in words a submitter sees.
 pub const ISOLATION: &str = "Not confidential: the host can see everything. Sandboxed process (bubblewrap): \
-    loopback-only network, no capabilities, read-only root, private /tmp, CPU/memory limits, killed at its deadline";
+    loopback-only network, no capabilities, read-only root, private /tmp, per-process CPU-time and memory limits, killed at its deadline";
 
 /// Where a job's writable folder appears inside the sandbox.
 pub const WORK_DIR: &str = "/work";
@@ -70,13 +73,13 @@ pub struct ProcessJob {
 /// How a job ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProcessOutcome {
+    /// Its status (bubblewrap reports a job killed by signal N as 128 + N: SIGXCPU, 24, when it
+    /// used up its CPU time).
     Exited(i32),
-    /// Killed by a signal (a limit: SIGKILL for memory or SIGXCPU for CPU time, or its own doing).
+    /// The sandbox itself was killed by a signal.
     Signalled(i32),
     /// Killed at its deadline.
-    Deadline {
-        timeout: Duration,
-    },
+    Deadline { timeout: Duration },
 }
 
 impl ProcessOutcome {
@@ -88,10 +91,11 @@ impl ProcessOutcome {
 impl std::fmt::Display for ProcessOutcome {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ProcessOutcome::Exited(code) => write!(f, "exited with status {code}"),
-            ProcessOutcome::Signalled(sig) => {
-                write!(f, "was killed by signal {sig} (a CPU or memory limit, or its own)")
+            ProcessOutcome::Exited(code) if (129..=160).contains(code) => {
+                write!(f, "exited with status {code} (killed by signal {}: SIGXCPU is its CPU-time limit)", code - 128)
             }
+            ProcessOutcome::Exited(code) => write!(f, "exited with status {code}"),
+            ProcessOutcome::Signalled(sig) => write!(f, "its sandbox was killed by signal {sig}"),
             ProcessOutcome::Deadline { timeout } => {
                 write!(f, "was killed at its deadline of {:.3} s (raise the job's timeout)", timeout.as_secs_f64())
             }
@@ -171,11 +175,18 @@ impl ProcessSandbox {
         let mut names: Vec<_> = entries.filter_map(|e| e.ok()).collect();
         names.sort_by_key(|e| e.file_name());
         for entry in names {
-            let name = entry.file_name().to_string_lossy().into_owned();
+            // Names are passed to bubblewrap as text: a name that is not UTF-8 could be shown as
+            // another entry's name, so it is refused rather than approximated.
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                return Err(Error::invalid(format!(
+                    "the job's root filesystem has an entry whose name is not UTF-8 ({}): rename it",
+                    enclava_core::text::quote(&entry.file_name().to_string_lossy())
+                )));
+            };
             if matches!(name.as_str(), "proc" | "dev" | "tmp" | "work") || name.contains('\0') {
                 continue;
             }
-            let path = entry.path();
+            let path = root.join(&name);
             let inside = format!("/{name}");
             match std::fs::symlink_metadata(&path) {
                 Ok(m) if m.file_type().is_symlink() => {

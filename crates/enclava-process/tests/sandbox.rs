@@ -159,3 +159,14 @@ async fn bad_jobs_get_clear_errors() {
     let report = sandbox.run(&j).await.expect("bubblewrap starts");
     assert!(!report.outcome.success(), "{}", report.outcome);
 }
+
+#[tokio::test]
+async fn a_root_filesystem_entry_that_is_not_utf8_is_refused() {
+    use std::os::unix::ffi::OsStrExt;
+    let f = fixture();
+    let odd = std::ffi::OsStr::from_bytes(b"a\xff");
+    std::fs::create_dir(f.root.join(odd)).expect("mkdir");
+    let sandbox = ProcessSandbox::find().expect("bubblewrap installed");
+    let e = sandbox.run(&job(&f, "true")).await.expect_err("refused");
+    assert!(e.message.contains("not UTF-8"), "{}", e.message);
+}

@@ -94,8 +94,8 @@ pub struct Preopen {
     pub writable: bool,
 }
 
-/// One run of a program.
-#[derive(Debug, Clone, Default)]
+/// One run of a program. Its `Debug` shows sizes, never the input or the environment's values.
+#[derive(Clone, Default)]
 pub struct Job {
     /// `argv[1..]` (`argv[0]` is the program's name).
     pub args: Vec<String>,
@@ -104,6 +104,18 @@ pub struct Job {
     pub dirs: Vec<Preopen>,
     /// Limits lower than the engine's defaults; `None` takes the defaults.
     pub limits: Option<RunLimits>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job")
+            .field("args", &self.args.len())
+            .field("env", &self.env.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>())
+            .field("stdin_bytes", &self.stdin.len())
+            .field("dirs", &self.dirs)
+            .field("limits", &self.limits)
+            .finish()
+    }
 }
 
 /// How a run ended.
@@ -117,6 +129,8 @@ pub enum Outcome {
     Deadline { timeout: Duration },
     /// It asked for more memory than its limit.
     MemoryLimit { limit: u64 },
+    /// It wrote more than its output limit.
+    OutputLimit { limit: usize },
     /// It trapped (an unreachable instruction, an out-of-bounds access, a stack overflow, …).
     Trapped(String),
 }
@@ -141,15 +155,19 @@ impl std::fmt::Display for Outcome {
                 "stopped when it asked for more than its memory limit of {} MiB (raise the job's memory)",
                 limit >> 20
             ),
+            Outcome::OutputLimit { limit } => {
+                write!(f, "wrote more than its output limit of {limit} bytes (raise the job's output limit)")
+            }
             Outcome::Trapped(why) => write!(f, "trapped: {why}"),
         }
     }
 }
 
-/// What a run did and used.
-#[derive(Debug)]
+/// What a run did and used. Its `Debug` shows the outputs' sizes, not their bytes.
 pub struct RunReport {
     pub outcome: Outcome,
+    /// Stdout or stderr reached `max_output_bytes` and the rest was refused to the module.
+    pub output_truncated: bool,
     pub stdout: Zeroizing<Vec<u8>>,
     pub stderr: Zeroizing<Vec<u8>>,
     /// Fuel consumed (the deterministic work unit).
@@ -157,6 +175,20 @@ pub struct RunReport {
     pub wall: Duration,
     /// The largest linear memory it had, in bytes.
     pub peak_memory_bytes: u64,
+}
+
+impl std::fmt::Debug for RunReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunReport")
+            .field("outcome", &self.outcome)
+            .field("output_truncated", &self.output_truncated)
+            .field("stdout_bytes", &self.stdout.len())
+            .field("stderr_bytes", &self.stderr.len())
+            .field("fuel_used", &self.fuel_used)
+            .field("wall", &self.wall)
+            .field("peak_memory_bytes", &self.peak_memory_bytes)
+            .finish()
+    }
 }
 
 /// A compiled module, checked and ready to instantiate.
@@ -200,7 +232,12 @@ struct MemoryLimiter {
 }
 
 impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(&mut self, _current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        // Past the module's own maximum the growth fails anyway (memory.grow answers -1): not a
+        // limit hit, and not memory it ever had.
+        if maximum.is_some_and(|max| desired > max) {
+            return Ok(false);
+        }
         if desired as u64 > self.limit {
             self.hit = true;
             // An error makes `memory.grow` trap instead of answering -1: the run stops with a
@@ -333,6 +370,12 @@ impl WasmEngine {
                     enclava_core::text::quote(name)
                 )));
             }
+            if name == "poll_oneoff" {
+                return Err(Error::invalid(
+                    "the module imports poll_oneoff (sleeping or waiting on clocks): a waiting Wasm job would hold its \
+                     host thread past its deadline, so Wasm jobs cannot wait; compute, then exit",
+                ));
+            }
             if name.starts_with("sock_") {
                 return Err(Error::invalid(format!(
                     "the module imports the socket function {}: Wasm jobs have no network, so no socket function is linked",
@@ -355,9 +398,15 @@ impl WasmEngine {
     /// runtime worker). A program that fails, runs out of fuel or time, or asks for too much memory
     /// is an [`Outcome`], not an error; an error means the run could not be set up.
     pub fn run(&self, program: &Program, job: &Job) -> Result<RunReport, Error> {
+        // A job may ask for less than the engine's defaults, never more.
         let defaults = self.config.limits;
-        let mut limits = job.limits.unwrap_or(defaults);
-        limits.memory_bytes = limits.memory_bytes.min(self.config.max_memory_bytes);
+        let asked = job.limits.unwrap_or(defaults);
+        let limits = RunLimits {
+            memory_bytes: asked.memory_bytes.min(defaults.memory_bytes).min(self.config.max_memory_bytes),
+            fuel: asked.fuel.min(defaults.fuel),
+            timeout: asked.timeout.min(defaults.timeout),
+            max_output_bytes: asked.max_output_bytes.min(defaults.max_output_bytes),
+        };
         let stdout = MemoryOutputPipe::new(limits.max_output_bytes);
         let stderr = MemoryOutputPipe::new(limits.max_output_bytes);
         let mut wasi = WasiCtxBuilder::new();
@@ -393,9 +442,18 @@ impl WasmEngine {
         store.epoch_deadline_trap();
 
         let started = Instant::now();
-        let result = program
-            .pre
-            .instantiate(&mut store)
+        let instance = match program.pre.instantiate(&mut store) {
+            // Not the module's doing (no trap, no limit): the host has no instance free.
+            Err(e) if !store.data().memory.hit && e.downcast_ref::<Trap>().is_none() => {
+                let why = e.chain().last().map(|c| c.to_string()).unwrap_or_default();
+                return Err(Error::unavailable(format!(
+                    "the Wasm job could not start here ({}); retry later",
+                    enclava_core::text::quote(&why)
+                )));
+            }
+            other => other,
+        };
+        let result = instance
             .and_then(|instance| instance.get_typed_func::<(), ()>(&mut store, "_start"))
             .and_then(|start| start.call(&mut store, ()));
         let wall = started.elapsed();
@@ -411,6 +469,8 @@ impl WasmEngine {
                     .or_else(|| e.chain().find_map(|c| c.downcast_ref::<I32Exit>().map(|x| x.0)));
                 if let Some(exit) = exit {
                     Outcome::Exited(exit)
+                } else if e.chain().any(|c| c.to_string().contains("write beyond capacity")) {
+                    Outcome::OutputLimit { limit: limits.max_output_bytes }
                 } else if memory.hit {
                     Outcome::MemoryLimit { limit: limits.memory_bytes }
                 } else {
@@ -428,10 +488,13 @@ impl WasmEngine {
         };
         let peak_memory_bytes = memory.peak;
         drop(store);
+        let (stdout, stderr) = (stdout.contents(), stderr.contents());
+        let output_truncated = stdout.len() >= limits.max_output_bytes || stderr.len() >= limits.max_output_bytes;
         Ok(RunReport {
             outcome,
-            stdout: Zeroizing::new(stdout.contents().to_vec()),
-            stderr: Zeroizing::new(stderr.contents().to_vec()),
+            output_truncated,
+            stdout: Zeroizing::new(stdout.to_vec()),
+            stderr: Zeroizing::new(stderr.to_vec()),
             fuel_used,
             wall,
             peak_memory_bytes,
@@ -529,6 +592,15 @@ impl Loaded for WasmWorkload {
         let report = self.engine.run(&self.program, &job)?;
         if !report.outcome.success() {
             return Err(Error::new(ErrorCode::BadInput, format!("the Wasm workload {} on this input", report.outcome)));
+        }
+        if report.output_truncated {
+            return Err(Error::new(
+                ErrorCode::BadInput,
+                format!(
+                    "the Wasm workload's output reached its limit of {} bytes on this input",
+                    self.engine.config.limits.max_output_bytes
+                ),
+            ));
         }
         Ok(Output { bytes: report.stdout, usage: Usage { busy: report.wall, units: report.fuel_used } })
     }

@@ -101,6 +101,10 @@ fn sockets_and_host_functions_are_refused_before_running() {
         (r#"(import "wasi_snapshot_preview1" "sock_open" (func (param i32 i32 i32) (result i32)))"#, "no network"),
         (r#"(import "env" "connect" (func (param i32) (result i32)))"#, "only WASI preview 1"),
         (r#"(import "wasi_snapshot_preview1" "no_such_call" (func))"#, "does not link"),
+        (
+            r#"(import "wasi_snapshot_preview1" "poll_oneoff" (func (param i32 i32 i32 i32) (result i32)))"#,
+            "cannot wait",
+        ),
     ] {
         let text = format!(r#"(module {import} (func (export "_start")))"#);
         let e = engine.compile(&wasm(&text)).expect_err("refused");
@@ -200,4 +204,28 @@ fn the_executor_answers_stdout_and_refuses_a_failing_run_as_bad_input() {
     assert!(e.message.contains("trapped"), "{}", e.message);
     let e = executor.load("acme/bad", Zeroizing::new(b"nope".to_vec())).expect_err("refused");
     assert_eq!(e.code, ErrorCode::InvalidArgument);
+}
+
+#[test]
+fn output_beyond_its_limit_is_reported_and_asked_limits_never_exceed_the_engine() {
+    let engine = engine();
+    // Writes 64 KiB of zeros to stdout.
+    let chatty = r#"(module
+      (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+      (memory (export "memory") 2)
+      (func (export "_start")
+        (i32.store (i32.const 0) (i32.const 1024))
+        (i32.store (i32.const 4) (i32.const 65536))
+        (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#;
+    let small = RunLimits { max_output_bytes: 1000, ..RunLimits::default() };
+    let report = run(&engine, chatty, &Job { limits: Some(small), ..Job::default() });
+    assert!(report.output_truncated || matches!(report.outcome, Outcome::OutputLimit { limit: 1000 }), "{report:?}");
+    assert!(report.stdout.len() <= 1000);
+    assert!(!format!("{report:?}").contains("0, 0, 0"), "Debug shows sizes, not bytes");
+
+    // Asking for more than the engine gives (an endless timeout, endless fuel) is clamped, not a panic.
+    let greedy =
+        RunLimits { timeout: Duration::MAX, fuel: u64::MAX, memory_bytes: u64::MAX, max_output_bytes: usize::MAX };
+    let report = run(&engine, ECHO, &Job { stdin: b"ok".to_vec(), limits: Some(greedy), ..Job::default() });
+    assert_eq!((report.outcome, report.stdout.as_slice()), (Outcome::Exited(0), &b"ok"[..]));
 }

@@ -3,6 +3,7 @@
 //! or evidence changed by one byte.
 
 use enclava_attest::Policy;
+use enclava_client::ReceiptExpectations;
 use enclava_contracts::farm::{Receipt, sha256_hex};
 use enclava_sandbox::{NodeSpec, SandboxBuilder};
 use enclava_wasm::{Job, WasmConfig, WasmEngine};
@@ -51,7 +52,14 @@ async fn a_signed_receipt_verifies_and_any_changed_byte_is_refused() {
     let verifier = Default::default();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("time").as_secs();
 
-    let (r, claims) = enclava_client::verify_receipt(&signed, &policy, &verifier, now, Some(&report.stdout))
+    let program = hex(&digest);
+    let expect = ReceiptExpectations {
+        job: Some("job-1"),
+        program_sha256: Some(&program),
+        input_sha256: None,
+        output: Some(&report.stdout),
+    };
+    let (r, claims) = enclava_client::verify_receipt(&signed, &policy, &verifier, now, &expect)
         .await
         .expect("a genuine receipt verifies");
     assert_eq!((r.host.as_str(), r.platform.as_str()), (node.instance_id(), "sim"), "the node names itself");
@@ -62,22 +70,29 @@ async fn a_signed_receipt_verifies_and_any_changed_byte_is_refused() {
     let mut forged = signed.clone();
     forged.receipt = forged.receipt.replace(&format!("\"fuel\":{}", r.fuel), &format!("\"fuel\":{}", r.fuel + 1));
     assert_ne!(forged.receipt, signed.receipt);
-    let e = enclava_client::verify_receipt(&forged, &policy, &verifier, now, None).await.expect_err("forged receipt");
+    let e = enclava_client::verify_receipt(&forged, &policy, &verifier, now, &Default::default())
+        .await
+        .expect_err("forged receipt");
     assert!(e.iter().any(|f| f.contains("report data")), "{e:?}");
 
     let mut other = report.stdout.to_vec();
     other[0] ^= 1;
-    let e = enclava_client::verify_receipt(&signed, &policy, &verifier, now, Some(&other)).await.expect_err("output");
+    let wrong_output = ReceiptExpectations { output: Some(&other), ..expect };
+    let e = enclava_client::verify_receipt(&signed, &policy, &verifier, now, &wrong_output).await.expect_err("output");
     assert!(e.iter().any(|f| f.contains("output")), "{e:?}");
+    // A genuine receipt for another job is not this job's.
+    let other_job = ReceiptExpectations { job: Some("job-2"), ..expect };
+    let e = enclava_client::verify_receipt(&signed, &policy, &verifier, now, &other_job).await.expect_err("job");
+    assert!(e.iter().any(|f| f.contains("job-1")), "{e:?}");
 
     let mut bad_evidence = signed.clone();
     let last = bad_evidence.evidence.len() - 1;
     bad_evidence.evidence[last] ^= 1;
-    assert!(enclava_client::verify_receipt(&bad_evidence, &policy, &verifier, now, None).await.is_err());
+    assert!(enclava_client::verify_receipt(&bad_evidence, &policy, &verifier, now, &expect).await.is_err());
 
     // A policy that does not name sim never believes a sim host.
     let strict = Policy::parse("[tdx]\nany_measurement = true\n").expect("policy");
-    let e = enclava_client::verify_receipt(&signed, &strict, &verifier, now, None).await.expect_err("sim refused");
+    let e = enclava_client::verify_receipt(&signed, &strict, &verifier, now, &expect).await.expect_err("sim refused");
     assert!(e.iter().any(|f| f.contains("not allowed")), "{e:?}");
     sandbox.stop().await;
 }
