@@ -27,6 +27,13 @@ pub const NODE_KEY: &str = "enclava/node-request-key";
 /// The label for farm receipts: the bound "key" is the SHA-256 of the receipt's exact JSON.
 pub const RECEIPT: &str = "enclava/receipt";
 
+/// Report data binding a receipt's exact bytes: what a host's evidence carries and what a
+/// submitter checks.
+pub fn receipt(receipt_json: &[u8]) -> [u8; 64] {
+    use sha2::Sha256;
+    report_data(RECEIPT, &Sha256::digest(receipt_json), None)
+}
+
 /// The label for key release: the key broker seals keys to the bound key, for this nonce only.
 pub const KEY_RELEASE: &str = "enclava/key-release";
 

@@ -100,17 +100,9 @@ pub fn farm(args: FarmArgs) -> anyhow::Result<ExitCode> {
 /// when bubblewrap or a static busybox is missing. Runs on a blocking thread of the runtime.
 fn sandboxed_start(dur: Duration) -> anyhow::Result<Option<Duration>> {
     use enclava_process::{ProcessJob, ProcessLimits, ProcessSandbox};
-    let (Ok(sandbox), Some(busybox)) = (
-        ProcessSandbox::find(),
-        ["/usr/bin/busybox", "/bin/busybox"].into_iter().find(|p| std::path::Path::new(p).exists()),
-    ) else {
-        return Ok(None);
-    };
+    let Ok(sandbox) = ProcessSandbox::find() else { return Ok(None) };
     let dir = tempfile::tempdir()?;
-    let root = dir.path().join("rootfs");
-    std::fs::create_dir_all(root.join("bin"))?;
-    std::fs::copy(busybox, root.join("bin/busybox"))?;
-    std::os::unix::fs::symlink("busybox", root.join("bin/true"))?;
+    let Ok(root) = enclava_process::busybox_root(dir.path(), &["true"]) else { return Ok(None) };
     let work = dir.path().join("work");
     std::fs::create_dir(&work)?;
     let job = ProcessJob {

@@ -101,7 +101,6 @@ pub async fn verify_receipt(
     expect: &ReceiptExpectations<'_>,
 ) -> Result<(enclava_contracts::farm::Receipt, enclava_attest::Claims), Vec<String>> {
     use enclava_attest::{Evidence, binding, policy::check};
-    use sha2::Digest;
     let receipt: enclava_contracts::farm::Receipt =
         serde_json::from_str(&signed.receipt).map_err(|e| vec![format!("the receipt is not a receipt: {e}")])?;
     let evidence = Evidence::detect(signed.evidence.clone()).map_err(|e| vec![e.to_string()])?;
@@ -110,8 +109,7 @@ pub async fn verify_receipt(
     }
     let sim_root = policy.sim_root().map_err(|e| vec![e])?;
     let claims = verifier.verify(&evidence, sim_root, now).await.map_err(|e| vec![e.to_string()])?;
-    let digest = sha2::Sha256::digest(signed.receipt.as_bytes());
-    let bound = binding::report_data(binding::RECEIPT, &digest, None);
+    let bound = binding::receipt(signed.receipt.as_bytes());
     let verdict = check(policy, &claims, now, Some(&bound));
     let mut failures = verdict.failures;
     if claims.platform.as_str() != receipt.platform {

@@ -34,13 +34,14 @@ pub struct Capacity {
 /// Measures this host, with `data_dir` the folder whose filesystem holds job data.
 pub fn measure(data_dir: &Path) -> Capacity {
     let memberships = read("/proc/self/cgroup").unwrap_or_default();
+    let v2_dirs = cgroup_dirs(&memberships, None);
     let affinity = read("/proc/self/status")
         .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:").and_then(cpu_list_count)))
         .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
         as f64;
     // The smallest quota on the way from this process's cgroup up to the root.
-    let v2_quota = cgroup_dirs(&memberships, None)
-        .into_iter()
+    let v2_quota = v2_dirs
+        .iter()
         .filter_map(|d| read_path(&d.join("cpu.max")).and_then(|s| cgroup_v2_cpu(&s)))
         .map(|q| (q, "cgroup v2 cpu.max"));
     let v1_quota = cgroup_dirs(&memberships, Some("cpu"))
@@ -58,8 +59,8 @@ pub fn measure(data_dir: &Path) -> Capacity {
     };
 
     let total = read("/proc/meminfo").and_then(|s| meminfo_total(&s));
-    let v2_limit = cgroup_dirs(&memberships, None)
-        .into_iter()
+    let v2_limit = v2_dirs
+        .iter()
         .filter_map(|d| read_path(&d.join("memory.max")).and_then(|s| cgroup_memory(&s)))
         .map(|l| (l, "cgroup v2 memory.max"));
     let v1_limit = cgroup_dirs(&memberships, Some("memory"))

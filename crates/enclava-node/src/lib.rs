@@ -144,14 +144,12 @@ impl NodeHandle {
         &self,
         mut receipt: enclava_contracts::farm::Receipt,
     ) -> Result<enclava_contracts::farm::SignedReceipt, enclava_core::Error> {
-        use sha2::Digest;
         receipt.host = self.tee.instance_id().to_owned();
         receipt.platform = self.tee.platform().to_owned();
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         receipt.issued_at = now;
         let json = serde_json::to_string(&receipt).map_err(|e| enclava_core::Error::internal(e.to_string()))?;
-        let digest = sha2::Sha256::digest(json.as_bytes());
-        let rd = enclava_attest::binding::report_data(enclava_attest::binding::RECEIPT, &digest, None);
+        let rd = enclava_attest::binding::receipt(json.as_bytes());
         let evidence = self.tee.evidence(&rd, now).ok_or_else(|| {
             enclava_core::Error::unavailable(format!(
                 "this node ({}) cannot attest, so it cannot sign receipts",

@@ -273,6 +273,26 @@ impl ProcessSandbox {
     }
 }
 
+/// A minimal root filesystem in `dir/rootfs`: the host's static busybox as `/bin/busybox` and a
+/// link for each of `applets` (`sh`, `true`, …), to try the sandbox (the tests and the benchmark
+/// use it). Needs busybox-static.
+pub fn busybox_root(dir: &Path, applets: &[&str]) -> Result<PathBuf, Error> {
+    let busybox = ["/usr/bin/busybox", "/bin/busybox"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.exists())
+        .ok_or_else(|| Error::unavailable("no static busybox: install busybox-static"))?;
+    let root = dir.join("rootfs");
+    let io =
+        |e: std::io::Error| Error::unavailable(format!("cannot build a root filesystem in {}: {e}", dir.display()));
+    std::fs::create_dir_all(root.join("bin")).map_err(io)?;
+    std::fs::copy(busybox, root.join("bin/busybox")).map_err(io)?;
+    for applet in applets {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).map_err(io)?;
+    }
+    Ok(root)
+}
+
 async fn read_capped<R: tokio::io::AsyncRead + Unpin>(r: Option<R>, max: usize) -> Vec<u8> {
     let mut kept = Vec::new();
     let Some(mut r) = r else { return kept };

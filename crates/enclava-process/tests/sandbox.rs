@@ -7,18 +7,11 @@ use std::time::Duration;
 
 use enclava_process::{ProcessJob, ProcessLimits, ProcessOutcome, ProcessSandbox};
 
-/// A root filesystem of one static busybox and its applets.
+/// A root filesystem of one static busybox and its applets, an `/etc` and a `/sbin` link.
 fn rootfs(dir: &Path) -> PathBuf {
-    let root = dir.join("rootfs");
-    std::fs::create_dir_all(root.join("bin")).expect("mkdir");
-    let busybox = ["/usr/bin/busybox", "/bin/busybox"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .expect("busybox-static is installed (scripts/test installs it)");
-    std::fs::copy(busybox, root.join("bin/busybox")).expect("copy busybox");
-    for applet in ["sh", "cat", "touch", "sleep", "grep", "echo", "id", "ls", "head", "rm"] {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).expect("symlink");
-    }
+    let root =
+        enclava_process::busybox_root(dir, &["sh", "cat", "touch", "sleep", "grep", "echo", "id", "ls", "head", "rm"])
+            .expect("busybox-static is installed (scripts/test installs it)");
     std::fs::create_dir_all(root.join("etc")).expect("mkdir");
     std::fs::write(root.join("etc/motd"), "read-only").expect("write");
     std::os::unix::fs::symlink("bin", root.join("sbin")).expect("symlink");

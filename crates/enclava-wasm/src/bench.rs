@@ -6,10 +6,9 @@
 use std::time::{Duration, Instant};
 
 use enclava_core::Error;
-use wasmtime::Store;
 use wasmtime_wasi::WasiCtxBuilder;
 
-use crate::{Job, MemoryLimiter, RunState, WasmEngine};
+use crate::{Job, WasmEngine};
 
 /// A command that does nothing.
 pub const EMPTY: &str = r#"(module (func (export "_start")))"#;
@@ -56,17 +55,9 @@ pub fn p50(dur: Duration, mut f: impl FnMut() -> Result<(), Error>) -> Result<Du
 /// before its code runs.
 pub fn warm_instantiate(engine: &WasmEngine, dur: Duration) -> Result<Duration, Error> {
     let program = engine.compile(EMPTY.as_bytes())?;
+    let limits = engine.config.limits;
     p50(dur, || {
-        let state = RunState {
-            wasi: WasiCtxBuilder::new().build_p1(),
-            memory: MemoryLimiter { limit: 1 << 20, ..MemoryLimiter::default() },
-        };
-        let mut store = Store::new(&engine.engine, state);
-        store.limiter(|s| &mut s.memory);
-        store.set_epoch_deadline(1_000);
-        if engine.metered {
-            store.set_fuel(1_000_000).map_err(|e| Error::internal(e.to_string()))?;
-        }
+        let mut store = engine.store(WasiCtxBuilder::new().build_p1(), &limits)?;
         program.pre.instantiate(&mut store).map_err(|e| Error::internal(e.to_string()))?;
         Ok(())
     })
@@ -75,15 +66,15 @@ pub fn warm_instantiate(engine: &WasmEngine, dur: Duration) -> Result<Duration, 
 /// A whole run of the empty command through [`WasmEngine::run`] (limits, pipes, report).
 pub fn warm_run(engine: &WasmEngine, dur: Duration) -> Result<Duration, Error> {
     let program = engine.compile(EMPTY.as_bytes())?;
-    p50(dur, || engine.run(&program, &Job::default()).map(drop))
+    p50(dur, || engine.run(&program, Job::default()).map(drop))
 }
 
 /// Loading precompiled code and running it: a node that has the module's code but no instance.
 pub fn cold_start(engine: &WasmEngine, dur: Duration) -> Result<Duration, Error> {
-    let precompiled = engine.precompile_owned(CALLS.replace("25", "1").as_bytes())?;
+    let precompiled = engine.precompile(CALLS.replace("25", "1").as_bytes())?;
     p50(dur, || {
         let program = engine.load_precompiled(&precompiled)?;
-        engine.run(&program, &Job::default()).map(drop)
+        engine.run(&program, Job::default()).map(drop)
     })
 }
 
@@ -92,7 +83,7 @@ pub fn run_p50(engine: &WasmEngine, text: &str, dur: Duration) -> Result<(Durati
     let program = engine.compile(text.as_bytes())?;
     let mut fuel = 0;
     let t = p50(dur, || {
-        let report = engine.run(&program, &Job::default())?;
+        let report = engine.run(&program, Job::default())?;
         if !report.outcome.success() {
             return Err(Error::internal(format!("the benchmark module {}", report.outcome)));
         }

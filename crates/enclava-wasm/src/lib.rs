@@ -201,7 +201,7 @@ pub struct Program {
 
 impl std::fmt::Debug for Program {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Program").field("digest", &hex(&self.digest)).field("size", &self.size).finish()
+        f.debug_struct("Program").field("digest", &hex::encode(self.digest)).field("size", &self.size).finish()
     }
 }
 
@@ -325,26 +325,15 @@ impl WasmEngine {
         if let Some(p) = self.programs.lock().unwrap_or_else(|e| e.into_inner()).get(&digest) {
             return Ok(p.clone());
         }
-        let module = Module::new(&self.engine, bytes).map_err(|e| {
-            Error::invalid(format!("not a valid Wasm module: {}", enclava_core::text::quote(&e.to_string())))
-        })?;
+        let module = Module::new(&self.engine, bytes).map_err(|e| invalid_module(&e))?;
         let program = self.prepare(module, digest, bytes.len())?;
         self.programs.lock().unwrap_or_else(|e| e.into_inner()).insert(digest, program.clone());
         Ok(program)
     }
 
-    /// The module compiled to this engine's machine code, to keep and load with
-    /// [`WasmEngine::load_precompiled`] without compiling again.
-    pub fn precompile(&self, bytes: &[u8]) -> Result<Vec<u8>, Error> {
-        self.engine.precompile_module(bytes).map_err(|e| {
-            Error::invalid(format!("not a valid Wasm module: {}", enclava_core::text::quote(&e.to_string())))
-        })
-    }
-
-    /// Loads what [`WasmEngine::precompile`] of this same engine returned for `source_digest`'s
-    /// module. The bytes must never come from anywhere else: precompiled code is trusted.
+    /// Loads a module [`WasmEngine::precompile`] made: no compiling, only loading its code.
     pub fn load_precompiled(&self, precompiled: &PrecompiledModule) -> Result<Program, Error> {
-        // SAFETY: a `PrecompiledModule` can only be made by `WasmEngine::precompile_owned` from a
+        // SAFETY: a `PrecompiledModule` can only be made by `WasmEngine::precompile` from a
         // module this process compiled and checked; its bytes are private and never read from
         // outside the process, which is what `Module::deserialize` requires.
         #[allow(unsafe_code)]
@@ -353,10 +342,10 @@ impl WasmEngine {
         self.prepare(module, precompiled.digest, precompiled.size)
     }
 
-    /// Precompiles a module into a value only this process can make (see
-    /// [`WasmEngine::load_precompiled`]).
-    pub fn precompile_owned(&self, bytes: &[u8]) -> Result<PrecompiledModule, Error> {
-        let code = self.precompile(bytes)?;
+    /// Compiles a module to this engine's machine code, as a value only this process can make, to
+    /// load later with [`WasmEngine::load_precompiled`] without compiling again.
+    pub fn precompile(&self, bytes: &[u8]) -> Result<PrecompiledModule, Error> {
+        let code = self.engine.precompile_module(bytes).map_err(|e| invalid_module(&e))?;
         Ok(PrecompiledModule { code, digest: Sha256::digest(bytes).into(), size: bytes.len() })
     }
 
@@ -394,10 +383,24 @@ impl WasmEngine {
         Ok(Program { digest, size, pre })
     }
 
+    /// A store for one run: the WASI context, the memory limit, the fuel budget and the deadline.
+    fn store(&self, wasi: WasiP1Ctx, limits: &RunLimits) -> Result<Store<RunState>, Error> {
+        let memory = MemoryLimiter { limit: limits.memory_bytes, ..MemoryLimiter::default() };
+        let mut store = Store::new(&self.engine, RunState { wasi, memory });
+        store.limiter(|s| &mut s.memory);
+        if self.metered {
+            store.set_fuel(limits.fuel).map_err(|e| Error::internal(format!("fuel: {e}")))?;
+        }
+        let ticks = limits.timeout.as_nanos().div_ceil(EPOCH_TICK.as_nanos()).max(1);
+        store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX).saturating_add(1));
+        store.epoch_deadline_trap();
+        Ok(store)
+    }
+
     /// Runs a program's `_start` for one job, on the calling thread (a blocking thread, never a
     /// runtime worker). A program that fails, runs out of fuel or time, or asks for too much memory
     /// is an [`Outcome`], not an error; an error means the run could not be set up.
-    pub fn run(&self, program: &Program, job: &Job) -> Result<RunReport, Error> {
+    pub fn run(&self, program: &Program, job: Job) -> Result<RunReport, Error> {
         // A job may ask for less than the engine's defaults, never more.
         let defaults = self.config.limits;
         let asked = job.limits.unwrap_or(defaults);
@@ -410,10 +413,10 @@ impl WasmEngine {
         let stdout = MemoryOutputPipe::new(limits.max_output_bytes);
         let stderr = MemoryOutputPipe::new(limits.max_output_bytes);
         let mut wasi = WasiCtxBuilder::new();
-        let mut argv = vec![format!("{}.wasm", &hex(&program.digest)[..12])];
+        let mut argv = vec![format!("{}.wasm", &hex::encode(program.digest)[..12])];
         argv.extend(job.args.iter().cloned());
         wasi.args(&argv)
-            .stdin(MemoryInputPipe::new(job.stdin.clone()))
+            .stdin(MemoryInputPipe::new(job.stdin))
             .stdout(stdout.clone())
             .stderr(stderr.clone())
             .allow_tcp(false)
@@ -427,28 +430,16 @@ impl WasmEngine {
             wasi.preopened_dir(&dir.host, &dir.guest, perms)
                 .map_err(|e| Error::unavailable(format!("the job's folder {} cannot be opened: {e}", dir.guest)))?;
         }
-        let state = RunState {
-            wasi: wasi.build_p1(),
-            memory: MemoryLimiter { limit: limits.memory_bytes, ..MemoryLimiter::default() },
-        };
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|s| &mut s.memory);
+        let mut store = self.store(wasi.build_p1(), &limits)?;
         let metered = self.metered;
-        if metered {
-            store.set_fuel(limits.fuel).map_err(|e| Error::internal(format!("fuel: {e}")))?;
-        }
-        let ticks = limits.timeout.as_nanos().div_ceil(EPOCH_TICK.as_nanos()).max(1);
-        store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX).saturating_add(1));
-        store.epoch_deadline_trap();
 
         let started = Instant::now();
         let instance = match program.pre.instantiate(&mut store) {
             // Not the module's doing (no trap, no limit): the host has no instance free.
             Err(e) if !store.data().memory.hit && e.downcast_ref::<Trap>().is_none() => {
-                let why = e.chain().last().map(|c| c.to_string()).unwrap_or_default();
                 return Err(Error::unavailable(format!(
                     "the Wasm job could not start here ({}); retry later",
-                    enclava_core::text::quote(&why)
+                    root_cause(&e)
                 )));
             }
             other => other,
@@ -478,23 +469,25 @@ impl WasmEngine {
                         Some(Trap::OutOfFuel) => Outcome::OutOfFuel { fuel: limits.fuel },
                         Some(Trap::Interrupt) => Outcome::Deadline { timeout: limits.timeout },
                         Some(trap) => Outcome::Trapped(trap.to_string()),
-                        None => Outcome::Trapped(
-                            enclava_core::text::quote(&e.chain().last().map(|c| c.to_string()).unwrap_or_default())
-                                .to_string(),
-                        ),
+                        None => Outcome::Trapped(root_cause(&e)),
                     }
                 }
             }
         };
         let peak_memory_bytes = memory.peak;
         drop(store);
-        let (stdout, stderr) = (stdout.contents(), stderr.contents());
+        // The store (and the WASI context's handles on the pipes) is gone: take the buffers.
+        let take = |pipe: MemoryOutputPipe| match pipe.try_into_inner() {
+            Some(buf) => buf.to_vec(),
+            None => Vec::new(),
+        };
+        let (stdout, stderr) = (take(stdout), take(stderr));
         let output_truncated = stdout.len() >= limits.max_output_bytes || stderr.len() >= limits.max_output_bytes;
         Ok(RunReport {
             outcome,
             output_truncated,
-            stdout: Zeroizing::new(stdout.to_vec()),
-            stderr: Zeroizing::new(stderr.to_vec()),
+            stdout: Zeroizing::new(stdout),
+            stderr: Zeroizing::new(stderr),
             fuel_used,
             wall,
             peak_memory_bytes,
@@ -516,12 +509,20 @@ pub struct PrecompiledModule {
 
 impl std::fmt::Debug for PrecompiledModule {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PrecompiledModule").field("digest", &hex(&self.digest)).field("code", &self.code.len()).finish()
+        f.debug_struct("PrecompiledModule")
+            .field("digest", &hex::encode(self.digest))
+            .field("code", &self.code.len())
+            .finish()
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+fn invalid_module(e: &wasmtime::Error) -> Error {
+    Error::invalid(format!("not a valid Wasm module: {}", enclava_core::text::quote(&e.to_string())))
+}
+
+/// The innermost cause of a wasmtime error, quoted.
+fn root_cause(e: &wasmtime::Error) -> String {
+    enclava_core::text::quote(&e.chain().last().map(|c| c.to_string()).unwrap_or_default()).to_string()
 }
 
 /// The node's `wasm` executor: a workload is a WASI command; an invocation runs it with the
@@ -588,8 +589,7 @@ impl Loaded for WasmWorkload {
     }
 
     fn invoke(&self, input: &[u8]) -> Result<Output, Error> {
-        let job = Job { stdin: input.to_vec(), ..Job::default() };
-        let report = self.engine.run(&self.program, &job)?;
+        let report = self.engine.run(&self.program, Job { stdin: input.to_vec(), ..Job::default() })?;
         if !report.outcome.success() {
             return Err(Error::new(ErrorCode::BadInput, format!("the Wasm workload {} on this input", report.outcome)));
         }

@@ -58,13 +58,13 @@ fn engine() -> WasmEngine {
     WasmEngine::new(WasmConfig { pool_instances: 8, ..WasmConfig::default() }).expect("engine")
 }
 
-fn run(engine: &WasmEngine, text: &str, job: &Job) -> enclava_wasm::RunReport {
+fn run(engine: &WasmEngine, text: &str, job: Job) -> enclava_wasm::RunReport {
     let program = engine.compile(&wasm(text)).expect("compiles");
     engine.run(&program, job).expect("runs")
 }
 
 fn echo_works(engine: &WasmEngine) {
-    let report = run(engine, ECHO, &Job { stdin: b"still serving".to_vec(), ..Job::default() });
+    let report = run(engine, ECHO, Job { stdin: b"still serving".to_vec(), ..Job::default() });
     assert_eq!(report.outcome, Outcome::Exited(0));
     assert_eq!(report.stdout.as_slice(), b"still serving");
 }
@@ -72,7 +72,7 @@ fn echo_works(engine: &WasmEngine) {
 #[test]
 fn a_module_runs_and_reports_what_it_used() {
     let engine = engine();
-    let report = run(&engine, ECHO, &Job { stdin: b"hello".to_vec(), ..Job::default() });
+    let report = run(&engine, ECHO, Job { stdin: b"hello".to_vec(), ..Job::default() });
     assert!(report.outcome.success(), "{}", report.outcome);
     assert_eq!(report.stdout.as_slice(), b"hello");
     assert!(report.fuel_used > 0, "fuel is the work unit");
@@ -83,11 +83,11 @@ fn a_module_runs_and_reports_what_it_used() {
 
     let exit3 = r#"(module (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
       (memory (export "memory") 1) (func (export "_start") (call $exit (i32.const 3))))"#;
-    assert_eq!(run(&engine, exit3, &Job::default()).outcome, Outcome::Exited(3));
+    assert_eq!(run(&engine, exit3, Job::default()).outcome, Outcome::Exited(3));
     // WASI calls need the module's memory; a module without one gets the reason, not a crash.
     let no_memory = r#"(module (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
       (func (export "_start") (call $exit (i32.const 3))))"#;
-    match run(&engine, no_memory, &Job::default()).outcome {
+    match run(&engine, no_memory, Job::default()).outcome {
         Outcome::Trapped(why) => assert!(why.contains("memory export"), "{why}"),
         other => panic!("{other}"),
     }
@@ -131,16 +131,13 @@ fn files_outside_the_folders_cannot_be_reached() {
         ..Job::default()
     };
 
-    let exit = |path: &str, oflags, rights, writable| match run(
-        &engine,
-        &open_in_folder(path, oflags, rights),
-        &job(writable),
-    )
-    .outcome
-    {
-        Outcome::Exited(code) => code,
-        other => panic!("{path}: {other}"),
-    };
+    let exit =
+        |path: &str, oflags, rights, writable| match run(&engine, &open_in_folder(path, oflags, rights), job(writable))
+            .outcome
+        {
+            Outcome::Exited(code) => code,
+            other => panic!("{path}: {other}"),
+        };
     assert_eq!(exit("input.txt", 0, FD_READ, false), 0, "its own folder opens");
     for path in ["../secret.txt", "/etc/passwd", "../../../../etc/passwd", "/data/../secret.txt"] {
         let errno = exit(path, 0, FD_READ, true);
@@ -154,7 +151,7 @@ fn files_outside_the_folders_cannot_be_reached() {
     assert_ne!(exit("../escaped.txt", O_CREAT, FD_WRITE, true), 0);
     assert!(!root.path().join("escaped.txt").exists());
     // No folder at all: there is no fd 3.
-    let none = run(&engine, &open_in_folder("input.txt", 0, FD_READ), &Job::default()).outcome;
+    let none = run(&engine, &open_in_folder("input.txt", 0, FD_READ), Job::default()).outcome;
     assert_eq!(none, Outcome::Exited(8), "EBADF");
     echo_works(&engine);
 }
@@ -165,23 +162,23 @@ fn memory_fuel_and_deadline_stop_a_run_with_their_reason() {
     let grow = r#"(module (memory 1) (func (export "_start") (loop $l (drop (memory.grow (i32.const 16))) (br $l))))"#;
     let spin = r#"(module (func (export "_start") (loop $l (br $l))))"#;
     let small = RunLimits { memory_bytes: 8 << 20, ..RunLimits::default() };
-    let report = run(&engine, grow, &Job { limits: Some(small), ..Job::default() });
+    let report = run(&engine, grow, Job { limits: Some(small), ..Job::default() });
     assert_eq!(report.outcome, Outcome::MemoryLimit { limit: 8 << 20 });
     assert!(report.outcome.to_string().contains("memory limit of 8 MiB"));
     assert!(report.peak_memory_bytes <= 8 << 20);
 
     let fuel = RunLimits { fuel: 1_000_000, ..RunLimits::default() };
-    let report = run(&engine, spin, &Job { limits: Some(fuel), ..Job::default() });
+    let report = run(&engine, spin, Job { limits: Some(fuel), ..Job::default() });
     assert_eq!(report.outcome, Outcome::OutOfFuel { fuel: 1_000_000 });
     assert_eq!(report.fuel_used, 1_000_000);
 
     let deadline = RunLimits { fuel: u64::MAX / 2, timeout: Duration::from_millis(200), ..RunLimits::default() };
-    let report = run(&engine, spin, &Job { limits: Some(deadline), ..Job::default() });
+    let report = run(&engine, spin, Job { limits: Some(deadline), ..Job::default() });
     assert_eq!(report.outcome, Outcome::Deadline { timeout: Duration::from_millis(200) });
     assert!(report.wall < Duration::from_secs(5), "stopped near its deadline: {:?}", report.wall);
 
     let trap = r#"(module (func (export "_start") unreachable))"#;
-    match run(&engine, trap, &Job::default()).outcome {
+    match run(&engine, trap, Job::default()).outcome {
         Outcome::Trapped(why) => assert!(why.contains("unreachable"), "{why}"),
         other => panic!("{other}"),
     }
@@ -218,7 +215,7 @@ fn output_beyond_its_limit_is_reported_and_asked_limits_never_exceed_the_engine(
         (i32.store (i32.const 4) (i32.const 65536))
         (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#;
     let small = RunLimits { max_output_bytes: 1000, ..RunLimits::default() };
-    let report = run(&engine, chatty, &Job { limits: Some(small), ..Job::default() });
+    let report = run(&engine, chatty, Job { limits: Some(small), ..Job::default() });
     assert!(report.output_truncated || matches!(report.outcome, Outcome::OutputLimit { limit: 1000 }), "{report:?}");
     assert!(report.stdout.len() <= 1000);
     assert!(!format!("{report:?}").contains("0, 0, 0"), "Debug shows sizes, not bytes");
@@ -226,6 +223,6 @@ fn output_beyond_its_limit_is_reported_and_asked_limits_never_exceed_the_engine(
     // Asking for more than the engine gives (an endless timeout, endless fuel) is clamped, not a panic.
     let greedy =
         RunLimits { timeout: Duration::MAX, fuel: u64::MAX, memory_bytes: u64::MAX, max_output_bytes: usize::MAX };
-    let report = run(&engine, ECHO, &Job { stdin: b"ok".to_vec(), limits: Some(greedy), ..Job::default() });
+    let report = run(&engine, ECHO, Job { stdin: b"ok".to_vec(), limits: Some(greedy), ..Job::default() });
     assert_eq!((report.outcome, report.stdout.as_slice()), (Outcome::Exited(0), &b"ok"[..]));
 }

@@ -8,10 +8,6 @@ use enclava_contracts::farm::{Receipt, sha256_hex};
 use enclava_sandbox::{NodeSpec, SandboxBuilder};
 use enclava_wasm::{Job, WasmConfig, WasmEngine};
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signed_receipt_verifies_and_any_changed_byte_is_refused() {
     let mut sandbox = SandboxBuilder::new().start().await.expect("starts");
@@ -22,7 +18,7 @@ async fn a_signed_receipt_verifies_and_any_changed_byte_is_refused() {
     let program = engine.compile(enclava_wasm::examples::REVERSE.as_bytes()).expect("compiles");
     let input = b"tpiecer a htiw".to_vec();
     let job = Job { stdin: input.clone(), ..Job::default() };
-    let report = tokio::task::spawn_blocking(move || engine.run(&program, &job).map(|r| (r, program.digest())))
+    let report = tokio::task::spawn_blocking(move || engine.run(&program, job).map(|r| (r, program.digest())))
         .await
         .expect("joined")
         .expect("runs");
@@ -36,7 +32,7 @@ async fn a_signed_receipt_verifies_and_any_changed_byte_is_refused() {
         platform: "tdx".into(),
         executor: "wasm".into(),
         isolation: "wasmtime: no sockets, no folders".into(),
-        program_sha256: hex(&digest),
+        program_sha256: hex::encode(digest),
         input_sha256: sha256_hex(&input),
         output_sha256: sha256_hex(&report.stdout),
         bytes_in: input.len() as u64,
@@ -52,7 +48,7 @@ async fn a_signed_receipt_verifies_and_any_changed_byte_is_refused() {
     let verifier = Default::default();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("time").as_secs();
 
-    let program = hex(&digest);
+    let program = hex::encode(digest);
     let expect = ReceiptExpectations {
         job: Some("job-1"),
         program_sha256: Some(&program),
