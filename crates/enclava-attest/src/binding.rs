@@ -34,6 +34,11 @@ pub fn receipt(receipt_json: &[u8]) -> [u8; 64] {
     report_data(RECEIPT, &Sha256::digest(receipt_json), None)
 }
 
+/// The label for a farm host's registration: the bound "key" is
+/// `enclava_contracts::farm::host_binding_key` (its request key and capacity), with the farm
+/// server's nonce.
+pub const FARM_HOST: &str = "enclava/farm-host";
+
 /// The label for key release: the key broker seals keys to the bound key, for this nonce only.
 pub const KEY_RELEASE: &str = "enclava/key-release";
 

@@ -3,6 +3,7 @@
 //! inference ([`infer::infer`]); talks to the key broker's REST API ([`keys::KeysClient`]) and
 //! uploads models ([`model::upload`]).
 
+pub mod farm;
 pub mod infer;
 pub mod keys;
 pub mod model;
@@ -103,6 +104,12 @@ pub async fn verify_receipt(
     use enclava_attest::{Evidence, binding, policy::check};
     let receipt: enclava_contracts::farm::Receipt =
         serde_json::from_str(&signed.receipt).map_err(|e| vec![format!("the receipt is not a receipt: {e}")])?;
+    if signed.evidence.is_empty() {
+        return Err(vec![format!(
+            "the host cannot attest (platform {}): this receipt is its word only, nothing vouches for it",
+            receipt.platform
+        )]);
+    }
     let evidence = Evidence::detect(signed.evidence.clone()).map_err(|e| vec![e.to_string()])?;
     if policy.rules(evidence.platform()).is_none() {
         return Err(vec![format!("platform {} is not allowed by this policy", evidence.platform())]);

@@ -120,6 +120,103 @@ pub(crate) async fn fetch_keys(
     Ok(keys)
 }
 
+/// A node's TEE and request key, for work done outside its own server (a farm host agent):
+/// receipts, registration evidence, job keys. Keys never leave it.
+#[derive(Debug, Clone)]
+pub struct Attester {
+    tee: Arc<dyn tee::Tee>,
+    request_key: Arc<RequestKey>,
+}
+
+impl Attester {
+    /// A receipt as this node can give it: signed with evidence where it can attest; on a
+    /// `plaintext` host, with no evidence (its word only, and shown so).
+    pub fn receipt(
+        &self,
+        receipt: enclava_contracts::farm::Receipt,
+    ) -> Result<enclava_contracts::farm::SignedReceipt, enclava_core::Error> {
+        if self.tee.platform() != "plaintext" {
+            return sign_receipt(&self.tee, receipt);
+        }
+        let receipt = enclava_contracts::farm::Receipt {
+            host: self.tee.instance_id().to_owned(),
+            platform: "plaintext".into(),
+            issued_at: now_secs(),
+            ..receipt
+        };
+        let json = serde_json::to_string(&receipt).map_err(|e| enclava_core::Error::internal(e.to_string()))?;
+        Ok(enclava_contracts::farm::SignedReceipt { receipt: json, evidence: Vec::new() })
+    }
+
+    /// The platform this node runs on (`sim`, `plaintext`, `tdx`, …).
+    pub fn platform(&self) -> &str {
+        self.tee.platform()
+    }
+
+    /// Fresh evidence binding a farm registration (`binding::FARM_HOST`): this node's request key
+    /// and capacity (`key` is `farm::host_binding_key`) with the farm's `nonce`. `None` where the
+    /// node cannot attest.
+    pub fn farm_evidence(&self, key: &[u8; 32], nonce: &[u8]) -> Option<Vec<u8>> {
+        let rd = enclava_attest::binding::report_data(enclava_attest::binding::FARM_HOST, key, Some(nonce));
+        self.tee.evidence(&rd, now_secs())
+    }
+
+    /// Opens a farm job's key, which its submitter sealed to this node's request key for this job
+    /// only. The key stays in this process.
+    pub fn open_job_key(
+        &self,
+        job: &str,
+        wrap: &enclava_contracts::farm::SealedBlob,
+    ) -> Result<zeroize::Zeroizing<[u8; 32]>, enclava_core::Error> {
+        let sealed = enclava_seal::Sealed { enc: wrap.enc.clone(), ciphertext: wrap.ciphertext.clone() };
+        let key =
+            self.request_key.pair().open(enclava_contracts::farm::JOB_KEY_INFO, job.as_bytes(), &sealed).map_err(
+                |_| enclava_core::Error::new(enclava_core::ErrorCode::Tampered, "the job key does not open here"),
+            )?;
+        let key: [u8; 32] = key
+            .as_slice()
+            .try_into()
+            .map_err(|_| enclava_core::Error::new(enclava_core::ErrorCode::Tampered, "the job key is not 32 bytes"))?;
+        Ok(zeroize::Zeroizing::new(key))
+    }
+
+    pub fn instance_id(&self) -> &str {
+        self.tee.instance_id()
+    }
+
+    pub fn measurement(&self) -> &str {
+        self.tee.measurement()
+    }
+
+    /// The public half of the request key (what job keys are sealed to).
+    pub fn public_key(&self) -> &[u8] {
+        self.request_key.public()
+    }
+}
+
+fn sign_receipt(
+    tee: &Arc<dyn tee::Tee>,
+    mut receipt: enclava_contracts::farm::Receipt,
+) -> Result<enclava_contracts::farm::SignedReceipt, enclava_core::Error> {
+    receipt.host = tee.instance_id().to_owned();
+    receipt.platform = tee.platform().to_owned();
+    let now = now_secs();
+    receipt.issued_at = now;
+    let json = serde_json::to_string(&receipt).map_err(|e| enclava_core::Error::internal(e.to_string()))?;
+    let rd = enclava_attest::binding::receipt(json.as_bytes());
+    let evidence = tee.evidence(&rd, now).ok_or_else(|| {
+        enclava_core::Error::unavailable(format!(
+            "this node ({}) cannot attest, so it cannot sign receipts",
+            tee.platform()
+        ))
+    })?;
+    Ok(enclava_contracts::farm::SignedReceipt { receipt: json, evidence })
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
 /// A started node.
 #[derive(Debug)]
 pub struct NodeHandle {
@@ -142,21 +239,19 @@ impl NodeHandle {
     /// that cannot attest (a plaintext host's receipts cannot be vouched for).
     pub fn issue_receipt(
         &self,
-        mut receipt: enclava_contracts::farm::Receipt,
+        receipt: enclava_contracts::farm::Receipt,
     ) -> Result<enclava_contracts::farm::SignedReceipt, enclava_core::Error> {
-        receipt.host = self.tee.instance_id().to_owned();
-        receipt.platform = self.tee.platform().to_owned();
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        receipt.issued_at = now;
-        let json = serde_json::to_string(&receipt).map_err(|e| enclava_core::Error::internal(e.to_string()))?;
-        let rd = enclava_attest::binding::receipt(json.as_bytes());
-        let evidence = self.tee.evidence(&rd, now).ok_or_else(|| {
-            enclava_core::Error::unavailable(format!(
-                "this node ({}) cannot attest, so it cannot sign receipts",
-                self.tee.platform()
-            ))
-        })?;
-        Ok(enclava_contracts::farm::SignedReceipt { receipt: json, evidence })
+        sign_receipt(&self.tee, receipt)
+    }
+
+    /// The platform this node runs on (`sim`, `plaintext`, `tdx`, …).
+    pub fn platform(&self) -> &str {
+        self.tee.platform()
+    }
+
+    /// What a farm host agent uses of this node: its TEE and request key, shared.
+    pub fn attester(&self) -> Attester {
+        Attester { tee: self.tee.clone(), request_key: self.request_key.clone() }
     }
 
     /// Fetches `model`'s key (and `users`' request keys) from the key broker at `broker`, with
@@ -301,7 +396,11 @@ pub async fn start(
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         attest_tee.evidence(&report_data, now).unwrap_or_default()
     });
-    if attest().is_empty() {
+    if tee.platform() == "plaintext" {
+        tracing::warn!(
+            "platform plaintext has no TEE: this node publishes no evidence and is never trusted with confidential work"
+        );
+    } else if attest().is_empty() {
         tracing::warn!(platform = %tee.platform(), "this node cannot attest (for sim, pass --sim-root); clients that verify will refuse it");
     }
     let publisher = tokio::spawn(publisher::run(registry.clone(), info, data_rx, stop_rx, metrics.clone(), attest));

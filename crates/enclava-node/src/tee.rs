@@ -55,9 +55,13 @@ pub fn open(
             let tsm = tsm_dir.unwrap_or(Path::new(crate::tsm::TSM_REPORT_DIR));
             Ok(Box::new(crate::tsm::TsmTee::open(platform, tsm, data_dir)?))
         }
+        "plaintext" => {
+            let (_, instance_id) = identity(&data_dir.join("plaintext"), "identity.key")?;
+            Ok(Box::new(PlainHost { instance_id }))
+        }
         "sgx" | "nitro" => Err(NodeError::PlatformUnavailable(platform.to_owned())),
         other => Err(NodeError::Config(format!(
-            "unknown platform {other:?}: use sim (or sgx, tdx, sev-snp, nitro on such hardware)"
+            "unknown platform {other:?}: use sim, plaintext (a host with no TEE), or sgx, tdx, sev-snp, nitro on such hardware"
         ))),
     }
 }
@@ -150,6 +154,31 @@ fn create_key(path: &PathBuf) -> Result<Zeroizing<[u8; 32]>, NodeError> {
     // Rename is atomic: a crash leaves either no key or a whole one.
     std::fs::rename(&tmp, path).map_err(err("cannot install the sealing key"))?;
     Ok(key)
+}
+
+/// A host with no TEE (`plaintext`): a stable instance id and no evidence at all. It can run
+/// plaintext farm jobs; nothing that needs attestation ever accepts it.
+#[derive(Debug)]
+pub struct PlainHost {
+    instance_id: String,
+}
+
+impl Tee for PlainHost {
+    fn platform(&self) -> &str {
+        "plaintext"
+    }
+
+    fn instance_id(&self) -> &str {
+        &self.instance_id
+    }
+
+    fn measurement(&self) -> &str {
+        ""
+    }
+
+    fn evidence(&self, _: &[u8; 64], _: u64) -> Option<Vec<u8>> {
+        None
+    }
 }
 
 impl Tee for SimTee {

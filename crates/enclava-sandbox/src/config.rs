@@ -34,6 +34,8 @@ pub struct ServerConfig {
     pub register_rate: u32,
     pub release_rate: u32,
     pub accept_rollback: bool,
+    /// How long a farm host's lease on a job lasts without renewal.
+    pub farm_lease_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -45,7 +47,7 @@ impl Default for ServerConfig {
             service: "enclava".into(),
             cache_ttl_ms: 1000,
             sweep_interval_ms: 10_000,
-            roles: vec!["manager".into(), "keys".into()],
+            roles: vec!["manager".into(), "keys".into(), "farm".into()],
             database: None,
             data_dir: None,
             kek_file: None,
@@ -55,6 +57,7 @@ impl Default for ServerConfig {
             register_rate: 10,
             release_rate: 100,
             accept_rollback: false,
+            farm_lease_ms: 10_000,
         }
     }
 }
@@ -79,6 +82,12 @@ impl ServerConfig {
         enclava_registry::Keys::new(&self.namespace, &self.service)
             .map_err(|e| format!("--namespace/--service: {e}"))?;
         self.registration.parse::<enclava_keys::Registration>().map_err(|e| format!("--registration: {e}"))?;
+        if self.runs("farm") && !self.runs("keys") {
+            return Err("the farm role needs the keys role (its users and database): add keys to --roles".into());
+        }
+        if self.farm_lease_ms < 200 {
+            return Err(format!("farm-lease-ms is {}: at least 200", self.farm_lease_ms));
+        }
         if self.sweep_interval_ms < 100 {
             return Err(format!("--sweep-interval-ms is {}: at least 100", self.sweep_interval_ms));
         }
@@ -115,6 +124,11 @@ pub struct NodeSettings {
     /// What the host offers to farm jobs (`cpu=2,memory=4GiB,disk=10GiB`), checked against what
     /// is measured at start. `None`: nothing offered.
     pub offer: Option<String>,
+    /// The farm server to take jobs from (`http://host:port`); `None`: no farm work.
+    pub farm: Option<String>,
+    /// Root filesystems offered to sandboxed-process jobs, each `NAME=DIR`, or `busybox` (a root
+    /// made from the host's static busybox in the data folder).
+    pub rootfs: Vec<String>,
 }
 
 impl Default for NodeSettings {
@@ -135,6 +149,8 @@ impl Default for NodeSettings {
             memory_budget_mb: 0,
             openwhisk: false,
             offer: None,
+            farm: None,
+            rootfs: Vec::new(),
         }
     }
 }
@@ -150,6 +166,14 @@ impl NodeSettings {
         }
         if let Some(offer) = &self.offer {
             enclava_node::capacity::Offer::parse(offer).map_err(|e| format!("--offer: {e}"))?;
+        }
+        if !self.rootfs.is_empty() && self.farm.is_none() {
+            return Err("--rootfs is offered to farm jobs: name the farm with --farm URL".into());
+        }
+        for r in &self.rootfs {
+            if r != "busybox" && r.split_once('=').is_none_or(|(n, d)| n.is_empty() || d.is_empty()) {
+                return Err(format!("--rootfs {}: use NAME=DIR or busybox", enclava_core::text::quote(r)));
+            }
         }
         Ok(())
     }

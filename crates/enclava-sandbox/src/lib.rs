@@ -101,6 +101,70 @@ pub async fn start_node(
     launch_node(config, &settings.listen, registry).await
 }
 
+/// Starts `node`'s farm host agent, taking jobs from `settings.farm` within `settings.offer` (or
+/// all that was measured), offering `settings.rootfs` to sandboxed-process jobs.
+pub async fn start_host(
+    node: &NodeHandle,
+    settings: &NodeSettings,
+    data_dir: &Path,
+) -> anyhow::Result<enclava_host::HostAgent> {
+    let server = settings.farm.as_deref().context("no --farm server to take jobs from")?;
+    let measured = match &settings.offer {
+        Some(offer) => check_offer(offer, data_dir)?,
+        None => enclava_node::capacity::measure(data_dir),
+    };
+    let mut config = enclava_host::HostConfig::new(server, measured, data_dir.join("farm"));
+    if let Some(offer) = &settings.offer {
+        let offer = enclava_node::capacity::Offer::parse(offer).map_err(anyhow::Error::msg)?;
+        config.offer_cores = offer.cores;
+        config.offer_memory_bytes = offer.memory_bytes;
+    }
+    for r in &settings.rootfs {
+        let (name, dir) = match r.split_once('=') {
+            Some((n, d)) => (n.to_owned(), PathBuf::from(d)),
+            None => {
+                let dir = enclava_process::busybox_root(&data_dir.join("rootfs"), BUSYBOX_APPLETS)
+                    .map_err(|e| anyhow::anyhow!("--rootfs busybox: {e}"))?;
+                ("busybox".to_owned(), dir)
+            }
+        };
+        config.rootfs.insert(name, dir);
+    }
+    let agent = enclava_host::HostAgent::start(node.attester(), config)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot join the farm at {server}: {e}"))?;
+    if node.platform() == "sim" {
+        tracing::warn!(
+            "this farm host runs on platform sim: its jobs are NOT confidential (simulated TEE, testing only)"
+        );
+    }
+    Ok(agent)
+}
+
+/// The applets the `busybox` root filesystem links.
+pub const BUSYBOX_APPLETS: &[&str] = &[
+    "sh",
+    "true",
+    "false",
+    "cat",
+    "echo",
+    "ls",
+    "wc",
+    "tr",
+    "sort",
+    "uniq",
+    "head",
+    "tail",
+    "sleep",
+    "id",
+    "grep",
+    "sed",
+    "awk",
+    "cut",
+    "od",
+    "sha256sum",
+];
+
 /// Measures this host and refuses an offer beyond it: a host does not sell what it does not have.
 pub fn check_offer(offer: &str, data_dir: &Path) -> anyhow::Result<enclava_node::capacity::Capacity> {
     let offer = enclava_node::capacity::Offer::parse(offer).map_err(|e| anyhow::anyhow!("--offer: {e}"))?;
@@ -467,6 +531,27 @@ impl Sandbox {
             }
         }
         launch_node(config, &settings.listen, self.registry.clone()).await
+    }
+
+    /// Starts a node the caller owns with a farm host agent taking jobs from this sandbox's farm,
+    /// offering `offer` (`cpu=1,memory=1GiB`; `None`: all measured) and `rootfs` (`busybox` or
+    /// `NAME=DIR`) to sandboxed-process jobs.
+    pub async fn farm_host(
+        &self,
+        spec: NodeSpec,
+        offer: Option<&str>,
+        rootfs: &[&str],
+    ) -> anyhow::Result<(NodeHandle, enclava_host::HostAgent)> {
+        let dir = self.dir.join(&spec.name);
+        let node = self.detached_node(spec).await?;
+        let settings = NodeSettings {
+            farm: Some(self.url.clone()),
+            offer: offer.map(str::to_owned),
+            rootfs: rootfs.iter().map(|r| r.to_string()).collect(),
+            ..Default::default()
+        };
+        let agent = start_host(&node, &settings, &dir).await?;
+        Ok((node, agent))
     }
 
     pub fn nodes(&self) -> &[NodeHandle] {

@@ -41,7 +41,7 @@ impl std::fmt::Debug for RoleContext<'_> {
 pub type BuildRole = for<'a> fn(&'a RoleContext<'a>) -> BoxFuture<'a, anyhow::Result<Arc<dyn Role>>>;
 
 /// Every role, by the name `--roles` uses.
-pub const ROLES: &[(&str, BuildRole)] = &[("manager", manager), ("keys", keys)];
+pub const ROLES: &[(&str, BuildRole)] = &[("manager", manager), ("keys", keys), ("farm", farm)];
 
 /// The executors every node runs, the default kind first.
 pub fn executors() -> enclava_executor::Executors {
@@ -50,17 +50,20 @@ pub fn executors() -> enclava_executor::Executors {
         .with(Arc::new(enclava_wasm::WasmExecutor::with_defaults()))
 }
 
-/// The roles `config.roles` names, in order.
+/// The roles `config.roles` names, in order (the key broker is built first: the farm uses its
+/// users and database).
 pub async fn build(ctx: &RoleContext<'_>) -> anyhow::Result<Vec<Arc<dyn Role>>> {
-    let mut out = Vec::new();
-    for name in &ctx.config.roles {
+    let mut names: Vec<&String> = ctx.config.roles.iter().collect();
+    names.sort_by_key(|n| *n != "keys");
+    let mut built = Vec::new();
+    for name in names {
         let (_, build) = ROLES
             .iter()
             .find(|(n, _)| n == name)
             .with_context(|| format!("unknown role {}", enclava_core::text::quote(name)))?;
-        out.push(build(ctx).await?);
+        built.push((name.clone(), build(ctx).await?));
     }
-    Ok(out)
+    Ok(ctx.config.roles.iter().filter_map(|n| built.iter().find(|(b, _)| b == n).map(|(_, r)| r.clone())).collect())
 }
 
 fn manager<'a>(ctx: &'a RoleContext<'a>) -> BoxFuture<'a, anyhow::Result<Arc<dyn Role>>> {
@@ -103,5 +106,19 @@ fn keys<'a>(ctx: &'a RoleContext<'a>) -> BoxFuture<'a, anyhow::Result<Arc<dyn Ro
         tracing::info!(data_dir = %dir.display(), "key broker role");
         *ctx.broker.lock().unwrap_or_else(|p| p.into_inner()) = Some(broker.clone());
         Ok(Arc::new(enclava_keys::KeysRole::new(broker)) as Arc<dyn Role>)
+    })
+}
+
+fn farm<'a>(ctx: &'a RoleContext<'a>) -> BoxFuture<'a, anyhow::Result<Arc<dyn Role>>> {
+    Box::pin(async move {
+        let broker = ctx.broker.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let broker = broker.context("the farm role needs the keys role (its users and database)")?;
+        let config = enclava_farm::FarmConfig {
+            lease: std::time::Duration::from_millis(ctx.config.farm_lease_ms),
+            ..Default::default()
+        };
+        let farm = enclava_farm::Farm::open(broker.store().audit().clone(), broker.identity().clone(), config).await?;
+        tracing::info!(lease_ms = ctx.config.farm_lease_ms, "farm role");
+        Ok(Arc::new(enclava_farm::role::FarmRole::new(Arc::new(farm))) as Arc<dyn Role>)
     })
 }

@@ -57,6 +57,15 @@ impl KeyPair {
         KeyPair { secret, public: bytes }
     }
 
+    /// The key pair a 32-byte secret seed derives (RFC 9180 `DeriveKeyPair`): what a client keeps
+    /// on disk to open later what is sealed to it.
+    pub fn from_seed(seed: &[u8; 32]) -> KeyPair {
+        let (secret, public) = Kem::derive_keypair(seed);
+        let mut bytes = [0u8; KEY_LEN];
+        bytes.copy_from_slice(&public.to_bytes());
+        KeyPair { secret, public: bytes }
+    }
+
     /// The public half, to publish and bind into evidence.
     pub fn public(&self) -> &[u8; KEY_LEN] {
         &self.public

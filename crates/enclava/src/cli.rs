@@ -58,6 +58,12 @@ pub enum Command {
     Sim(SimCommand),
     /// What this host can give farm jobs, measured (cores, memory, disk, GPUs) and how.
     Capacity(CapacityArgs),
+    /// Farm hosts: platform, security status, capacity (and how it is proven), load.
+    Hosts(crate::farm_cli::HostsArgs),
+    /// Farm jobs: submit (confidential or plaintext), list, status, logs, result, cancel, receipt.
+    Job(crate::farm_cli::JobArgs),
+    /// Content-addressed job files: add, cat.
+    File(crate::farm_cli::FileArgs),
     /// Measure Enclava against its floors.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -85,7 +91,7 @@ pub struct ServerArgs {
     /// How often expired instances are swept from the indexes, in ms [default: 10000]
     #[arg(long, env = "ENCLAVA_SWEEP_INTERVAL_MS")]
     pub sweep_interval_ms: Option<u64>,
-    /// Roles to run, comma-separated: manager, keys [default: manager,keys]
+    /// Roles to run, comma-separated: manager, keys, farm [default: manager,keys,farm]
     #[arg(long, env = "ENCLAVA_ROLES", value_delimiter = ',')]
     pub roles: Vec<String>,
     /// Key broker database: sqlite://FILE or postgres://USER@HOST/DB [default: sqlite://DATA_DIR/keys.db]
@@ -176,6 +182,13 @@ pub struct NodeArgs {
     /// when it exceeds what is measured (see `enclava capacity`)
     #[arg(long, env = "ENCLAVA_OFFER")]
     pub offer: Option<String>,
+    /// Take farm jobs from this server (`http://host:port`), within --offer (default: all measured)
+    #[arg(long, env = "ENCLAVA_FARM")]
+    pub farm: Option<String>,
+    /// Root filesystems offered to sandboxed-process jobs: NAME=DIR, or `busybox` (built from the
+    /// host's static busybox); repeatable
+    #[arg(long, env = "ENCLAVA_ROOTFS", value_delimiter = ',')]
+    pub rootfs: Vec<String>,
 }
 
 /// `enclava find`: as `ServerArgs`, over the `[find]` table (`config::FindConfig`).

@@ -135,8 +135,8 @@ impl NodeArgs {
     pub fn over(self, mut c: NodeSettings) -> NodeSettings {
         let a = self;
         overlay!(c, a; platform, registry, listen, namespace, service, key_broker, memory_budget_mb, openwhisk;
-            opt advertise, data_dir, sim_root, blobs, offer;
-            list data, serve_model);
+            opt advertise, data_dir, sim_root, blobs, offer, farm;
+            list data, serve_model, rootfs);
         c
     }
 }

@@ -19,7 +19,7 @@ use enclava_sandbox::{NodeSpec, SandboxBuilder};
 const DEMO_MODEL: &str = "demo/tiny-classifier";
 /// The Wasm workload the demo serves beside it: a WASI command that reverses its input.
 const DEMO_WASM: &str = "demo/reverse";
-const STEPS: usize = 9;
+const STEPS: usize = 10;
 
 /// `enclava dev`: the server's options (flags, `ENCLAVA_*`, the config file's `[server]` table)
 /// apply, with `--data-dir` the folder for everything the demo keeps [default: ./enclava-dev].
@@ -44,8 +44,8 @@ pub async fn dev(
     let mut config = a.server.over(file);
     let dir = config.data_dir.clone().unwrap_or_else(|| PathBuf::from("enclava-dev"));
     config.data_dir = Some(dir.join("server"));
-    // The demo needs both roles, whatever the file says.
-    config.roles = vec!["manager".into(), "keys".into()];
+    // The demo needs every role, whatever the file says.
+    config.roles = vec!["manager".into(), "keys".into(), "farm".into()];
     let listen = config.listen.clone();
     let registry = config.registry.clone();
     let database = config.database.clone();
@@ -54,7 +54,7 @@ pub async fn dev(
             ["ENCLAVA_KEK"].iter().filter_map(|k| Some((k.to_string(), env(k)?))).collect();
         Arc::new(move |k| vars.get(k).cloned())
     };
-    step(1, &format!("starting the enclave manager and the key broker on {listen} (registry {registry})"));
+    step(1, &format!("starting the enclave manager, the key broker and the farm on {listen} (registry {registry})"));
     let mut sandbox = SandboxBuilder::new().config(config).dir(&dir).env(env).start().await?;
     let url = sandbox.url().to_owned();
     println!(
@@ -220,8 +220,16 @@ pub async fn dev(
         out.instance_id,
         out.platform
     );
+
+    step(10, "the farm: a confidential Wasm job on a sim host and a sandboxed plaintext job, with receipts");
+    let farm_policy = dir.join("farm-policy.toml");
+    std::fs::write(
+        &farm_policy,
+        format!("[sim]\nroot = \"{}\"\nany_measurement = true\n", sandbox.sim_root().public().to_hex()),
+    )?;
+    let farm = farm_demo(&sandbox, &url, &config_dir, &farm_policy).await?;
     println!(
-        "demo done: register → encrypt → grant → release → find → verify → sealed inference, direct and serverless, ONNX and Wasm"
+        "demo done: register → encrypt → grant → release → find → verify → sealed inference, direct and serverless, ONNX and Wasm; farm jobs with verified receipts"
     );
 
     if !a.demo_only {
@@ -242,10 +250,126 @@ pub async fn dev(
         );
         println!("  ENCLAVA_CONFIG_DIR={cfg} enclava keys --server {url} list");
         println!("  ENCLAVA_CONFIG_DIR={cfg} enclava keys --server {url} audit --verify");
+        println!("  ENCLAVA_CONFIG_DIR={cfg} enclava hosts --server {url} --policy {}", farm_policy.display());
+        println!(
+            "  ENCLAVA_CONFIG_DIR={cfg} enclava job --server {url} submit --plaintext --cmd 'uname -a; id' --wait"
+        );
+        println!("  ENCLAVA_CONFIG_DIR={cfg} enclava job --server {url} list");
         println!("  curl {url}/openapi.json    curl {url}/metrics");
         println!("Ctrl-C to stop");
         crate::shutdown_signal().await;
     }
+    for (node, agent) in farm {
+        agent.shutdown().await;
+        node.shutdown().await;
+    }
     sandbox.stop().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Step 10: two farm hosts (sim, and plaintext when this machine has a process sandbox), a
+/// confidential Wasm job and a plaintext sandboxed job, each with its receipt checked.
+async fn farm_demo(
+    sandbox: &enclava_sandbox::Sandbox,
+    url: &str,
+    config_dir: &std::path::Path,
+    policy_path: &std::path::Path,
+) -> anyhow::Result<Vec<(enclava_node::NodeHandle, enclava_host::HostAgent)>> {
+    use enclava_client::farm::{FarmClient, Submission, accepted_hosts};
+    use enclava_contracts::farm::{Security, security_status};
+    let mut hosts_started = Vec::new();
+    let (sim, agent) = sandbox.farm_host(NodeSpec::new("farm-sim"), Some("cpu=1,memory=512MiB"), &[]).await?;
+    let sim_id = sim.instance_id().to_owned();
+    hosts_started.push((sim, agent));
+    let sandboxed = enclava_process::ProcessSandbox::find().is_ok() && std::path::Path::new("/bin/busybox").exists();
+    let mut plain_spec = NodeSpec::new("farm-plain");
+    plain_spec.platform = "plaintext".into();
+    let plain = if sandboxed {
+        let (plain, agent) = sandbox.farm_host(plain_spec, Some("cpu=1,memory=512MiB"), &["busybox"]).await?;
+        let platform = plain.platform().to_owned();
+        hosts_started.push((plain, agent));
+        Some(platform)
+    } else {
+        println!(
+            "      (no bubblewrap or static busybox here: the plaintext sandboxed host is skipped; `.ci/run` installs them)"
+        );
+        None
+    };
+    let client = FarmClient::new(url, Some(crate::keys_cli::token(url, config_dir)?));
+    let policy = Policy::load(policy_path).map_err(anyhow::Error::msg)?;
+    let verifier = enclava_collateral::EvidenceVerifier::default();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let hosts = client.hosts().await.map_err(crate::keys_cli::said)?;
+    for h in &hosts {
+        println!("      host {} [{}]: {}", h.id, h.platform, h.status);
+    }
+    let (ok, refused) = accepted_hosts(&hosts, &policy, &verifier, now, "wasm", 0.5, 32 << 20).await;
+    for (id, why) in &refused {
+        println!("      host {id} refused for confidential work: {}", why.join("; "));
+    }
+    let program = enclava_wasm::examples::REVERSE.as_bytes();
+    let sub = Submission {
+        kind: "wasm",
+        security: Security::Confidential,
+        program,
+        stdin: Some(b"!laitnedifnoc dna dedaol-erp"),
+        inputs: &[],
+        args: &[],
+        rootfs: None,
+        cpu: 0.5,
+        memory_bytes: 32 << 20,
+        timeout: Duration::from_secs(30),
+    };
+    let job = client.submit_job(&sub, &ok).await.map_err(crate::keys_cli::said)?;
+    let done = client.wait(&job.view.id, Duration::from_secs(60)).await.map_err(crate::keys_cli::said)?;
+    let (out, result) = client.result(&job.view.id, job.result_seed.as_deref()).await.map_err(crate::keys_cli::said)?;
+    let expect = enclava_client::ReceiptExpectations {
+        job: Some(&job.view.id),
+        program_sha256: Some(&job.program_sha256),
+        input_sha256: Some(&job.input_sha256),
+        output: Some(&out.result),
+    };
+    let (receipt, _) = enclava_client::verify_receipt(&out.receipt, &policy, &verifier, now, &expect)
+        .await
+        .map_err(|r| anyhow::anyhow!("the receipt did not verify: {}", r.join("; ")))?;
+    println!(
+        "      confidential job {} on {} ({}): {} → {:?}; receipt VERIFIED ({} fuel, {} ms, output sealed to you)",
+        done.id,
+        receipt.host,
+        security_status(&receipt.platform),
+        done.state,
+        String::from_utf8_lossy(&result.stdout),
+        receipt.fuel,
+        receipt.wall_ms
+    );
+    debug_assert_eq!(receipt.host, sim_id);
+    if let Some(plain) = plain {
+        let command = "echo sandboxed as uid $(id -u); ls /";
+        let sub = Submission {
+            kind: "process",
+            security: Security::Plaintext,
+            program: command.as_bytes(),
+            rootfs: Some("busybox"),
+            memory_bytes: 256 << 20,
+            stdin: None,
+            ..sub
+        };
+        let job = client.submit_job(&sub, &[]).await.map_err(crate::keys_cli::said)?;
+        let done = client.wait(&job.view.id, Duration::from_secs(60)).await.map_err(crate::keys_cli::said)?;
+        let (out, result) = client.result(&job.view.id, None).await.map_err(crate::keys_cli::said)?;
+        let verdict = enclava_client::verify_receipt(&out.receipt, &policy, &verifier, now, &Default::default()).await;
+        println!(
+            "      plaintext job {} on {} ({}): {} → {:?}; receipt: {}",
+            done.id,
+            done.host.as_deref().unwrap_or("-"),
+            security_status(&plain),
+            done.state,
+            String::from_utf8_lossy(&result.stdout).replace('\n', " "),
+            match verdict {
+                Ok(_) => "verified".to_owned(),
+                Err(r) => r.join("; "),
+            }
+        );
+    }
+    Ok(hosts_started)
 }

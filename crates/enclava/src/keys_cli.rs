@@ -239,16 +239,28 @@ pub(crate) async fn upload_request_key(
     Ok(saved)
 }
 
-/// A REST session as the identity kept in `dir` for `server`, and that identity's user id.
-pub(crate) fn session(server: &str, dir: &Path) -> anyhow::Result<(KeysClient, String)> {
+/// The credential kept in `dir` for `server`, and its user id.
+fn credential(server: &str, dir: &Path) -> anyhow::Result<Credential> {
     let server = server.trim_end_matches('/');
-    let creds = read_credentials(dir)?;
-    let Some(cred) = creds.get(server) else {
+    let mut creds = read_credentials(dir)?;
+    let Some(cred) = creds.remove(server) else {
         bail!(
             "no identity for {server} in {}: run `enclava keys --server {server} register` first",
             credentials_path(dir).display()
         );
     };
+    Ok(cred)
+}
+
+/// The bearer credential kept in `dir` for `server`.
+pub(crate) fn token(server: &str, dir: &Path) -> anyhow::Result<Zeroizing<String>> {
+    Ok(Zeroizing::new(credential(server, dir)?.token.clone()))
+}
+
+/// A REST session as the identity kept in `dir` for `server`, and that identity's user id.
+pub(crate) fn session(server: &str, dir: &Path) -> anyhow::Result<(KeysClient, String)> {
+    let cred = credential(server, dir)?;
+    let server = server.trim_end_matches('/');
     Ok((KeysClient::new(server, Some(Zeroizing::new(cred.token.clone()))), cred.user_id.clone()))
 }
 

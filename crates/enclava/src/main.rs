@@ -12,6 +12,7 @@ mod cli;
 mod config;
 mod dev;
 mod evidence;
+mod farm_cli;
 mod infer_cli;
 mod keys_cli;
 mod model_cli;
@@ -70,6 +71,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Evidence(cli::EvidenceCommand::DryRun(a)) => evidence::dry_run(a),
         Command::Sim(cli::SimCommand::Init(a)) => evidence::sim_init(a),
         Command::Capacity(a) => capacity(a),
+        Command::Hosts(a) => farm_cli::hosts(a, &env).await,
+        Command::Job(a) => farm_cli::job(a, &env).await,
+        Command::File(a) => farm_cli::file(a, &env).await,
         Command::Bench(cli::BenchCommand::Discovery(a)) => enclava_bench::discovery::discovery(a).await,
         Command::Bench(cli::BenchCommand::Evidence(a)) => enclava_bench::evidence::evidence(a),
         Command::Bench(cli::BenchCommand::Keys(a)) => enclava_bench::keys::keys(a).await,
@@ -137,7 +141,22 @@ async fn node(settings: NodeSettings, env: &dyn Fn(&str) -> Option<String>) -> a
     };
     let node = enclava_sandbox::start_node(&settings, &data_dir, &blobs, registry).await?;
     println!("instance {} listening on {}", node.instance_id(), node.addr());
+    let host = match &settings.farm {
+        Some(farm) => {
+            let agent = enclava_sandbox::start_host(&node, &settings, &data_dir).await?;
+            println!(
+                "farm host {} taking jobs from {farm} ({})",
+                agent.id(),
+                enclava_contracts::farm::security_status(node.platform())
+            );
+            Some(agent)
+        }
+        None => None,
+    };
     shutdown_signal().await;
+    if let Some(h) = host {
+        h.shutdown().await;
+    }
     node.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }

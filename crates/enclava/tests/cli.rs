@@ -234,7 +234,11 @@ fn dev_demo_runs_green_from_a_clean_folder() {
         .stdin(Stdio::null()));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("[9/9]") && text.contains("demo done") && text.contains("identical"), "{text}");
+    assert!(text.contains("[10/10]") && text.contains("demo done") && text.contains("identical"), "{text}");
+    assert!(
+        text.contains("receipt VERIFIED") && text.contains("\"pre-loaded and confidential!\""),
+        "the farm step: {text}"
+    );
     assert!(text.contains("\"hello from wasm!\"") && text.contains("units of fuel"), "the Wasm step: {text}");
 }
 
@@ -294,6 +298,54 @@ fn infer_direct_and_serverless_against_a_serving_dev() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("enclava keys request-key"), "{err}");
+
+    // The farm, from the command line, on the hosts the demo started.
+    let config = data.join("config");
+    let farm_policy = data.join("farm-policy.toml");
+    let farm = |args: &[&str]| {
+        let mut c = enclava(args);
+        c.env("ENCLAVA_CONFIG_DIR", &config).env("ENCLAVA_SERVER", &url).stdin(Stdio::null());
+        run(&mut c)
+    };
+    let hosts = farm(&["hosts", "--json", "--policy", farm_policy.to_str().expect("utf-8")]);
+    let hosts: serde_json::Value = serde_json::from_str(&ok_text(&hosts)).expect("json");
+    let sim = hosts.as_array().expect("list").iter().find(|h| h["platform"] == "sim").expect("a sim host");
+    assert_eq!(sim["status"], "Simulated TEE: testing only");
+    assert!(sim["capacityProof"].as_str().is_some_and(|p| p.contains("verified against your policy")), "{sim}");
+    let app = dir.path().join("reverse.wat");
+    std::fs::write(&app, enclava_wasm::examples::REVERSE).expect("write");
+    let input = dir.path().join("in.txt");
+    std::fs::write(&input, "ILC eht morf").expect("write");
+    let out = farm(
+        &["job", "submit", app.to_str().expect("utf-8"), "--confidential", "--wait", "--cpu", "0.5"]
+            .into_iter()
+            .chain(["--memory", "32MiB", "--policy", farm_policy.to_str().expect("utf-8")])
+            .chain(["--stdin", input.to_str().expect("utf-8")])
+            .collect::<Vec<_>>(),
+    );
+    let text = ok_text(&out);
+    assert!(text.contains("security: Simulated TEE: testing only") && text.ends_with("from the CLI"), "{text}");
+    let id = text
+        .lines()
+        .find_map(|l| l.strip_prefix("job ").and_then(|r| r.split_whitespace().next()).filter(|i| i.len() == 32))
+        .expect("the job id")
+        .to_owned();
+    let receipt = farm(&["job", "receipt", &id, "--verify", "--policy", farm_policy.to_str().expect("utf-8")]);
+    assert!(ok_text(&receipt).contains("VERIFIED: job"), "{}", ok_text(&receipt));
+    let list = farm(&["job", "list", "--json"]);
+    assert!(ok_text(&list).contains(&id));
+    let status = farm(&["job", "status", &id]);
+    assert!(ok_text(&status).contains("succeeded (confidential wasm job)"), "{}", ok_text(&status));
+    // A confidential job needs a policy; a sandboxed command cannot be confidential.
+    let out = farm(&["job", "submit", app.to_str().expect("utf-8"), "--confidential"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--policy"));
+    let out =
+        farm(&["job", "submit", "--confidential", "--cmd", "true", "--policy", farm_policy.to_str().expect("utf-8")]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("not confidential"));
+    // Content-addressed files.
+    let hash = ok_text(&farm(&["file", "add", input.to_str().expect("utf-8")]));
+    assert_eq!(hash.trim().len(), 64);
+    assert_eq!(ok_text(&farm(&["file", "cat", hash.trim()])), "ILC eht morf");
     drop(lines);
 }
 

@@ -7,7 +7,7 @@
 //! contract, and this module is the client's side of it.
 
 mod direct;
-mod http;
+pub(crate) mod http;
 mod serverless;
 
 pub use direct::*;

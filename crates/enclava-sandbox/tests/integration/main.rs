@@ -5,6 +5,7 @@ mod bad_requests;
 mod discovery;
 mod evidence;
 mod extend;
+mod farm;
 mod keys;
 mod receipts;
 mod reliability;

@@ -1,0 +1,467 @@
+//! The farm's client side: [`FarmClient`] (the REST calls of submitters and hosts), the checks a
+//! submitter makes before a host sees anything ([`verify_host`]: its evidence verifies, passes the
+//! submitter's policy and binds the key and capacity it registered with the farm's nonce), and the
+//! sealing of a confidential job ([`seal_job`]: every file under a fresh job key, the job key sealed
+//! to each accepted host, the result sealed back to a key only the submitter holds).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use enclava_contracts::farm::{
+    Completion, FILE_CONTEXT, HostView, JOB_KEY_INFO, JobOutput, JobSpec, JobView, Leased, RESULT_INFO, RunResult,
+    SealedBlob,
+};
+use enclava_core::{Error, ErrorCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Bytes;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use zeroize::Zeroizing;
+
+/// The largest answer read (a job file of 32 MiB in base64, with room).
+const MAX_ANSWER: usize = 64 << 20;
+
+/// A farm server's REST API, as a submitter (user credential) or a host (host token).
+#[derive(Clone)]
+pub struct FarmClient {
+    base: String,
+    token: Option<Zeroizing<String>>,
+    http: crate::infer::http::HttpClient,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for FarmClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FarmClient").field("base", &self.base).field("token", &self.token.is_some()).finish()
+    }
+}
+
+impl FarmClient {
+    /// A client of the server at `url` (`http://host:port`).
+    pub fn new(url: &str, token: Option<Zeroizing<String>>) -> FarmClient {
+        FarmClient {
+            base: format!("{}/farm/v1", url.trim_end_matches('/')),
+            token,
+            http: crate::infer::http::http_client(Duration::from_secs(3)),
+            timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// The credential it calls with.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_ref().map(|t| t.as_str())
+    }
+
+    /// Uses `token` from now on (a host's after registration).
+    pub fn set_token(&mut self, token: Zeroizing<String>) {
+        self.token = Some(token);
+    }
+
+    async fn call(&self, method: hyper::Method, path: &str, body: Option<(Vec<u8>, &str)>) -> Result<Vec<u8>, Error> {
+        let mut req = hyper::Request::builder().method(method).uri(format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {}", t.as_str()));
+        }
+        let (bytes, ct) = body.unwrap_or((Vec::new(), "application/json"));
+        let req = req
+            .header(hyper::header::CONTENT_TYPE, ct)
+            .body(Full::new(Bytes::from(bytes)))
+            .map_err(|e| Error::invalid(format!("not a valid farm URL {}: {e}", self.base)))?;
+        let exchange = async {
+            let resp = self.http.request(req).await.map_err(|e| {
+                Error::unavailable(format!("cannot reach the farm at {}: {}", self.base, crate::source_chain(&e)))
+            })?;
+            let status = resp.status().as_u16();
+            let retry = resp
+                .headers()
+                .get(hyper::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            let body = Limited::new(resp.into_body(), MAX_ANSWER)
+                .collect()
+                .await
+                .map_err(|e| Error::unavailable(format!("reading the farm's answer: {e}")))?
+                .to_bytes()
+                .to_vec();
+            if (200..300).contains(&status) {
+                return Ok(body);
+            }
+            if status == 404 && body.is_empty() {
+                return Err(Error::not_found(format!(
+                    "{} has no farm: does that server run the farm role (--roles …,farm)?",
+                    self.base
+                )));
+            }
+            let mut err = match serde_json::from_slice::<enclava_core::ErrorBody>(&body) {
+                Ok(b) => Error::from(b),
+                Err(_) => Error::new(ErrorCode::from_http(status), format!("the farm answered HTTP {status}")),
+            };
+            err.retry_after = retry;
+            Err(err)
+        };
+        tokio::time::timeout(self.timeout, exchange).await.map_err(|_| {
+            Error::unavailable(format!("the farm at {} did not answer in {:?}", self.base, self.timeout))
+        })?
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, Error> {
+        let body = self.call(hyper::Method::GET, path, None).await?;
+        serde_json::from_slice(&body).map_err(|e| Error::internal(format!("the farm's answer is not understood: {e}")))
+    }
+
+    async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, Error> {
+        let json = serde_json::to_vec(body).map_err(|e| Error::internal(e.to_string()))?;
+        let body = self.call(hyper::Method::POST, path, Some((json, "application/json"))).await?;
+        serde_json::from_slice(&body).map_err(|e| Error::internal(format!("the farm's answer is not understood: {e}")))
+    }
+
+    /// Stores a job file; returns its SHA-256 (hex).
+    pub async fn add_file(&self, bytes: Vec<u8>) -> Result<String, Error> {
+        let expected = enclava_contracts::farm::sha256_hex(&bytes);
+        let body = self.call(hyper::Method::POST, "/files", Some((bytes, "application/octet-stream"))).await?;
+        let stored: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|e| Error::internal(format!("the farm's answer: {e}")))?;
+        match stored.get("sha256").and_then(|s| s.as_str()) {
+            Some(h) if h == expected => Ok(expected),
+            _ => Err(Error::new(ErrorCode::Tampered, "the farm stored the file under another hash")),
+        }
+    }
+
+    /// A job file, checked against its hash.
+    pub async fn file(&self, hash: &str) -> Result<Vec<u8>, Error> {
+        let bytes = self.call(hyper::Method::GET, &format!("/files/{hash}"), None).await?;
+        if enclava_contracts::farm::sha256_hex(&bytes) != hash {
+            return Err(Error::new(ErrorCode::Tampered, "the farm sent a file whose hash is not the one asked for"));
+        }
+        Ok(bytes)
+    }
+
+    pub async fn hosts(&self) -> Result<Vec<HostView>, Error> {
+        self.get("/hosts").await
+    }
+
+    pub async fn submit(&self, spec: &JobSpec) -> Result<JobView, Error> {
+        self.post("/jobs", spec).await
+    }
+
+    pub async fn jobs(&self) -> Result<Vec<JobView>, Error> {
+        self.get("/jobs").await
+    }
+
+    pub async fn job(&self, id: &str) -> Result<JobView, Error> {
+        self.get(&format!("/jobs/{id}")).await
+    }
+
+    pub async fn output(&self, id: &str) -> Result<JobOutput, Error> {
+        self.get(&format!("/jobs/{id}/output")).await
+    }
+
+    pub async fn cancel(&self, id: &str) -> Result<JobView, Error> {
+        self.post(&format!("/jobs/{id}/cancel"), &serde_json::json!({})).await
+    }
+
+    /// Waits until job `id` finished (succeeded, failed or cancelled), polling, up to `timeout`.
+    pub async fn wait(&self, id: &str, timeout: Duration) -> Result<JobView, Error> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut pause = Duration::from_millis(2);
+        loop {
+            let job = self.job(id).await?;
+            if !matches!(job.state.as_str(), "queued" | "running") {
+                return Ok(job);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::unavailable(format!("job {id} is still {} after {timeout:?}", job.state)));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(100));
+        }
+    }
+
+    // Host calls.
+
+    pub async fn nonce(&self) -> Result<String, Error> {
+        let v: serde_json::Value = self.post("/hosts/nonce", &serde_json::json!({})).await?;
+        v.get("nonce").and_then(|n| n.as_str()).map(str::to_owned).ok_or_else(|| Error::internal("no nonce"))
+    }
+
+    /// Registers (or re-binds) a host; returns its token and the farm's lease length.
+    pub async fn register(
+        &self,
+        reg: &enclava_contracts::farm::HostRegistration,
+    ) -> Result<(Zeroizing<String>, Duration), Error> {
+        let v: serde_json::Value = self.post("/hosts/register", reg).await?;
+        let token = v.get("token").and_then(|t| t.as_str()).ok_or_else(|| Error::internal("no token"))?;
+        let lease = v.get("lease_ms").and_then(|t| t.as_u64()).unwrap_or(10_000);
+        Ok((Zeroizing::new(token.to_owned()), Duration::from_millis(lease)))
+    }
+
+    /// Up to `max` jobs placed on this host, waiting up to `wait` for one when none is queued.
+    pub async fn lease(&self, max: u32, wait: Duration) -> Result<Vec<Leased>, Error> {
+        self.post("/hosts/lease", &serde_json::json!({ "max": max, "wait_ms": wait.as_millis() as u64 })).await
+    }
+
+    pub async fn renew(&self, id: &str, lease: &str) -> Result<(), Error> {
+        let _: serde_json::Value =
+            self.post(&format!("/jobs/{id}/renew"), &serde_json::json!({ "lease": lease })).await?;
+        Ok(())
+    }
+
+    pub async fn complete(&self, id: &str, completion: &Completion) -> Result<(), Error> {
+        let _: serde_json::Value = self.post(&format!("/jobs/{id}/complete"), completion).await?;
+        Ok(())
+    }
+}
+
+/// Checks a farm host before a confidential job is sealed to it: its evidence verifies, passes
+/// `policy` at `now`, and binds the key and capacity it registered with the farm's nonce.
+pub async fn verify_host(
+    host: &HostView,
+    policy: &enclava_attest::Policy,
+    verifier: &enclava_collateral::EvidenceVerifier,
+    now: u64,
+) -> Result<enclava_attest::Claims, Vec<String>> {
+    use enclava_attest::{Evidence, binding, policy::check};
+    if host.evidence.is_empty() {
+        return Err(vec![format!("it cannot attest (platform {}): {}", host.platform, host.status)]);
+    }
+    let evidence = Evidence::detect(host.evidence.clone()).map_err(|e| vec![e.to_string()])?;
+    if policy.rules(evidence.platform()).is_none() {
+        return Err(vec![format!("platform {} is not allowed by this policy", evidence.platform())]);
+    }
+    let sim_root = policy.sim_root().map_err(|e| vec![e])?;
+    let claims = verifier.verify(&evidence, sim_root, now).await.map_err(|e| vec![e.to_string()])?;
+    let key = enclava_contracts::farm::host_binding_key(&host.pubkey, &host.capacity);
+    let bound = binding::report_data(binding::FARM_HOST, &key, Some(host.nonce.as_bytes()));
+    let verdict = check(policy, &claims, now, Some(&bound));
+    if !verdict.accepted {
+        return Err(verdict.failures);
+    }
+    if claims.platform.as_str() != host.platform {
+        return Err(vec![format!("it says platform {} but its evidence is {}", host.platform, claims.platform)]);
+    }
+    Ok(claims)
+}
+
+/// A confidential job's files and keys, sealed on the submitter's side.
+pub struct SealedJob {
+    /// The files to store (sealed under the job key), by their hash.
+    pub files: Vec<(String, Vec<u8>)>,
+    /// The program's, standard input's and inputs' hashes as stored, for the spec.
+    pub program: String,
+    pub stdin: Option<String>,
+    pub inputs: Vec<(String, String)>,
+    pub key_wraps: BTreeMap<String, SealedBlob>,
+    /// The seed of the key the result is sealed to ([`enclava_seal::KeyPair::from_seed`]): keep
+    /// it to open the result.
+    pub result_seed: Zeroizing<[u8; 32]>,
+}
+
+impl std::fmt::Debug for SealedJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealedJob").field("files", &self.files.len()).field("hosts", &self.key_wraps.len()).finish()
+    }
+}
+
+/// Seals a confidential job `id` for `hosts` (id → the public key their evidence binds): a fresh
+/// job key seals every file; the job key is sealed to each host for this job id only.
+pub fn seal_job(
+    id: &str,
+    program: &[u8],
+    stdin: Option<&[u8]>,
+    inputs: &[(&str, &[u8])],
+    hosts: &[(&str, &[u8])],
+) -> Result<SealedJob, Error> {
+    let seal_err = |e: enclava_seal::SealError| Error::internal(format!("cannot seal the job: {e}"));
+    let mut key = Zeroizing::new([0u8; 32]);
+    rand::fill(&mut key[..]);
+    let mut files = Vec::new();
+    let mut store = |bytes: &[u8]| -> Result<String, Error> {
+        let sealed = enclava_seal::symmetric::seal_shared(&key, FILE_CONTEXT, b"", bytes).map_err(seal_err)?;
+        let hash = enclava_contracts::farm::sha256_hex(&sealed);
+        files.push((hash.clone(), sealed));
+        Ok(hash)
+    };
+    let program = store(program)?;
+    let stdin = stdin.map(&mut store).transpose()?;
+    let mut named = Vec::new();
+    for (name, bytes) in inputs {
+        named.push((name.to_string(), store(bytes)?));
+    }
+    let mut key_wraps = BTreeMap::new();
+    for (host, public) in hosts {
+        let s = enclava_seal::seal(public, JOB_KEY_INFO, id.as_bytes(), &key[..]).map_err(seal_err)?;
+        key_wraps.insert(host.to_string(), SealedBlob { enc: s.enc, ciphertext: s.ciphertext });
+    }
+    let mut result_seed = Zeroizing::new([0u8; 32]);
+    rand::fill(&mut result_seed[..]);
+    Ok(SealedJob { files, program, stdin, inputs: named, key_wraps, result_seed })
+}
+
+/// Opens a stored result: a confidential job's with the submitter's result key.
+pub fn open_result(id: &str, stored: &[u8], result_key: Option<&enclava_seal::KeyPair>) -> Result<RunResult, Error> {
+    let bad = |what: String| Error::new(ErrorCode::Tampered, what);
+    let plain: Zeroizing<Vec<u8>> = match result_key {
+        None => Zeroizing::new(stored.to_vec()),
+        Some(k) => {
+            let blob: SealedBlob =
+                serde_json::from_slice(stored).map_err(|e| bad(format!("the sealed result is not one: {e}")))?;
+            let sealed = enclava_seal::Sealed { enc: blob.enc, ciphertext: blob.ciphertext };
+            k.open(RESULT_INFO, id.as_bytes(), &sealed).map_err(|_| {
+                bad("the result does not open with this job's key: it was changed or is another job's".into())
+            })?
+        }
+    };
+    serde_json::from_slice(&plain).map_err(|e| bad(format!("the result is not a result: {e}")))
+}
+
+/// A new job id (32 hex digits).
+pub fn new_job_id() -> String {
+    let mut b = [0u8; 16];
+    rand::fill(&mut b);
+    hex::encode(b)
+}
+
+/// A job to submit, before any sealing.
+#[derive(Clone, Copy)]
+pub struct Submission<'a> {
+    /// `wasm` or `process`.
+    pub kind: &'a str,
+    pub security: enclava_contracts::farm::Security,
+    /// The Wasm module, or the command run by `/bin/sh -c`.
+    pub program: &'a [u8],
+    pub stdin: Option<&'a [u8]>,
+    pub inputs: &'a [(&'a str, &'a [u8])],
+    pub args: &'a [String],
+    pub rootfs: Option<&'a str>,
+    pub cpu: f64,
+    pub memory_bytes: u64,
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for Submission<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Submission").field("kind", &self.kind).field("security", &self.security).finish_non_exhaustive()
+    }
+}
+
+/// A submitted job and what its submitter keeps to check and open its result.
+pub struct Submitted {
+    pub view: JobView,
+    /// The digests its receipt must carry.
+    pub program_sha256: String,
+    pub input_sha256: String,
+    /// For a confidential job: the seed of the key its result is sealed to.
+    pub result_seed: Option<Zeroizing<[u8; 32]>>,
+}
+
+impl std::fmt::Debug for Submitted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Submitted").field("view", &self.view).finish_non_exhaustive()
+    }
+}
+
+/// The online hosts that pass `policy` (for a confidential job) and could hold a job of `kind`
+/// with `cpu` cores and `memory` bytes; and every other host with why it was refused.
+pub async fn accepted_hosts(
+    hosts: &[HostView],
+    policy: &enclava_attest::Policy,
+    verifier: &enclava_collateral::EvidenceVerifier,
+    now: u64,
+    kind: &str,
+    cpu: f64,
+    memory: u64,
+) -> (Vec<HostView>, Vec<(String, Vec<String>)>) {
+    let (mut ok, mut refused) = (Vec::new(), Vec::new());
+    for h in hosts {
+        let capacity: Option<enclava_contracts::farm::HostCapacity> = serde_json::from_str(&h.capacity).ok();
+        let fits = capacity.as_ref().is_some_and(|c| {
+            c.kinds.iter().any(|k| k == kind) && c.offer_cores + 1e-9 >= cpu && c.offer_memory_bytes >= memory
+        });
+        if !h.online {
+            refused.push((h.id.clone(), vec!["it is offline".into()]));
+        } else if !fits {
+            refused
+                .push((h.id.clone(), vec![format!("it offers no {kind} job of {cpu} cores and {} MiB", memory >> 20)]));
+        } else {
+            match verify_host(h, policy, verifier, now).await {
+                Ok(_) => ok.push(h.clone()),
+                Err(reasons) => refused.push((h.id.clone(), reasons)),
+            }
+        }
+    }
+    (ok, refused)
+}
+
+impl FarmClient {
+    /// Uploads a job's files (sealed under a fresh job key for a confidential job, the key sealed
+    /// to each of `hosts`) and submits it.
+    pub async fn submit_job(&self, s: &Submission<'_>, hosts: &[HostView]) -> Result<Submitted, Error> {
+        use enclava_contracts::farm::{FileRef, Security};
+        let id = new_job_id();
+        let program_sha256 = enclava_contracts::farm::sha256_hex(s.program);
+        let input_sha256 = enclava_contracts::farm::inputs_digest(s.stdin.unwrap_or_default(), s.inputs);
+        let (files, program, stdin, inputs, key_wraps, seed) = match s.security {
+            Security::Confidential => {
+                if hosts.is_empty() {
+                    return Err(Error::new(
+                        ErrorCode::FailedPrecondition,
+                        "no host passed the policy: nothing could run it",
+                    ));
+                }
+                let keys: Vec<(&str, &[u8])> = hosts.iter().map(|h| (h.id.as_str(), h.pubkey.as_slice())).collect();
+                let sealed = seal_job(&id, s.program, s.stdin, s.inputs, &keys)?;
+                (sealed.files, sealed.program, sealed.stdin, sealed.inputs, sealed.key_wraps, Some(sealed.result_seed))
+            }
+            Security::Plaintext => {
+                let mut files = vec![(enclava_contracts::farm::sha256_hex(s.program), s.program.to_vec())];
+                let stdin = s.stdin.map(|b| {
+                    files.push((enclava_contracts::farm::sha256_hex(b), b.to_vec()));
+                    enclava_contracts::farm::sha256_hex(b)
+                });
+                let mut inputs = Vec::new();
+                for (name, b) in s.inputs {
+                    files.push((enclava_contracts::farm::sha256_hex(b), b.to_vec()));
+                    inputs.push((name.to_string(), enclava_contracts::farm::sha256_hex(b)));
+                }
+                (files, program_sha256.clone(), stdin, inputs, BTreeMap::new(), None)
+            }
+        };
+        for (_, bytes) in files {
+            self.add_file(bytes).await?;
+        }
+        let spec = JobSpec {
+            id,
+            kind: s.kind.to_owned(),
+            security: s.security,
+            program,
+            rootfs: s.rootfs.map(str::to_owned),
+            args: s.args.to_vec(),
+            stdin,
+            inputs: inputs.into_iter().map(|(name, sha256)| FileRef { name, sha256 }).collect(),
+            cpu: s.cpu,
+            memory_bytes: s.memory_bytes,
+            timeout_ms: s.timeout.as_millis().max(1) as u64,
+            key_wraps,
+            result_key: seed
+                .as_ref()
+                .map(|k| enclava_seal::KeyPair::from_seed(k).public().to_vec())
+                .unwrap_or_default(),
+        };
+        let view = self.submit(&spec).await?;
+        Ok(Submitted { view, program_sha256, input_sha256, result_seed: seed })
+    }
+
+    /// A finished job's stored output, and its result opened (with the result key's seed for a
+    /// confidential job). Refuses an output whose digest is not the receipt's.
+    pub async fn result(&self, id: &str, seed: Option<&[u8; 32]>) -> Result<(JobOutput, RunResult), Error> {
+        let out = self.output(id).await?;
+        let receipt: enclava_contracts::farm::Receipt = serde_json::from_str(&out.receipt.receipt)
+            .map_err(|e| Error::new(ErrorCode::Tampered, format!("the receipt is not a receipt: {e}")))?;
+        if receipt.output_sha256 != enclava_contracts::farm::sha256_hex(&out.result) {
+            return Err(Error::new(ErrorCode::Tampered, "the stored output is not the one the host's receipt names"));
+        }
+        let key = seed.map(enclava_seal::KeyPair::from_seed);
+        let result = open_result(id, &out.result, key.as_ref())?;
+        Ok((out, result))
+    }
+}
