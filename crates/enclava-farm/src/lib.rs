@@ -354,7 +354,7 @@ impl Farm {
         let now = now_ms();
         let rows = sqlx::query(
             "SELECT h.id, h.platform, h.measurement, h.pubkey, h.capacity, h.nonce, h.evidence, h.last_seen_ms, h.bound_ms, \
-             COUNT(j.id), COALESCE(SUM(j.mcpu), 0), COALESCE(SUM(j.memory), 0) FROM farm_hosts h \
+             COUNT(j.id), CAST(COALESCE(SUM(j.mcpu), 0) AS BIGINT), CAST(COALESCE(SUM(j.memory), 0) AS BIGINT) FROM farm_hosts h \
              LEFT JOIN farm_jobs j ON j.host = h.id AND j.state = 'running' \
              GROUP BY h.id, h.platform, h.measurement, h.pubkey, h.capacity, h.nonce, h.evidence, h.last_seen_ms, h.bound_ms \
              ORDER BY h.id",
@@ -557,7 +557,7 @@ impl Farm {
         let (offer_mcpu, offer_memory): (i64, i64) = (h.try_get(0)?, h.try_get(1)?);
         let (kinds, rootfs): (String, String) = (h.try_get(2)?, h.try_get(3)?);
         let used = sqlx::query(
-            "SELECT COALESCE(SUM(mcpu), 0), COALESCE(SUM(memory), 0) FROM farm_jobs WHERE host = $1 AND state = 'running'",
+            "SELECT CAST(COALESCE(SUM(mcpu), 0) AS BIGINT), CAST(COALESCE(SUM(memory), 0) AS BIGINT) FROM farm_jobs WHERE host = $1 AND state = 'running'",
         )
         .bind(&host.id)
         .fetch_one(&mut *w)
