@@ -360,8 +360,9 @@ impl std::fmt::Debug for Submitted {
     }
 }
 
-/// The online hosts that pass `policy` (for a confidential job) and could hold a job of `kind`
-/// with `cpu` cores and `memory` bytes; and every other host with why it was refused.
+/// The online hosts that pass `policy` (for a confidential job) and could hold a job for executor
+/// `kind` (`wasm`, `confidential-vm`, …) with `cpu` cores and `memory` bytes; and every other
+/// host with why it was refused.
 pub async fn accepted_hosts(
     hosts: &[HostView],
     policy: &enclava_attest::Policy,

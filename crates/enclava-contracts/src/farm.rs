@@ -110,10 +110,12 @@ pub const RESULT_INFO: &[u8] = b"enclava/farm/result/v1";
 pub struct JobSpec {
     /// 32 lowercase hex digits.
     pub id: String,
-    /// The executor: `wasm` or `process`.
+    /// The executor: `wasm`, `process` (a sandboxed process) or `vm` (a VM: plain, or for a
+    /// confidential job SEV-SNP/TDX).
     pub kind: String,
     pub security: Security,
-    /// The program file: a Wasm module, or for `process` the shell command run by `/bin/sh -c`.
+    /// The program file: a Wasm module, or for `process` and `vm` the shell command run by
+    /// `/bin/sh -c`.
     pub program: String,
     /// For `process`: the root filesystem (one the host offers by name).
     #[serde(default)]
@@ -140,6 +142,11 @@ pub struct JobSpec {
 }
 
 impl JobSpec {
+    /// The executor a host must offer for it: a confidential `vm` job needs `confidential-vm`.
+    pub fn executor(&self) -> &str {
+        if self.kind == "vm" && self.security == Security::Confidential { "confidential-vm" } else { &self.kind }
+    }
+
     /// Every file the job names, program first.
     pub fn files(&self) -> Vec<&str> {
         let mut out = vec![self.program.as_str()];
@@ -154,8 +161,13 @@ impl JobSpec {
         if self.id.len() != 32 || !self.id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
             return Err("a job id is 32 lowercase hex digits".into());
         }
-        if !matches!(self.kind.as_str(), "wasm" | "process") {
-            return Err(format!("unknown job kind {}: use wasm or process", enclava_core::text::quote(&self.kind)));
+        if !matches!(self.kind.as_str(), "wasm" | "process" | "vm") {
+            return Err(format!("unknown job kind {}: use wasm, process or vm", enclava_core::text::quote(&self.kind)));
+        }
+        if self.kind == "process" && self.security == Security::Confidential {
+            return Err(
+                "a sandboxed process is never confidential (the host sees everything): submit it as plaintext".into()
+            );
         }
         for f in self.files() {
             if !hex64(f) {

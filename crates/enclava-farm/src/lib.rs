@@ -89,7 +89,21 @@ pub struct Farm {
     config: FarmConfig,
     /// Woken when a job becomes queued (hosts waiting for work ask again).
     queued: Arc<tokio::sync::Notify>,
+    /// Submissions waiting for the next group commit.
+    submissions: tokio::sync::mpsc::Sender<Pending>,
 }
+
+/// A submission waiting for its commit.
+#[derive(Debug)]
+struct Pending {
+    owner: String,
+    spec: JobSpec,
+    json: String,
+    reply: tokio::sync::oneshot::Sender<Result<JobView, Error>>,
+}
+
+/// Submissions committed together at most.
+const BATCH: usize = 128;
 
 /// A host as its token identifies it.
 #[derive(Debug, Clone)]
@@ -146,7 +160,23 @@ impl Farm {
     ) -> Result<Farm, Error> {
         let db = audit.database().clone();
         db.migrate("farm", MIGRATIONS, None).await?;
-        Ok(Farm { db, audit, identity, config, queued: Arc::new(tokio::sync::Notify::new()) })
+        let (submissions, mut rx) = tokio::sync::mpsc::channel::<Pending>(1024);
+        let farm = Farm { db, audit, identity, config, queued: Arc::new(tokio::sync::Notify::new()), submissions };
+        // The committer holds a clone without the sender, so it ends when the last `Farm` does.
+        let committer = Farm { submissions: tokio::sync::mpsc::channel(1).0, ..farm.clone() };
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < BATCH {
+                    match rx.try_recv() {
+                        Ok(p) => batch.push(p),
+                        Err(_) => break,
+                    }
+                }
+                committer.store_batch(batch).await;
+            }
+        });
+        Ok(farm)
     }
 
     /// Completes when a job was queued after this was called (see `Notified::enable`).
@@ -175,6 +205,13 @@ impl Farm {
             ));
         }
         let hash = enclava_contracts::farm::sha256_hex(bytes);
+        let known = sqlx::query("SELECT 1 FROM farm_files WHERE sha256 = $1")
+            .bind(&hash)
+            .fetch_optional(self.db.pool())
+            .await?;
+        if known.is_some() {
+            return Ok(hash);
+        }
         let mut w = self.db.begin_write().await?;
         sqlx::query(
             "INSERT INTO farm_files (sha256, size, owner, data, created_ms) VALUES ($1, $2, $3, $4, $5) \
@@ -388,58 +425,122 @@ impl Farm {
     }
 
     /// Accepts a job. A job submitted again with the same id and spec is the same job.
+    /// Submissions arriving together commit together (one transaction, one sync): each is
+    /// answered only after that commit.
     pub async fn submit(&self, owner: &str, spec: &JobSpec) -> Result<JobView, Error> {
         spec.validate().map_err(Error::invalid)?;
         let json = serde_json::to_string(spec).map_err(|e| Error::internal(e.to_string()))?;
-        let mut w = self.db.begin_write().await?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let pending = Pending { owner: owner.to_owned(), spec: spec.clone(), json, reply };
+        self.submissions
+            .send(pending)
+            .await
+            .map_err(|_| Error::unavailable("the farm is stopping: submit again shortly"))?;
+        answer.await.map_err(|_| Error::unavailable("the farm stopped before the job was stored: submit it again"))?
+    }
+
+    /// Stores a batch of submissions in one transaction; every one gets its own answer after the
+    /// commit (or the store's error, with nothing stored).
+    async fn store_batch(&self, batch: Vec<Pending>) {
+        let mut answers: Vec<Result<JobView, Error>> = Vec::with_capacity(batch.len());
+        let result: Result<(), Error> = async {
+            let mut w = self.db.begin_write().await?;
+            let now = now_ms();
+            let mut taken = std::collections::BTreeMap::new();
+            for p in &batch {
+                answers.push(Self::insert(&mut w, p, now, &mut taken).await?);
+            }
+            w.commit().await
+        }
+        .await;
+        if let Err(e) = result {
+            answers = batch.iter().map(|_| Err(e.clone())).collect();
+        } else if answers.iter().any(Result::is_ok) {
+            self.queued.notify_waiters();
+        }
+        for (p, a) in batch.into_iter().zip(answers) {
+            let _ = p.reply.send(a);
+        }
+    }
+
+    /// One submission inside a batch's transaction: `Ok(Err)` refuses it alone.
+    async fn insert(
+        w: &mut enclava_store::Write,
+        p: &Pending,
+        now: i64,
+        taken: &mut std::collections::BTreeMap<String, (String, String, JobView)>,
+    ) -> Result<Result<JobView, Error>, Error> {
+        let spec = &p.spec;
+        // The same job twice in one batch (a client's retry).
+        if let Some((json, owner, view)) = taken.get(&spec.id) {
+            return Ok(if *json == p.json && *owner == p.owner {
+                Ok(view.clone())
+            } else {
+                Err(Error::new(ErrorCode::AlreadyExists, "another job has this id: choose a new one"))
+            });
+        }
         if let Some(row) =
             sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {JOB_COLUMNS}, spec FROM farm_jobs WHERE id = $1")))
                 .bind(&spec.id)
-                .fetch_optional(&mut *w)
+                .fetch_optional(&mut **w)
                 .await?
         {
-            let same = row.try_get::<String, _>("spec")? == json && row.try_get::<String, _>("owner")? == owner;
-            return if same {
+            let same = row.try_get::<String, _>("spec")? == p.json && row.try_get::<String, _>("owner")? == p.owner;
+            return Ok(if same {
                 job_view(&row)
             } else {
                 Err(Error::new(ErrorCode::AlreadyExists, "another job has this id: choose a new one"))
-            };
+            });
         }
         for f in spec.files() {
             let found =
-                sqlx::query("SELECT 1 FROM farm_files WHERE sha256 = $1").bind(f).fetch_optional(&mut *w).await?;
+                sqlx::query("SELECT 1 FROM farm_files WHERE sha256 = $1").bind(f).fetch_optional(&mut **w).await?;
             if found.is_none() {
-                return Err(Error::invalid(format!(
+                return Ok(Err(Error::invalid(format!(
                     "the job names file {}… which the farm does not have: add it first (`enclava file add`)",
                     &f[..16]
-                )));
+                ))));
             }
         }
         let eligible = match spec.security {
             Security::Plaintext => "*".to_owned(),
             Security::Confidential => format!(",{},", spec.key_wraps.keys().cloned().collect::<Vec<_>>().join(",")),
         };
-        let now = now_ms();
         sqlx::query(
             "INSERT INTO farm_jobs (id, owner, kind, security, spec, eligible, rootfs, mcpu, memory, state, host, lease, \
              lease_until_ms, attempts, reasons, created_ms, updated_ms) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'queued', NULL, NULL, 0, 0, '[]', $10, $10)",
         )
         .bind(&spec.id)
-        .bind(owner)
-        .bind(&spec.kind)
+        .bind(&p.owner)
+        .bind(spec.executor())
         .bind(spec.security.as_str())
-        .bind(&json)
+        .bind(&p.json)
         .bind(&eligible)
-        .bind(spec.rootfs.clone().unwrap_or_default())
+        .bind(match (spec.kind.as_str(), &spec.rootfs) {
+            ("process", None) => "busybox".to_owned(),
+            (_, r) => r.clone().unwrap_or_default(),
+        })
         .bind((spec.cpu * 1000.0).ceil() as i64)
         .bind(spec.memory_bytes as i64)
         .bind(now)
-        .execute(&mut *w)
+        .execute(&mut **w)
         .await?;
-        w.commit().await?;
-        self.queued.notify_waiters();
-        self.job_row(&spec.id).await.map(|(v, _)| v)
+        let view = JobView {
+            id: spec.id.clone(),
+            owner: p.owner.clone(),
+            kind: spec.executor().to_owned(),
+            security: spec.security,
+            state: "queued".into(),
+            host: None,
+            host_platform: None,
+            attempts: 0,
+            reasons: Vec::new(),
+            created_ms: now,
+            updated_ms: now,
+        };
+        taken.insert(spec.id.clone(), (p.json.clone(), p.owner.clone(), view.clone()));
+        Ok(Ok(view))
     }
 
     async fn job_row(&self, id: &str) -> Result<(JobView, AnyRow), Error> {
@@ -548,6 +649,21 @@ impl Farm {
     /// executor and root filesystem it offers, within its free cores and memory.
     pub async fn lease(&self, host: &Host, max: u32) -> Result<Vec<Leased>, Error> {
         let now = now_ms();
+        // Nothing this host may take: no write (and no sync), unless its heartbeat is due.
+        let pattern = format!("%,{},%", host.id);
+        let row = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM farm_jobs WHERE state = 'queued' AND (eligible = '*' OR eligible LIKE $1)), \
+             (SELECT last_seen_ms FROM farm_hosts WHERE id = $2)",
+        )
+        .bind(&pattern)
+        .bind(&host.id)
+        .fetch_one(self.db.pool())
+        .await?;
+        let (waiting, seen): (i64, Option<i64>) = (row.try_get(0)?, row.try_get(1)?);
+        let Some(seen) = seen else { return Err(enclava_identity::unauthenticated()) };
+        if waiting == 0 && now - seen < 1000 {
+            return Ok(Vec::new());
+        }
         let mut w = self.db.begin_write().await?;
         let h = sqlx::query("SELECT offer_mcpu, offer_memory, kinds, rootfs FROM farm_hosts WHERE id = $1")
             .bind(&host.id)
@@ -574,7 +690,7 @@ impl Farm {
             "SELECT id, kind, rootfs, mcpu, memory, spec, attempts FROM farm_jobs WHERE state = 'queued' \
              AND (eligible = '*' OR eligible LIKE $1) ORDER BY created_ms, id LIMIT 256{skip}"
         )))
-        .bind(format!("%,{},%", host.id))
+        .bind(&pattern)
         .fetch_all(&mut *w)
         .await?;
         let lease_ms = self.config.lease.as_millis() as i64;

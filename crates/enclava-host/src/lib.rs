@@ -45,6 +45,8 @@ pub struct HostConfig {
     pub rootfs: BTreeMap<String, PathBuf>,
     /// Jobs run at once, at most.
     pub max_jobs: usize,
+    /// Offer VM jobs (qemu, a guest kernel and a static busybox must be present).
+    pub vm: bool,
     /// How often it re-binds its capacity with a fresh nonce.
     pub rebind: Duration,
 }
@@ -59,6 +61,7 @@ impl HostConfig {
             work_dir,
             rootfs: BTreeMap::new(),
             max_jobs: 16,
+            vm: false,
             rebind: Duration::from_secs(60),
         }
     }
@@ -68,6 +71,7 @@ impl HostConfig {
 #[derive(Debug, Clone)]
 struct Runners {
     wasm: Arc<enclava_wasm::WasmEngine>,
+    vm: Option<enclava_vm::VmLauncher>,
     process: Option<enclava_process::ProcessSandbox>,
     rootfs: BTreeMap<String, PathBuf>,
 }
@@ -102,7 +106,18 @@ impl HostAgent {
                 }
             }
         };
-        let runners = Runners { wasm, process, rootfs: config.rootfs.clone() };
+        let vm = if config.vm {
+            match enclava_vm::VmLauncher::find(None) {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no VM launcher here: this host runs no VM jobs");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let runners = Runners { wasm, vm, process, rootfs: config.rootfs.clone() };
         std::fs::create_dir_all(&config.work_dir)
             .map_err(|e| Error::unavailable(format!("cannot create {}: {e}", config.work_dir.display())))?;
         let mut client = FarmClient::new(&config.server, None);
@@ -146,6 +161,12 @@ fn capacity_json(config: &HostConfig, runners: &Runners) -> Result<String, Error
     if runners.process.is_some() {
         kinds.push("process".into());
     }
+    if let Some(vm) = &runners.vm {
+        kinds.push("vm".into());
+        if vm.tee().is_some() {
+            kinds.push("confidential-vm".into());
+        }
+    }
     let capacity = HostCapacity {
         offer_cores: config.offer_cores,
         offer_memory_bytes: config.offer_memory_bytes,
@@ -163,8 +184,9 @@ fn capacity_json(config: &HostConfig, runners: &Runners) -> Result<String, Error
     serde_json::to_string(&capacity).map_err(|e| Error::internal(e.to_string()))
 }
 
-/// Registers (or re-binds) with a fresh nonce; returns the lease length.
-async fn register(attester: &Attester, client: &mut FarmClient, capacity: &str) -> Result<Duration, Error> {
+/// Registers (or re-binds) `attester`'s node with a fresh nonce, its evidence binding its key and
+/// `capacity` (a `HostCapacity` as JSON); `client` keeps the token. Returns the lease length.
+pub async fn register(attester: &Attester, client: &mut FarmClient, capacity: &str) -> Result<Duration, Error> {
     let nonce = client.nonce().await?;
     let key = enclava_contracts::farm::host_binding_key(attester.public_key(), capacity);
     let evidence = attester.farm_evidence(&key, nonce.as_bytes()).unwrap_or_default();
@@ -355,6 +377,7 @@ async fn run_job(shared: &Shared, client: &FarmClient, leased: &Leased) -> Resul
     let ran = match spec.kind.as_str() {
         "wasm" => run_wasm(&shared.runners, spec, program.to_vec(), stdin.to_vec(), &in_dir, &tmp_dir, timeout).await?,
         "process" => run_process(&shared.runners, spec, &program, stdin.to_vec(), &dir, timeout).await?,
+        "vm" => run_vm(&shared.runners, spec, &program, &inputs, &dir, timeout).await?,
         other => return Err(Error::invalid(format!("this host does not run {other} jobs"))),
     };
     finish(shared, leased, ran, sha256_hex(&program), input_sha256, bytes_in)
@@ -448,6 +471,41 @@ async fn run_process(
     })
 }
 
+async fn run_vm(
+    runners: &Runners,
+    spec: &enclava_contracts::farm::JobSpec,
+    program: &[u8],
+    inputs: &[(String, Zeroizing<Vec<u8>>)],
+    dir: &Path,
+    timeout: Duration,
+) -> Result<Ran, Error> {
+    let launcher =
+        runners.vm.as_ref().ok_or_else(|| Error::new(ErrorCode::FailedPrecondition, "this host runs no VM jobs"))?;
+    let command = std::str::from_utf8(program).map_err(|_| Error::invalid("a VM job's command is not UTF-8"))?;
+    let job = enclava_vm::VmJob {
+        command: command.to_owned(),
+        inputs: inputs.iter().map(|(n, b)| (n.clone(), b.to_vec())).collect(),
+        memory_mib: (spec.memory_bytes >> 20).clamp(64, u64::from(u32::MAX)) as u32,
+        cpus: spec.cpu.ceil().max(1.0) as u32,
+        timeout,
+        confidential: spec.security == Security::Confidential,
+        work: dir.join("vm"),
+    };
+    let report = launcher.run(&job).await?;
+    Ok(Ran {
+        result: RunResult {
+            success: report.outcome.success(),
+            outcome: report.outcome.to_string(),
+            stdout: report.output,
+            stderr: Vec::new(),
+        },
+        fuel: 0,
+        wall: report.wall,
+        peak_memory: 0,
+        isolation: report.isolation,
+    })
+}
+
 /// The stored result (sealed to the submitter for a confidential job) and its receipt.
 fn finish(
     shared: &Shared,
@@ -504,7 +562,11 @@ fn failure(shared: &Shared, leased: &Leased, e: &Error) -> Result<Completion, Er
         fuel: 0,
         wall: Duration::ZERO,
         peak_memory: 0,
-        isolation: if leased.job.kind == "process" { enclava_process::ISOLATION } else { WASM_ISOLATION },
+        isolation: match leased.job.kind.as_str() {
+            "process" => enclava_process::ISOLATION,
+            "vm" => enclava_vm::ISOLATION,
+            _ => WASM_ISOLATION,
+        },
     };
     finish(shared, leased, ran, String::new(), String::new(), 0)
 }

@@ -129,6 +129,8 @@ pub struct NodeSettings {
     /// Root filesystems offered to sandboxed-process jobs, each `NAME=DIR`, or `busybox` (a root
     /// made from the host's static busybox in the data folder).
     pub rootfs: Vec<String>,
+    /// Offer VM jobs (qemu with a guest kernel; confidential ones only on SEV-SNP or TDX).
+    pub vm: bool,
 }
 
 impl Default for NodeSettings {
@@ -151,6 +153,7 @@ impl Default for NodeSettings {
             offer: None,
             farm: None,
             rootfs: Vec::new(),
+            vm: false,
         }
     }
 }
@@ -167,8 +170,8 @@ impl NodeSettings {
         if let Some(offer) = &self.offer {
             enclava_node::capacity::Offer::parse(offer).map_err(|e| format!("--offer: {e}"))?;
         }
-        if !self.rootfs.is_empty() && self.farm.is_none() {
-            return Err("--rootfs is offered to farm jobs: name the farm with --farm URL".into());
+        if (!self.rootfs.is_empty() || self.vm) && self.farm.is_none() {
+            return Err("--rootfs and --vm are offered to farm jobs: name the farm with --farm URL".into());
         }
         for r in &self.rootfs {
             if r != "busybox" && r.split_once('=').is_none_or(|(n, d)| n.is_empty() || d.is_empty()) {

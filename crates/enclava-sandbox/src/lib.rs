@@ -114,6 +114,7 @@ pub async fn start_host(
         None => enclava_node::capacity::measure(data_dir),
     };
     let mut config = enclava_host::HostConfig::new(server, measured, data_dir.join("farm"));
+    config.vm = settings.vm;
     if let Some(offer) = &settings.offer {
         let offer = enclava_node::capacity::Offer::parse(offer).map_err(anyhow::Error::msg)?;
         config.offer_cores = offer.cores;
@@ -542,14 +543,24 @@ impl Sandbox {
         offer: Option<&str>,
         rootfs: &[&str],
     ) -> anyhow::Result<(NodeHandle, enclava_host::HostAgent)> {
-        let dir = self.dir.join(&spec.name);
-        let node = self.detached_node(spec).await?;
         let settings = NodeSettings {
-            farm: Some(self.url.clone()),
             offer: offer.map(str::to_owned),
             rootfs: rootfs.iter().map(|r| r.to_string()).collect(),
             ..Default::default()
         };
+        self.farm_host_with(spec, settings).await
+    }
+
+    /// As [`Sandbox::farm_host`], with the host's settings (`offer`, `rootfs`, `vm`) given whole;
+    /// the farm is this sandbox's.
+    pub async fn farm_host_with(
+        &self,
+        spec: NodeSpec,
+        settings: NodeSettings,
+    ) -> anyhow::Result<(NodeHandle, enclava_host::HostAgent)> {
+        let dir = self.dir.join(&spec.name);
+        let node = self.detached_node(spec).await?;
+        let settings = NodeSettings { farm: Some(self.url.clone()), ..settings };
         let agent = start_host(&node, &settings, &dir).await?;
         Ok((node, agent))
     }

@@ -114,6 +114,7 @@ fn dependency_directions_hold() {
     within("enclava-identity", &["enclava-core", "enclava-store"]);
     within("enclava-wasm", &["enclava-core", "enclava-executor"]);
     within("enclava-process", &["enclava-core"]);
+    within("enclava-vm", &["enclava-core"]);
     // The farm server knows hosts only by the contract; a host knows the farm only as a client.
     within(
         "enclava-farm",

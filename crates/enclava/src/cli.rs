@@ -91,6 +91,10 @@ pub struct ServerArgs {
     /// How often expired instances are swept from the indexes, in ms [default: 10000]
     #[arg(long, env = "ENCLAVA_SWEEP_INTERVAL_MS")]
     pub sweep_interval_ms: Option<u64>,
+    /// How long a farm host's lease on a job lasts without renewal, in ms; a host that dies loses
+    /// its jobs to others after this [default: 10000]
+    #[arg(long, env = "ENCLAVA_FARM_LEASE_MS")]
+    pub farm_lease_ms: Option<u64>,
     /// Roles to run, comma-separated: manager, keys, farm [default: manager,keys,farm]
     #[arg(long, env = "ENCLAVA_ROLES", value_delimiter = ',')]
     pub roles: Vec<String>,
@@ -189,6 +193,10 @@ pub struct NodeArgs {
     /// host's static busybox); repeatable
     #[arg(long, env = "ENCLAVA_ROOTFS", value_delimiter = ',')]
     pub rootfs: Vec<String>,
+    /// Also offer VM jobs (qemu with a guest kernel from ENCLAVA_VM_KERNEL, /boot or
+    /// ~/.cache/enclava/vm; confidential ones only with SEV-SNP or TDX)
+    #[arg(long, env = "ENCLAVA_VM", num_args = 0..=1, default_missing_value = "true")]
+    pub vm: Option<bool>,
 }
 
 /// `enclava find`: as `ServerArgs`, over the `[find]` table (`config::FindConfig`).

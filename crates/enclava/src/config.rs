@@ -123,7 +123,7 @@ impl ServerArgs {
     pub fn over(self, mut c: ServerConfig) -> ServerConfig {
         let a = self;
         overlay!(c, a; registry, listen, namespace, service, cache_ttl_ms, sweep_interval_ms, registration,
-            register_rate, release_rate, accept_rollback;
+            register_rate, release_rate, accept_rollback, farm_lease_ms;
             opt database, data_dir, kek_file, policy, collateral;
             list roles);
         c
@@ -134,7 +134,7 @@ impl NodeArgs {
     /// The file's `[node]` table with what the command line and environment gave on top.
     pub fn over(self, mut c: NodeSettings) -> NodeSettings {
         let a = self;
-        overlay!(c, a; platform, registry, listen, namespace, service, key_broker, memory_budget_mb, openwhisk;
+        overlay!(c, a; platform, registry, listen, namespace, service, key_broker, memory_budget_mb, openwhisk, vm;
             opt advertise, data_dir, sim_root, blobs, offer, farm;
             list data, serve_model, rootfs);
         c

@@ -221,7 +221,7 @@ pub async fn dev(
         out.platform
     );
 
-    step(10, "the farm: a confidential Wasm job on a sim host and a sandboxed plaintext job, with receipts");
+    step(10, "the farm: a confidential Wasm job on a sim host, a sandboxed plaintext job and a VM job, with receipts");
     let farm_policy = dir.join("farm-policy.toml");
     std::fs::write(
         &farm_policy,
@@ -284,8 +284,15 @@ async fn farm_demo(
     let sandboxed = enclava_process::ProcessSandbox::find().is_ok() && std::path::Path::new("/bin/busybox").exists();
     let mut plain_spec = NodeSpec::new("farm-plain");
     plain_spec.platform = "plaintext".into();
+    let vm = enclava_vm::VmLauncher::find(None);
     let plain = if sandboxed {
-        let (plain, agent) = sandbox.farm_host(plain_spec, Some("cpu=1,memory=512MiB"), &["busybox"]).await?;
+        let settings = enclava_sandbox::NodeSettings {
+            offer: Some("cpu=1,memory=512MiB".into()),
+            rootfs: vec!["busybox".into()],
+            vm: vm.is_ok(),
+            ..Default::default()
+        };
+        let (plain, agent) = sandbox.farm_host_with(plain_spec, settings).await?;
         let platform = plain.platform().to_owned();
         hosts_started.push((plain, agent));
         Some(platform)
@@ -370,6 +377,23 @@ async fn farm_demo(
                 Err(r) => r.join("; "),
             }
         );
+        match &vm {
+            Ok(_) => {
+                let sub = Submission { kind: "vm", rootfs: None, timeout: Duration::from_secs(120), ..sub };
+                let sub = Submission { program: b"echo a VM of its own: $(uname -sr)", ..sub };
+                let job = client.submit_job(&sub, &[]).await.map_err(crate::keys_cli::said)?;
+                let done = client.wait(&job.view.id, Duration::from_secs(180)).await.map_err(crate::keys_cli::said)?;
+                let (_, result) = client.result(&job.view.id, None).await.map_err(crate::keys_cli::said)?;
+                println!(
+                    "      VM job {} (qemu, TCG; not confidential): {} → {:?}; a confidential VM needs SEV-SNP or TDX{}",
+                    done.id,
+                    done.state,
+                    String::from_utf8_lossy(&result.stdout).trim(),
+                    if enclava_vm::detect().is_some() { "" } else { ", which this host does not have" }
+                );
+            }
+            Err(e) => println!("      (no VM jobs here: {e})"),
+        }
     }
     Ok(hosts_started)
 }

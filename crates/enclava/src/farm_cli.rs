@@ -107,9 +107,14 @@ pub struct SubmitArgs {
     pub policy: Option<PathBuf>,
     #[arg(long, env = "ENCLAVA_COLLATERAL")]
     pub collateral: Option<String>,
-    /// A shell command run by /bin/sh -c in a sandboxed process (plaintext only)
+    /// A shell command run by /bin/sh -c in a sandboxed process (plaintext only), or with --vm
+    /// in a VM
     #[arg(long)]
     pub cmd: Option<String>,
+    /// Run --cmd in a VM: plain (TCG) with --plaintext; with --confidential only on a host with
+    /// SEV-SNP or TDX
+    #[arg(long, requires = "cmd")]
+    pub vm: bool,
     /// The root filesystem for --cmd, one the host offers by name
     #[arg(long, default_value = "busybox")]
     pub rootfs: String,
@@ -467,7 +472,7 @@ async fn submit(client: &FarmClient, dir: &Path, server: &str, s: SubmitArgs) ->
     };
     let (kind, program) = match (&s.program, &s.cmd) {
         (Some(p), None) => ("wasm", std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?),
-        (None, Some(c)) => ("process", c.as_bytes().to_vec()),
+        (None, Some(c)) => (if s.vm { "vm" } else { "process" }, c.as_bytes().to_vec()),
         _ => bail!("give a Wasm module (app.wasm) or --cmd \"...\", not both"),
     };
     if kind == "process" && security == Security::Confidential {
@@ -516,7 +521,8 @@ async fn submit(client: &FarmClient, dir: &Path, server: &str, s: SubmitArgs) ->
             let policy = enclava_attest::Policy::load(path).map_err(anyhow::Error::msg)?;
             let verifier = crate::verifier(s.collateral.as_deref())?;
             let all = client.hosts().await.map_err(said)?;
-            let (ok, refused) = accepted_hosts(&all, &policy, &verifier, now(), kind, s.cpu, memory).await;
+            let executor = if kind == "vm" { "confidential-vm" } else { kind };
+            let (ok, refused) = accepted_hosts(&all, &policy, &verifier, now(), executor, s.cpu, memory).await;
             for (id, reasons) in &refused {
                 println!("host {} refused: {}", enclava_core::text::prefix(id, 40), reasons.join("; "));
             }

@@ -78,9 +78,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(cli::BenchCommand::Evidence(a)) => enclava_bench::evidence::evidence(a),
         Command::Bench(cli::BenchCommand::Keys(a)) => enclava_bench::keys::keys(a).await,
         Command::Bench(cli::BenchCommand::Serving(a)) => enclava_bench::serving::serving(a).await,
-        Command::Bench(cli::BenchCommand::Farm(a)) => {
-            tokio::task::spawn_blocking(move || enclava_bench::farm::farm(a)).await?
-        }
+        Command::Bench(cli::BenchCommand::Farm(a)) => enclava_bench::farm::run(a).await,
     }
 }
 

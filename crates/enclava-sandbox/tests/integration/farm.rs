@@ -219,3 +219,40 @@ async fn a_host_killed_mid_job_is_replaced_and_a_restarted_farm_loses_nothing() 
 fn client_token(c: &FarmClient) -> Option<Zeroizing<String>> {
     c.token().map(|t| Zeroizing::new(t.to_owned()))
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_job_runs_in_a_plain_guest_and_no_host_here_offers_a_confidential_vm() {
+    let sandbox = SandboxBuilder::new().start().await.expect("starts");
+    let client = submitter(&sandbox).await;
+    let mut spec = NodeSpec::new("vm-host");
+    spec.platform = "plaintext".into();
+    let settings = enclava_sandbox::NodeSettings { vm: true, ..Default::default() };
+    let (node, agent) = sandbox.farm_host_with(spec, settings).await.expect("vm host");
+    let inputs: &[(&str, &[u8])] = &[("words.txt", b"b\na\nc\n")];
+    let sub = Submission {
+        kind: "vm",
+        inputs,
+        memory_bytes: 192 << 20,
+        timeout: Duration::from_secs(120),
+        rootfs: None,
+        ..shell("sort /in/words.txt | tr -d '\\n'; echo; uname -s")
+    };
+    let job = client.submit_job(&sub, &[]).await.expect("submitted");
+    let done = client.wait(&job.view.id, Duration::from_secs(150)).await.expect("finishes");
+    assert_eq!(done.state, "succeeded", "{done:?}");
+    let (out, result) = client.result(&job.view.id, None).await.expect("result");
+    assert_eq!(String::from_utf8_lossy(&result.stdout), "abc\nLinux\n");
+    let receipt: enclava_contracts::farm::Receipt = serde_json::from_str(&out.receipt.receipt).expect("receipt");
+    assert!(receipt.isolation.contains("plain VM") && receipt.isolation.starts_with("Not confidential"), "{receipt:?}");
+
+    // A confidential VM needs SEV-SNP or TDX: no host here offers one, so nothing is sent.
+    let policy = Policy::parse(&sandbox.sim_policy(&[])).expect("policy");
+    let hosts = client.hosts().await.expect("hosts");
+    let (ok, refused) =
+        accepted_hosts(&hosts, &policy, &Default::default(), now(), "confidential-vm", 1.0, 192 << 20).await;
+    assert!(ok.is_empty());
+    assert!(refused[0].1[0].contains("confidential-vm"), "{refused:?}");
+    agent.shutdown().await;
+    node.shutdown().await;
+    sandbox.stop().await;
+}
