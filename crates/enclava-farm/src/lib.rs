@@ -349,7 +349,19 @@ impl Farm {
                 ));
             }
         }
-        let new_token = format!("ekh_{}", random_hex(32));
+        // A host re-binding with its current token keeps it (its running jobs use it).
+        let current = sqlx::query("SELECT token_hash FROM farm_hosts WHERE id = $1")
+            .bind(&reg.id)
+            .fetch_optional(&mut *w)
+            .await?;
+        let keep = match (token, current) {
+            (Some(t), Some(row)) => row.try_get::<String, _>(0)? == enclava_identity::token_hash(t),
+            _ => false,
+        };
+        let new_token = match token {
+            Some(t) if keep => t.to_owned(),
+            _ => format!("ekh_{}", random_hex(32)),
+        };
         sqlx::query("DELETE FROM farm_hosts WHERE id = $1").bind(&reg.id).execute(&mut *w).await?;
         sqlx::query(
             "INSERT INTO farm_hosts (id, token_hash, platform, measurement, pubkey, capacity, nonce, evidence, offer_mcpu, \
@@ -709,6 +721,12 @@ impl Farm {
                 continue;
             }
             let id: String = r.try_get(0)?;
+            let job: JobSpec = serde_json::from_str(&r.try_get::<String, _>(5)?)
+                .map_err(|_| Error::internal("a stored job is damaged"))?;
+            // LIKE only narrows the search: the job must name this host exactly.
+            if job.security == Security::Confidential && !job.key_wraps.contains_key(&host.id) {
+                continue;
+            }
             let lease = random_hex(16);
             let attempt = r.try_get::<i64, _>(6)? + 1;
             sqlx::query(
@@ -725,8 +743,6 @@ impl Farm {
             .await?;
             free_mcpu -= mcpu;
             free_memory -= memory;
-            let job: JobSpec = serde_json::from_str(&r.try_get::<String, _>(5)?)
-                .map_err(|_| Error::internal("a stored job is damaged"))?;
             out.push(Leased { job, lease, attempt: attempt as u32, lease_ms: lease_ms as u64 });
         }
         w.commit().await?;

@@ -161,11 +161,10 @@ fn capacity_json(config: &HostConfig, runners: &Runners) -> Result<String, Error
     if runners.process.is_some() {
         kinds.push("process".into());
     }
-    if let Some(vm) = &runners.vm {
+    // Not `confidential-vm`, even with SEV-SNP or TDX: the job key would be opened here, outside
+    // the guest, until keys are released into an attested guest.
+    if runners.vm.is_some() {
         kinds.push("vm".into());
-        if vm.tee().is_some() {
-            kinds.push("confidential-vm".into());
-        }
     }
     let capacity = HostCapacity {
         offer_cores: config.offer_cores,
@@ -339,6 +338,7 @@ struct Ran {
 
 async fn run_job(shared: &Shared, client: &FarmClient, leased: &Leased) -> Result<Completion, Error> {
     let spec = &leased.job;
+    spec.validate().map_err(|e| Error::invalid(format!("the farm sent a job that is not valid: {e}")))?;
     let key = match spec.security {
         Security::Plaintext => None,
         Security::Confidential => {
