@@ -414,16 +414,15 @@ impl FarmClient {
                 (sealed.files, sealed.program, sealed.stdin, sealed.inputs, sealed.key_wraps, Some(sealed.result_seed))
             }
             Security::Plaintext => {
-                let mut files = vec![(enclava_contracts::farm::sha256_hex(s.program), s.program.to_vec())];
-                let stdin = s.stdin.map(|b| {
-                    files.push((enclava_contracts::farm::sha256_hex(b), b.to_vec()));
-                    enclava_contracts::farm::sha256_hex(b)
-                });
-                let mut inputs = Vec::new();
-                for (name, b) in s.inputs {
-                    files.push((enclava_contracts::farm::sha256_hex(b), b.to_vec()));
-                    inputs.push((name.to_string(), enclava_contracts::farm::sha256_hex(b)));
-                }
+                // Stored as they are: each file's hash is its plaintext's.
+                let mut files = vec![(program_sha256.clone(), s.program.to_vec())];
+                let mut keep = |b: &[u8]| {
+                    let hash = enclava_contracts::farm::sha256_hex(b);
+                    files.push((hash.clone(), b.to_vec()));
+                    hash
+                };
+                let stdin = s.stdin.map(&mut keep);
+                let inputs = s.inputs.iter().map(|(name, b)| (name.to_string(), keep(b))).collect();
                 (files, program_sha256.clone(), stdin, inputs, BTreeMap::new(), None)
             }
         };

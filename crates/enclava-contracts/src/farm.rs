@@ -157,8 +157,9 @@ impl JobSpec {
 
     /// Checks what a server can check without opening anything.
     pub fn validate(&self) -> Result<(), String> {
-        let hex64 = |s: &str| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
-        if self.id.len() != 32 || !self.id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+        let hex =
+            |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+        if !hex(&self.id, 32) {
             return Err("a job id is 32 lowercase hex digits".into());
         }
         if !matches!(self.kind.as_str(), "wasm" | "process" | "vm") {
@@ -170,7 +171,7 @@ impl JobSpec {
             );
         }
         for f in self.files() {
-            if !hex64(f) {
+            if !hex(f, 64) {
                 return Err(format!("{} is not a file hash (64 lowercase hex digits)", enclava_core::text::quote(f)));
             }
         }

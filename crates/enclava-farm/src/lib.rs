@@ -102,6 +102,24 @@ struct Pending {
     reply: tokio::sync::oneshot::Sender<Result<JobView, Error>>,
 }
 
+impl Pending {
+    /// Whether a stored (or just batched) job under this id is this same submission (a retry):
+    /// anything else under the id is refused.
+    fn same_job(&self, json: &str, owner: &str) -> Result<(), Error> {
+        if json == self.json && owner == self.owner {
+            Ok(())
+        } else {
+            Err(Error::new(ErrorCode::AlreadyExists, "another job has this id: choose a new one"))
+        }
+    }
+}
+
+/// Records that a host was seen (it leased or renewed).
+async fn touch_host(w: &mut enclava_store::Write, host: &str, now: i64) -> Result<(), Error> {
+    sqlx::query("UPDATE farm_hosts SET last_seen_ms = $1 WHERE id = $2").bind(now).bind(host).execute(&mut **w).await?;
+    Ok(())
+}
+
 /// Submissions committed together at most.
 const BATCH: usize = 128;
 
@@ -485,11 +503,7 @@ impl Farm {
         let spec = &p.spec;
         // The same job twice in one batch (a client's retry).
         if let Some((json, owner, view)) = taken.get(&spec.id) {
-            return Ok(if *json == p.json && *owner == p.owner {
-                Ok(view.clone())
-            } else {
-                Err(Error::new(ErrorCode::AlreadyExists, "another job has this id: choose a new one"))
-            });
+            return Ok(p.same_job(json, owner).map(|()| view.clone()));
         }
         if let Some(row) =
             sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {JOB_COLUMNS}, spec FROM farm_jobs WHERE id = $1")))
@@ -497,12 +511,8 @@ impl Farm {
                 .fetch_optional(&mut **w)
                 .await?
         {
-            let same = row.try_get::<String, _>("spec")? == p.json && row.try_get::<String, _>("owner")? == p.owner;
-            return Ok(if same {
-                job_view(&row)
-            } else {
-                Err(Error::new(ErrorCode::AlreadyExists, "another job has this id: choose a new one"))
-            });
+            let (json, owner): (String, String) = (row.try_get("spec")?, row.try_get("owner")?);
+            return Ok(p.same_job(&json, &owner).and_then(|()| job_view(&row)));
         }
         for f in spec.files() {
             let found =
@@ -510,7 +520,7 @@ impl Farm {
             if found.is_none() {
                 return Ok(Err(Error::invalid(format!(
                     "the job names file {}… which the farm does not have: add it first (`enclava file add`)",
-                    &f[..16]
+                    enclava_core::text::prefix(f, 16)
                 ))));
             }
         }
@@ -692,11 +702,7 @@ impl Farm {
         .await?;
         let (mut free_mcpu, mut free_memory) =
             (offer_mcpu - used.try_get::<i64, _>(0)?, offer_memory - used.try_get::<i64, _>(1)?);
-        sqlx::query("UPDATE farm_hosts SET last_seen_ms = $1 WHERE id = $2")
-            .bind(now)
-            .bind(&host.id)
-            .execute(&mut *w)
-            .await?;
+        touch_host(&mut w, &host.id, now).await?;
         let skip = if self.db.backend() == Backend::Postgres { " FOR UPDATE SKIP LOCKED" } else { "" };
         let candidates = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT id, kind, rootfs, mcpu, memory, spec, attempts FROM farm_jobs WHERE state = 'queued' \
@@ -767,11 +773,7 @@ impl Farm {
         .execute(&mut *w)
         .await?
         .rows_affected();
-        sqlx::query("UPDATE farm_hosts SET last_seen_ms = $1 WHERE id = $2")
-            .bind(now)
-            .bind(&host.id)
-            .execute(&mut *w)
-            .await?;
+        touch_host(&mut w, &host.id, now).await?;
         w.commit().await?;
         if n == 1 {
             Ok(lease_ms as u64)

@@ -322,7 +322,10 @@ async fn fetch(client: &FarmClient, hash: &str, key: Option<&[u8; 32]>) -> Resul
     match key {
         None => Ok(Zeroizing::new(bytes)),
         Some(k) => enclava_seal::symmetric::open_shared(k, FILE_CONTEXT, b"", &bytes).map_err(|_| {
-            Error::new(ErrorCode::Tampered, format!("job file {}… does not open with the job key", &hash[..16]))
+            Error::new(
+                ErrorCode::Tampered,
+                format!("job file {}… does not open with the job key", enclava_core::text::prefix(hash, 16)),
+            )
         }),
     }
 }
@@ -440,7 +443,7 @@ async fn run_process(
     let rootfs = runners.rootfs.get(name).ok_or_else(|| {
         Error::invalid(format!("this host offers no root filesystem {}", enclava_core::text::quote(name)))
     })?;
-    let command = std::str::from_utf8(program).map_err(|_| Error::invalid("a process job's command is not UTF-8"))?;
+    let command = command_text(program)?;
     let mut argv = vec!["/bin/sh".to_owned(), "-c".into(), command.to_owned(), "job".into()];
     argv.extend(spec.args.iter().cloned());
     let job = enclava_process::ProcessJob {
@@ -471,6 +474,11 @@ async fn run_process(
     })
 }
 
+/// A `process` or `vm` job's program: the shell command, as text.
+fn command_text(program: &[u8]) -> Result<&str, Error> {
+    std::str::from_utf8(program).map_err(|_| Error::invalid("a job's command is not UTF-8"))
+}
+
 async fn run_vm(
     runners: &Runners,
     spec: &enclava_contracts::farm::JobSpec,
@@ -481,7 +489,7 @@ async fn run_vm(
 ) -> Result<Ran, Error> {
     let launcher =
         runners.vm.as_ref().ok_or_else(|| Error::new(ErrorCode::FailedPrecondition, "this host runs no VM jobs"))?;
-    let command = std::str::from_utf8(program).map_err(|_| Error::invalid("a VM job's command is not UTF-8"))?;
+    let command = command_text(program)?;
     let job = enclava_vm::VmJob {
         command: command.to_owned(),
         inputs: inputs.iter().map(|(n, b)| (n.clone(), b.to_vec())).collect(),

@@ -223,10 +223,8 @@ pub async fn dev(
 
     step(10, "the farm: a confidential Wasm job on a sim host, a sandboxed plaintext job and a VM job, with receipts");
     let farm_policy = dir.join("farm-policy.toml");
-    std::fs::write(
-        &farm_policy,
-        format!("[sim]\nroot = \"{}\"\nany_measurement = true\n", sandbox.sim_root().public().to_hex()),
-    )?;
+    // Any sim host of this deployment: the farm hosts run the node program, not the model.
+    std::fs::write(&farm_policy, sandbox.sim_policy(&[]))?;
     let farm = farm_demo(&sandbox, &url, &config_dir, &farm_policy).await?;
     println!(
         "demo done: register → encrypt → grant → release → find → verify → sealed inference, direct and serverless, ONNX and Wasm; farm jobs with verified receipts"
