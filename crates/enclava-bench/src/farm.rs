@@ -246,13 +246,15 @@ async fn placement(sandbox: &enclava_sandbox::Sandbox, token: &str, jobs: u32) -
             rootfs: Vec::new(),
         })?;
         let mut client = FarmClient::new(sandbox.url(), None);
-        enclava_host::register(&node.attester(), &mut client, &capacity).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        enclava_host::register(&node.attester(), &mut client, &capacity, None)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         hosts.push(client);
         nodes.push(node);
     }
     let submitter = FarmClient::new(sandbox.url(), Some(zeroize::Zeroizing::new(token.to_owned())));
     let program = enclava_wasm::bench::EMPTY.as_bytes();
-    submitter.add_file(program.to_vec()).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    submitter.add_file(program.to_vec(), false).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let placed = Arc::new(AtomicU32::new(0));
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use enclava_contracts::farm::{
-    Completion, FILE_CONTEXT, HostView, JOB_KEY_INFO, JobOutput, JobSpec, JobView, Leased, RESULT_INFO, RunResult,
-    SealedBlob,
+    Completion, FILE_CONTEXT, FileRef, HostView, JOB_KEY_INFO, JobOutput, JobSpec, JobView, Leased, RESULT_INFO,
+    RunResult, SealedBlob,
 };
 use enclava_core::{Error, ErrorCode};
 use http_body_util::{BodyExt, Full, Limited};
@@ -115,10 +115,11 @@ impl FarmClient {
         serde_json::from_slice(&body).map_err(|e| Error::internal(format!("the farm's answer is not understood: {e}")))
     }
 
-    /// Stores a job file; returns its SHA-256 (hex).
-    pub async fn add_file(&self, bytes: Vec<u8>) -> Result<String, Error> {
+    /// Stores a job file (pinned: kept from collection until unpinned); returns its SHA-256 (hex).
+    pub async fn add_file(&self, bytes: Vec<u8>, pin: bool) -> Result<String, Error> {
         let expected = enclava_contracts::farm::sha256_hex(&bytes);
-        let body = self.call(hyper::Method::POST, "/files", Some((bytes, "application/octet-stream"))).await?;
+        let path = if pin { "/files?pin=true" } else { "/files" };
+        let body = self.call(hyper::Method::POST, path, Some((bytes, "application/octet-stream"))).await?;
         let stored: serde_json::Value =
             serde_json::from_slice(&body).map_err(|e| Error::internal(format!("the farm's answer: {e}")))?;
         match stored.get("sha256").and_then(|s| s.as_str()) {
@@ -127,8 +128,16 @@ impl FarmClient {
         }
     }
 
+    /// Removes this user's pin on a job file.
+    pub async fn unpin(&self, hash: &str) -> Result<(), Error> {
+        file_hash(hash)?;
+        let _: serde_json::Value = self.post(&format!("/files/{hash}/unpin"), &serde_json::json!({})).await?;
+        Ok(())
+    }
+
     /// A job file, checked against its hash.
     pub async fn file(&self, hash: &str) -> Result<Vec<u8>, Error> {
+        file_hash(hash)?;
         let bytes = self.call(hyper::Method::GET, &format!("/files/{hash}"), None).await?;
         if enclava_contracts::farm::sha256_hex(&bytes) != hash {
             return Err(Error::new(ErrorCode::Tampered, "the farm sent a file whose hash is not the one asked for"));
@@ -242,15 +251,10 @@ pub async fn verify_host(
     Ok(claims)
 }
 
-/// A confidential job's files and keys, sealed on the submitter's side.
+/// A confidential job's files, sealed on the submitter's side, and what the submitter keeps.
 pub struct SealedJob {
     /// The files to store (sealed under the job key), by their hash.
     pub files: Vec<(String, Vec<u8>)>,
-    /// The program's, standard input's and inputs' hashes as stored, for the spec.
-    pub program: String,
-    pub stdin: Option<String>,
-    pub inputs: Vec<(String, String)>,
-    pub key_wraps: BTreeMap<String, SealedBlob>,
     /// The seed of the key the result is sealed to ([`enclava_seal::KeyPair::from_seed`]): keep
     /// it to open the result.
     pub result_seed: Zeroizing<[u8; 32]>,
@@ -258,15 +262,19 @@ pub struct SealedJob {
 
 impl std::fmt::Debug for SealedJob {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SealedJob").field("files", &self.files.len()).field("hosts", &self.key_wraps.len()).finish()
+        f.debug_struct("SealedJob").field("files", &self.files.len()).finish_non_exhaustive()
     }
 }
 
-/// Seals a confidential job `id` for `hosts` (id → the public key their evidence binds): a fresh
-/// job key seals every file; the job key is sealed to each host for this job id only.
+/// Seals confidential job `spec` (its id, kind, security and limits already set) for `hosts`
+/// (id → the public key their evidence binds): a fresh job key seals the program, the arguments,
+/// the standard input and every input; the spec gets their hashes and a fresh result key; then
+/// the job key is sealed to each host under [`JobSpec::key_aad`], so it opens for this exact spec
+/// only.
 pub fn seal_job(
-    id: &str,
+    spec: &mut JobSpec,
     program: &[u8],
+    args: &[String],
     stdin: Option<&[u8]>,
     inputs: &[(&str, &[u8])],
     hosts: &[(&str, &[u8])],
@@ -281,20 +289,32 @@ pub fn seal_job(
         files.push((hash.clone(), sealed));
         Ok(hash)
     };
-    let program = store(program)?;
-    let stdin = stdin.map(&mut store).transpose()?;
+    spec.program = store(program)?;
+    spec.args = Vec::new();
+    spec.args_file = if args.is_empty() {
+        None
+    } else {
+        let list = Zeroizing::new(serde_json::to_vec(args).map_err(|e| Error::internal(e.to_string()))?);
+        Some(store(&list)?)
+    };
+    spec.stdin = stdin.map(&mut store).transpose()?;
     let mut named = Vec::new();
     for (name, bytes) in inputs {
-        named.push((name.to_string(), store(bytes)?));
+        named.push(FileRef { name: name.to_string(), sha256: store(bytes)? });
     }
-    let mut key_wraps = BTreeMap::new();
-    for (host, public) in hosts {
-        let s = enclava_seal::seal(public, JOB_KEY_INFO, id.as_bytes(), &key[..]).map_err(seal_err)?;
-        key_wraps.insert(host.to_string(), SealedBlob { enc: s.enc, ciphertext: s.ciphertext });
-    }
+    spec.inputs = named;
     let mut result_seed = Zeroizing::new([0u8; 32]);
     rand::fill(&mut result_seed[..]);
-    Ok(SealedJob { files, program, stdin, inputs: named, key_wraps, result_seed })
+    spec.result_key = enclava_seal::KeyPair::from_seed(&result_seed).public().to_vec();
+    spec.key_wraps = BTreeMap::new();
+    let aad = spec.key_aad();
+    let mut wraps = BTreeMap::new();
+    for (host, public) in hosts {
+        let s = enclava_seal::seal(public, JOB_KEY_INFO, &aad, &key[..]).map_err(seal_err)?;
+        wraps.insert(host.to_string(), SealedBlob { enc: s.enc, ciphertext: s.ciphertext });
+    }
+    spec.key_wraps = wraps;
+    Ok(SealedJob { files, result_seed })
 }
 
 /// Opens a stored result: a confidential job's with the submitter's result key.
@@ -312,6 +332,15 @@ pub fn open_result(id: &str, stored: &[u8], result_key: Option<&enclava_seal::Ke
         }
     };
     serde_json::from_slice(&plain).map_err(|e| bad(format!("the result is not a result: {e}")))
+}
+
+/// Refuses what is not a file hash before it goes into a URL.
+fn file_hash(hash: &str) -> Result<(), Error> {
+    if hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!("{} is not a file hash (64 lowercase hex digits)", enclava_core::text::quote(hash))))
+    }
 }
 
 /// A new job id (32 hex digits).
@@ -397,11 +426,27 @@ impl FarmClient {
     /// Uploads a job's files (sealed under a fresh job key for a confidential job, the key sealed
     /// to each of `hosts`) and submits it.
     pub async fn submit_job(&self, s: &Submission<'_>, hosts: &[HostView]) -> Result<Submitted, Error> {
-        use enclava_contracts::farm::{FileRef, Security};
+        use enclava_contracts::farm::Security;
         let id = new_job_id();
         let program_sha256 = enclava_contracts::farm::sha256_hex(s.program);
         let input_sha256 = enclava_contracts::farm::inputs_digest(s.stdin.unwrap_or_default(), s.inputs);
-        let (files, program, stdin, inputs, key_wraps, seed) = match s.security {
+        let mut spec = JobSpec {
+            id,
+            kind: s.kind.to_owned(),
+            security: s.security,
+            program: String::new(),
+            rootfs: s.rootfs.map(str::to_owned),
+            args: Vec::new(),
+            args_file: None,
+            stdin: None,
+            inputs: Vec::new(),
+            cpu: s.cpu,
+            memory_bytes: s.memory_bytes,
+            timeout_ms: s.timeout.as_millis().max(1) as u64,
+            key_wraps: BTreeMap::new(),
+            result_key: Vec::new(),
+        };
+        let (files, seed) = match s.security {
             Security::Confidential => {
                 if hosts.is_empty() {
                     return Err(Error::new(
@@ -410,8 +455,8 @@ impl FarmClient {
                     ));
                 }
                 let keys: Vec<(&str, &[u8])> = hosts.iter().map(|h| (h.id.as_str(), h.pubkey.as_slice())).collect();
-                let sealed = seal_job(&id, s.program, s.stdin, s.inputs, &keys)?;
-                (sealed.files, sealed.program, sealed.stdin, sealed.inputs, sealed.key_wraps, Some(sealed.result_seed))
+                let sealed = seal_job(&mut spec, s.program, s.args, s.stdin, s.inputs, &keys)?;
+                (sealed.files, Some(sealed.result_seed))
             }
             Security::Plaintext => {
                 // Stored as they are: each file's hash is its plaintext's.
@@ -421,32 +466,18 @@ impl FarmClient {
                     files.push((hash.clone(), b.to_vec()));
                     hash
                 };
-                let stdin = s.stdin.map(&mut keep);
-                let inputs = s.inputs.iter().map(|(name, b)| (name.to_string(), keep(b))).collect();
-                (files, program_sha256.clone(), stdin, inputs, BTreeMap::new(), None)
+                spec.program = program_sha256.clone();
+                spec.args = s.args.to_vec();
+                spec.stdin = s.stdin.map(&mut keep);
+                spec.inputs =
+                    s.inputs.iter().map(|(name, b)| FileRef { name: name.to_string(), sha256: keep(b) }).collect();
+                (files, None)
             }
         };
+        spec.validate().map_err(Error::invalid)?;
         for (_, bytes) in files {
-            self.add_file(bytes).await?;
+            self.add_file(bytes, false).await?;
         }
-        let spec = JobSpec {
-            id,
-            kind: s.kind.to_owned(),
-            security: s.security,
-            program,
-            rootfs: s.rootfs.map(str::to_owned),
-            args: s.args.to_vec(),
-            stdin,
-            inputs: inputs.into_iter().map(|(name, sha256)| FileRef { name, sha256 }).collect(),
-            cpu: s.cpu,
-            memory_bytes: s.memory_bytes,
-            timeout_ms: s.timeout.as_millis().max(1) as u64,
-            key_wraps,
-            result_key: seed
-                .as_ref()
-                .map(|k| enclava_seal::KeyPair::from_seed(k).public().to_vec())
-                .unwrap_or_default(),
-        };
         let view = self.submit(&spec).await?;
         Ok(Submitted { view, program_sha256, input_sha256, result_seed: seed })
     }
@@ -463,5 +494,71 @@ impl FarmClient {
         let key = seed.map(enclava_seal::KeyPair::from_seed);
         let result = open_result(id, &out.result, key.as_ref())?;
         Ok((out, result))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use enclava_contracts::farm::Security;
+
+    fn spec() -> JobSpec {
+        JobSpec {
+            id: new_job_id(),
+            kind: "wasm".into(),
+            security: Security::Confidential,
+            program: String::new(),
+            rootfs: None,
+            args: Vec::new(),
+            args_file: None,
+            stdin: None,
+            inputs: Vec::new(),
+            cpu: 1.0,
+            memory_bytes: 64 << 20,
+            timeout_ms: 1000,
+            key_wraps: BTreeMap::new(),
+            result_key: Vec::new(),
+        }
+    }
+
+    fn opens(spec: &JobSpec, host: &enclava_seal::KeyPair) -> bool {
+        let wrap = &spec.key_wraps["h1"];
+        let sealed = enclava_seal::Sealed { enc: wrap.enc.clone(), ciphertext: wrap.ciphertext.clone() };
+        host.open(JOB_KEY_INFO, &spec.key_aad(), &sealed).is_ok()
+    }
+
+    #[test]
+    fn the_job_key_opens_only_for_the_spec_it_was_sealed_with() {
+        let host = enclava_seal::KeyPair::generate();
+        let mut s = spec();
+        let args = vec!["--secret".to_owned(), "hunter2".into()];
+        seal_job(&mut s, b"\0asm", &args, Some(b"in"), &[("a.csv", b"1,2")], &[("h1", host.public())]).expect("seal");
+        s.validate().expect("a sealed job is valid");
+        assert!(s.args.is_empty(), "arguments are never sent readable");
+        assert!(s.args_file.is_some());
+        assert!(opens(&s, &host));
+        // Whatever the server changes, the key no longer opens.
+        let mut swapped = s.clone();
+        swapped.result_key = enclava_seal::KeyPair::generate().public().to_vec();
+        assert!(!opens(&swapped, &host), "a swapped result key");
+        let mut other = s.clone();
+        other.inputs[0].sha256 = s.program.clone();
+        assert!(!opens(&other, &host), "a swapped input");
+        let mut bigger = s.clone();
+        bigger.timeout_ms += 1;
+        assert!(!opens(&bigger, &host), "changed limits");
+        // More hosts added to the wraps do not change what the key is bound to.
+        let mut more = s.clone();
+        more.key_wraps.insert("h2".into(), more.key_wraps["h1"].clone());
+        assert!(opens(&more, &host));
+    }
+
+    #[test]
+    fn confidential_arguments_in_the_clear_are_refused() {
+        let host = enclava_seal::KeyPair::generate();
+        let mut s = spec();
+        seal_job(&mut s, b"\0asm", &[], None, &[], &[("h1", host.public())]).expect("seal");
+        s.args = vec!["visible".into()];
+        assert!(s.validate().expect_err("refused").contains("sealed"));
     }
 }

@@ -97,7 +97,7 @@ pub struct SealedBlob {
     pub ciphertext: Vec<u8>,
 }
 
-/// HPKE `info` for a job key sealed to a host (the job id is the AAD).
+/// HPKE `info` for a job key sealed to a host (the AAD is [`JobSpec::key_aad`]).
 pub const JOB_KEY_INFO: &[u8] = b"enclava/farm/job-key/v1";
 /// The context job files are sealed under with the job key.
 pub const FILE_CONTEXT: &[u8] = b"enclava/farm/file/v1";
@@ -120,8 +120,13 @@ pub struct JobSpec {
     /// For `process`: the root filesystem (one the host offers by name).
     #[serde(default)]
     pub rootfs: Option<String>,
+    /// Plaintext jobs' arguments (a confidential job's are sealed, in `args_file`).
     #[serde(default)]
     pub args: Vec<String>,
+    /// Confidential jobs: the arguments, a JSON list of strings in a job file sealed like the
+    /// others, so the server never sees them.
+    #[serde(default)]
+    pub args_file: Option<String>,
     /// The file given as standard input.
     #[serde(default)]
     pub stdin: Option<String>,
@@ -150,6 +155,7 @@ impl JobSpec {
     /// Every file the job names, program first.
     pub fn files(&self) -> Vec<&str> {
         let mut out = vec![self.program.as_str()];
+        out.extend(self.args_file.as_deref());
         out.extend(self.stdin.as_deref());
         out.extend(self.inputs.iter().map(|f| f.sha256.as_str()));
         out
@@ -188,9 +194,7 @@ impl JobSpec {
                 ));
             }
         }
-        if self.args.len() > 256 || self.args.iter().any(|a| a.len() > 4096) {
-            return Err("at most 256 arguments of 4096 bytes each".into());
-        }
+        check_args(&self.args)?;
         if !(self.cpu > 0.0 && self.cpu <= 1024.0) {
             return Err("cpu must be more than 0 cores".into());
         }
@@ -205,15 +209,40 @@ impl JobSpec {
                 if self.result_key.len() != 32 {
                     return Err("a confidential job needs the 32-byte key its result is sealed to".into());
                 }
+                if !self.args.is_empty() {
+                    return Err(
+                        "a confidential job's arguments are sealed in its args_file, never sent readable".into()
+                    );
+                }
             }
             Security::Plaintext => {
-                if !self.key_wraps.is_empty() || !self.result_key.is_empty() {
-                    return Err("a plaintext job carries no keys".into());
+                if !self.key_wraps.is_empty() || !self.result_key.is_empty() || self.args_file.is_some() {
+                    return Err("a plaintext job carries no keys and no sealed arguments".into());
                 }
             }
         }
         Ok(())
     }
+
+    /// The AAD its job key is sealed under: the job id and the SHA-256 of the whole spec without
+    /// the key wraps, so a host opens the key only for the exact job its submitter sealed (the
+    /// server cannot swap the result key, a file, the limits or anything else).
+    pub fn key_aad(&self) -> Vec<u8> {
+        let unwrapped = JobSpec { key_wraps: Default::default(), ..self.clone() };
+        let json = serde_json::to_vec(&unwrapped).unwrap_or_default();
+        let mut aad = self.id.as_bytes().to_vec();
+        aad.push(b':');
+        aad.extend_from_slice(sha256_hex(&json).as_bytes());
+        aad
+    }
+}
+
+/// At most 256 arguments of 4096 bytes each (a sealed list is held to the same).
+pub fn check_args(args: &[String]) -> Result<(), String> {
+    if args.len() > 256 || args.iter().any(|a| a.len() > 4096) {
+        return Err("at most 256 arguments of 4096 bytes each".into());
+    }
+    Ok(())
 }
 
 /// The digest a receipt's `input_sha256` carries: over the standard input's and each input's

@@ -35,43 +35,66 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 /// The farm's tables.
-pub const MIGRATIONS: Migrations = &[&[
-    "CREATE TABLE farm_files (sha256 TEXT PRIMARY KEY, size BIGINT NOT NULL, owner TEXT NOT NULL, data TEXT NOT NULL, \
+pub const MIGRATIONS: Migrations = &[
+    &[
+        "CREATE TABLE farm_files (sha256 TEXT PRIMARY KEY, size BIGINT NOT NULL, owner TEXT NOT NULL, data TEXT NOT NULL, \
      created_ms BIGINT NOT NULL)",
-    "CREATE TABLE farm_nonces (nonce TEXT PRIMARY KEY, expires_ms BIGINT NOT NULL)",
-    "CREATE TABLE farm_hosts (id TEXT PRIMARY KEY, token_hash TEXT NOT NULL, platform TEXT NOT NULL, \
+        "CREATE TABLE farm_nonces (nonce TEXT PRIMARY KEY, expires_ms BIGINT NOT NULL)",
+        "CREATE TABLE farm_hosts (id TEXT PRIMARY KEY, token_hash TEXT NOT NULL, platform TEXT NOT NULL, \
      measurement TEXT NOT NULL, pubkey TEXT NOT NULL, capacity TEXT NOT NULL, nonce TEXT NOT NULL, evidence TEXT NOT NULL, \
      offer_mcpu BIGINT NOT NULL, offer_memory BIGINT NOT NULL, kinds TEXT NOT NULL, rootfs TEXT NOT NULL, \
      bound_ms BIGINT NOT NULL, last_seen_ms BIGINT NOT NULL)",
-    "CREATE TABLE farm_jobs (id TEXT PRIMARY KEY, owner TEXT NOT NULL, kind TEXT NOT NULL, security TEXT NOT NULL, \
+        "CREATE TABLE farm_jobs (id TEXT PRIMARY KEY, owner TEXT NOT NULL, kind TEXT NOT NULL, security TEXT NOT NULL, \
      spec TEXT NOT NULL, eligible TEXT NOT NULL, rootfs TEXT NOT NULL, mcpu BIGINT NOT NULL, memory BIGINT NOT NULL, \
      state TEXT NOT NULL, host TEXT, lease TEXT, lease_until_ms BIGINT NOT NULL, attempts BIGINT NOT NULL, \
      reasons TEXT NOT NULL, created_ms BIGINT NOT NULL, updated_ms BIGINT NOT NULL, success BIGINT, result TEXT, \
      receipt TEXT)",
-    "CREATE INDEX farm_jobs_state ON farm_jobs (state, created_ms)",
-    "CREATE INDEX farm_jobs_owner ON farm_jobs (owner, created_ms)",
-]];
+        "CREATE INDEX farm_jobs_state ON farm_jobs (state, created_ms)",
+        "CREATE INDEX farm_jobs_owner ON farm_jobs (owner, created_ms)",
+    ],
+    &[
+        // Who stored each file (they may read it back) and whether they pinned it against collection.
+        "CREATE TABLE farm_file_owners (sha256 TEXT NOT NULL, owner TEXT NOT NULL, pinned BIGINT NOT NULL, \
+     PRIMARY KEY (sha256, owner))",
+        "INSERT INTO farm_file_owners (sha256, owner, pinned) SELECT sha256, owner, 0 FROM farm_files",
+        // When a file was last stored (again): unpinned files unused for the retention are collected.
+        "ALTER TABLE farm_files ADD COLUMN touched_ms BIGINT NOT NULL DEFAULT 0",
+        "UPDATE farm_files SET touched_ms = created_ms",
+        "CREATE INDEX farm_hosts_token ON farm_hosts (token_hash)",
+    ],
+];
 
 /// How the farm runs.
 #[derive(Debug, Clone)]
 pub struct FarmConfig {
+    /// Registration nonces each source address may ask for per minute (0: no limit).
+    pub nonces_per_minute: u32,
     /// How long a lease lasts without renewal.
     pub lease: Duration,
     /// Runs a job may have before it fails (each lease that expires is one).
     pub max_attempts: u32,
     /// The largest job file.
     pub max_file_bytes: usize,
+    /// Unpinned job files no queued or running job names are deleted once not stored again for
+    /// this long.
+    pub file_retention: Duration,
     /// A host not seen for this long is offline.
     pub host_timeout: Duration,
+    /// A host id may be taken by a registration without its token only after the host was not
+    /// seen for this long (a restarted host presents the token it kept and reclaims it at once).
+    pub host_reclaim: Duration,
 }
 
 impl Default for FarmConfig {
     fn default() -> FarmConfig {
         FarmConfig {
+            nonces_per_minute: 60,
             lease: Duration::from_secs(10),
             max_attempts: 3,
             max_file_bytes: 32 << 20,
+            file_retention: Duration::from_secs(24 * 3600),
             host_timeout: Duration::from_secs(15),
+            host_reclaim: Duration::from_secs(3600),
         }
     }
 }
@@ -91,6 +114,8 @@ pub struct Farm {
     queued: Arc<tokio::sync::Notify>,
     /// Submissions waiting for the next group commit.
     submissions: tokio::sync::mpsc::Sender<Pending>,
+    /// Nonces per source address.
+    nonce_limit: Option<Arc<enclava_server::limit::RateLimiter>>,
 }
 
 /// A submission waiting for its commit.
@@ -122,6 +147,17 @@ async fn touch_host(w: &mut enclava_store::Write, host: &str, now: i64) -> Resul
 
 /// Submissions committed together at most.
 const BATCH: usize = 128;
+
+/// Who reads a job file.
+#[derive(Debug, Clone)]
+pub enum Reader {
+    User(Principal),
+    Host(Host),
+}
+
+fn no_file(hash: &str) -> Error {
+    Error::not_found(format!("no job file {} that you may read", enclava_core::text::quote(hash)))
+}
 
 /// A host as its token identifies it.
 #[derive(Debug, Clone)]
@@ -179,7 +215,17 @@ impl Farm {
         let db = audit.database().clone();
         db.migrate("farm", MIGRATIONS, None).await?;
         let (submissions, mut rx) = tokio::sync::mpsc::channel::<Pending>(1024);
-        let farm = Farm { db, audit, identity, config, queued: Arc::new(tokio::sync::Notify::new()), submissions };
+        let nonce_limit =
+            enclava_server::limit::RateLimiter::new(config.nonces_per_minute, Duration::from_secs(60)).map(Arc::new);
+        let farm = Farm {
+            db,
+            audit,
+            identity,
+            config,
+            queued: Arc::new(tokio::sync::Notify::new()),
+            submissions,
+            nonce_limit,
+        };
         // The committer holds a clone without the sender, so it ends when the last `Farm` does.
         let committer = Farm { submissions: tokio::sync::mpsc::channel(1).0, ..farm.clone() };
         tokio::spawn(async move {
@@ -214,8 +260,10 @@ impl Farm {
         &self.db
     }
 
-    /// Stores a job file; its SHA-256 (hex) names it. Storing the same bytes again changes nothing.
-    pub async fn add_file(&self, owner: &str, bytes: &[u8]) -> Result<String, Error> {
+    /// Stores a job file for `owner` (who may then read it back); its SHA-256 (hex) names it.
+    /// Storing the same bytes again changes nothing but the file's retention clock; `pin` keeps
+    /// it from collection until unpinned.
+    pub async fn add_file(&self, owner: &str, bytes: &[u8], pin: bool) -> Result<String, Error> {
         if bytes.len() > self.config.max_file_bytes {
             return Err(Error::new(
                 ErrorCode::PayloadTooLarge,
@@ -223,75 +271,175 @@ impl Farm {
             ));
         }
         let hash = enclava_contracts::farm::sha256_hex(bytes);
-        let known = sqlx::query("SELECT 1 FROM farm_files WHERE sha256 = $1")
-            .bind(&hash)
-            .fetch_optional(self.db.pool())
-            .await?;
-        if known.is_some() {
-            return Ok(hash);
-        }
-        let mut w = self.db.begin_write().await?;
-        sqlx::query(
-            "INSERT INTO farm_files (sha256, size, owner, data, created_ms) VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT (sha256) DO NOTHING",
+        let now = now_ms();
+        // Read first: a file stored recently, by this owner, pinned as asked, needs no write.
+        let known = sqlx::query(
+            "SELECT f.touched_ms, o.pinned FROM farm_files f LEFT JOIN farm_file_owners o \
+             ON o.sha256 = f.sha256 AND o.owner = $2 WHERE f.sha256 = $1",
         )
         .bind(&hash)
-        .bind(bytes.len() as i64)
         .bind(owner)
-        .bind(STANDARD.encode(bytes))
-        .bind(now_ms())
+        .fetch_optional(self.db.pool())
+        .await?;
+        if let Some(r) = &known {
+            let (touched, pinned): (i64, Option<i64>) = (r.try_get(0)?, r.try_get(1)?);
+            let fresh = now - touched < (self.config.file_retention.as_millis() / 4) as i64;
+            if fresh && pinned.is_some_and(|p| p == 1 || !pin) {
+                return Ok(hash);
+            }
+        }
+        let mut w = self.db.begin_write().await?;
+        if known.is_none() {
+            sqlx::query(
+                "INSERT INTO farm_files (sha256, size, owner, data, created_ms, touched_ms) VALUES ($1, $2, $3, $4, $5, $5) \
+                 ON CONFLICT (sha256) DO NOTHING",
+            )
+            .bind(&hash)
+            .bind(bytes.len() as i64)
+            .bind(owner)
+            .bind(STANDARD.encode(bytes))
+            .bind(now)
+            .execute(&mut *w)
+            .await?;
+        }
+        let stored = sqlx::query("UPDATE farm_files SET touched_ms = $1 WHERE sha256 = $2")
+            .bind(now)
+            .bind(&hash)
+            .execute(&mut *w)
+            .await?
+            .rows_affected();
+        if stored != 1 {
+            // Collected between the read and this write: store it again.
+            sqlx::query(
+                "INSERT INTO farm_files (sha256, size, owner, data, created_ms, touched_ms) VALUES ($1, $2, $3, $4, $5, $5)",
+            )
+            .bind(&hash)
+            .bind(bytes.len() as i64)
+            .bind(owner)
+            .bind(STANDARD.encode(bytes))
+            .bind(now)
+            .execute(&mut *w)
+            .await?;
+        }
+        sqlx::query(
+            "INSERT INTO farm_file_owners (sha256, owner, pinned) VALUES ($1, $2, $3) ON CONFLICT (sha256, owner) \
+             DO UPDATE SET pinned = CASE WHEN $3 = 1 THEN 1 ELSE farm_file_owners.pinned END",
+        )
+        .bind(&hash)
+        .bind(owner)
+        .bind(i64::from(pin))
         .execute(&mut *w)
         .await?;
         w.commit().await?;
         Ok(hash)
     }
 
-    /// A job file's bytes.
-    pub async fn file(&self, hash: &str) -> Result<Vec<u8>, Error> {
+    /// Unpins `owner`'s pin on a file (others' pins stay); the file is collected when nothing
+    /// else keeps it.
+    pub async fn unpin_file(&self, owner: &str, hash: &str) -> Result<(), Error> {
+        let mut w = self.db.begin_write().await?;
+        let n = sqlx::query("UPDATE farm_file_owners SET pinned = 0 WHERE sha256 = $1 AND owner = $2")
+            .bind(hash)
+            .bind(owner)
+            .execute(&mut *w)
+            .await?
+            .rows_affected();
+        w.commit().await?;
+        if n == 0 {
+            return Err(no_file(hash));
+        }
+        Ok(())
+    }
+
+    /// A job file's bytes, for a reader who may see them: a user who stored it (or an admin), or
+    /// a host holding the lease of a job that names it. Anyone else is told there is no such
+    /// file.
+    pub async fn file(&self, reader: &Reader, hash: &str) -> Result<Vec<u8>, Error> {
+        let allowed = match reader {
+            Reader::User(p) if p.is_admin() => true,
+            Reader::User(p) => sqlx::query("SELECT 1 FROM farm_file_owners WHERE sha256 = $1 AND owner = $2")
+                .bind(hash)
+                .bind(&p.id)
+                .fetch_optional(self.db.pool())
+                .await?
+                .is_some(),
+            Reader::Host(h) => sqlx::query("SELECT spec FROM farm_jobs WHERE host = $1 AND state = 'running'")
+                .bind(&h.id)
+                .fetch_all(self.db.pool())
+                .await?
+                .iter()
+                .filter_map(|r| r.try_get::<String, _>(0).ok())
+                .filter_map(|s| serde_json::from_str::<JobSpec>(&s).ok())
+                .any(|spec| spec.files().contains(&hash)),
+        };
+        if !allowed {
+            return Err(no_file(hash));
+        }
         let row = sqlx::query("SELECT data FROM farm_files WHERE sha256 = $1")
             .bind(hash)
             .fetch_optional(self.db.pool())
-            .await?;
-        let Some(row) = row else {
-            return Err(Error::not_found(format!("no job file {}", enclava_core::text::quote(hash))));
-        };
+            .await?
+            .ok_or_else(|| no_file(hash))?;
         let data: String = row.try_get(0)?;
         STANDARD.decode(data).map_err(|_| Error::internal("a stored job file is damaged"))
     }
 
-    /// Deletes files no queued or running job names and older than `min_age`; returns how many.
-    pub async fn collect_files(&self, min_age: Duration) -> Result<u64, Error> {
-        let cutoff = now_ms() - min_age.as_millis() as i64;
-        let live: Vec<String> = sqlx::query("SELECT spec FROM farm_jobs WHERE state IN ('queued', 'running')")
-            .fetch_all(self.db.pool())
-            .await?
-            .iter()
-            .filter_map(|r| r.try_get::<String, _>(0).ok())
-            .collect();
+    /// Deletes job files nobody pinned, no queued or running job names, and not stored again for
+    /// the retention; returns how many.
+    pub async fn collect_files(&self) -> Result<u64, Error> {
+        let cutoff = now_ms() - self.config.file_retention.as_millis() as i64;
+        let candidates: Vec<String> = sqlx::query(
+            "SELECT sha256 FROM farm_files WHERE touched_ms < $1 AND NOT EXISTS \
+             (SELECT 1 FROM farm_file_owners o WHERE o.sha256 = farm_files.sha256 AND o.pinned = 1) LIMIT 1024",
+        )
+        .bind(cutoff)
+        .fetch_all(self.db.pool())
+        .await?
+        .iter()
+        .filter_map(|r| r.try_get::<String, _>(0).ok())
+        .collect();
+        if candidates.is_empty() {
+            return Ok(0);
+        }
+        let mut w = self.db.begin_write().await?;
+        // Read under the write lock: a job submitted meanwhile keeps its files.
         let mut keep = std::collections::BTreeSet::new();
-        for s in &live {
-            if let Ok(spec) = serde_json::from_str::<JobSpec>(s) {
+        for r in
+            sqlx::query("SELECT spec FROM farm_jobs WHERE state IN ('queued', 'running')").fetch_all(&mut *w).await?
+        {
+            if let Ok(spec) = serde_json::from_str::<JobSpec>(&r.try_get::<String, _>(0)?) {
                 keep.extend(spec.files().into_iter().map(str::to_owned));
             }
         }
-        let old: Vec<String> = sqlx::query("SELECT sha256 FROM farm_files WHERE created_ms < $1")
+        let mut deleted = 0;
+        for h in candidates.iter().filter(|h| !keep.contains(*h)) {
+            let n = sqlx::query(
+                "DELETE FROM farm_files WHERE sha256 = $1 AND touched_ms < $2 AND NOT EXISTS \
+                 (SELECT 1 FROM farm_file_owners o WHERE o.sha256 = farm_files.sha256 AND o.pinned = 1)",
+            )
+            .bind(h)
             .bind(cutoff)
-            .fetch_all(self.db.pool())
+            .execute(&mut *w)
             .await?
-            .iter()
-            .filter_map(|r| r.try_get::<String, _>(0).ok())
-            .filter(|h| !keep.contains(h))
-            .collect();
-        let mut w = self.db.begin_write().await?;
-        for h in &old {
-            sqlx::query("DELETE FROM farm_files WHERE sha256 = $1").bind(h).execute(&mut *w).await?;
+            .rows_affected();
+            if n == 1 {
+                sqlx::query("DELETE FROM farm_file_owners WHERE sha256 = $1").bind(h).execute(&mut *w).await?;
+                deleted += 1;
+            }
         }
         w.commit().await?;
-        Ok(old.len() as u64)
+        if deleted > 0 {
+            tracing::info!(files = deleted, "unused job files collected");
+        }
+        Ok(deleted)
     }
 
-    /// A one-use nonce a host binds into its registration's evidence (valid 60 s).
-    pub async fn nonce(&self) -> Result<String, Error> {
+    /// A one-use nonce a host binds into its registration's evidence (valid 60 s), within the
+    /// per-source limit for `source` (the caller's address, when known).
+    pub async fn nonce(&self, source: Option<std::net::IpAddr>) -> Result<String, Error> {
+        if let Some(Err(secs)) = self.nonce_limit.as_ref().map(|l| l.check(source)) {
+            return Err(Error::rate_limited("registration nonces", secs));
+        }
         let now = now_ms();
         let mut w = self.db.begin_write().await?;
         sqlx::query("DELETE FROM farm_nonces WHERE expires_ms < $1").bind(now).execute(&mut *w).await?;
@@ -355,27 +503,26 @@ impl Farm {
         .bind(&reg.id)
         .fetch_optional(&mut *w)
         .await?;
+        // A host re-binding with its current token keeps it (its running jobs use it).
+        let mut keep = false;
         if let Some(row) = existing {
             let hash: String = row.try_get(0)?;
             let seen: i64 = row.try_get(1)?;
-            let online = now - seen < self.config.host_timeout.as_millis() as i64;
-            let holds = token.is_some_and(|t| enclava_identity::token_hash(t) == hash);
-            if online && !holds {
+            let recent = now - seen < self.config.host_reclaim.as_millis() as i64;
+            keep = token.is_some_and(|t| enclava_identity::token_hash(t) == hash);
+            if recent && !keep {
                 return Err(Error::new(
                     ErrorCode::AlreadyExists,
-                    "a host with this id is online: it re-registers with its own token",
+                    format!(
+                        "host id {} was seen {} s ago: only its holder re-registers (with the token it kept in \
+                         its work folder); another host may take the id after {} s away",
+                        enclava_core::text::quote(&reg.id),
+                        (now - seen).max(0) / 1000,
+                        self.config.host_reclaim.as_secs()
+                    ),
                 ));
             }
         }
-        // A host re-binding with its current token keeps it (its running jobs use it).
-        let current = sqlx::query("SELECT token_hash FROM farm_hosts WHERE id = $1")
-            .bind(&reg.id)
-            .fetch_optional(&mut *w)
-            .await?;
-        let keep = match (token, current) {
-            (Some(t), Some(row)) => row.try_get::<String, _>(0)? == enclava_identity::token_hash(t),
-            _ => false,
-        };
         let new_token = match token {
             Some(t) if keep => t.to_owned(),
             _ => format!("ekh_{}", random_hex(32)),
@@ -514,12 +661,20 @@ impl Farm {
             let (json, owner): (String, String) = (row.try_get("spec")?, row.try_get("owner")?);
             return Ok(p.same_job(&json, &owner).and_then(|()| job_view(&row)));
         }
+        // Only files the submitter stored (so proved it has): a job naming another user's file
+        // would read it out through its output.
         for f in spec.files() {
-            let found =
-                sqlx::query("SELECT 1 FROM farm_files WHERE sha256 = $1").bind(f).fetch_optional(&mut **w).await?;
+            let found = sqlx::query(
+                "SELECT 1 FROM farm_files f JOIN farm_file_owners o ON o.sha256 = f.sha256 WHERE f.sha256 = $1 \
+                 AND o.owner = $2",
+            )
+            .bind(f)
+            .bind(&p.owner)
+            .fetch_optional(&mut **w)
+            .await?;
             if found.is_none() {
                 return Ok(Err(Error::invalid(format!(
-                    "the job names file {}… which the farm does not have: add it first (`enclava file add`)",
+                    "the job names file {}… which you have not stored in the farm: add it first (`enclava file add`)",
                     enclava_core::text::prefix(f, 16)
                 ))));
             }
@@ -656,12 +811,15 @@ impl Farm {
             return Err(conflict(format!("job {} is already {state}", view.id)));
         }
         let reasons = with_reason(&row.try_get::<String, _>(1)?, &format!("cancelled by {}", caller.id));
-        sqlx::query("UPDATE farm_jobs SET state = 'cancelled', reasons = $1, updated_ms = $2 WHERE id = $3")
-            .bind(&reasons)
-            .bind(now_ms())
-            .bind(id)
-            .execute(&mut *w)
-            .await?;
+        sqlx::query(
+            "UPDATE farm_jobs SET state = 'cancelled', reasons = $1, updated_ms = $2 WHERE id = $3 \
+             AND state IN ('queued', 'running')",
+        )
+        .bind(&reasons)
+        .bind(now_ms())
+        .bind(id)
+        .execute(&mut *w)
+        .await?;
         w.commit().await?;
         self.job(caller, id).await
     }
@@ -687,6 +845,9 @@ impl Farm {
             return Ok(Vec::new());
         }
         let mut w = self.db.begin_write().await?;
+        // The heartbeat write locks the host's row first: two leases for one host (two replicas)
+        // take turns, so neither counts the other's jobs as free capacity.
+        touch_host(&mut w, &host.id, now).await?;
         let h = sqlx::query("SELECT offer_mcpu, offer_memory, kinds, rootfs FROM farm_hosts WHERE id = $1")
             .bind(&host.id)
             .fetch_optional(&mut *w)
@@ -702,7 +863,6 @@ impl Farm {
         .await?;
         let (mut free_mcpu, mut free_memory) =
             (offer_mcpu - used.try_get::<i64, _>(0)?, offer_memory - used.try_get::<i64, _>(1)?);
-        touch_host(&mut w, &host.id, now).await?;
         let skip = if self.db.backend() == Backend::Postgres { " FOR UPDATE SKIP LOCKED" } else { "" };
         let candidates = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT id, kind, rootfs, mcpu, memory, spec, attempts FROM farm_jobs WHERE state = 'queued' \
@@ -853,14 +1013,20 @@ impl Farm {
     pub async fn sweep(&self) -> Result<u64, Error> {
         let now = now_ms();
         let mut w = self.db.begin_write().await?;
-        let expired = sqlx::query(
-            "SELECT id, host, attempts, reasons FROM farm_jobs WHERE state = 'running' AND lease_until_ms < $1 LIMIT 256",
-        )
+        // Replicas sweep side by side: each takes rows no other holds, and moves a job only if its
+        // lease is still the expired one it read (a renewal or completion in between wins).
+        let skip = if self.db.backend() == Backend::Postgres { " FOR UPDATE SKIP LOCKED" } else { "" };
+        let expired = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT id, host, attempts, reasons, lease FROM farm_jobs WHERE state = 'running' AND lease_until_ms < $1 \
+             LIMIT 256{skip}"
+        )))
         .bind(now)
         .fetch_all(&mut *w)
         .await?;
+        let mut moved = 0u64;
         for r in &expired {
             let (id, host): (String, Option<String>) = (r.try_get(0)?, r.try_get(1)?);
+            let lease: Option<String> = r.try_get(4)?;
             let attempts: i64 = r.try_get(2)?;
             let last = attempts >= i64::from(self.config.max_attempts);
             let reason = format!(
@@ -869,23 +1035,30 @@ impl Farm {
                 self.config.max_attempts,
                 if last { ": no attempts left" } else { ": queued again" }
             );
-            tracing::warn!(job = %id, %reason, "lease expired");
             let reasons = with_reason(&r.try_get::<String, _>(3)?, &reason);
-            sqlx::query(
-                "UPDATE farm_jobs SET state = $1, host = NULL, lease = NULL, reasons = $2, updated_ms = $3 WHERE id = $4",
+            let n = sqlx::query(
+                "UPDATE farm_jobs SET state = $1, host = NULL, lease = NULL, reasons = $2, updated_ms = $3 WHERE id = $4 \
+                 AND state = 'running' AND lease = $5 AND lease_until_ms < $6",
             )
             .bind(if last { "failed" } else { "queued" })
             .bind(&reasons)
             .bind(now)
             .bind(&id)
+            .bind(&lease)
+            .bind(now)
             .execute(&mut *w)
-            .await?;
+            .await?
+            .rows_affected();
+            if n == 1 {
+                tracing::warn!(job = %id, %reason, "lease expired");
+                moved += 1;
+            }
         }
         w.commit().await?;
-        if !expired.is_empty() {
+        if moved > 0 {
             self.queued.notify_waiters();
         }
-        Ok(expired.len() as u64)
+        Ok(moved)
     }
 
     /// Counts of jobs per state, for metrics and health.

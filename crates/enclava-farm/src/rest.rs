@@ -1,6 +1,6 @@
 //! The farm's REST routes, under the role's prefix (`/farm/v1/…`). Submitters authenticate with
 //! their user credential (`Authorization: Bearer`), hosts with the token registration gave them;
-//! a job file may be read by either. Bodies over [`MAX_BODY`] get 413.
+//! a job file may be read by a user who stored it or a host running a job that names it. Bodies over [`MAX_BODY`] get 413.
 
 use std::sync::Arc;
 
@@ -12,9 +12,10 @@ use axum::{Json, Router};
 use enclava_contracts::farm::{Completion, HostRegistration, HostView, JobOutput, JobSpec, JobView, Leased};
 use enclava_core::Error;
 use enclava_identity::Principal;
+use enclava_server::Source;
 use serde::{Deserialize, Serialize};
 
-use crate::{Farm, Host};
+use crate::{Farm, Host, Reader};
 
 /// The role's prefix.
 pub const PREFIX: &str = "/farm";
@@ -33,10 +34,16 @@ pub struct Nonce {
     pub nonce: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct Registered {
     pub token: String,
     pub lease_ms: u64,
+}
+
+impl std::fmt::Debug for Registered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registered").field("lease_ms", &self.lease_ms).finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -58,6 +65,13 @@ pub struct Renewed {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+struct AddQuery {
+    /// Keep the file from collection until unpinned.
+    #[serde(default)]
+    pin: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
 struct ListQuery {
     limit: Option<u32>,
 }
@@ -67,6 +81,7 @@ pub fn router(farm: Arc<Farm>) -> Router {
     Router::new()
         .route("/v1/files", post(add_file))
         .route("/v1/files/{hash}", get(file))
+        .route("/v1/files/{hash}/unpin", post(unpin))
         .route("/v1/hosts", get(hosts))
         .route("/v1/hosts/nonce", post(nonce))
         .route("/v1/hosts/register", post(register))
@@ -100,18 +115,34 @@ fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
     serde_json::from_slice(body).map_err(|e| Error::invalid(format!("the body is not what this call takes: {e}")))
 }
 
-async fn add_file(State(f): State<Arc<Farm>>, headers: HeaderMap, body: Bytes) -> Result<Json<Stored>, Error> {
+async fn add_file(
+    State(f): State<Arc<Farm>>,
+    headers: HeaderMap,
+    Query(q): Query<AddQuery>,
+    body: Bytes,
+) -> Result<Json<Stored>, Error> {
     let p = user(&f, &headers).await?;
-    let sha256 = f.add_file(&p.id, &body).await?;
+    let sha256 = f.add_file(&p.id, &body, q.pin).await?;
     Ok(Json(Stored { sha256, size: body.len() as u64 }))
 }
 
 async fn file(State(f): State<Arc<Farm>>, headers: HeaderMap, Path(hash): Path<String>) -> Result<Vec<u8>, Error> {
     let t = token(&headers).ok_or_else(enclava_identity::unauthenticated)?;
-    if f.host(t).await.is_err() {
-        f.identity().authenticate(t).await?;
-    }
-    f.file(&hash).await
+    let reader = match f.host(t).await {
+        Ok(h) => Reader::Host(h),
+        Err(_) => Reader::User(f.identity().authenticate(t).await?),
+    };
+    f.file(&reader, &hash).await
+}
+
+async fn unpin(
+    State(f): State<Arc<Farm>>,
+    headers: HeaderMap,
+    Path(hash): Path<String>,
+) -> Result<Json<serde_json::Value>, Error> {
+    let p = user(&f, &headers).await?;
+    f.unpin_file(&p.id, &hash).await?;
+    Ok(Json(serde_json::json!({ "unpinned": true })))
 }
 
 async fn hosts(State(f): State<Arc<Farm>>, headers: HeaderMap) -> Result<Json<Vec<HostView>>, Error> {
@@ -119,8 +150,8 @@ async fn hosts(State(f): State<Arc<Farm>>, headers: HeaderMap) -> Result<Json<Ve
     Ok(Json(f.hosts().await?))
 }
 
-async fn nonce(State(f): State<Arc<Farm>>) -> Result<Json<Nonce>, Error> {
-    Ok(Json(Nonce { nonce: f.nonce().await? }))
+async fn nonce(State(f): State<Arc<Farm>>, Source(source): Source) -> Result<Json<Nonce>, Error> {
+    Ok(Json(Nonce { nonce: f.nonce(source).await? }))
 }
 
 async fn register(State(f): State<Arc<Farm>>, headers: HeaderMap, body: Bytes) -> Result<Json<Registered>, Error> {

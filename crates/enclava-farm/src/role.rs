@@ -1,5 +1,6 @@
 //! The farm as a role of `enclava server`: REST under `/farm`, `enclava_farm_*` metrics (jobs per
-//! state), health (the database answers), and a sweeper that re-queues jobs whose lease expired.
+//! state), health (the database answers), and a sweeper that re-queues jobs whose lease expired
+//! and, every ten minutes, collects unused unpinned job files.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,6 +58,7 @@ impl Role for FarmRole {
         let jobs = self.jobs.clone();
         let every = (farm.config().lease / 4).clamp(Duration::from_millis(50), Duration::from_secs(2));
         vec![tokio::spawn(async move {
+            let mut collect_at = tokio::time::Instant::now() + Duration::from_secs(60);
             loop {
                 tokio::select! {
                     _ = stop.stopped() => return,
@@ -64,6 +66,12 @@ impl Role for FarmRole {
                 }
                 if let Err(e) = farm.sweep().await {
                     tracing::warn!(error = %e, "farm sweep failed; retrying");
+                }
+                if tokio::time::Instant::now() >= collect_at {
+                    collect_at = tokio::time::Instant::now() + Duration::from_secs(600);
+                    if let Err(e) = farm.collect_files().await {
+                        tracing::warn!(error = %e, "collecting unused job files failed; retrying later");
+                    }
                 }
                 if let Ok(counts) = farm.counts().await {
                     for (state, n) in counts {

@@ -12,7 +12,7 @@ use enclava_contracts::farm::{
     Completion, HostCapacity, HostRegistration, JobSpec, Receipt, SealedBlob, Security, SignedReceipt,
 };
 use enclava_core::ErrorCode;
-use enclava_farm::{Farm, FarmConfig, Host};
+use enclava_farm::{Farm, FarmConfig, Host, Reader};
 use enclava_identity::{Identity, Registration};
 use enclava_store::audit::{AuditLog, AuditOptions};
 use enclava_store::kek::LocalKek;
@@ -20,12 +20,16 @@ use enclava_store::{Database, DbOptions};
 use enclava_testkit::PgDatabase;
 
 async fn open(url: &str, lease: Duration) -> Farm {
+    open_with(url, FarmConfig { lease, ..Default::default() }).await
+}
+
+async fn open_with(url: &str, config: FarmConfig) -> Farm {
     let db = Database::open(url, DbOptions::default()).await.expect("db");
     let options = AuditOptions::default();
     let check = AuditLog::check(&db, &options).await.expect("check");
     let audit = AuditLog::open(db, Arc::new(LocalKek::from_bytes(&[3; 32], "t")), &options, check).await.expect("log");
     let identity = Arc::new(Identity::open(audit.clone(), Registration::Open, None).await.expect("identity"));
-    Farm::open(audit, identity, FarmConfig { lease, ..Default::default() }).await.expect("farm")
+    Farm::open(audit, identity, config).await.expect("farm")
 }
 
 fn capacity(cores: f64, kinds: &[&str]) -> String {
@@ -47,7 +51,7 @@ fn capacity(cores: f64, kinds: &[&str]) -> String {
 }
 
 async fn host(farm: &Farm, id: &str, platform: &str, cores: f64) -> Host {
-    let nonce = farm.nonce().await.expect("nonce");
+    let nonce = farm.nonce(None).await.expect("nonce");
     let reg = HostRegistration {
         id: id.into(),
         platform: platform.into(),
@@ -74,6 +78,7 @@ fn spec(id: u32, security: Security, hosts: &[&str], cpu: f64) -> JobSpec {
         program: enclava_contracts::farm::sha256_hex(b"program"),
         rootfs: None,
         args: Vec::new(),
+        args_file: None,
         stdin: None,
         inputs: Vec::new(),
         cpu,
@@ -115,7 +120,7 @@ async fn suite(url: &str) {
     let farm = open(url, Duration::from_millis(300)).await;
     let (user, _) = farm.identity().register(None).await.expect("user");
     let caller = farm.identity().user(&user).await.expect("principal");
-    farm.add_file(&user, b"program").await.expect("file");
+    farm.add_file(&user, b"program", false).await.expect("file");
     let tee = host(&farm, "tee-host", "sim", 1.0).await;
     let plain = host(&farm, "plain-host", "plaintext", 1.0).await;
 
@@ -177,6 +182,54 @@ async fn suite(url: &str) {
     let other = farm.identity().user(&other).await.expect("principal");
     assert_eq!(farm.job(&other, &conf.id).await.expect_err("not theirs").code, ErrorCode::NotFound);
     assert!(farm.jobs(&other, 100).await.expect("list").is_empty());
+    // Job files: only who stored one reads it back or names it in a job; a host only while it
+    // holds a job naming it.
+    let secret = farm.add_file(&user, b"user one's data", false).await.expect("file");
+    let program = enclava_contracts::farm::sha256_hex(b"program");
+    assert_eq!(farm.file(&Reader::User(caller.clone()), &secret).await.expect("own"), b"user one's data");
+    assert_eq!(farm.file(&Reader::User(other.clone()), &secret).await.expect_err("theirs").code, ErrorCode::NotFound);
+    assert_eq!(farm.file(&Reader::Host(plain.clone()), &secret).await.expect_err("no job").code, ErrorCode::NotFound);
+    let mut steal = spec(4, Security::Plaintext, &[], 0.1);
+    steal.stdin = Some(secret.clone());
+    let (thief, _) = farm.identity().register(None).await.expect("user");
+    farm.add_file(&thief, b"program", false).await.expect("file");
+    let refused = farm.submit(&thief, &steal).await.expect_err("not theirs");
+    assert!(refused.message.contains("not stored"), "{refused:?}");
+    let reads = farm.submit(&user, &steal).await.expect("submit");
+    let got = farm.lease(&plain, 8).await.expect("lease");
+    assert_eq!(got.iter().map(|l| l.job.id.as_str()).collect::<Vec<_>>(), vec![reads.id.as_str()]);
+    assert_eq!(farm.file(&Reader::Host(plain.clone()), &secret).await.expect("leased"), b"user one's data");
+    assert_eq!(
+        farm.file(&Reader::Host(tee.clone()), &program).await.expect_err("not its job").code,
+        ErrorCode::NotFound
+    );
+    farm.complete(&plain, &reads.id, &completion(&reads.id, "plain-host", &got[0].lease)).await.expect("done");
+    assert_eq!(farm.file(&Reader::Host(plain.clone()), &secret).await.expect_err("done").code, ErrorCode::NotFound);
+
+    // A host id is not taken over while its holder was seen recently; its holder re-binds.
+    let nonce = farm.nonce(None).await.expect("nonce");
+    let takeover = HostRegistration {
+        id: "tee-host".into(),
+        platform: "plaintext".into(),
+        measurement: String::new(),
+        pubkey: vec![8; 32],
+        capacity: capacity(1.0, &["wasm"]),
+        nonce,
+        evidence: Vec::new(),
+    };
+    let e = farm.register(&takeover, None).await.expect_err("taken");
+    // Nonces are limited per source address.
+    let limited = open_with(url, FarmConfig { nonces_per_minute: 2, ..Default::default() }).await;
+    let addr = Some(std::net::IpAddr::from([192, 0, 2, 1]));
+    limited.nonce(addr).await.expect("first");
+    limited.nonce(addr).await.expect("second");
+    let e3 = limited.nonce(addr).await.expect_err("third");
+    assert_eq!(e3.code, ErrorCode::RateLimited);
+    assert!(e3.retry_after.is_some());
+    limited.nonce(Some(std::net::IpAddr::from([192, 0, 2, 2]))).await.expect("another source");
+    assert_eq!(e.code, ErrorCode::AlreadyExists);
+    assert!(e.message.contains("token"), "{e:?}");
+
     let hosts = farm.hosts().await.expect("hosts");
     assert_eq!(hosts.len(), 2);
     assert!(hosts.iter().any(|h| h.id == "plain-host" && h.status.starts_with("Not confidential")));
@@ -210,6 +263,25 @@ async fn suite(url: &str) {
     let unique: BTreeSet<&String> = all.iter().collect();
     assert_eq!(unique.len(), all.len(), "a job was leased twice");
     assert_eq!(all.len(), JOBS as usize, "every job was leased");
+
+    // Collection: a file a running job names stays, and so does a pinned one; an unused,
+    // unpinned one goes (here the retention is zero).
+    let collector = open_with(url, FarmConfig { file_retention: Duration::ZERO, ..Default::default() }).await;
+    let pinned = collector.add_file(&user, b"keep me", true).await.expect("pinned");
+    let loose = collector.add_file(&user, b"drop me", false).await.expect("loose");
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    collector.collect_files().await.expect("collect");
+    let reader = Reader::User(caller.clone());
+    assert_eq!(collector.file(&reader, &loose).await.expect_err("collected").code, ErrorCode::NotFound);
+    collector.file(&reader, &pinned).await.expect("pinned stays");
+    collector.file(&reader, &enclava_contracts::farm::sha256_hex(b"program")).await.expect("a running job names it");
+    collector.unpin_file(&user, &pinned).await.expect("unpin");
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    collector.collect_files().await.expect("collect");
+    assert_eq!(collector.file(&reader, &pinned).await.expect_err("collected").code, ErrorCode::NotFound);
+    // Stored again, it is back.
+    assert_eq!(collector.add_file(&user, b"drop me", false).await.expect("again"), loose);
+    collector.file(&reader, &loose).await.expect("stored again");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

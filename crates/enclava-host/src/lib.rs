@@ -65,6 +65,11 @@ impl HostConfig {
             rebind: Duration::from_secs(60),
         }
     }
+
+    /// Where the host keeps its farm token (mode 0600).
+    pub fn token_file(&self) -> PathBuf {
+        self.work_dir.join("farm-token")
+    }
 }
 
 /// The executors this host runs.
@@ -87,8 +92,22 @@ pub struct HostAgent {
 struct Shared {
     attester: Attester,
     runners: Runners,
-    work_dir: PathBuf,
+    /// Where jobs' folders go: in memory (`/dev/shm`) where the machine has it, so a confidential
+    /// job's opened inputs never reach a disk; else the work folder.
+    jobs_dir: PathBuf,
     running: AtomicUsize,
+}
+
+/// A folder for this agent's jobs in memory (`/dev/shm`), or under `work_dir` without one.
+fn jobs_dir(work_dir: &Path, id: &str) -> PathBuf {
+    let shm = Path::new("/dev/shm");
+    let name: String = id.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).take(64).collect();
+    let dir = shm.join(format!("enclava-host-{name}-{}", std::process::id()));
+    if shm.is_dir() && std::fs::create_dir_all(&dir).is_ok() {
+        return dir;
+    }
+    tracing::warn!("no /dev/shm here: jobs' opened inputs are written under the work folder, on disk");
+    work_dir.join("jobs")
 }
 
 impl HostAgent {
@@ -122,11 +141,15 @@ impl HostAgent {
             .map_err(|e| Error::unavailable(format!("cannot create {}: {e}", config.work_dir.display())))?;
         let mut client = FarmClient::new(&config.server, None);
         let capacity = capacity_json(&config, &runners)?;
-        let lease = register(&attester, &mut client, &capacity).await?;
+        let lease = register(&attester, &mut client, &capacity, Some(&config.token_file())).await?;
         let id = attester.instance_id().to_owned();
         tracing::info!(host = %id, server = %config.server, platform = %attester.platform(), "farm host registered");
-        let shared =
-            Arc::new(Shared { attester, runners, work_dir: config.work_dir.clone(), running: AtomicUsize::new(0) });
+        let shared = Arc::new(Shared {
+            jobs_dir: jobs_dir(&config.work_dir, &id),
+            attester,
+            runners,
+            running: AtomicUsize::new(0),
+        });
         let (stop, stop_rx) = watch::channel(false);
         let task = tokio::spawn(pull(shared, client, capacity, config, lease, stop_rx));
         Ok(HostAgent { id, stop, task })
@@ -151,7 +174,7 @@ impl HostAgent {
 
 impl Drop for Shared {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(self.work_dir.join("jobs"));
+        let _ = std::fs::remove_dir_all(&self.jobs_dir);
     }
 }
 
@@ -184,8 +207,20 @@ fn capacity_json(config: &HostConfig, runners: &Runners) -> Result<String, Error
 }
 
 /// Registers (or re-binds) `attester`'s node with a fresh nonce, its evidence binding its key and
-/// `capacity` (a `HostCapacity` as JSON); `client` keeps the token. Returns the lease length.
-pub async fn register(attester: &Attester, client: &mut FarmClient, capacity: &str) -> Result<Duration, Error> {
+/// `capacity` (a `HostCapacity` as JSON); `client` keeps the token, and `token_file` (when given)
+/// keeps it across restarts, so a restarted host reclaims its id at once while nobody else can.
+/// Returns the lease length.
+pub async fn register(
+    attester: &Attester,
+    client: &mut FarmClient,
+    capacity: &str,
+    token_file: Option<&Path>,
+) -> Result<Duration, Error> {
+    if let (None, Some(path)) = (client.token(), token_file)
+        && let Ok(saved) = std::fs::read_to_string(path)
+    {
+        client.set_token(Zeroizing::new(saved.trim().to_owned()));
+    }
     let nonce = client.nonce().await?;
     let key = enclava_contracts::farm::host_binding_key(attester.public_key(), capacity);
     let evidence = attester.farm_evidence(&key, nonce.as_bytes()).unwrap_or_default();
@@ -199,8 +234,32 @@ pub async fn register(attester: &Attester, client: &mut FarmClient, capacity: &s
         evidence,
     };
     let (token, lease) = client.register(&reg).await?;
+    if let Some(path) = token_file
+        && client.token() != Some(token.as_str())
+    {
+        save_token(path, &token);
+    }
     client.set_token(token);
     Ok(lease)
+}
+
+/// Writes a host token readable by this user only (a failure is logged: the host still runs, it
+/// just cannot reclaim its id at once after a restart).
+fn save_token(path: &Path, token: &str) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(token.as_bytes()).and_then(|()| f.sync_all()))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        tracing::warn!(error = %e, file = %path.display(), "cannot keep the host token");
+    }
 }
 
 async fn pull(
@@ -221,7 +280,7 @@ async fn pull(
             return;
         }
         if Instant::now() >= rebind_at {
-            match register(&shared.attester, &mut client, &capacity).await {
+            match register(&shared.attester, &mut client, &capacity, Some(&config.token_file())).await {
                 Ok(l) => {
                     lease = l;
                     rebind_at = Instant::now() + config.rebind;
@@ -284,7 +343,7 @@ async fn run_leased(shared: Arc<Shared>, client: FarmClient, leased: Leased, lea
             }
         }
     };
-    let _ = std::fs::remove_dir_all(shared.work_dir.join("jobs").join(&id));
+    let _ = std::fs::remove_dir_all(shared.jobs_dir.join(&id));
     if let Some(completion) = done {
         let completion = match completion {
             Ok(c) => c,
@@ -349,11 +408,21 @@ async fn run_job(shared: &Shared, client: &FarmClient, leased: &Leased) -> Resul
             let wrap = spec.key_wraps.get(me).ok_or_else(|| {
                 Error::new(ErrorCode::FailedPrecondition, "this confidential job was not sealed to this host")
             })?;
-            Some(shared.attester.open_job_key(&spec.id, wrap)?)
+            Some(shared.attester.open_job_key(spec, wrap)?)
         }
     };
     let key = key.as_deref();
     let program = fetch(client, &spec.program, key).await?;
+    let args = match &spec.args_file {
+        None => spec.args.clone(),
+        Some(h) => {
+            let list = fetch(client, h, key).await?;
+            let args: Vec<String> = serde_json::from_slice(&list)
+                .map_err(|_| Error::invalid("the job's sealed arguments are not a list of strings"))?;
+            enclava_contracts::farm::check_args(&args).map_err(Error::invalid)?;
+            args
+        }
+    };
     let stdin = match &spec.stdin {
         Some(h) => fetch(client, h, key).await?,
         None => Zeroizing::new(Vec::new()),
@@ -365,7 +434,7 @@ async fn run_job(shared: &Shared, client: &FarmClient, leased: &Leased) -> Resul
     let named: Vec<(&str, &[u8])> = inputs.iter().map(|(n, b)| (n.as_str(), b.as_slice())).collect();
     let input_sha256 = inputs_digest(&stdin, &named);
     let bytes_in = (program.len() + stdin.len() + inputs.iter().map(|(_, b)| b.len()).sum::<usize>()) as u64;
-    let dir = shared.work_dir.join("jobs").join(&spec.id);
+    let dir = shared.jobs_dir.join(&spec.id);
     let _ = std::fs::remove_dir_all(&dir);
     let in_dir = dir.join("in");
     let tmp_dir = dir.join("tmp");
@@ -378,8 +447,8 @@ async fn run_job(shared: &Shared, client: &FarmClient, leased: &Leased) -> Resul
     }
     let timeout = Duration::from_millis(spec.timeout_ms);
     let ran = match spec.kind.as_str() {
-        "wasm" => run_wasm(&shared.runners, spec, program.to_vec(), stdin.to_vec(), &in_dir, &tmp_dir, timeout).await?,
-        "process" => run_process(&shared.runners, spec, &program, stdin.to_vec(), &dir, timeout).await?,
+        "wasm" => run_wasm(&shared.runners, spec, args, program.to_vec(), stdin.to_vec(), &dir, timeout).await?,
+        "process" => run_process(&shared.runners, spec, args, &program, stdin.to_vec(), &dir, timeout).await?,
         "vm" => run_vm(&shared.runners, spec, &program, &inputs, &dir, timeout).await?,
         other => return Err(Error::invalid(format!("this host does not run {other} jobs"))),
     };
@@ -389,21 +458,22 @@ async fn run_job(shared: &Shared, client: &FarmClient, leased: &Leased) -> Resul
 async fn run_wasm(
     runners: &Runners,
     spec: &enclava_contracts::farm::JobSpec,
+    args: Vec<String>,
     program: Vec<u8>,
     stdin: Vec<u8>,
-    in_dir: &Path,
-    tmp_dir: &Path,
+    dir: &Path,
     timeout: Duration,
 ) -> Result<Ran, Error> {
+    let (in_dir, tmp_dir) = (dir.join("in"), dir.join("tmp"));
     let engine = runners.wasm.clone();
     let defaults = engine.config().limits;
     let job = enclava_wasm::Job {
-        args: spec.args.clone(),
+        args,
         env: Vec::new(),
         stdin,
         dirs: vec![
-            enclava_wasm::Preopen { host: in_dir.to_owned(), guest: "/in".into(), writable: false },
-            enclava_wasm::Preopen { host: tmp_dir.to_owned(), guest: "/tmp".into(), writable: true },
+            enclava_wasm::Preopen { host: in_dir, guest: "/in".into(), writable: false },
+            enclava_wasm::Preopen { host: tmp_dir, guest: "/tmp".into(), writable: true },
         ],
         limits: Some(enclava_wasm::RunLimits { memory_bytes: spec.memory_bytes, timeout, ..defaults }),
     };
@@ -430,6 +500,7 @@ async fn run_wasm(
 async fn run_process(
     runners: &Runners,
     spec: &enclava_contracts::farm::JobSpec,
+    args: Vec<String>,
     program: &[u8],
     stdin: Vec<u8>,
     dir: &Path,
@@ -445,7 +516,7 @@ async fn run_process(
     })?;
     let command = command_text(program)?;
     let mut argv = vec!["/bin/sh".to_owned(), "-c".into(), command.to_owned(), "job".into()];
-    argv.extend(spec.args.iter().cloned());
+    argv.extend(args);
     let job = enclava_process::ProcessJob {
         rootfs: rootfs.clone(),
         argv,

@@ -161,17 +161,22 @@ impl Attester {
         self.tee.evidence(&rd, now_secs())
     }
 
-    /// Opens a farm job's key, which its submitter sealed to this node's request key for this job
-    /// only. The key stays in this process.
+    /// Opens a farm job's key, which its submitter sealed to this node's request key for this
+    /// exact job spec only. The key stays in this process.
     pub fn open_job_key(
         &self,
-        job: &str,
+        job: &enclava_contracts::farm::JobSpec,
         wrap: &enclava_contracts::farm::SealedBlob,
     ) -> Result<zeroize::Zeroizing<[u8; 32]>, enclava_core::Error> {
         let sealed = enclava_seal::Sealed { enc: wrap.enc.clone(), ciphertext: wrap.ciphertext.clone() };
         let key =
-            self.request_key.pair().open(enclava_contracts::farm::JOB_KEY_INFO, job.as_bytes(), &sealed).map_err(
-                |_| enclava_core::Error::new(enclava_core::ErrorCode::Tampered, "the job key does not open here"),
+            self.request_key.pair().open(enclava_contracts::farm::JOB_KEY_INFO, &job.key_aad(), &sealed).map_err(
+                |_| {
+                    enclava_core::Error::new(
+                        enclava_core::ErrorCode::Tampered,
+                        "the job key does not open here: it was sealed to another host, or the job was changed after its submitter sealed it",
+                    )
+                },
             )?;
         let key: [u8; 32] = key
             .as_slice()

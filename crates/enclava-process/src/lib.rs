@@ -288,7 +288,11 @@ pub fn busybox_root(dir: &Path, applets: &[&str]) -> Result<PathBuf, Error> {
     std::fs::create_dir_all(root.join("bin")).map_err(io)?;
     std::fs::copy(busybox, root.join("bin/busybox")).map_err(io)?;
     for applet in applets {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).map_err(io)?;
+        // Built before (a restarted host on its folder): the link is already there.
+        match std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            r => r.map_err(io)?,
+        }
     }
     Ok(root)
 }

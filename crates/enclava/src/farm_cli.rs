@@ -150,10 +150,18 @@ pub struct FileArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum FileCommand {
-    /// Store a job file; prints its SHA-256, which names it.
-    Add { file: PathBuf },
-    /// Print a job file by its SHA-256.
+    /// Store a job file; prints its SHA-256, which names it. Unpinned files no job needs are
+    /// deleted a day after they were last stored.
+    Add {
+        file: PathBuf,
+        /// Keep it until `file unpin`
+        #[arg(long)]
+        pin: bool,
+    },
+    /// Print a job file by its SHA-256 (one you stored).
     Cat { hash: String },
+    /// Remove your pin on a job file.
+    Unpin { hash: String },
 }
 
 /// What the submitter keeps of a job.
@@ -568,9 +576,13 @@ async fn submit(client: &FarmClient, dir: &Path, server: &str, s: SubmitArgs) ->
 pub async fn file(a: FileArgs, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<ExitCode> {
     let (client, _) = client(&a.target, env)?;
     match a.command {
-        FileCommand::Add { file } => {
+        FileCommand::Add { file, pin } => {
             let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            println!("{}", client.add_file(bytes).await.map_err(said)?);
+            println!("{}", client.add_file(bytes, pin).await.map_err(said)?);
+        }
+        FileCommand::Unpin { hash } => {
+            client.unpin(&hash).await.map_err(said)?;
+            eprintln!("unpinned: it is deleted once no job needs it and nobody stored it for a day");
         }
         FileCommand::Cat { hash } => {
             use std::io::Write;

@@ -111,6 +111,16 @@ async fn confidential_jobs_run_only_where_the_policy_allows_and_come_back_sealed
     // The files the farm stored are ciphertext: it cannot read the program.
     let stored = client.file(&enclava_contracts::farm::sha256_hex(program)).await;
     assert!(stored.is_err(), "the plaintext program was never uploaded");
+    // Its arguments travel sealed too, and reach the program.
+    let args = vec!["--token".to_owned(), "s3cret-arg".into()];
+    let with_args =
+        Submission { args: &args, ..wasm(enclava_wasm::examples::ARGS.as_bytes(), None, Security::Confidential) };
+    let argued = client.submit_job(&with_args, &ok).await.expect("submitted");
+    let done = client.wait(&argued.view.id, Duration::from_secs(20)).await.expect("finishes");
+    assert_eq!(done.state, "succeeded", "{done:?}");
+    let seed = argued.result_seed.as_deref().expect("key");
+    let (_, result) = client.result(&argued.view.id, Some(seed)).await.expect("opens");
+    assert_eq!(result.stdout, b"--token\ns3cret-arg\n");
 
     // Its receipt verifies under the policy, for this job, program, input and output.
     let expect = ReceiptExpectations {
@@ -187,6 +197,7 @@ async fn a_host_killed_mid_job_is_replaced_and_a_restarted_farm_loses_nothing() 
     })
     .await;
     // SIGKILL, as far as the farm can tell: the agent and node vanish without a word.
+    let a_id = a.instance_id().to_owned();
     a_agent.abort();
     a.abort();
     let (b, b_agent) = sandbox.farm_host(NodeSpec::new("host-b"), None, &["busybox"]).await.expect("host b");
@@ -197,6 +208,12 @@ async fn a_host_killed_mid_job_is_replaced_and_a_restarted_farm_loses_nothing() 
     assert!(done.reasons.iter().any(|r| r.contains("stopped renewing")), "{:?}", done.reasons);
     let (_, result) = client.result(&job.view.id, None).await.expect("result");
     assert_eq!(result.stdout, b"ran once\n");
+    // Host a, restarted on its folder, reclaims its id at once with the token it kept (anyone
+    // else would have to wait out the reclaim time).
+    let (a, a_agent) = sandbox.farm_host(NodeSpec::new("host-a"), None, &["busybox"]).await.expect("host a again");
+    assert_eq!(a.instance_id(), a_id);
+    a_agent.shutdown().await;
+    a.shutdown().await;
     b_agent.shutdown().await;
     b.shutdown().await;
 
