@@ -128,6 +128,16 @@ impl FarmClient {
         }
     }
 
+    /// Measures the bandwidth from the farm server to here: downloads a probe of `bytes` and
+    /// times it. Returns bytes per second and how it was measured, in words.
+    pub async fn measure_bandwidth(&self, bytes: usize) -> Result<(u64, String), Error> {
+        let started = std::time::Instant::now();
+        let got = self.call(hyper::Method::GET, &format!("/hosts/probe?bytes={bytes}"), None).await?;
+        let took = started.elapsed().max(Duration::from_micros(1));
+        let rate = (got.len() as f64 / took.as_secs_f64()) as u64;
+        Ok((rate, format!("{} KiB downloaded from the farm server in {} ms", got.len() >> 10, took.as_millis())))
+    }
+
     /// Removes this user's pin on a job file.
     pub async fn unpin(&self, hash: &str) -> Result<(), Error> {
         file_hash(hash)?;
@@ -204,9 +214,11 @@ impl FarmClient {
         Ok((Zeroizing::new(token.to_owned()), Duration::from_millis(lease)))
     }
 
-    /// Up to `max` jobs placed on this host, waiting up to `wait` for one when none is queued.
-    pub async fn lease(&self, max: u32, wait: Duration) -> Result<Vec<Leased>, Error> {
-        self.post("/hosts/lease", &serde_json::json!({ "max": max, "wait_ms": wait.as_millis() as u64 })).await
+    /// Up to `max` jobs placed on this host, waiting up to `wait` for one when none is queued;
+    /// jobs whose files are all in `cached` first.
+    pub async fn lease(&self, max: u32, wait: Duration, cached: &[String]) -> Result<Vec<Leased>, Error> {
+        let body = serde_json::json!({ "max": max, "wait_ms": wait.as_millis() as u64, "cached": cached });
+        self.post("/hosts/lease", &body).await
     }
 
     pub async fn renew(&self, id: &str, lease: &str) -> Result<(), Error> {
@@ -343,6 +355,89 @@ fn file_hash(hash: &str) -> Result<(), Error> {
     }
 }
 
+/// A job ready to submit: its spec (sealed for a confidential job), the files it names, and
+/// what its submitter keeps (keep the result seed before submitting: without it a confidential
+/// result never opens).
+pub struct Prepared {
+    pub spec: JobSpec,
+    pub files: Vec<(String, Vec<u8>)>,
+    pub program_sha256: String,
+    pub input_sha256: String,
+    pub result_seed: Option<Zeroizing<[u8; 32]>>,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared").field("id", &self.spec.id).field("files", &self.files.len()).finish_non_exhaustive()
+    }
+}
+
+impl Prepared {
+    fn submitted(self, view: JobView) -> Submitted {
+        Submitted {
+            view,
+            program_sha256: self.program_sha256,
+            input_sha256: self.input_sha256,
+            result_seed: self.result_seed,
+        }
+    }
+}
+
+/// Prepares a job under a fresh id: for a confidential one, every file sealed under a fresh job
+/// key sealed to each of `hosts` (those that passed the submitter's policy); for a plaintext one,
+/// the files as they are.
+pub fn prepare(s: &Submission<'_>, hosts: &[HostView]) -> Result<Prepared, Error> {
+    use enclava_contracts::farm::Security;
+    let program_sha256 = enclava_contracts::farm::sha256_hex(s.program);
+    let input_sha256 = enclava_contracts::farm::inputs_digest(s.stdin.unwrap_or_default(), s.inputs);
+    let mut spec = JobSpec {
+        id: new_job_id(),
+        kind: s.kind.to_owned(),
+        security: s.security,
+        program: String::new(),
+        rootfs: s.rootfs.map(str::to_owned),
+        args: Vec::new(),
+        args_file: None,
+        stdin: None,
+        inputs: Vec::new(),
+        cpu: s.cpu,
+        memory_bytes: s.memory_bytes,
+        timeout_ms: s.timeout.as_millis().max(1) as u64,
+        key_wraps: BTreeMap::new(),
+        result_key: Vec::new(),
+    };
+    let (files, result_seed) = match s.security {
+        Security::Confidential => {
+            if hosts.is_empty() {
+                return Err(Error::new(
+                    ErrorCode::FailedPrecondition,
+                    "no host passed the policy: nothing could run it",
+                ));
+            }
+            let keys: Vec<(&str, &[u8])> = hosts.iter().map(|h| (h.id.as_str(), h.pubkey.as_slice())).collect();
+            let sealed = seal_job(&mut spec, s.program, s.args, s.stdin, s.inputs, &keys)?;
+            (sealed.files, Some(sealed.result_seed))
+        }
+        Security::Plaintext => {
+            // Stored as they are: each file's hash is its plaintext's.
+            let mut files = vec![(program_sha256.clone(), s.program.to_vec())];
+            let mut keep = |b: &[u8]| {
+                let hash = enclava_contracts::farm::sha256_hex(b);
+                files.push((hash.clone(), b.to_vec()));
+                hash
+            };
+            spec.program = program_sha256.clone();
+            spec.args = s.args.to_vec();
+            spec.stdin = s.stdin.map(&mut keep);
+            spec.inputs =
+                s.inputs.iter().map(|(name, b)| FileRef { name: name.to_string(), sha256: keep(b) }).collect();
+            (files, None)
+        }
+    };
+    spec.validate().map_err(Error::invalid)?;
+    Ok(Prepared { spec, files, program_sha256, input_sha256, result_seed })
+}
+
 /// A new job id (32 hex digits).
 pub fn new_job_id() -> String {
     let mut b = [0u8; 16];
@@ -426,60 +521,46 @@ impl FarmClient {
     /// Uploads a job's files (sealed under a fresh job key for a confidential job, the key sealed
     /// to each of `hosts`) and submits it.
     pub async fn submit_job(&self, s: &Submission<'_>, hosts: &[HostView]) -> Result<Submitted, Error> {
-        use enclava_contracts::farm::Security;
-        let id = new_job_id();
-        let program_sha256 = enclava_contracts::farm::sha256_hex(s.program);
-        let input_sha256 = enclava_contracts::farm::inputs_digest(s.stdin.unwrap_or_default(), s.inputs);
-        let mut spec = JobSpec {
-            id,
-            kind: s.kind.to_owned(),
-            security: s.security,
-            program: String::new(),
-            rootfs: s.rootfs.map(str::to_owned),
-            args: Vec::new(),
-            args_file: None,
-            stdin: None,
-            inputs: Vec::new(),
-            cpu: s.cpu,
-            memory_bytes: s.memory_bytes,
-            timeout_ms: s.timeout.as_millis().max(1) as u64,
-            key_wraps: BTreeMap::new(),
-            result_key: Vec::new(),
-        };
-        let (files, seed) = match s.security {
-            Security::Confidential => {
-                if hosts.is_empty() {
-                    return Err(Error::new(
-                        ErrorCode::FailedPrecondition,
-                        "no host passed the policy: nothing could run it",
-                    ));
-                }
-                let keys: Vec<(&str, &[u8])> = hosts.iter().map(|h| (h.id.as_str(), h.pubkey.as_slice())).collect();
-                let sealed = seal_job(&mut spec, s.program, s.args, s.stdin, s.inputs, &keys)?;
-                (sealed.files, Some(sealed.result_seed))
+        let p = prepare(s, hosts)?;
+        self.upload(&p.files).await?;
+        let view = self.submit(&p.spec).await?;
+        Ok(p.submitted(view))
+    }
+
+    /// Stores files (each once), unpinned.
+    pub async fn upload(&self, files: &[(String, Vec<u8>)]) -> Result<(), Error> {
+        let mut seen = std::collections::BTreeSet::new();
+        for (hash, bytes) in files {
+            if seen.insert(hash.as_str()) {
+                self.add_file(bytes.clone(), false).await?;
             }
-            Security::Plaintext => {
-                // Stored as they are: each file's hash is its plaintext's.
-                let mut files = vec![(program_sha256.clone(), s.program.to_vec())];
-                let mut keep = |b: &[u8]| {
-                    let hash = enclava_contracts::farm::sha256_hex(b);
-                    files.push((hash.clone(), b.to_vec()));
-                    hash
-                };
-                spec.program = program_sha256.clone();
-                spec.args = s.args.to_vec();
-                spec.stdin = s.stdin.map(&mut keep);
-                spec.inputs =
-                    s.inputs.iter().map(|(name, b)| FileRef { name: name.to_string(), sha256: keep(b) }).collect();
-                (files, None)
-            }
-        };
-        spec.validate().map_err(Error::invalid)?;
-        for (_, bytes) in files {
-            self.add_file(bytes, false).await?;
         }
-        let view = self.submit(&spec).await?;
-        Ok(Submitted { view, program_sha256, input_sha256, result_seed: seed })
+        Ok(())
+    }
+
+    /// Submits prepared jobs in batches of up to 256: their files uploaded once each, then each
+    /// batch in one request. Answers in order, each job's own.
+    pub async fn submit_prepared(&self, jobs: Vec<Prepared>) -> Result<Vec<Result<Submitted, Error>>, Error> {
+        let files: Vec<(String, Vec<u8>)> = jobs.iter().flat_map(|p| p.files.iter().cloned()).collect();
+        self.upload(&files).await?;
+        let mut out = Vec::with_capacity(jobs.len());
+        let mut jobs = jobs.into_iter().peekable();
+        while jobs.peek().is_some() {
+            let chunk: Vec<Prepared> = jobs.by_ref().take(256).collect();
+            let specs: Vec<&JobSpec> = chunk.iter().map(|p| &p.spec).collect();
+            let answers: Vec<enclava_contracts::farm::BatchItem> = self.post("/jobs/batch", &specs).await?;
+            if answers.len() != chunk.len() {
+                return Err(Error::internal("the farm answered a batch with another number of jobs"));
+            }
+            for (p, a) in chunk.into_iter().zip(answers) {
+                out.push(match (a.view, a.error) {
+                    (Some(view), _) => Ok(p.submitted(view)),
+                    (None, Some(e)) => Err(Error::from(e)),
+                    (None, None) => Err(Error::internal("the farm answered a job with neither a job nor an error")),
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// A finished job's stored output, and its result opened (with the result key's seed for a

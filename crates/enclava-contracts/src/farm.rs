@@ -259,6 +259,16 @@ pub fn inputs_digest(stdin: &[u8], inputs: &[(&str, &[u8])]) -> String {
     hex::encode(h.finalize())
 }
 
+/// One job's answer in a batch submission (`POST /farm/v1/jobs/batch`), in the order submitted:
+/// the job, or why it was not accepted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchItem {
+    #[serde(default)]
+    pub view: Option<JobView>,
+    #[serde(default)]
+    pub error: Option<enclava_core::ErrorBody>,
+}
+
 /// What a run produced: the result a host stores (sealed to the submitter for a confidential job).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -287,8 +297,11 @@ pub struct HostCapacity {
     pub disk_bytes: u64,
     pub gpus: Vec<String>,
     pub gpus_how: String,
-    /// Bytes per second to the farm server, measured at registration (0: not measured).
+    /// Bytes per second from the farm server to the host, measured by downloading a probe at
+    /// start (0: not measured), and how.
     pub bandwidth_bytes_per_s: u64,
+    #[serde(default)]
+    pub bandwidth_how: String,
     /// Executors it runs, and the root filesystems it offers to `process` jobs.
     pub kinds: Vec<String>,
     pub rootfs: Vec<String>,

@@ -147,6 +147,12 @@ async fn touch_host(w: &mut enclava_store::Write, host: &str, now: i64) -> Resul
 
 /// Submissions committed together at most.
 const BATCH: usize = 128;
+/// Jobs in one submission at most.
+pub const MAX_BATCH: usize = 256;
+
+fn stopped() -> Error {
+    Error::unavailable("the farm stopped before the job was stored: submit it again")
+}
 
 /// Who reads a job file.
 #[derive(Debug, Clone)]
@@ -434,6 +440,14 @@ impl Farm {
         Ok(deleted)
     }
 
+    /// Whether `source` may download a bandwidth probe now (the same limit as nonces).
+    pub fn allow_probe(&self, source: Option<std::net::IpAddr>) -> Result<(), Error> {
+        match self.nonce_limit.as_ref().map(|l| l.check(source)) {
+            Some(Err(secs)) => Err(Error::rate_limited("bandwidth probes", secs)),
+            _ => Ok(()),
+        }
+    }
+
     /// A one-use nonce a host binds into its registration's evidence (valid 60 s), within the
     /// per-source limit for `source` (the caller's address, when known).
     pub async fn nonce(&self, source: Option<std::net::IpAddr>) -> Result<String, Error> {
@@ -601,11 +615,35 @@ impl Farm {
             .collect()
     }
 
-    /// Accepts a job. A job submitted again with the same id and spec is the same job.
-    /// Submissions arriving together commit together (one transaction, one sync): each is
-    /// answered only after that commit.
-    pub async fn submit(&self, owner: &str, spec: &JobSpec) -> Result<JobView, Error> {
-        spec.validate().map_err(Error::invalid)?;
+    /// Accepts jobs (at most [`MAX_BATCH`]): each answered on its own, as [`Farm::submit`] would,
+    /// committed with whatever else arrives together.
+    pub async fn submit_many(&self, owner: &str, specs: &[JobSpec]) -> Result<Vec<Result<JobView, Error>>, Error> {
+        if specs.len() > MAX_BATCH {
+            return Err(Error::invalid(format!("at most {MAX_BATCH} jobs in one submission")));
+        }
+        let mut answers = Vec::with_capacity(specs.len());
+        for spec in specs {
+            answers.push(self.enqueue(owner, spec).await?);
+        }
+        let mut out = Vec::with_capacity(answers.len());
+        for a in answers {
+            out.push(match a {
+                Ok(rx) => rx.await.map_err(|_| stopped())?,
+                Err(e) => Err(e),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Hands a valid job to the group committer; `Err` inside for a job that is not valid.
+    async fn enqueue(
+        &self,
+        owner: &str,
+        spec: &JobSpec,
+    ) -> Result<Result<tokio::sync::oneshot::Receiver<Result<JobView, Error>>, Error>, Error> {
+        if let Err(e) = spec.validate() {
+            return Ok(Err(Error::invalid(e)));
+        }
         let json = serde_json::to_string(spec).map_err(|e| Error::internal(e.to_string()))?;
         let (reply, answer) = tokio::sync::oneshot::channel();
         let pending = Pending { owner: owner.to_owned(), spec: spec.clone(), json, reply };
@@ -613,7 +651,15 @@ impl Farm {
             .send(pending)
             .await
             .map_err(|_| Error::unavailable("the farm is stopping: submit again shortly"))?;
-        answer.await.map_err(|_| Error::unavailable("the farm stopped before the job was stored: submit it again"))?
+        Ok(Ok(answer))
+    }
+
+    /// Accepts a job. A job submitted again with the same id and spec is the same job.
+    /// Submissions arriving together commit together (one transaction, one sync): each is
+    /// answered only after that commit.
+    pub async fn submit(&self, owner: &str, spec: &JobSpec) -> Result<JobView, Error> {
+        let answer = self.enqueue(owner, spec).await??;
+        answer.await.map_err(|_| stopped())?
     }
 
     /// Stores a batch of submissions in one transaction; every one gets its own answer after the
@@ -826,8 +872,14 @@ impl Farm {
 
     /// Places up to `max` queued jobs on `host` and leases them to it: only jobs it may run (any
     /// plaintext job; a confidential one whose submitter sealed its key to this host), of an
-    /// executor and root filesystem it offers, within its free cores and memory.
-    pub async fn lease(&self, host: &Host, max: u32) -> Result<Vec<Leased>, Error> {
+    /// executor and root filesystem it offers, within its free cores and memory. Among the oldest
+    /// queued jobs, those whose files are all in `cached` (the host has them) go first.
+    pub async fn lease(
+        &self,
+        host: &Host,
+        max: u32,
+        cached: &std::collections::BTreeSet<&str>,
+    ) -> Result<Vec<Leased>, Error> {
         let now = now_ms();
         // Nothing this host may take: no write (and no sync), unless its heartbeat is due.
         let pattern = format!("%,{},%", host.id);
@@ -873,7 +925,18 @@ impl Farm {
         .await?;
         let lease_ms = self.config.lease.as_millis() as i64;
         let mut out = Vec::new();
-        for r in &candidates {
+        let mut candidates: Vec<(bool, AnyRow, JobSpec)> = candidates
+            .into_iter()
+            .map(|r| {
+                let job: JobSpec = serde_json::from_str(&r.try_get::<String, _>(5)?)
+                    .map_err(|_| Error::internal("a stored job is damaged"))?;
+                let warm = !cached.is_empty() && job.files().iter().all(|f| cached.contains(f));
+                Ok((warm, r, job))
+            })
+            .collect::<Result<_, Error>>()?;
+        // Stable: warm jobs first, each group still oldest first.
+        candidates.sort_by_key(|(warm, _, _)| !warm);
+        for (_, r, job) in candidates {
             if out.len() >= max as usize {
                 break;
             }
@@ -887,8 +950,6 @@ impl Farm {
                 continue;
             }
             let id: String = r.try_get(0)?;
-            let job: JobSpec = serde_json::from_str(&r.try_get::<String, _>(5)?)
-                .map_err(|_| Error::internal("a stored job is damaged"))?;
             // LIKE only narrows the search: the job must name this host exactly.
             if job.security == Security::Confidential && !job.key_wraps.contains_key(&host.id) {
                 continue;

@@ -9,7 +9,7 @@ use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::HeaderMap;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use enclava_contracts::farm::{Completion, HostRegistration, HostView, JobOutput, JobSpec, JobView, Leased};
+use enclava_contracts::farm::{BatchItem, Completion, HostRegistration, HostView, JobOutput, JobSpec, JobView, Leased};
 use enclava_core::Error;
 use enclava_identity::Principal;
 use enclava_server::Source;
@@ -52,7 +52,14 @@ pub struct LeaseRequest {
     /// With nothing to place, wait up to this long (at most 5 s) for a job.
     #[serde(default)]
     pub wait_ms: u64,
+    /// Files the host has cached (at most [`MAX_CACHED`] are looked at): among the jobs it may
+    /// take, those whose files it has go first.
+    #[serde(default)]
+    pub cached: Vec<String>,
 }
+
+/// Cached files a lease request is read for, at most.
+pub const MAX_CACHED: usize = 256;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Renew {
@@ -84,9 +91,11 @@ pub fn router(farm: Arc<Farm>) -> Router {
         .route("/v1/files/{hash}/unpin", post(unpin))
         .route("/v1/hosts", get(hosts))
         .route("/v1/hosts/nonce", post(nonce))
+        .route("/v1/hosts/probe", get(probe))
         .route("/v1/hosts/register", post(register))
         .route("/v1/hosts/lease", post(lease))
         .route("/v1/jobs", post(submit).get(jobs))
+        .route("/v1/jobs/batch", post(submit_batch))
         .route("/v1/jobs/{id}", get(job))
         .route("/v1/jobs/{id}/output", get(output))
         .route("/v1/jobs/{id}/cancel", post(cancel))
@@ -154,6 +163,25 @@ async fn nonce(State(f): State<Arc<Farm>>, Source(source): Source) -> Result<Jso
     Ok(Json(Nonce { nonce: f.nonce(source).await? }))
 }
 
+/// The largest bandwidth probe.
+pub const MAX_PROBE: usize = 16 << 20;
+
+#[derive(Debug, Clone, Deserialize)]
+struct ProbeQuery {
+    bytes: usize,
+}
+
+/// `bytes` (at most [`MAX_PROBE`]) for a host to time its download from this server, within
+/// the same per-source limit as nonces.
+async fn probe(
+    State(f): State<Arc<Farm>>,
+    Source(source): Source,
+    Query(q): Query<ProbeQuery>,
+) -> Result<Vec<u8>, Error> {
+    f.allow_probe(source)?;
+    Ok(vec![0x5a; q.bytes.min(MAX_PROBE)])
+}
+
 async fn register(State(f): State<Arc<Farm>>, headers: HeaderMap, body: Bytes) -> Result<Json<Registered>, Error> {
     let reg: HostRegistration = json_body(&body)?;
     let token = f.register(&reg, token(&headers)).await?;
@@ -166,18 +194,38 @@ async fn lease(State(f): State<Arc<Farm>>, headers: HeaderMap, body: Bytes) -> R
     let notified = f.queued().notified();
     tokio::pin!(notified);
     notified.as_mut().enable();
-    let jobs = f.lease(&h, req.max.min(64)).await?;
+    let cached: std::collections::BTreeSet<&str> = req.cached.iter().take(MAX_CACHED).map(String::as_str).collect();
+    let jobs = f.lease(&h, req.max.min(64), &cached).await?;
     if !jobs.is_empty() || req.wait_ms == 0 {
         return Ok(Json(jobs));
     }
     let _ = tokio::time::timeout(std::time::Duration::from_millis(req.wait_ms.min(5000)), notified).await;
-    Ok(Json(f.lease(&h, req.max.min(64)).await?))
+    Ok(Json(f.lease(&h, req.max.min(64), &cached).await?))
 }
 
 async fn submit(State(f): State<Arc<Farm>>, headers: HeaderMap, body: Bytes) -> Result<Json<JobView>, Error> {
     let p = user(&f, &headers).await?;
     let spec: JobSpec = json_body(&body)?;
     Ok(Json(f.submit(&p.id, &spec).await?))
+}
+
+async fn submit_batch(
+    State(f): State<Arc<Farm>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Vec<BatchItem>>, Error> {
+    let p = user(&f, &headers).await?;
+    let specs: Vec<JobSpec> = json_body(&body)?;
+    let answers = f.submit_many(&p.id, &specs).await?;
+    Ok(Json(
+        answers
+            .into_iter()
+            .map(|a| match a {
+                Ok(view) => BatchItem { view: Some(view), error: None },
+                Err(e) => BatchItem { view: None, error: Some(e.body()) },
+            })
+            .collect(),
+    ))
 }
 
 async fn jobs(

@@ -44,6 +44,7 @@ fn capacity(cores: f64, kinds: &[&str]) -> String {
         gpus: Vec::new(),
         gpus_how: "none".into(),
         bandwidth_bytes_per_s: 0,
+        bandwidth_how: String::new(),
         kinds: kinds.iter().map(|k| k.to_string()).collect(),
         rootfs: Vec::new(),
     })
@@ -126,13 +127,13 @@ async fn suite(url: &str) {
 
     // A confidential job sealed to tee-host never goes to plain-host.
     let conf = farm.submit(&user, &spec(1, Security::Confidential, &["tee-host"], 0.6)).await.expect("submit");
-    assert!(farm.lease(&plain, 8).await.expect("lease").is_empty());
-    let leased = farm.lease(&tee, 8).await.expect("lease");
+    assert!(farm.lease(&plain, 8, &BTreeSet::new()).await.expect("lease").is_empty());
+    let leased = farm.lease(&tee, 8, &BTreeSet::new()).await.expect("lease");
     assert_eq!(leased.iter().map(|l| l.job.id.as_str()).collect::<Vec<_>>(), vec![conf.id.as_str()]);
     // Within the offer: 0.6 of 1 core is held, a second 0.6 job does not fit on tee-host.
     let second = farm.submit(&user, &spec(2, Security::Plaintext, &[], 0.6)).await.expect("submit");
-    assert!(farm.lease(&tee, 8).await.expect("lease").is_empty(), "over tee-host's offer");
-    let on_plain = farm.lease(&plain, 8).await.expect("lease");
+    assert!(farm.lease(&tee, 8, &BTreeSet::new()).await.expect("lease").is_empty(), "over tee-host's offer");
+    let on_plain = farm.lease(&plain, 8, &BTreeSet::new()).await.expect("lease");
     assert_eq!(on_plain.len(), 1);
     assert_eq!(on_plain[0].job.id, second.id);
     // The same spec submitted again is the same job; another spec under its id is refused.
@@ -156,7 +157,7 @@ async fn suite(url: &str) {
     assert!(view.reasons.iter().any(|r| r.contains("stopped renewing")), "{view:?}");
     let late = farm.complete(&plain, &second.id, &completion(&second.id, "plain-host", &on_plain[0].lease)).await;
     assert_eq!(late.expect_err("stale lease").code, ErrorCode::FailedPrecondition);
-    let again = farm.lease(&plain, 8).await.expect("lease");
+    let again = farm.lease(&plain, 8, &BTreeSet::new()).await.expect("lease");
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].attempt, 2);
     let done = completion(&second.id, "plain-host", &again[0].lease);
@@ -196,7 +197,7 @@ async fn suite(url: &str) {
     let refused = farm.submit(&thief, &steal).await.expect_err("not theirs");
     assert!(refused.message.contains("not stored"), "{refused:?}");
     let reads = farm.submit(&user, &steal).await.expect("submit");
-    let got = farm.lease(&plain, 8).await.expect("lease");
+    let got = farm.lease(&plain, 8, &BTreeSet::new()).await.expect("lease");
     assert_eq!(got.iter().map(|l| l.job.id.as_str()).collect::<Vec<_>>(), vec![reads.id.as_str()]);
     assert_eq!(farm.file(&Reader::Host(plain.clone()), &secret).await.expect("leased"), b"user one's data");
     assert_eq!(
@@ -205,6 +206,25 @@ async fn suite(url: &str) {
     );
     farm.complete(&plain, &reads.id, &completion(&reads.id, "plain-host", &got[0].lease)).await.expect("done");
     assert_eq!(farm.file(&Reader::Host(plain.clone()), &secret).await.expect_err("done").code, ErrorCode::NotFound);
+
+    // Among the jobs a host may take, those whose files it has cached go first; a batch is
+    // answered job by job, in order.
+    let warm_program = farm.add_file(&user, b"program two", false).await.expect("file");
+    let cold = spec(5, Security::Plaintext, &[], 0.1);
+    let mut warm = spec(6, Security::Plaintext, &[], 0.1);
+    warm.program = warm_program.clone();
+    let mut invalid = spec(7, Security::Plaintext, &[], 0.1);
+    invalid.cpu = 0.0;
+    let answers = farm.submit_many(&user, &[cold.clone(), invalid, warm.clone()]).await.expect("batch");
+    assert_eq!(answers.len(), 3);
+    assert_eq!(answers[0].as_ref().expect("cold").id, cold.id);
+    assert_eq!(answers[1].as_ref().expect_err("invalid").code, ErrorCode::InvalidArgument);
+    assert_eq!(answers[2].as_ref().expect("warm").id, warm.id);
+    let has: BTreeSet<&str> = [warm_program.as_str()].into();
+    let first = farm.lease(&plain, 1, &has).await.expect("lease");
+    assert_eq!(first[0].job.id, warm.id, "the job whose program the host has goes first");
+    let next = farm.lease(&plain, 1, &has).await.expect("lease");
+    assert_eq!(next[0].job.id, cold.id, "then the oldest");
 
     // A host id is not taken over while its holder was seen recently; its holder re-binds.
     let nonce = farm.nonce(None).await.expect("nonce");
@@ -251,7 +271,7 @@ async fn suite(url: &str) {
         tasks.push(tokio::spawn(async move {
             let mut got = Vec::new();
             for _ in 0..40 {
-                got.extend(f.lease(&h, 4).await.expect("lease").into_iter().map(|l| l.job.id));
+                got.extend(f.lease(&h, 4, &BTreeSet::new()).await.expect("lease").into_iter().map(|l| l.job.id));
             }
             got
         }));

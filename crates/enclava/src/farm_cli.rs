@@ -274,7 +274,7 @@ pub async fn hosts(a: HostsArgs, env: &dyn Fn(&str) -> Option<String>) -> anyhow
         );
         if let Some(c) = c {
             println!(
-                "  offers {} cores, {} MiB of {} cores ({}), {} MiB ({}); disk {} MiB; GPUs: {}; runs {}{}",
+                "  offers {} cores, {} MiB of {} cores ({}), {} MiB ({}); disk {} MiB; GPUs: {}; bandwidth {}; runs {}{}",
                 c.offer_cores,
                 c.offer_memory_bytes >> 20,
                 c.cores,
@@ -283,6 +283,11 @@ pub async fn hosts(a: HostsArgs, env: &dyn Fn(&str) -> Option<String>) -> anyhow
                 cut(&c.memory_how, 60),
                 c.disk_bytes >> 20,
                 if c.gpus.is_empty() { format!("none ({})", cut(&c.gpus_how, 40)) } else { c.gpus.join(", ") },
+                if c.bandwidth_bytes_per_s == 0 {
+                    format!("unknown ({})", cut(&c.bandwidth_how, 60))
+                } else {
+                    format!("{} MB/s ({})", c.bandwidth_bytes_per_s / 1_000_000, cut(&c.bandwidth_how, 60))
+                },
                 c.kinds.join(", "),
                 if c.rootfs.is_empty() {
                     String::new()
@@ -547,16 +552,35 @@ async fn submit(client: &FarmClient, dir: &Path, server: &str, s: SubmitArgs) ->
             ok
         }
     };
-    let submitted = client.submit_job(&sub, &hosts).await.map_err(said)?;
-    let id = submitted.view.id.clone();
+    // What opens and checks the result is kept before anything is sent: a job the farm accepted
+    // is never left without its result key.
+    let prepared = enclava_client::farm::prepare(&sub, &hosts).map_err(said)?;
+    let id = prepared.spec.id.clone();
     let kept = Kept {
         server: server.trim_end_matches('/').to_owned(),
         security,
-        program_sha256: submitted.program_sha256.clone(),
-        input_sha256: submitted.input_sha256.clone(),
-        result_seed: submitted.result_seed.as_ref().map(|s| hex::encode(&s[..])),
+        program_sha256: prepared.program_sha256.clone(),
+        input_sha256: prepared.input_sha256.clone(),
+        result_seed: prepared.result_seed.as_ref().map(|s| hex::encode(&s[..])),
     };
-    write_private(&kept_path(dir, &id)?, &Zeroizing::new(serde_json::to_vec(&kept)?))?;
+    let kept_at = kept_path(dir, &id)?;
+    write_private(&kept_at, &Zeroizing::new(serde_json::to_vec(&kept)?))?;
+    let answer = client.submit_prepared(vec![prepared]).await.and_then(|r| {
+        r.into_iter().next().unwrap_or_else(|| Err(enclava_core::Error::internal("the farm answered no job")))
+    });
+    let submitted = match answer {
+        Ok(s) => s,
+        Err(e) => {
+            // Refused for certain: nothing to keep. Unreachable or unanswered: the job may have
+            // been accepted, so its key stays (`enclava job status ID` tells).
+            if !matches!(e.code, enclava_core::ErrorCode::Unavailable | enclava_core::ErrorCode::Internal) {
+                let _ = std::fs::remove_file(&kept_at);
+            } else {
+                eprintln!("job {id}: its result key is kept in {} in case the farm accepted it", kept_at.display());
+            }
+            return Err(said(e));
+        }
+    };
     println!("job {id} {}", submitted.view.state);
     if !s.wait {
         println!("follow it with `enclava job status {id}`; its output with `enclava job result {id}`");

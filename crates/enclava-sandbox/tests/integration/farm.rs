@@ -69,6 +69,10 @@ async fn confidential_jobs_run_only_where_the_policy_allows_and_come_back_sealed
     assert_eq!(hosts.len(), 2, "{hosts:?}");
     let sim_view = hosts.iter().find(|h| h.id == sim.instance_id()).expect("sim listed");
     assert_eq!(sim_view.status, "Simulated TEE: testing only");
+    // Its bandwidth was measured (a probe downloaded from the server), not declared.
+    let measured: enclava_contracts::farm::HostCapacity = serde_json::from_str(&sim_view.capacity).expect("capacity");
+    assert!(measured.bandwidth_bytes_per_s > 0, "{measured:?}");
+    assert!(measured.bandwidth_how.contains("downloaded from the farm server"), "{measured:?}");
     let plain_view = hosts.iter().find(|h| h.id == plain.instance_id()).expect("plaintext listed");
     assert_eq!(plain_view.status, "Not confidential: the host can see everything");
     assert!(plain_view.evidence.is_empty());
