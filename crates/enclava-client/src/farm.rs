@@ -12,8 +12,6 @@ use enclava_contracts::farm::{
     RunResult, SealedBlob,
 };
 use enclava_core::{Error, ErrorCode};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use zeroize::Zeroizing;
@@ -22,97 +20,37 @@ use zeroize::Zeroizing;
 const MAX_ANSWER: usize = 64 << 20;
 
 /// A farm server's REST API, as a submitter (user credential) or a host (host token).
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct FarmClient {
-    base: String,
-    token: Option<Zeroizing<String>>,
-    http: crate::infer::http::HttpClient,
-    timeout: Duration,
-}
-
-impl std::fmt::Debug for FarmClient {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FarmClient").field("base", &self.base).field("token", &self.token.is_some()).finish()
-    }
+    api: crate::rest::RestApi,
 }
 
 impl FarmClient {
     /// A client of the server at `url` (`http://host:port`).
     pub fn new(url: &str, token: Option<Zeroizing<String>>) -> FarmClient {
-        FarmClient {
-            base: format!("{}/farm/v1", url.trim_end_matches('/')),
-            token,
-            http: crate::infer::http::http_client(Duration::from_secs(3)),
-            timeout: Duration::from_secs(30),
-        }
+        FarmClient { api: crate::rest::RestApi::new(url, "farm", token, MAX_ANSWER) }
     }
 
     /// The credential it calls with.
     pub fn token(&self) -> Option<&str> {
-        self.token.as_ref().map(|t| t.as_str())
+        self.api.token()
     }
 
     /// Uses `token` from now on (a host's after registration).
     pub fn set_token(&mut self, token: Zeroizing<String>) {
-        self.token = Some(token);
+        self.api.set_token(token);
     }
 
     async fn call(&self, method: hyper::Method, path: &str, body: Option<(Vec<u8>, &str)>) -> Result<Vec<u8>, Error> {
-        let mut req = hyper::Request::builder().method(method).uri(format!("{}{path}", self.base));
-        if let Some(t) = &self.token {
-            req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {}", t.as_str()));
-        }
-        let (bytes, ct) = body.unwrap_or((Vec::new(), "application/json"));
-        let req = req
-            .header(hyper::header::CONTENT_TYPE, ct)
-            .body(Full::new(Bytes::from(bytes)))
-            .map_err(|e| Error::invalid(format!("not a valid farm URL {}: {e}", self.base)))?;
-        let exchange = async {
-            let resp = self.http.request(req).await.map_err(|e| {
-                Error::unavailable(format!("cannot reach the farm at {}: {}", self.base, crate::source_chain(&e)))
-            })?;
-            let status = resp.status().as_u16();
-            let retry = resp
-                .headers()
-                .get(hyper::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok());
-            let body = Limited::new(resp.into_body(), MAX_ANSWER)
-                .collect()
-                .await
-                .map_err(|e| Error::unavailable(format!("reading the farm's answer: {e}")))?
-                .to_bytes()
-                .to_vec();
-            if (200..300).contains(&status) {
-                return Ok(body);
-            }
-            if status == 404 && body.is_empty() {
-                return Err(Error::not_found(format!(
-                    "{} has no farm: does that server run the farm role (--roles …,farm)?",
-                    self.base
-                )));
-            }
-            let mut err = match serde_json::from_slice::<enclava_core::ErrorBody>(&body) {
-                Ok(b) => Error::from(b),
-                Err(_) => Error::new(ErrorCode::from_http(status), format!("the farm answered HTTP {status}")),
-            };
-            err.retry_after = retry;
-            Err(err)
-        };
-        tokio::time::timeout(self.timeout, exchange).await.map_err(|_| {
-            Error::unavailable(format!("the farm at {} did not answer in {:?}", self.base, self.timeout))
-        })?
+        self.api.call(method, path, body).await
     }
 
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, Error> {
-        let body = self.call(hyper::Method::GET, path, None).await?;
-        serde_json::from_slice(&body).map_err(|e| Error::internal(format!("the farm's answer is not understood: {e}")))
+        self.api.get(path).await
     }
 
     async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, Error> {
-        let json = serde_json::to_vec(body).map_err(|e| Error::internal(e.to_string()))?;
-        let body = self.call(hyper::Method::POST, path, Some((json, "application/json"))).await?;
-        serde_json::from_slice(&body).map_err(|e| Error::internal(format!("the farm's answer is not understood: {e}")))
+        self.api.post(path, body).await
     }
 
     /// Stores a job file (pinned: kept from collection until unpinned); returns its SHA-256 (hex).

@@ -4,9 +4,11 @@
 //! uploads models ([`model::upload`]).
 
 pub mod farm;
+pub mod fed;
 pub mod infer;
 pub mod keys;
 pub mod model;
+pub mod rest;
 
 use std::time::Duration;
 

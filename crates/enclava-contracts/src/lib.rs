@@ -19,6 +19,7 @@ pub mod discovery {
 }
 
 pub mod farm;
+pub mod fed;
 pub mod sealed;
 
 pub mod keys {

@@ -8,6 +8,8 @@
 //! The host keeps nothing a restart needs: a job whose host died is placed again by the farm when
 //! its lease expires, and only the completion under the current lease is kept.
 
+pub mod fed;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -102,9 +102,9 @@ pub struct Identity {
 }
 
 impl Identity {
-    /// Creates the tables when new and opens the component on `audit`'s database. With
-    /// invite-only registration and no administrator yet, writes a one-time administrator invite
-    /// to `admin_invite` (mode 0600) and says so.
+    /// Creates the tables when new and opens the component on `audit`'s database. With no
+    /// administrator yet (and registration not closed), writes a one-time administrator invite to
+    /// `admin_invite` (mode 0600) and says so.
     pub async fn open(
         audit: AuditLog,
         registration: Registration,
@@ -112,7 +112,8 @@ impl Identity {
     ) -> Result<Identity, Error> {
         audit.database().migrate("identity", MIGRATIONS, None).await?;
         let identity = Identity { audit, registration, rng: SystemRandom::new() };
-        if let (Registration::Invite, Some(path)) = (registration, admin_invite)
+        if let Some(path) = admin_invite
+            && registration != Registration::Closed
             && !identity.has_admin().await?
         {
             identity.bootstrap_admin_invite(path).await?;
@@ -429,11 +430,25 @@ impl Identity {
         kind: PrincipalKind,
         ttl: Option<Duration>,
     ) -> Result<(String, String), Error> {
+        let organisation = by.organisation.clone();
+        self.issue_service_in(by, kind, organisation.as_deref(), None, ttl).await
+    }
+
+    /// As [`Identity::issue_service`], for `organisation` (in `collaboration`, when the service
+    /// serves one): the call of an administrator, of that organisation's administrator, or of an
+    /// administrator of that collaboration.
+    pub async fn issue_service_in(
+        &self,
+        by: &Principal,
+        kind: PrincipalKind,
+        organisation: Option<&str>,
+        collaboration: Option<&str>,
+        ttl: Option<Duration>,
+    ) -> Result<(String, String), Error> {
         if kind == PrincipalKind::User {
             return Err(Error::invalid("users register; service identities are nodes or runs"));
         }
-        let organisation = by.organisation.as_deref();
-        let target = Target { owner: None, organisation, collaboration: None };
+        let target = Target { owner: None, organisation, collaboration };
         if organisation.is_none() && !by.is_admin() || !by.may(Operation::Create, "service", &target) {
             return Err(Error::forbidden("only an administrator of an organisation can issue its service identities"));
         }

@@ -77,6 +77,11 @@ pub const ROLES: &[RoleDef] = &[
             rule("service", Organisation, Delete),
             rule("model", Organisation, View),
             rule("audit", Organisation, View),
+            rule("node", Organisation, Create),
+            rule("node", Organisation, View),
+            rule("node", Organisation, Delete),
+            rule("collaboration", Collaboration, View),
+            rule("organisation", Collaboration, View),
         ],
     },
     RoleDef {
@@ -88,7 +93,57 @@ pub const ROLES: &[RoleDef] = &[
             rule("*", Global, Delete),
         ],
     },
-    RoleDef { name: "node", rules: &[rule("model", Collaboration, Use), rule("task", Collaboration, View)] },
+    // Federation's roles, after vantage6's defaults (server/default_roles.py): a viewer sees its
+    // collaborations; a researcher also creates tasks in them and kills its organisation's; a
+    // collaboration administrator also manages their nodes.
+    RoleDef {
+        name: "viewer",
+        rules: &[
+            rule("organisation", Collaboration, View),
+            rule("collaboration", Collaboration, View),
+            rule("node", Collaboration, View),
+            rule("task", Collaboration, View),
+            rule("run", Collaboration, View),
+        ],
+    },
+    RoleDef {
+        name: "researcher",
+        rules: &[
+            rule("organisation", Collaboration, View),
+            rule("collaboration", Collaboration, View),
+            rule("node", Collaboration, View),
+            rule("task", Collaboration, View),
+            rule("run", Collaboration, View),
+            rule("task", Collaboration, Create),
+            rule("task", Organisation, Delete),
+        ],
+    },
+    RoleDef {
+        name: "collaboration-admin",
+        rules: &[
+            rule("organisation", Collaboration, View),
+            rule("collaboration", Collaboration, View),
+            rule("collaboration", Collaboration, Edit),
+            rule("node", Collaboration, View),
+            rule("node", Collaboration, Create),
+            rule("node", Collaboration, Delete),
+            rule("service", Collaboration, Create),
+            rule("task", Collaboration, View),
+            rule("run", Collaboration, View),
+            rule("task", Collaboration, Create),
+            rule("task", Collaboration, Delete),
+        ],
+    },
+    RoleDef {
+        name: "node",
+        rules: &[
+            rule("model", Collaboration, Use),
+            rule("task", Collaboration, View),
+            rule("organisation", Collaboration, View),
+            rule("run", Organisation, Edit),
+            rule("organisation", Organisation, Edit),
+        ],
+    },
     RoleDef { name: "run", rules: &[rule("task", Own, View), rule("task", Own, Edit)] },
 ];
 

@@ -34,7 +34,7 @@ pub struct ServerConfig {
     pub register_rate: u32,
     pub release_rate: u32,
     pub accept_rollback: bool,
-    /// How long a farm host's lease on a job lasts without renewal.
+    /// How long a farm host's lease on a job, and a federation node's on a run, lasts without renewal.
     pub farm_lease_ms: u64,
 }
 
@@ -47,7 +47,7 @@ impl Default for ServerConfig {
             service: "enclava".into(),
             cache_ttl_ms: 1000,
             sweep_interval_ms: 10_000,
-            roles: vec!["manager".into(), "keys".into(), "farm".into()],
+            roles: vec!["manager".into(), "keys".into(), "farm".into(), "federation".into()],
             database: None,
             data_dir: None,
             kek_file: None,

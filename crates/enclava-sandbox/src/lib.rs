@@ -347,6 +347,7 @@ impl SandboxBuilder {
             sim_root,
             sim_root_dir,
             dir,
+            data_dir,
             _temp: temp,
             nodes: Vec::new(),
             stop: Some(stop),
@@ -440,6 +441,7 @@ pub struct Sandbox {
     sim_root: SimRoot,
     sim_root_dir: PathBuf,
     dir: PathBuf,
+    data_dir: PathBuf,
     _temp: Option<tempfile::TempDir>,
     nodes: Vec<NodeHandle>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -473,6 +475,17 @@ impl Sandbox {
     /// The key broker, when the `keys` role runs.
     pub fn broker(&self) -> Option<&Arc<Broker>> {
         self.broker.as_ref()
+    }
+
+    /// Registers the server's first administrator with the one-time invite it wrote at start
+    /// (`DATA_DIR/admin-invite`); returns the administrator's credential. Works once.
+    pub async fn admin(&self) -> anyhow::Result<String> {
+        let broker = self.broker.as_ref().context("the keys role (its users)")?;
+        let path = enclava_identity::Identity::admin_invite_path(&self.data_dir);
+        let invite =
+            std::fs::read_to_string(&path).with_context(|| format!("no admin invite at {}", path.display()))?;
+        let (_, token) = broker.identity().register(Some(invite.trim())).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(token)
     }
 
     /// The sandbox's folder.

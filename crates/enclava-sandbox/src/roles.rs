@@ -41,7 +41,8 @@ impl std::fmt::Debug for RoleContext<'_> {
 pub type BuildRole = for<'a> fn(&'a RoleContext<'a>) -> BoxFuture<'a, anyhow::Result<Arc<dyn Role>>>;
 
 /// Every role, by the name `--roles` uses.
-pub const ROLES: &[(&str, BuildRole)] = &[("manager", manager), ("keys", keys), ("farm", farm)];
+pub const ROLES: &[(&str, BuildRole)] =
+    &[("manager", manager), ("keys", keys), ("farm", farm), ("federation", federation)];
 
 /// The executors every node runs, the default kind first.
 pub fn executors() -> enclava_executor::Executors {
@@ -50,8 +51,8 @@ pub fn executors() -> enclava_executor::Executors {
         .with(Arc::new(enclava_wasm::WasmExecutor::with_defaults()))
 }
 
-/// The roles `config.roles` names, in order (the key broker is built first: the farm uses its
-/// users and database).
+/// The roles `config.roles` names, in order (the key broker is built first: the farm and the
+/// federation use its users and database).
 pub async fn build(ctx: &RoleContext<'_>) -> anyhow::Result<Vec<Arc<dyn Role>>> {
     let mut names: Vec<&String> = ctx.config.roles.iter().collect();
     names.sort_by_key(|n| *n != "keys");
@@ -120,5 +121,19 @@ fn farm<'a>(ctx: &'a RoleContext<'a>) -> BoxFuture<'a, anyhow::Result<Arc<dyn Ro
         let farm = enclava_farm::Farm::open(broker.store().audit().clone(), broker.identity().clone(), config).await?;
         tracing::info!(lease_ms = ctx.config.farm_lease_ms, "farm role");
         Ok(Arc::new(enclava_farm::role::FarmRole::new(Arc::new(farm))) as Arc<dyn Role>)
+    })
+}
+
+fn federation<'a>(ctx: &'a RoleContext<'a>) -> BoxFuture<'a, anyhow::Result<Arc<dyn Role>>> {
+    Box::pin(async move {
+        let broker = ctx.broker.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let broker = broker.context("the federation role needs the keys role (its users and database)")?;
+        let config = enclava_fed::FedConfig {
+            lease: std::time::Duration::from_millis(ctx.config.farm_lease_ms),
+            ..Default::default()
+        };
+        let fed = enclava_fed::Fed::open(broker.store().audit().clone(), broker.identity().clone(), config).await?;
+        tracing::info!("federation role");
+        Ok(Arc::new(enclava_fed::role::FedRole::new(Arc::new(fed))) as Arc<dyn Role>)
     })
 }

@@ -116,18 +116,21 @@ fn dependency_directions_hold() {
     within("enclava-process", &["enclava-core"]);
     within("enclava-vm", &["enclava-core"]);
     // The farm server knows hosts only by the contract; a host knows the farm only as a client.
-    within(
-        "enclava-farm",
-        &[
-            "enclava-core",
-            "enclava-seal",
-            "enclava-contracts",
-            "enclava-store",
-            "enclava-identity",
-            "enclava-server",
-            "enclava-telemetry",
-        ],
-    );
+    // So is the federation server: nodes are clients of it.
+    for server_role in ["enclava-farm", "enclava-fed"] {
+        within(
+            server_role,
+            &[
+                "enclava-core",
+                "enclava-seal",
+                "enclava-contracts",
+                "enclava-store",
+                "enclava-identity",
+                "enclava-server",
+                "enclava-telemetry",
+            ],
+        );
+    }
 
     // The role framework knows no role.
     for role in
@@ -150,6 +153,7 @@ fn dependency_directions_hold() {
         "enclava-node",
         "enclava-executor",
         "enclava-farm",
+        "enclava-fed",
     ] {
         for engine in ["tract-onnx", "wasmtime", "enclava-runtime"] {
             assert!(!g.links(component, engine), "{component} must not depend on {engine}");

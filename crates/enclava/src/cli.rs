@@ -95,7 +95,7 @@ pub struct ServerArgs {
     /// its jobs to others after this [default: 10000]
     #[arg(long, env = "ENCLAVA_FARM_LEASE_MS")]
     pub farm_lease_ms: Option<u64>,
-    /// Roles to run, comma-separated: manager, keys, farm [default: manager,keys,farm]
+    /// Roles to run, comma-separated: manager, keys, farm, federation [default: all four]
     #[arg(long, env = "ENCLAVA_ROLES", value_delimiter = ',')]
     pub roles: Vec<String>,
     /// Key broker database: sqlite://FILE or postgres://USER@HOST/DB [default: sqlite://DATA_DIR/keys.db]

@@ -6,6 +6,7 @@ mod discovery;
 mod evidence;
 mod extend;
 mod farm;
+mod fed;
 mod keys;
 mod receipts;
 mod reliability;

@@ -1,0 +1,319 @@
+//! A federation server's REST API ([`FedClient`]) and the initiator's side of end-to-end
+//! encryption: each organisation's input sealed to that organisation's key and bound to
+//! (task, run, organisation) ([`seal_input`]), results opened with the task's result key
+//! ([`open_result`]); [`FedClient::run_task`] does the whole round trip.
+
+use std::time::Duration;
+
+use enclava_contracts::farm::SealedBlob;
+use enclava_contracts::fed::{
+    CollaborationView, CreatedNode, INPUT_INFO, LeasedRun, NewCollaboration, NewNode, NewTask, NodeView, OrgInput,
+    OrganisationView, RESULT_INFO, RunDone, RunView, TaskView, run_aad, run_id,
+};
+use enclava_core::{Error, ErrorCode};
+use zeroize::Zeroizing;
+
+/// The largest answer read.
+const MAX_ANSWER: usize = 64 << 20;
+
+/// A federation server's REST API, as a user or a node.
+#[derive(Clone, Debug)]
+pub struct FedClient {
+    api: crate::rest::RestApi,
+}
+
+impl FedClient {
+    /// A client of the server at `url` (`http://host:port`).
+    pub fn new(url: &str, token: Option<Zeroizing<String>>) -> FedClient {
+        FedClient { api: crate::rest::RestApi::new(url, "fed", token, MAX_ANSWER) }
+    }
+
+    pub async fn create_organisation(&self, name: &str) -> Result<OrganisationView, Error> {
+        self.api.post("/organisations", &serde_json::json!({ "name": name })).await
+    }
+
+    pub async fn organisations(&self) -> Result<Vec<OrganisationView>, Error> {
+        self.api.get("/organisations").await
+    }
+
+    pub async fn organisation(&self, id: &str) -> Result<OrganisationView, Error> {
+        self.api.get(&format!("/organisations/{}", path_part(id)?)).await
+    }
+
+    /// Puts `user` in organisation `org` with `roles` (`researcher`, `viewer`, …).
+    pub async fn add_member(&self, org: &str, user: &str, roles: &[&str]) -> Result<(), Error> {
+        let _: serde_json::Value = self
+            .api
+            .post(
+                &format!("/organisations/{}/members", path_part(org)?),
+                &serde_json::json!({ "user": user, "roles": roles }),
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub async fn set_public_key(&self, org: &str, key: &[u8]) -> Result<OrganisationView, Error> {
+        use base64::Engine;
+        let body = serde_json::json!({ "public_key": base64::engine::general_purpose::STANDARD.encode(key) });
+        self.api.put(&format!("/organisations/{}/public_key", path_part(org)?), &body).await
+    }
+
+    pub async fn create_collaboration(&self, c: &NewCollaboration) -> Result<CollaborationView, Error> {
+        self.api.post("/collaborations", c).await
+    }
+
+    pub async fn collaborations(&self) -> Result<Vec<CollaborationView>, Error> {
+        self.api.get("/collaborations").await
+    }
+
+    pub async fn collaboration(&self, id: &str) -> Result<CollaborationView, Error> {
+        self.api.get(&format!("/collaborations/{}", path_part(id)?)).await
+    }
+
+    pub async fn create_node(&self, n: &NewNode) -> Result<CreatedNode, Error> {
+        self.api.post("/nodes", n).await
+    }
+
+    pub async fn nodes(&self, collab: Option<&str>) -> Result<Vec<NodeView>, Error> {
+        match collab {
+            Some(c) => self.api.get(&format!("/nodes?collaboration={}", path_part(c)?)).await,
+            None => self.api.get("/nodes").await,
+        }
+    }
+
+    /// Stores an algorithm; returns its SHA-256.
+    pub async fn add_algorithm(&self, bytes: Vec<u8>) -> Result<String, Error> {
+        let expected = enclava_contracts::farm::sha256_hex(&bytes);
+        let body = self.api.call(hyper::Method::POST, "/algorithms", Some((bytes, "application/octet-stream"))).await?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|e| Error::internal(format!("the server's answer: {e}")))?;
+        match v.get("sha256").and_then(|s| s.as_str()) {
+            Some(h) if h == expected => Ok(expected),
+            _ => Err(Error::new(ErrorCode::Tampered, "the server stored the algorithm under another hash")),
+        }
+    }
+
+    /// An algorithm's bytes, checked against its hash.
+    pub async fn algorithm(&self, hash: &str) -> Result<Vec<u8>, Error> {
+        let bytes = self.api.call(hyper::Method::GET, &format!("/algorithms/{}", path_part(hash)?), None).await?;
+        if enclava_contracts::farm::sha256_hex(&bytes) != hash {
+            return Err(Error::new(
+                ErrorCode::Tampered,
+                "the server sent an algorithm whose hash is not the one asked for",
+            ));
+        }
+        Ok(bytes)
+    }
+
+    pub async fn create_task(&self, t: &NewTask) -> Result<TaskView, Error> {
+        self.api.post("/tasks", t).await
+    }
+
+    pub async fn task(&self, id: &str) -> Result<TaskView, Error> {
+        self.api.get(&format!("/tasks/{}", path_part(id)?)).await
+    }
+
+    pub async fn tasks(&self, collab: &str) -> Result<Vec<TaskView>, Error> {
+        self.api.get(&format!("/tasks?collaboration={}", path_part(collab)?)).await
+    }
+
+    pub async fn runs(&self, task: &str) -> Result<Vec<RunView>, Error> {
+        self.api.get(&format!("/runs?task={}", path_part(task)?)).await
+    }
+
+    pub async fn kill(&self, task: &str) -> Result<TaskView, Error> {
+        self.api.post(&format!("/tasks/{}/kill", path_part(task)?), &serde_json::json!({})).await
+    }
+
+    /// Waits until task `id` ends (completed, failed or killed), up to `timeout`.
+    pub async fn wait(&self, id: &str, timeout: Duration) -> Result<TaskView, Error> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut pause = Duration::from_millis(5);
+        loop {
+            let t = self.task(id).await?;
+            if matches!(t.status.as_str(), "completed" | "failed" | "killed") {
+                return Ok(t);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::unavailable(format!("task {id} is still {} after {timeout:?}", t.status)));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(200));
+        }
+    }
+
+    // The node's calls.
+
+    /// The node this credential belongs to.
+    pub async fn me(&self) -> Result<NodeView, Error> {
+        self.api.get("/node/me").await
+    }
+
+    pub async fn lease(&self, max: u32, wait: Duration) -> Result<Vec<LeasedRun>, Error> {
+        self.api.post("/node/lease", &serde_json::json!({ "max": max, "wait_ms": wait.as_millis() as u64 })).await
+    }
+
+    pub async fn renew(&self, run: &str, lease: &str) -> Result<(), Error> {
+        let _: serde_json::Value = self
+            .api
+            .post(&format!("/node/runs/{}/renew", path_part(run)?), &serde_json::json!({ "lease": lease }))
+            .await?;
+        Ok(())
+    }
+
+    pub async fn complete(&self, run: &str, done: &RunDone) -> Result<(), Error> {
+        let _: serde_json::Value = self.api.post(&format!("/node/runs/{}/complete", path_part(run)?), done).await?;
+        Ok(())
+    }
+
+    /// The whole round trip of an initiator: stores `algorithm`, seals each organisation's input
+    /// (JSON, vantage6's `{method, args, kwargs}`) to its key (unless the collaboration is not
+    /// encrypted), creates the task and returns it with the seed of its result key.
+    pub async fn start_task(&self, t: &TaskRequest<'_>) -> Result<(TaskView, Zeroizing<[u8; 32]>), Error> {
+        let collab = self.collaboration(t.collaboration).await?;
+        let algorithm = self.add_algorithm(t.algorithm.to_vec()).await?;
+        let id = crate::farm::new_job_id();
+        let mut seed = Zeroizing::new([0u8; 32]);
+        rand::fill(&mut seed[..]);
+        let result_key = enclava_seal::KeyPair::from_seed(&seed).public().to_vec();
+        let mut organisations = Vec::new();
+        for (i, (org, input)) in t.inputs.iter().enumerate() {
+            let view = self.organisation(org).await?;
+            let bytes = Zeroizing::new(serde_json::to_vec(input).map_err(|e| Error::internal(e.to_string()))?);
+            organisations.push(if collab.encrypted {
+                if view.public_key.len() != 32 {
+                    return Err(Error::new(
+                        ErrorCode::FailedPrecondition,
+                        format!("organisation {} has no public key yet: start its node first", view.name),
+                    ));
+                }
+                let sealed = seal_input(&view.public_key, &id, &run_id(&id, i), &view.id, &bytes)?;
+                OrgInput { organisation: view.id, sealed: Some(sealed), plain: None }
+            } else {
+                OrgInput {
+                    organisation: view.id,
+                    sealed: None,
+                    plain: Some(String::from_utf8_lossy(&bytes).into_owned()),
+                }
+            });
+        }
+        let task = NewTask {
+            id,
+            collaboration: collab.id,
+            name: t.name.to_owned(),
+            kind: t.kind.to_owned(),
+            algorithm,
+            organisations,
+            result_key,
+            databases: t.databases.iter().map(|d| d.to_string()).collect(),
+            parent: None,
+        };
+        Ok((self.create_task(&task).await?, seed))
+    }
+
+    /// Each run's result opened with the task's result seed (for an encrypted collaboration), as
+    /// (organisation id, status, result or the reasons it has none).
+    pub async fn results(&self, task: &str, seed: &[u8; 32]) -> Result<Vec<RunOutcome>, Error> {
+        let view = self.task(task).await?;
+        let encrypted = self.collaboration(&view.collaboration.id).await?.encrypted;
+        let runs = self.runs(task).await?;
+        let pair = enclava_seal::KeyPair::from_seed(seed);
+        let key = encrypted.then_some(&pair);
+        let mut out = Vec::new();
+        for r in runs {
+            let result = if r.status == "completed" {
+                Some(open_result(key, task, &r.id, &r.organisation.id, &r.result)?)
+            } else {
+                None
+            };
+            out.push(RunOutcome { organisation: r.organisation.id, status: r.status, result, reasons: r.reasons });
+        }
+        Ok(out)
+    }
+}
+
+/// What [`FedClient::start_task`] takes.
+#[derive(Debug, Clone, Copy)]
+pub struct TaskRequest<'a> {
+    pub collaboration: &'a str,
+    pub name: &'a str,
+    /// `wasm` or `process`.
+    pub kind: &'a str,
+    pub algorithm: &'a [u8],
+    /// (organisation id or name, its input).
+    pub inputs: &'a [(&'a str, serde_json::Value)],
+    pub databases: &'a [&'a str],
+}
+
+/// One organisation's run, as its initiator reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunOutcome {
+    pub organisation: String,
+    pub status: String,
+    pub result: Option<Vec<u8>>,
+    pub reasons: Vec<String>,
+}
+
+/// Seals one organisation's input to its key, for this task, run and organisation only.
+pub fn seal_input(public: &[u8], task: &str, run: &str, org: &str, input: &[u8]) -> Result<SealedBlob, Error> {
+    let s = enclava_seal::seal(public, INPUT_INFO, &run_aad(task, run, org), input)
+        .map_err(|e| Error::invalid(format!("cannot seal the input: {e}")))?;
+    Ok(SealedBlob { enc: s.enc, ciphertext: s.ciphertext })
+}
+
+/// Opens a run's input with its organisation's key.
+pub fn open_input(key: &enclava_seal::KeyPair, run: &LeasedRun) -> Result<Zeroizing<Vec<u8>>, Error> {
+    match (&run.sealed, &run.plain) {
+        (Some(b), _) => {
+            let sealed = enclava_seal::Sealed { enc: b.enc.clone(), ciphertext: b.ciphertext.clone() };
+            key.open(INPUT_INFO, &run_aad(&run.task, &run.run, &run.organisation), &sealed).map_err(|_| {
+                Error::new(
+                    ErrorCode::Tampered,
+                    "the input does not open with this organisation's key: sealed to another key, run or organisation, or changed",
+                )
+            })
+        }
+        (None, Some(p)) if !run.encrypted => Ok(Zeroizing::new(p.as_bytes().to_vec())),
+        _ => Err(Error::new(ErrorCode::Tampered, "an encrypted collaboration's input came readable: refused")),
+    }
+}
+
+/// Seals a run's result to the task's result key.
+pub fn seal_result(run: &LeasedRun, result: &[u8]) -> Result<Vec<u8>, Error> {
+    if !run.encrypted {
+        return Ok(result.to_vec());
+    }
+    let s = enclava_seal::seal(&run.result_key, RESULT_INFO, &run_aad(&run.task, &run.run, &run.organisation), result)
+        .map_err(|e| Error::internal(format!("cannot seal the result: {e}")))?;
+    serde_json::to_vec(&SealedBlob { enc: s.enc, ciphertext: s.ciphertext }).map_err(|e| Error::internal(e.to_string()))
+}
+
+/// Opens a run's stored result with the task's result key; `None` for a collaboration that is
+/// not encrypted, whose results are readable as they are.
+pub fn open_result(
+    key: Option<&enclava_seal::KeyPair>,
+    task: &str,
+    run: &str,
+    org: &str,
+    stored: &[u8],
+) -> Result<Vec<u8>, Error> {
+    let Some(key) = key else { return Ok(stored.to_vec()) };
+    let blob: SealedBlob = serde_json::from_slice(stored)
+        .map_err(|_| Error::new(ErrorCode::Tampered, "an encrypted collaboration's result came unsealed: refused"))?;
+    let sealed = enclava_seal::Sealed { enc: blob.enc, ciphertext: blob.ciphertext };
+    key.open(RESULT_INFO, &run_aad(task, run, org), &sealed).map(|p| p.to_vec()).map_err(|_| {
+        Error::new(
+            ErrorCode::Tampered,
+            "a result does not open with this task's key: it was changed or is another run's",
+        )
+    })
+}
+
+/// Refuses what cannot go into a URL path or query as it is.
+fn path_part(s: &str) -> Result<&str, Error> {
+    if !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+        Ok(s)
+    } else {
+        Err(Error::invalid(format!("{} is not an id or a name", enclava_core::text::quote(s))))
+    }
+}

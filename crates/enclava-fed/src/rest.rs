@@ -1,0 +1,277 @@
+//! The federation's REST routes, under the role's prefix (`/fed/v1/…`). Users authenticate with
+//! their credential, nodes with their API key (`Authorization: Bearer`); every object carries
+//! `{id, link}` references to what it names; errors are Enclava's (`{code, message}`). Bodies over
+//! [`MAX_BODY`] get 413.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::HeaderMap;
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use enclava_contracts::fed::{
+    CollaborationView, CreatedNode, LeasedRun, NewCollaboration, NewNode, NewTask, NodeView, OrganisationView, RunDone,
+    RunView, TaskView,
+};
+use enclava_core::Error;
+use enclava_identity::Principal;
+use serde::{Deserialize, Serialize};
+
+use crate::Fed;
+
+/// The role's prefix.
+pub const PREFIX: &str = "/fed";
+/// The largest body (an algorithm of 16 MiB in base64 fits within a task's results with room).
+pub const MAX_BODY: usize = 32 << 20;
+
+/// The routes (relative to [`PREFIX`]).
+pub fn router(fed: Arc<Fed>) -> Router {
+    Router::new()
+        .route("/v1/organisations", post(create_org).get(orgs))
+        .route("/v1/organisations/{id}", get(org))
+        .route("/v1/organisations/{id}/public_key", put(set_key))
+        .route("/v1/organisations/{id}/members", post(add_member))
+        .route("/v1/collaborations", post(create_collab).get(collabs))
+        .route("/v1/collaborations/{id}", get(collab))
+        .route("/v1/nodes", post(create_node).get(nodes))
+        .route("/v1/algorithms", post(add_algorithm))
+        .route("/v1/algorithms/{hash}", get(algorithm))
+        .route("/v1/tasks", post(create_task).get(tasks))
+        .route("/v1/tasks/{id}", get(task))
+        .route("/v1/tasks/{id}/kill", post(kill))
+        .route("/v1/runs", get(runs))
+        .route("/v1/node/me", get(me))
+        .route("/v1/node/lease", post(lease))
+        .route("/v1/node/runs/{id}/renew", post(renew))
+        .route("/v1/node/runs/{id}/complete", post(complete))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(fed)
+}
+
+async fn caller(f: &Fed, headers: &HeaderMap) -> Result<Principal, Error> {
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(enclava_identity::http::bearer)
+        .ok_or_else(enclava_identity::unauthenticated)?;
+    f.caller(token).await
+}
+
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
+    serde_json::from_slice(body).map_err(|e| Error::invalid(format!("the body is not what this call takes: {e}")))
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NewOrganisation {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PublicKey {
+    #[serde(with = "enclava_contracts::base64_bytes")]
+    pub public_key: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NewMember {
+    pub user: String,
+    #[serde(default)]
+    pub roles: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Stored {
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeaseRequest {
+    pub max: u32,
+    /// With nothing pending, wait up to this long (at most 10 s) for a run.
+    #[serde(default)]
+    pub wait_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Renew {
+    pub lease: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct CollabQuery {
+    collaboration: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct TaskQuery {
+    collaboration: Option<String>,
+    parent: Option<String>,
+    limit: Option<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct RunQuery {
+    task: String,
+}
+
+async fn create_org(State(f): State<Arc<Fed>>, h: HeaderMap, body: Bytes) -> Result<Json<OrganisationView>, Error> {
+    let p = caller(&f, &h).await?;
+    let n: NewOrganisation = json_body(&body)?;
+    Ok(Json(f.create_organisation(&p, &n.name).await?))
+}
+
+async fn orgs(State(f): State<Arc<Fed>>, h: HeaderMap) -> Result<Json<Vec<OrganisationView>>, Error> {
+    let p = caller(&f, &h).await?;
+    Ok(Json(f.organisations(&p).await?))
+}
+
+async fn org(State(f): State<Arc<Fed>>, h: HeaderMap, Path(id): Path<String>) -> Result<Json<OrganisationView>, Error> {
+    let p = caller(&f, &h).await?;
+    Ok(Json(f.organisation(&p, &id).await?))
+}
+
+async fn set_key(
+    State(f): State<Arc<Fed>>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<OrganisationView>, Error> {
+    let p = caller(&f, &h).await?;
+    let k: PublicKey = json_body(&body)?;
+    f.set_public_key(&p, &id, &k.public_key).await?;
+    Ok(Json(f.organisation(&p, &id).await?))
+}
+
+async fn add_member(
+    State(f): State<Arc<Fed>>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, Error> {
+    let p = caller(&f, &h).await?;
+    let m: NewMember = json_body(&body)?;
+    f.add_member(&p, &id, &m.user, &m.roles).await?;
+    Ok(Json(serde_json::json!({ "added": true })))
+}
+
+async fn create_collab(State(f): State<Arc<Fed>>, h: HeaderMap, body: Bytes) -> Result<Json<CollaborationView>, Error> {
+    let p = caller(&f, &h).await?;
+    let c: NewCollaboration = json_body(&body)?;
+    Ok(Json(f.create_collaboration(&p, &c).await?))
+}
+
+async fn collabs(State(f): State<Arc<Fed>>, h: HeaderMap) -> Result<Json<Vec<CollaborationView>>, Error> {
+    let p = caller(&f, &h).await?;
+    Ok(Json(f.collaborations(&p).await?))
+}
+
+async fn collab(
+    State(f): State<Arc<Fed>>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<CollaborationView>, Error> {
+    let p = caller(&f, &h).await?;
+    Ok(Json(f.collaboration(&p, &id).await?))
+}
+
+async fn create_node(State(f): State<Arc<Fed>>, h: HeaderMap, body: Bytes) -> Result<Json<CreatedNode>, Error> {
+    let p = caller(&f, &h).await?;
+    let n: NewNode = json_body(&body)?;
+    Ok(Json(f.create_node(&p, &n).await?))
+}
+
+async fn nodes(
+    State(f): State<Arc<Fed>>,
+    h: HeaderMap,
+    Query(q): Query<CollabQuery>,
+) -> Result<Json<Vec<NodeView>>, Error> {
+    let p = caller(&f, &h).await?;
+    Ok(Json(f.nodes(&p, q.collaboration.as_deref()).await?))
+}
+
+async fn add_algorithm(State(f): State<Arc<Fed>>, h: HeaderMap, body: Bytes) -> Result<Json<Stored>, Error> {
+    let p = caller(&f, &h).await?;
+    Ok(Json(Stored { sha256: f.add_algorithm(&p, &body).await? }))
+}
+
+async fn algorithm(State(f): State<Arc<Fed>>, h: HeaderMap, Path(hash): Path<String>) -> Result<Vec<u8>, Error> {
+    let p = caller(&f, &h).await?;
+    f.algorithm(&p, &hash).await
+}
+
+async fn create_task(State(f): State<Arc<Fed>>, h: HeaderMap, body: Bytes) -> Result<Json<TaskView>, Error> {
+    let p = caller(&f, &h).await?;
+    let t: NewTask = json_body(&body)?;
+    Ok(Json(f.create_task(&p, &t).await?))
+}
+
+async fn tasks(
+    State(f): State<Arc<Fed>>,
+    h: HeaderMap,
+    Query(q): Query<TaskQuery>,
+) -> Result<Json<Vec<TaskView>>, Error> {
+    let p = caller(&f, &h).await?;
+    Ok(Json(f.tasks(&p, q.collaboration.as_deref(), q.parent.as_deref(), q.limit.unwrap_or(100)).await?))
+}
+
+async fn task(State(f): State<Arc<Fed>>, h: HeaderMap, Path(id): Path<String>) -> Result<Json<TaskView>, Error> {
+    let p = caller(&f, &h).await?;
+    Ok(Json(f.task(&p, &id).await?))
+}
+
+async fn kill(State(f): State<Arc<Fed>>, h: HeaderMap, Path(id): Path<String>) -> Result<Json<TaskView>, Error> {
+    let p = caller(&f, &h).await?;
+    Ok(Json(f.kill(&p, &id).await?))
+}
+
+async fn runs(State(f): State<Arc<Fed>>, h: HeaderMap, Query(q): Query<RunQuery>) -> Result<Json<Vec<RunView>>, Error> {
+    let p = caller(&f, &h).await?;
+    Ok(Json(f.runs(&p, &q.task).await?))
+}
+
+async fn me(State(f): State<Arc<Fed>>, h: HeaderMap) -> Result<Json<NodeView>, Error> {
+    let p = caller(&f, &h).await?;
+    let node = f.node(&p).await?;
+    Ok(Json(f.node_view(&node.id).await?))
+}
+
+async fn lease(State(f): State<Arc<Fed>>, h: HeaderMap, body: Bytes) -> Result<Json<Vec<LeasedRun>>, Error> {
+    let p = caller(&f, &h).await?;
+    let node = f.node(&p).await?;
+    let req: LeaseRequest = json_body(&body)?;
+    let notified = f.queued().notified();
+    tokio::pin!(notified);
+    notified.as_mut().enable();
+    let runs = f.lease(&node, req.max).await?;
+    if !runs.is_empty() || req.wait_ms == 0 {
+        return Ok(Json(runs));
+    }
+    let _ = tokio::time::timeout(std::time::Duration::from_millis(req.wait_ms.min(10_000)), notified).await;
+    Ok(Json(f.lease(&node, req.max).await?))
+}
+
+async fn renew(
+    State(f): State<Arc<Fed>>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, Error> {
+    let p = caller(&f, &h).await?;
+    let node = f.node(&p).await?;
+    let r: Renew = json_body(&body)?;
+    Ok(Json(serde_json::json!({ "lease_ms": f.renew(&node, &id, &r.lease).await? })))
+}
+
+async fn complete(
+    State(f): State<Arc<Fed>>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, Error> {
+    let p = caller(&f, &h).await?;
+    let node = f.node(&p).await?;
+    let d: RunDone = json_body(&body)?;
+    f.complete(&node, &id, &d).await?;
+    Ok(Json(serde_json::json!({ "recorded": true })))
+}

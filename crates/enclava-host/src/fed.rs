@@ -1,0 +1,366 @@
+//! A federation node (vantage6's node): holds its organisation's private key, checks at start that
+//! the server's copy of the public key is its own (uploading it when the server has none), pulls
+//! its organisation's runs under leases it renews while they run, opens each input with the key,
+//! runs the algorithm through the farm's executors with no network, and seals the result to the
+//! task's initiator.
+//!
+//! An algorithm sees vantage6's contract in its one writable folder, `/work`: `INPUT_FILE`
+//! (`{method, args, kwargs}` JSON), `OUTPUT_FILE` (what it writes there is its result; without
+//! one, its standard output is), `TEMPORARY_FOLDER`, and for each database label the task asks
+//! for and the node has, `<LABEL>_DATABASE_URI` (a read-only copy under `/work/data`) and
+//! `<LABEL>_DATABASE_TYPE`. A failed run says why; its standard error goes back only where the
+//! node's policy allows (off by default: tracebacks can leak data, vantage6 #675).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use enclava_client::fed::FedClient;
+use enclava_contracts::fed::{LeasedRun, RunDone};
+use enclava_core::{Error, ErrorCode};
+use tokio::sync::watch;
+use zeroize::Zeroizing;
+
+/// How a federation node runs.
+#[derive(Debug, Clone)]
+pub struct FedNodeConfig {
+    pub server: String,
+    /// The node's API key (from `POST /fed/v1/nodes`).
+    pub api_key: Zeroizing<String>,
+    /// The organisation's private key seed (hex); made here when missing. Every node of an
+    /// organisation uses the same one.
+    pub key_file: PathBuf,
+    /// Databases by label: files the algorithm may read when a task names their label.
+    pub data: BTreeMap<String, PathBuf>,
+    /// Where runs' folders are made.
+    pub work_dir: PathBuf,
+    /// The root filesystem `process` algorithms run on (`None`: this node runs Wasm only).
+    pub rootfs: Option<PathBuf>,
+    /// Algorithms (SHA-256) this node runs; `None`: any.
+    pub allowed_algorithms: Option<BTreeSet<String>>,
+    /// Return a failed algorithm's standard error with the failure.
+    pub return_logs: bool,
+    /// Runs at once, at most.
+    pub max_runs: usize,
+    pub timeout: Duration,
+}
+
+impl FedNodeConfig {
+    pub fn new(server: &str, api_key: Zeroizing<String>, dir: &Path) -> FedNodeConfig {
+        FedNodeConfig {
+            server: server.to_owned(),
+            api_key,
+            key_file: dir.join("organisation.key"),
+            data: BTreeMap::new(),
+            work_dir: dir.join("runs"),
+            rootfs: None,
+            allowed_algorithms: None,
+            return_logs: false,
+            max_runs: 4,
+            timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// A running federation node.
+#[derive(Debug)]
+pub struct FedNode {
+    id: String,
+    organisation: String,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+struct Shared {
+    config: FedNodeConfig,
+    key: enclava_seal::KeyPair,
+    wasm: Arc<enclava_wasm::WasmEngine>,
+    process: Option<enclava_process::ProcessSandbox>,
+}
+
+impl FedNode {
+    /// Checks the organisation key against the server's copy (uploading it when the server has
+    /// none) and starts pulling runs. Fails, with what to do, when the keys differ.
+    pub async fn start(config: FedNodeConfig) -> Result<FedNode, Error> {
+        let client = FedClient::new(&config.server, Some(config.api_key.clone()));
+        let me = client.me().await?;
+        let key = load_or_make_key(&config.key_file)?;
+        let org = client.organisation(&me.organisation.id).await?;
+        if org.public_key.is_empty() {
+            client.set_public_key(&org.id, key.public()).await?;
+            tracing::info!(org = %org.id, "uploaded this organisation's public key");
+        } else if org.public_key != key.public() {
+            return Err(Error::new(
+                ErrorCode::FailedPrecondition,
+                format!(
+                    "the server's public key for organisation {} is not this node's ({}): use the organisation's key \
+                     file from its other node, or have an administrator replace the key",
+                    org.name,
+                    config.key_file.display()
+                ),
+            ));
+        }
+        std::fs::create_dir_all(&config.work_dir)
+            .map_err(|e| Error::unavailable(format!("cannot create {}: {e}", config.work_dir.display())))?;
+        let wasm = Arc::new(enclava_wasm::WasmEngine::new(enclava_wasm::WasmConfig::default())?);
+        let process = match &config.rootfs {
+            Some(_) => Some(enclava_process::ProcessSandbox::find()?),
+            None => None,
+        };
+        let shared = Arc::new(Shared { config, key, wasm, process });
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(pull(shared, client, stop_rx));
+        tracing::info!(node = %me.id, org = %me.organisation.id, collab = %me.collaboration.id, "federation node started");
+        Ok(FedNode { id: me.id, organisation: me.organisation.id, stop, task })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn organisation(&self) -> &str {
+        &self.organisation
+    }
+
+    /// Stops pulling and stops its runs (the server gives them out again when their leases end).
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+
+    /// Stops at once, as a crash would.
+    pub fn abort(self) {
+        self.task.abort();
+    }
+}
+
+/// The organisation key from `path` (a hex seed), or a new one written there (mode 0600).
+fn load_or_make_key(path: &Path) -> Result<enclava_seal::KeyPair, Error> {
+    let bad = |what: String| Error::new(ErrorCode::FailedPrecondition, what);
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let seed = Zeroizing::new(
+                hex::decode(text.trim()).map_err(|_| bad(format!("{} is not a hex key seed", path.display())))?,
+            );
+            let seed: [u8; 32] =
+                seed.as_slice().try_into().map_err(|_| bad(format!("{} is not 32 bytes", path.display())))?;
+            Ok(enclava_seal::KeyPair::from_seed(&seed))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut seed = Zeroizing::new([0u8; 32]);
+            rand::fill(&mut seed[..]);
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| bad(format!("cannot create {}: {e}", dir.display())))?;
+            }
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .and_then(|mut f| f.write_all(hex::encode(&seed[..]).as_bytes()).and_then(|()| f.sync_all()))
+                .map_err(|e| bad(format!("cannot write the organisation key {}: {e}", path.display())))?;
+            tracing::info!(file = %path.display(), "made a new organisation key");
+            Ok(enclava_seal::KeyPair::from_seed(&seed))
+        }
+        Err(e) => Err(bad(format!("cannot read {}: {e}", path.display()))),
+    }
+}
+
+async fn pull(shared: Arc<Shared>, client: FedClient, mut stop: watch::Receiver<bool>) {
+    let mut running = tokio::task::JoinSet::new();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        while running.try_join_next().is_some() {}
+        if *stop.borrow() {
+            return;
+        }
+        let free = shared.config.max_runs.saturating_sub(running.len());
+        if free == 0 {
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = running.join_next() => continue,
+            }
+        }
+        let leased = tokio::select! {
+            _ = stop.changed() => return,
+            r = client.lease(free as u32, Duration::from_secs(5)) => r,
+        };
+        match leased {
+            Ok(runs) => {
+                backoff = Duration::from_millis(100);
+                for run in runs {
+                    running.spawn(run_leased(shared.clone(), client.clone(), run));
+                }
+            }
+            Err(e) => {
+                // A server restarting or a network path cut: keep trying; whatever was missed is
+                // still pending on the server and is leased on reconnect.
+                tracing::warn!(error = %e, "cannot reach the federation server; retrying in {backoff:?}");
+                tokio::select! {
+                    _ = stop.changed() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Runs one leased run, renewing its lease meanwhile, and reports how it ended.
+async fn run_leased(shared: Arc<Shared>, client: FedClient, run: LeasedRun) {
+    let lease = Duration::from_millis(run.lease_ms.max(300));
+    let work = shared.config.work_dir.join(&run.run);
+    let ran = {
+        let execute = execute(&shared, &client, &run, &work);
+        tokio::pin!(execute);
+        loop {
+            tokio::select! {
+                r = &mut execute => break Some(r),
+                _ = tokio::time::sleep(lease / 3) => {
+                    if let Err(e) = client.renew(&run.run, &run.lease).await
+                        && e.code == ErrorCode::FailedPrecondition
+                    {
+                        tracing::info!(run = %run.run, reason = %e, "run no longer ours: stopping it");
+                        break None;
+                    }
+                }
+            }
+        }
+    };
+    let _ = std::fs::remove_dir_all(&work);
+    let Some(ran) = ran else { return };
+    let done = match ran {
+        Ok(d) => d,
+        Err(e) => RunDone {
+            lease: run.lease.clone(),
+            status: if e.code == ErrorCode::PermissionDenied { "not allowed".into() } else { "failed".into() },
+            reason: Some(e.message),
+            result: Vec::new(),
+            receipt: None,
+        },
+    };
+    let deadline = tokio::time::Instant::now() + lease * 3;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        match client.complete(&run.run, &done).await {
+            Ok(()) => return,
+            Err(e) if e.code == ErrorCode::Unavailable && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            Err(e) => {
+                tracing::warn!(run = %run.run, error = %e, "the server did not keep this run's report");
+                return;
+            }
+        }
+    }
+}
+
+/// Environment variable names: a label upper-cased.
+fn env_label(label: &str) -> String {
+    label.to_ascii_uppercase().replace('-', "_")
+}
+
+async fn execute(shared: &Shared, client: &FedClient, run: &LeasedRun, work: &Path) -> Result<RunDone, Error> {
+    let config = &shared.config;
+    if let Some(allowed) = &config.allowed_algorithms
+        && !allowed.contains(&run.algorithm)
+    {
+        return Err(Error::forbidden(format!(
+            "this node's policy does not allow algorithm {}…",
+            enclava_core::text::prefix(&run.algorithm, 16)
+        )));
+    }
+    let missing: Vec<&String> = run.databases.iter().filter(|l| !config.data.contains_key(*l)).collect();
+    if !missing.is_empty() {
+        return Err(Error::invalid(format!(
+            "this node has no database labelled {}",
+            missing.iter().map(|l| enclava_core::text::quote(l)).collect::<Vec<_>>().join(", ")
+        )));
+    }
+    let algorithm = client.algorithm(&run.algorithm).await?;
+    let input = enclava_client::fed::open_input(&shared.key, run)?;
+    let io = |e: std::io::Error| Error::unavailable(format!("cannot prepare the run's folder: {e}"));
+    let _ = std::fs::remove_dir_all(work);
+    std::fs::create_dir_all(work.join("data")).map_err(io)?;
+    std::fs::create_dir_all(work.join("tmp")).map_err(io)?;
+    std::fs::write(work.join("input"), input.as_slice()).map_err(io)?;
+    let inside = enclava_process::WORK_DIR;
+    let mut env = vec![
+        ("INPUT_FILE".to_owned(), format!("{inside}/input")),
+        ("OUTPUT_FILE".to_owned(), format!("{inside}/output")),
+        ("TEMPORARY_FOLDER".to_owned(), format!("{inside}/tmp")),
+        ("TASK_ID".to_owned(), run.task.clone()),
+        ("JOB_ID".to_owned(), run.job.clone()),
+        ("ORGANIZATION_ID".to_owned(), run.organisation.clone()),
+        ("USER_REQUESTED_DATABASE_LABELS".to_owned(), run.databases.join(",")),
+        ("DB_LABELS".to_owned(), run.databases.join(",")),
+    ];
+    for label in &run.databases {
+        let name = format!("{label}.csv");
+        if let Some(src) = config.data.get(label) {
+            std::fs::copy(src, work.join("data").join(&name)).map_err(io)?;
+        }
+        env.push((format!("{}_DATABASE_URI", env_label(label)), format!("{inside}/data/{name}")));
+        env.push((format!("{}_DATABASE_TYPE", env_label(label)), "csv".into()));
+    }
+    let (success, outcome, stdout, stderr) = match run.kind.as_str() {
+        "wasm" => {
+            let engine = shared.wasm.clone();
+            let defaults = engine.config().limits;
+            let job = enclava_wasm::Job {
+                args: Vec::new(),
+                env,
+                stdin: input.to_vec(),
+                dirs: vec![enclava_wasm::Preopen { host: work.to_owned(), guest: inside.into(), writable: true }],
+                limits: Some(enclava_wasm::RunLimits { timeout: config.timeout, ..defaults }),
+            };
+            let report = tokio::task::spawn_blocking(move || {
+                let compiled = engine.compile(&algorithm)?;
+                engine.run(&compiled, job)
+            })
+            .await
+            .map_err(|e| Error::internal(format!("the Wasm run stopped: {e}")))??;
+            (report.outcome.success(), report.outcome.to_string(), report.stdout.to_vec(), report.stderr.to_vec())
+        }
+        "process" => {
+            let (Some(sandbox), Some(rootfs)) = (&shared.process, &config.rootfs) else {
+                return Err(Error::invalid("this node runs no process algorithms (start it with a root filesystem)"));
+            };
+            let command = std::str::from_utf8(&algorithm)
+                .map_err(|_| Error::invalid("a process algorithm is a UTF-8 command"))?;
+            env.push(("PATH".into(), "/bin:/usr/bin".into()));
+            let job = enclava_process::ProcessJob {
+                rootfs: rootfs.clone(),
+                argv: vec!["/bin/sh".into(), "-c".into(), command.to_owned(), "algorithm".into()],
+                env,
+                work: work.to_owned(),
+                stdin: input.to_vec(),
+                limits: enclava_process::ProcessLimits { timeout: config.timeout, ..Default::default() },
+            };
+            let report = sandbox.run(&job).await?;
+            (report.outcome.success(), report.outcome.to_string(), report.stdout, report.stderr)
+        }
+        other => {
+            return Err(Error::invalid(format!("this node runs no {} algorithms", enclava_core::text::quote(other))));
+        }
+    };
+    if !success {
+        let mut reason = format!("the algorithm {outcome}");
+        if config.return_logs && !stderr.is_empty() {
+            reason.push_str(&format!(": {}", enclava_core::text::prefix(&String::from_utf8_lossy(&stderr), 1500)));
+        } else if !stderr.is_empty() {
+            reason.push_str(" (its error output stays on the node: this node does not return logs)");
+        }
+        return Err(Error::internal(reason));
+    }
+    let output = match std::fs::read(work.join("output")) {
+        Ok(o) => o,
+        Err(_) => stdout,
+    };
+    let result = enclava_client::fed::seal_result(run, &output)?;
+    Ok(RunDone { lease: run.lease.clone(), status: "completed".into(), reason: None, result, receipt: None })
+}

@@ -1,0 +1,234 @@
+//! Federation end to end: three organisations, a node each, a federated mean over a CSV split
+//! across them. Each node opens only its own input; the server's database holds no readable input
+//! or result; a result changed by one byte is refused; roles decide who creates, sees and kills
+//! tasks; a subtask whose parent failed is killed, not run; a node's key must match the server's
+//! copy.
+
+use std::time::Duration;
+
+use enclava_client::fed::{FedClient, TaskRequest};
+use enclava_contracts::fed::{NewCollaboration, NewNode};
+use enclava_core::ErrorCode;
+use enclava_host::fed::{FedNode, FedNodeConfig};
+use enclava_sandbox::{Sandbox, SandboxBuilder};
+use zeroize::Zeroizing;
+
+/// Each organisation's share of the trial: (values, their sum).
+const SHARES: [(&str, &str); 3] = [("acme", "1\n2\n3\n"), ("globex", "10\n20\n"), ("initech", "100\n")];
+
+/// A process algorithm: the partial sum and count of the first column of its `trial` database.
+const PARTIAL: &str = r#"awk '{ s += $1; n += 1 } END { printf "{\"sum\": %d, \"count\": %d}", s, n }' "$TRIAL_DATABASE_URI" > "$OUTPUT_FILE""#;
+
+struct Network {
+    sandbox: Sandbox,
+    admin: FedClient,
+    /// A researcher per organisation, by organisation name.
+    researchers: Vec<(String, FedClient)>,
+    collab: String,
+    nodes: Vec<(String, Zeroizing<String>, std::path::PathBuf)>,
+}
+
+async fn user(sandbox: &Sandbox) -> (String, FedClient) {
+    let (id, token) = sandbox.broker().expect("keys").identity().register(None).await.expect("register");
+    (id, FedClient::new(sandbox.url(), Some(Zeroizing::new(token))))
+}
+
+async fn network() -> Network {
+    let sandbox = SandboxBuilder::new().configure(|c| c.farm_lease_ms = 1000).start().await.expect("starts");
+    let admin = FedClient::new(sandbox.url(), Some(Zeroizing::new(sandbox.admin().await.expect("admin"))));
+    let mut researchers = Vec::new();
+    for (org, _) in SHARES {
+        admin.create_organisation(org).await.expect("organisation");
+        let (id, client) = user(&sandbox).await;
+        admin.add_member(org, &id, &["researcher"]).await.expect("member");
+        researchers.push((org.to_owned(), client));
+    }
+    let collab = admin
+        .create_collaboration(&NewCollaboration {
+            name: "study1".into(),
+            organisations: SHARES.iter().map(|(o, _)| o.to_string()).collect(),
+            encrypted: true,
+            require_attestation: None,
+        })
+        .await
+        .expect("collaboration");
+    let mut nodes = Vec::new();
+    for (org, share) in SHARES {
+        let created = admin
+            .create_node(&NewNode { collaboration: collab.id.clone(), organisation: Some(org.into()), name: None })
+            .await
+            .expect("node");
+        let dir = sandbox.dir().join(format!("node-{org}"));
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(dir.join("trial.csv"), share).expect("data");
+        nodes.push((org.to_owned(), Zeroizing::new(created.api_key), dir));
+    }
+    Network { sandbox, admin, researchers, collab: collab.id, nodes }
+}
+
+fn node_config(n: &Network, i: usize) -> FedNodeConfig {
+    let (_, key, dir) = &n.nodes[i];
+    let mut c = FedNodeConfig::new(n.sandbox.url(), key.clone(), dir);
+    c.data.insert("trial".into(), dir.join("trial.csv"));
+    c.rootfs =
+        Some(enclava_process::busybox_root(&dir.join("fs"), enclava_sandbox::BUSYBOX_APPLETS).expect("busybox root"));
+    c.timeout = Duration::from_secs(20);
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_federated_mean_over_three_organisations_sealed_end_to_end() {
+    let n = network().await;
+    let mut running = Vec::new();
+    for i in 0..3 {
+        running.push(FedNode::start(node_config(&n, i)).await.expect("node starts"));
+    }
+    let (_, acme) = &n.researchers[0];
+    let inputs: Vec<(&str, serde_json::Value)> = SHARES
+        .iter()
+        .map(|(o, _)| (*o, serde_json::json!({"method": "partial_mean", "kwargs": {"column": 0}})))
+        .collect();
+    let request = TaskRequest {
+        collaboration: &n.collab,
+        name: "mean",
+        kind: "process",
+        algorithm: PARTIAL.as_bytes(),
+        inputs: &inputs,
+        databases: &["trial"],
+    };
+    let (task, seed) = acme.start_task(&request).await.expect("task");
+    assert_eq!(task.job, task.id, "a top-level task starts its own job");
+    assert!(task.runs.ends_with(&format!("runs?task={}", task.id)), "linked: {task:?}");
+    let done = acme.wait(&task.id, Duration::from_secs(60)).await.expect("ends");
+    assert_eq!(done.status, "completed", "{:?}", acme.runs(&task.id).await);
+    let results = acme.results(&task.id, &seed).await.expect("results open");
+    let (mut sum, mut count) = (0i64, 0i64);
+    for r in &results {
+        let v: serde_json::Value = serde_json::from_slice(r.result.as_deref().expect("a result")).expect("json");
+        sum += v["sum"].as_i64().expect("sum");
+        count += v["count"].as_i64().expect("count");
+    }
+    assert_eq!((sum, count), (136, 6), "the federated mean is 136/6");
+
+    // The server's database holds no readable input or result.
+    let db = n.sandbox.broker().expect("keys").store().audit().database().clone();
+    use sqlx::Row;
+    for r in sqlx::query("SELECT input, result FROM fed_runs").fetch_all(db.pool()).await.expect("rows") {
+        let input: String = r.try_get(0).expect("input");
+        let result: Option<String> = r.try_get(1).expect("result");
+        assert!(!input.contains("partial_mean"), "a readable input in the database: {input}");
+        let result = result.unwrap_or_default();
+        assert!(!result.contains("sum"), "a readable result in the database");
+    }
+    // A result changed by one byte is refused.
+    let runs = acme.runs(&task.id).await.expect("runs");
+    let mut changed = runs[0].result.clone();
+    let at = changed.len() / 2;
+    changed[at] ^= 1;
+    let key = enclava_seal::KeyPair::from_seed(&seed);
+    let refused =
+        enclava_client::fed::open_result(Some(&key), &task.id, &runs[0].id, &runs[0].organisation.id, &changed);
+    assert!(refused.is_err(), "a changed result opens");
+    // One organisation's sealed input does not open with another's key, nor for another run.
+    let globex_key = std::fs::read_to_string(n.nodes[1].2.join("organisation.key")).expect("key");
+    let globex_seed: [u8; 32] = hex::decode(globex_key.trim()).expect("hex").try_into().expect("32");
+    let globex = enclava_seal::KeyPair::from_seed(&globex_seed);
+    let acme_org = acme.organisation("acme").await.expect("acme");
+    let sealed = enclava_client::fed::seal_input(&acme_org.public_key, &task.id, &runs[0].id, &acme_org.id, b"{}")
+        .expect("seal");
+    let leased = |org: &str, run: &str| enclava_contracts::fed::LeasedRun {
+        run: run.into(),
+        task: task.id.clone(),
+        job: task.id.clone(),
+        organisation: org.into(),
+        kind: "process".into(),
+        algorithm: String::new(),
+        databases: Vec::new(),
+        encrypted: true,
+        sealed: Some(sealed.clone()),
+        plain: None,
+        result_key: Vec::new(),
+        lease: String::new(),
+        lease_ms: 0,
+    };
+    assert!(enclava_client::fed::open_input(&globex, &leased(&acme_org.id, &runs[0].id)).is_err());
+
+    // Roles: another organisation's researcher sees the task (same collaboration) but may not
+    // kill it; a user outside every collaboration sees nothing; a user without a role creates
+    // nothing.
+    let (_, globex_researcher) = &n.researchers[1];
+    globex_researcher.task(&task.id).await.expect("a collaborator sees it");
+    let kill = globex_researcher.kill(&task.id).await.expect_err("not theirs to kill");
+    assert_eq!(kill.code, ErrorCode::PermissionDenied);
+    let (_, outsider) = user(&n.sandbox).await;
+    assert_eq!(outsider.task(&task.id).await.expect_err("outsider").code, ErrorCode::NotFound);
+    assert!(outsider.collaborations().await.expect("list").is_empty());
+    let (plain_id, plain) = user(&n.sandbox).await;
+    n.admin.add_member("acme", &plain_id, &[]).await.expect("member without a role");
+    let e = plain.start_task(&request).await.expect_err("no researcher role");
+    assert!(matches!(e.code, ErrorCode::PermissionDenied | ErrorCode::NotFound), "{e:?}");
+    // Readable input is refused in an encrypted collaboration.
+    let mut bare = enclava_contracts::fed::NewTask {
+        id: enclava_client::farm::new_job_id(),
+        collaboration: n.collab.clone(),
+        name: "bare".into(),
+        kind: "process".into(),
+        algorithm: task.algorithm.clone(),
+        organisations: vec![enclava_contracts::fed::OrgInput {
+            organisation: "acme".into(),
+            sealed: None,
+            plain: Some("{}".into()),
+        }],
+        result_key: vec![1; 32],
+        databases: Vec::new(),
+        parent: None,
+    };
+    assert_eq!(acme.create_task(&bare).await.expect_err("readable").code, ErrorCode::InvalidArgument);
+
+    // A subtask whose parent failed is killed, not run: globex's node is down while acme's run
+    // of the parent fails, and when it comes back the subtask waiting for it is not started.
+    let globex_node = running.remove(1);
+    globex_node.shutdown().await;
+    let failing = TaskRequest { algorithm: b"sleep 2; echo broken >&2; exit 3", inputs: &inputs[..1], ..request };
+    let (parent, _) = acme.start_task(&failing).await.expect("parent");
+    bare.id = enclava_client::farm::new_job_id();
+    bare.parent = Some(parent.id.clone());
+    bare.organisations = vec![enclava_contracts::fed::OrgInput {
+        organisation: "globex".into(),
+        sealed: Some(
+            enclava_client::fed::seal_input(
+                &globex.public()[..],
+                &bare.id,
+                &enclava_contracts::fed::run_id(&bare.id, 0),
+                &acme.organisation("globex").await.expect("globex").id,
+                b"{}",
+            )
+            .expect("seal"),
+        ),
+        plain: None,
+    }];
+    let child = acme.create_task(&bare).await.expect("subtask");
+    assert_eq!(child.job, parent.job, "a subtask shares its parent's job");
+    let parent_done = acme.wait(&parent.id, Duration::from_secs(30)).await.expect("parent ends");
+    assert_eq!(parent_done.status, "failed");
+    let why = acme.runs(&parent.id).await.expect("runs");
+    assert!(why[0].reasons.iter().any(|r| r.contains("exited") || r.contains("exit")), "{:?}", why[0].reasons);
+    assert!(why[0].reasons.iter().all(|r| !r.contains("broken")), "logs stay on the node by default");
+    running.insert(1, FedNode::start(node_config(&n, 1)).await.expect("globex again"));
+    let child_done = acme.wait(&child.id, Duration::from_secs(30)).await.expect("child ends");
+    assert_eq!(child_done.status, "killed", "{:?}", acme.runs(&child.id).await);
+    let child_runs = acme.runs(&child.id).await.expect("runs");
+    assert!(child_runs[0].reasons.iter().any(|r| r.contains("parent")), "{:?}", child_runs[0].reasons);
+
+    // A node whose key is not the one the server holds for its organisation is refused at start.
+    let (_, key, _) = &n.nodes[2];
+    let other_dir = n.sandbox.dir().join("initech-other");
+    let wrong = FedNodeConfig::new(n.sandbox.url(), key.clone(), &other_dir);
+    let e = FedNode::start(wrong).await.expect_err("another key");
+    assert!(e.message.contains("public key"), "{e:?}");
+
+    for node in running {
+        node.shutdown().await;
+    }
+    n.sandbox.stop().await;
+}
