@@ -271,4 +271,79 @@ mod tests {
             assert_eq!(role(r.name), Some(r), "role names are unique");
         }
     }
+
+    /// Federation's matrix: every default role × resource × operation × where the resource is
+    /// (the caller's organisation, another organisation of the caller's collaboration, an
+    /// organisation of another collaboration), against the table below and nothing more.
+    #[test]
+    fn the_federation_matrix_is_exactly_the_intended_one() {
+        // (role, resource, operation, farthest reach): allowed at that reach and nearer.
+        let allowed: &[(&str, &str, Operation, Scope)] = &[
+            ("viewer", "organisation", View, Collaboration),
+            ("viewer", "collaboration", View, Collaboration),
+            ("viewer", "node", View, Collaboration),
+            ("viewer", "task", View, Collaboration),
+            ("viewer", "run", View, Collaboration),
+            ("researcher", "organisation", View, Collaboration),
+            ("researcher", "collaboration", View, Collaboration),
+            ("researcher", "node", View, Collaboration),
+            ("researcher", "task", View, Collaboration),
+            ("researcher", "run", View, Collaboration),
+            ("researcher", "task", Create, Collaboration),
+            ("researcher", "task", Delete, Organisation),
+            ("organisation-admin", "node", Create, Organisation),
+            ("organisation-admin", "node", View, Organisation),
+            ("organisation-admin", "node", Delete, Organisation),
+            ("organisation-admin", "collaboration", View, Collaboration),
+            ("organisation-admin", "organisation", View, Collaboration),
+            ("collaboration-admin", "organisation", View, Collaboration),
+            ("collaboration-admin", "collaboration", View, Collaboration),
+            ("collaboration-admin", "collaboration", Edit, Collaboration),
+            ("collaboration-admin", "node", View, Collaboration),
+            ("collaboration-admin", "node", Create, Collaboration),
+            ("collaboration-admin", "node", Delete, Collaboration),
+            ("collaboration-admin", "task", View, Collaboration),
+            ("collaboration-admin", "run", View, Collaboration),
+            ("collaboration-admin", "task", Create, Collaboration),
+            ("collaboration-admin", "task", Delete, Collaboration),
+            ("node", "task", View, Collaboration),
+            ("node", "organisation", View, Collaboration),
+            ("node", "run", Edit, Organisation),
+            ("node", "organisation", Edit, Organisation),
+        ];
+        let resources = ["organisation", "collaboration", "node", "task", "run"];
+        let operations = [View, Create, Edit, Delete, Use];
+        // Where a resource is, seen from a caller in organisation "acme", collaboration "c1".
+        let places: [(Scope, Target<'_>); 3] = [
+            (Organisation, Target { owner: None, organisation: Some("acme"), collaboration: Some("c1") }),
+            (Collaboration, Target { owner: None, organisation: Some("globex"), collaboration: Some("c1") }),
+            (Global, Target { owner: None, organisation: Some("initech"), collaboration: Some("c2") }),
+        ];
+        let roles = ["user", "viewer", "researcher", "organisation-admin", "collaboration-admin", "node", "run"];
+        for role in roles {
+            let p = who("p", Some("acme"), &[role]);
+            for resource in resources {
+                for op in operations {
+                    for (reach, target) in &places {
+                        let expected = allowed
+                            .iter()
+                            .any(|(r, res, o, far)| *r == role && *res == resource && *o == op && reach <= far);
+                        assert_eq!(
+                            p.may(op, resource, target),
+                            expected,
+                            "{role} {op:?} {resource} at {reach:?} scope"
+                        );
+                    }
+                }
+            }
+        }
+        // An administrator may do everything but use (run a model, receive its key) anywhere.
+        let admin = who("root", None, &["administrator"]);
+        for resource in resources {
+            for (_, target) in &places {
+                assert!([View, Create, Edit, Delete].into_iter().all(|op| admin.may(op, resource, target)));
+                assert!(!admin.may(Use, resource, target));
+            }
+        }
+    }
 }

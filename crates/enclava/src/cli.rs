@@ -62,8 +62,16 @@ pub enum Command {
     Hosts(crate::farm_cli::HostsArgs),
     /// Farm jobs: submit (confidential or plaintext), list, status, logs, result, cancel, receipt.
     Job(crate::farm_cli::JobArgs),
-    /// Content-addressed job files: add, cat.
+    /// Content-addressed job files: add, cat, unpin.
     File(crate::farm_cli::FileArgs),
+    /// Federation organisations: create, list, add members with roles.
+    Org(crate::fed_cli::OrgArgs),
+    /// Federation collaborations: create, list.
+    Collab(crate::fed_cli::CollabArgs),
+    /// Federation nodes: new (API key), list, start.
+    FedNode(crate::fed_cli::FedNodeArgs),
+    /// Federated tasks: create (inputs sealed per organisation), status, results, kill.
+    Task(crate::fed_cli::TaskArgs),
     /// Measure Enclava against its floors.
     #[command(subcommand)]
     Bench(BenchCommand),

@@ -19,7 +19,7 @@ use enclava_sandbox::{NodeSpec, SandboxBuilder};
 const DEMO_MODEL: &str = "demo/tiny-classifier";
 /// The Wasm workload the demo serves beside it: a WASI command that reverses its input.
 const DEMO_WASM: &str = "demo/reverse";
-const STEPS: usize = 10;
+const STEPS: usize = 11;
 
 /// `enclava dev`: the server's options (flags, `ENCLAVA_*`, the config file's `[server]` table)
 /// apply, with `--data-dir` the folder for everything the demo keeps [default: ./enclava-dev].
@@ -45,7 +45,7 @@ pub async fn dev(
     let dir = config.data_dir.clone().unwrap_or_else(|| PathBuf::from("enclava-dev"));
     config.data_dir = Some(dir.join("server"));
     // The demo needs every role, whatever the file says.
-    config.roles = vec!["manager".into(), "keys".into(), "farm".into()];
+    config.roles = vec!["manager".into(), "keys".into(), "farm".into(), "federation".into()];
     let listen = config.listen.clone();
     let registry = config.registry.clone();
     let database = config.database.clone();
@@ -226,8 +226,11 @@ pub async fn dev(
     // Any sim host of this deployment: the farm hosts run the node program, not the model.
     std::fs::write(&farm_policy, sandbox.sim_policy(&[]))?;
     let farm = farm_demo(&sandbox, &url, &config_dir, &farm_policy).await?;
+
+    step(11, "federation (vantage6): a mean over a CSV split across three organisations, each input sealed to its own");
+    let fed_nodes = fed_demo(&sandbox, &url, &dir, &user).await?;
     println!(
-        "demo done: register → encrypt → grant → release → find → verify → sealed inference, direct and serverless, ONNX and Wasm; farm jobs with verified receipts"
+        "demo done: register → encrypt → grant → release → find → verify → sealed inference, direct and serverless, ONNX and Wasm; farm jobs with verified receipts; a federated mean sealed end to end"
     );
 
     if !a.demo_only {
@@ -259,6 +262,9 @@ pub async fn dev(
     }
     for (node, agent) in farm {
         agent.shutdown().await;
+        node.shutdown().await;
+    }
+    for node in fed_nodes {
         node.shutdown().await;
     }
     sandbox.stop().await;
@@ -394,4 +400,138 @@ async fn farm_demo(
         }
     }
     Ok(hosts_started)
+}
+
+/// The demo's organisations and their share of the trial data (a value per line).
+const FED_SHARES: [(&str, &str); 3] = [("acme", "61\n74\n58\n"), ("globex", "80\n67\n"), ("initech", "55\n70\n71\n")];
+
+/// The demo's algorithm: a sandboxed process at each node, the partial sum and count of its
+/// `trial` database.
+const FED_PARTIAL: &str = r#"awk '{ s += $1; n += 1 } END { printf "{\"sum\": %d, \"count\": %d}", s, n }' "$TRIAL_DATABASE_URI" > "$OUTPUT_FILE""#;
+
+/// Step 11: three organisations with a node each in collaboration `demo`, the demo user as a
+/// researcher of the first; a task whose inputs are sealed to each organisation and whose
+/// results come back sealed to the user. Re-running reuses what the last run made.
+async fn fed_demo(
+    sandbox: &enclava_sandbox::Sandbox,
+    url: &str,
+    dir: &std::path::Path,
+    user: &str,
+) -> anyhow::Result<Vec<enclava_host::fed::FedNode>> {
+    use enclava_client::fed::{FedClient, TaskRequest};
+    use enclava_core::ErrorCode;
+    let said = crate::keys_cli::said;
+    let fed_dir = dir.join("federation");
+    std::fs::create_dir_all(&fed_dir)?;
+    let admin_file = fed_dir.join("admin-credential");
+    let admin_token = match std::fs::read_to_string(&admin_file) {
+        Ok(t) => t.trim().to_owned(),
+        Err(_) => {
+            let t = sandbox.admin().await?;
+            crate::keys_cli::write_private(&admin_file, t.as_bytes())?;
+            t
+        }
+    };
+    let admin = FedClient::new(url, Some(zeroize::Zeroizing::new(admin_token)));
+    for (org, _) in FED_SHARES {
+        match admin.create_organisation(org).await {
+            Ok(_) => {}
+            Err(e) if e.code == ErrorCode::AlreadyExists => {}
+            Err(e) => return Err(said(e)),
+        }
+    }
+    admin.add_member("acme", user, &["researcher"]).await.map_err(said)?;
+    let collab = match admin
+        .create_collaboration(&enclava_contracts::fed::NewCollaboration {
+            name: "demo".into(),
+            organisations: FED_SHARES.iter().map(|(o, _)| o.to_string()).collect(),
+            encrypted: true,
+            require_attestation: None,
+        })
+        .await
+    {
+        Ok(c) => c,
+        Err(e) if e.code == ErrorCode::AlreadyExists => admin.collaboration("demo").await.map_err(said)?,
+        Err(e) => return Err(said(e)),
+    };
+    let sandboxed = enclava_process::ProcessSandbox::find().is_ok() && std::path::Path::new("/bin/busybox").exists();
+    if !sandboxed {
+        println!(
+            "      (no bubblewrap or static busybox here: the federation step is skipped; `.ci/run` installs them)"
+        );
+        return Ok(Vec::new());
+    }
+    let mut nodes = Vec::new();
+    for (org, share) in FED_SHARES {
+        let node_dir = fed_dir.join(org);
+        std::fs::create_dir_all(&node_dir)?;
+        let key_file = node_dir.join("api-key");
+        if !key_file.exists() {
+            let created = admin
+                .create_node(&enclava_contracts::fed::NewNode {
+                    collaboration: collab.id.clone(),
+                    organisation: Some(org.into()),
+                    name: Some(format!("{org}-node")),
+                })
+                .await
+                .map_err(said)?;
+            crate::keys_cli::write_private(&key_file, created.api_key.as_bytes())?;
+        }
+        let data = node_dir.join("trial.csv");
+        std::fs::write(&data, share)?;
+        let api_key = zeroize::Zeroizing::new(std::fs::read_to_string(&key_file)?.trim().to_owned());
+        let mut config = enclava_host::fed::FedNodeConfig::new(url, api_key, &node_dir);
+        config.data.insert("trial".into(), data);
+        config.rootfs =
+            Some(enclava_process::busybox_root(&node_dir.join("fs"), enclava_sandbox::BUSYBOX_APPLETS).map_err(said)?);
+        nodes.push(enclava_host::fed::FedNode::start(config).await.map_err(said)?);
+        println!(
+            "      {org}: node up with {} rows of its own (never sent anywhere); its organisation key stays in {}",
+            share.lines().count(),
+            node_dir.join("organisation.key").display()
+        );
+    }
+    let me = FedClient::new(url, Some(crate::keys_cli::token(url, &dir.join("config"))?));
+    let inputs: Vec<(&str, serde_json::Value)> = FED_SHARES
+        .iter()
+        .map(|(o, _)| (*o, serde_json::json!({ "method": "partial_mean", "kwargs": { "column": 0 } })))
+        .collect();
+    let request = TaskRequest {
+        collaboration: &collab.id,
+        name: "federated mean",
+        kind: "process",
+        algorithm: FED_PARTIAL.as_bytes(),
+        inputs: &inputs,
+        databases: &["trial"],
+    };
+    let (task, seed) = me.start_task(&request).await.map_err(said)?;
+    let done = me.wait(&task.id, Duration::from_secs(120)).await.map_err(said)?;
+    let runs = me.runs(&task.id).await.map_err(said)?;
+    let names: std::collections::BTreeMap<String, String> =
+        me.organisations().await.map_err(said)?.into_iter().map(|o| (o.id, o.name)).collect();
+    let name = |id: &str| names.get(id).cloned().unwrap_or_else(|| id.to_owned());
+    for r in &runs {
+        println!(
+            "      {}: run {} {}; the server holds its input and result only sealed ({} bytes of ciphertext)",
+            name(&r.organisation.id),
+            r.id,
+            r.status,
+            r.result.len()
+        );
+    }
+    anyhow::ensure!(done.status == "completed", "the federated task ended {}: {:?}", done.status, runs);
+    let (mut sum, mut count) = (0i64, 0i64);
+    for o in me.results(&task.id, &seed).await.map_err(said)? {
+        let v: serde_json::Value = serde_json::from_slice(o.result.as_deref().unwrap_or_default())?;
+        let (s, n) = (v["sum"].as_i64().unwrap_or(0), v["count"].as_i64().unwrap_or(0));
+        println!("      you opened {}'s result: sum {s} over {n} rows", name(&o.organisation));
+        sum += s;
+        count += n;
+    }
+    anyhow::ensure!(count > 0, "no rows came back");
+    println!(
+        "      federated mean: {sum} / {count} = {:.2} (no organisation saw another's rows)",
+        sum as f64 / count as f64
+    );
+    Ok(nodes)
 }

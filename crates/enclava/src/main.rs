@@ -13,6 +13,7 @@ mod config;
 mod dev;
 mod evidence;
 mod farm_cli;
+mod fed_cli;
 mod infer_cli;
 mod keys_cli;
 mod model_cli;
@@ -74,6 +75,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Hosts(a) => farm_cli::hosts(a, &env).await,
         Command::Job(a) => farm_cli::job(a, &env).await,
         Command::File(a) => farm_cli::file(a, &env).await,
+        Command::Org(a) => fed_cli::org(a, &env).await,
+        Command::Collab(a) => fed_cli::collab(a, &env).await,
+        Command::FedNode(a) => fed_cli::fed_node(a, &env).await,
+        Command::Task(a) => fed_cli::task(a, &env).await,
         Command::Bench(cli::BenchCommand::Discovery(a)) => enclava_bench::discovery::discovery(a).await,
         Command::Bench(cli::BenchCommand::Evidence(a)) => enclava_bench::evidence::evidence(a),
         Command::Bench(cli::BenchCommand::Keys(a)) => enclava_bench::keys::keys(a).await,

@@ -234,7 +234,8 @@ fn dev_demo_runs_green_from_a_clean_folder() {
         .stdin(Stdio::null()));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("[10/10]") && text.contains("demo done") && text.contains("identical"), "{text}");
+    assert!(text.contains("[11/11]") && text.contains("demo done") && text.contains("identical"), "{text}");
+    assert!(text.contains("federated mean: 536 / 8 = 67.00"), "the federation step: {text}");
     assert!(
         text.contains("receipt VERIFIED") && text.contains("\"pre-loaded and confidential!\""),
         "the farm step: {text}"

@@ -1,0 +1,410 @@
+//! `enclava org …`, `enclava collab …`, `enclava fed-node …` and `enclava task …`: federation
+//! from the command line (through `enclava_client::fed`). The seed of each task's result key is
+//! kept in the config folder (`fed-tasks/ID.json`, mode 0600) before the task is sent, so its
+//! initiator can open the results later.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use enclava_client::fed::{FedClient, TaskRequest};
+use enclava_contracts::fed::{NewCollaboration, NewNode};
+use zeroize::Zeroizing;
+
+use crate::farm_cli::FarmTarget;
+use crate::keys_cli::{credentials_dir, said, write_private};
+
+/// `enclava org`
+#[derive(Debug, Args)]
+pub struct OrgArgs {
+    #[command(flatten)]
+    pub target: FarmTarget,
+    #[command(subcommand)]
+    pub command: OrgCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OrgCommand {
+    /// Create an organisation (administrators).
+    Create { name: String },
+    /// Organisations you may see, with their public keys.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put a user in an organisation, with roles (viewer, researcher, organisation-admin,
+    /// collaboration-admin).
+    AddMember {
+        org: String,
+        user: String,
+        #[arg(long = "role")]
+        roles: Vec<String>,
+    },
+}
+
+/// `enclava collab`
+#[derive(Debug, Args)]
+pub struct CollabArgs {
+    #[command(flatten)]
+    pub target: FarmTarget,
+    #[command(subcommand)]
+    pub command: CollabCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CollabCommand {
+    /// Create a collaboration of organisations (administrators). Encrypted unless --unencrypted.
+    Create {
+        name: String,
+        /// Organisation names or ids, comma-separated
+        #[arg(long, value_delimiter = ',', required = true)]
+        orgs: Vec<String>,
+        /// Let inputs and results travel readable (vantage6's `encrypted: false`)
+        #[arg(long)]
+        unencrypted: bool,
+    },
+    /// Collaborations you may see.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `enclava fed-node`
+#[derive(Debug, Args)]
+pub struct FedNodeArgs {
+    #[command(flatten)]
+    pub target: FarmTarget,
+    #[command(subcommand)]
+    pub command: FedNodeCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FedNodeCommand {
+    /// Create the node of an organisation in a collaboration; its API key goes to DIR/api-key.
+    New {
+        #[arg(long)]
+        collab: String,
+        #[arg(long)]
+        org: Option<String>,
+        #[arg(long)]
+        name: Option<String>,
+        /// The node's folder (its API key, the organisation key, run folders)
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Nodes you may see, online or not.
+    List {
+        #[arg(long)]
+        collab: Option<String>,
+    },
+    /// Run a node from its folder until interrupted.
+    Start {
+        #[arg(long)]
+        dir: PathBuf,
+        /// A database: LABEL=FILE (repeatable)
+        #[arg(long = "data")]
+        data: Vec<String>,
+        /// Run process algorithms on a busybox root filesystem made in DIR
+        #[arg(long)]
+        process: bool,
+        /// Only these algorithms (SHA-256), repeatable; any when none given
+        #[arg(long = "allow")]
+        allow: Vec<String>,
+        /// Return a failed algorithm's error output with its failure (off: tracebacks can leak data)
+        #[arg(long)]
+        return_logs: bool,
+    },
+}
+
+/// `enclava task`
+#[derive(Debug, Args)]
+pub struct TaskArgs {
+    #[command(flatten)]
+    pub target: FarmTarget,
+    #[command(subcommand)]
+    pub command: TaskCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TaskCommand {
+    /// Create a task at organisations of a collaboration: each input sealed to its
+    /// organisation's key, results sealed to you.
+    Create {
+        #[arg(long)]
+        collab: String,
+        /// Organisation names or ids, comma-separated
+        #[arg(long, value_delimiter = ',', required = true)]
+        orgs: Vec<String>,
+        /// A Wasm module
+        #[arg(long, conflicts_with = "cmd")]
+        algorithm: Option<PathBuf>,
+        /// A command run by /bin/sh -c in a sandbox at each node
+        #[arg(long)]
+        cmd: Option<String>,
+        /// The input every organisation gets: {"method": …, "kwargs": {…}}
+        #[arg(long, default_value = "{\"method\": \"main\"}")]
+        input: String,
+        /// Database labels the algorithm reads (repeatable)
+        #[arg(long = "database")]
+        databases: Vec<String>,
+        #[arg(long, default_value = "task")]
+        name: String,
+        /// Wait for the results and print them
+        #[arg(long)]
+        wait: bool,
+    },
+    /// A task's status and its runs.
+    Status { id: String },
+    /// A task's results, opened with your key.
+    Results {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Kill a task and its subtasks.
+    Kill { id: String },
+}
+
+fn client(target: &FarmTarget, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<(FedClient, PathBuf)> {
+    let dir = credentials_dir(target.config_dir.as_deref(), env)?;
+    let token = crate::keys_cli::token(&target.server, &dir)?;
+    Ok((FedClient::new(&target.server, Some(token)), dir))
+}
+
+pub async fn org(a: OrgArgs, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<ExitCode> {
+    let (c, _) = client(&a.target, env)?;
+    match a.command {
+        OrgCommand::Create { name } => {
+            let o = c.create_organisation(&name).await.map_err(said)?;
+            println!("organisation {} ({})", o.name, o.id);
+        }
+        OrgCommand::List { json } => {
+            let list = c.organisations().await.map_err(said)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                for o in list {
+                    let key =
+                        if o.public_key.is_empty() { "no key yet".to_owned() } else { hex::encode(&o.public_key) };
+                    println!("{} {} — {}", o.id, o.name, key);
+                }
+            }
+        }
+        OrgCommand::AddMember { org, user, roles } => {
+            let roles: Vec<&str> = roles.iter().map(String::as_str).collect();
+            c.add_member(&org, &user, &roles).await.map_err(said)?;
+            println!(
+                "{user} is in {org}{}",
+                if roles.is_empty() { String::new() } else { format!(" as {}", roles.join(", ")) }
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn collab(a: CollabArgs, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<ExitCode> {
+    let (c, _) = client(&a.target, env)?;
+    match a.command {
+        CollabCommand::Create { name, orgs, unencrypted } => {
+            let v = c
+                .create_collaboration(&NewCollaboration {
+                    name,
+                    organisations: orgs,
+                    encrypted: !unencrypted,
+                    require_attestation: None,
+                })
+                .await
+                .map_err(said)?;
+            println!(
+                "collaboration {} ({}), {} organisations, encrypted: {}",
+                v.name,
+                v.id,
+                v.organisations.len(),
+                v.encrypted
+            );
+        }
+        CollabCommand::List { json } => {
+            let list = c.collaborations().await.map_err(said)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                for v in list {
+                    let orgs: Vec<&str> = v.organisations.iter().map(|o| o.id.as_str()).collect();
+                    println!("{} {} — {} (encrypted: {})", v.id, v.name, orgs.join(", "), v.encrypted);
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn fed_node(a: FedNodeArgs, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<ExitCode> {
+    match a.command {
+        FedNodeCommand::New { collab, org, name, dir } => {
+            let (c, _) = client(&a.target, env)?;
+            let created =
+                c.create_node(&NewNode { collaboration: collab, organisation: org, name }).await.map_err(said)?;
+            std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            write_private(&dir.join("api-key"), created.api_key.as_bytes())?;
+            println!(
+                "node {} of {} in {}; its API key is in {}; start it with `enclava fed-node start --dir {}`",
+                created.node.name,
+                created.node.organisation.id,
+                created.node.collaboration.id,
+                dir.join("api-key").display(),
+                dir.display()
+            );
+        }
+        FedNodeCommand::List { collab } => {
+            let (c, _) = client(&a.target, env)?;
+            for n in c.nodes(collab.as_deref()).await.map_err(said)? {
+                println!(
+                    "{} {} — {} in {}, {}",
+                    n.id,
+                    n.name,
+                    n.organisation.id,
+                    n.collaboration.id,
+                    if n.online { "online" } else { "offline" }
+                );
+            }
+        }
+        FedNodeCommand::Start { dir, data, process, allow, return_logs } => {
+            let key = std::fs::read_to_string(dir.join("api-key")).with_context(|| {
+                format!("no API key in {}: make the node with `enclava fed-node new`", dir.display())
+            })?;
+            let mut config =
+                enclava_host::fed::FedNodeConfig::new(&a.target.server, Zeroizing::new(key.trim().to_owned()), &dir);
+            for d in data {
+                let (label, path) = d.split_once('=').context("--data takes LABEL=FILE")?;
+                if !enclava_contracts::fed::label_ok(label) {
+                    bail!("--data: a label is 1-64 letters, digits, '_' or '-'");
+                }
+                config.data.insert(label.to_owned(), PathBuf::from(path));
+            }
+            if process {
+                config.rootfs = Some(
+                    enclava_process::busybox_root(&dir.join("fs"), enclava_sandbox::BUSYBOX_APPLETS).map_err(said)?,
+                );
+            }
+            if !allow.is_empty() {
+                config.allowed_algorithms = Some(allow.into_iter().collect());
+            }
+            config.return_logs = return_logs;
+            let node = enclava_host::fed::FedNode::start(config).await.map_err(said)?;
+            println!("federation node {} of {} running; Ctrl-C stops it", node.id(), node.organisation());
+            tokio::signal::ctrl_c().await?;
+            node.shutdown().await;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct KeptTask {
+    server: String,
+    result_seed: String,
+}
+
+fn kept_path(dir: &std::path::Path, id: &str) -> anyhow::Result<PathBuf> {
+    if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        bail!("{} is not a task id (32 hex digits)", enclava_core::text::quote(id));
+    }
+    Ok(dir.join("fed-tasks").join(format!("{id}.json")))
+}
+
+pub async fn task(a: TaskArgs, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<ExitCode> {
+    let (c, dir) = client(&a.target, env)?;
+    match a.command {
+        TaskCommand::Create { collab, orgs, algorithm, cmd, input, databases, name, wait } => {
+            let (kind, program) = match (algorithm, cmd) {
+                (Some(p), None) => ("wasm", std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?),
+                (None, Some(c)) => ("process", c.into_bytes()),
+                _ => bail!("give --algorithm app.wasm or --cmd \"...\""),
+            };
+            let input: serde_json::Value = serde_json::from_str(&input).context("--input is not JSON")?;
+            let inputs: Vec<(&str, serde_json::Value)> = orgs.iter().map(|o| (o.as_str(), input.clone())).collect();
+            let dbs: Vec<&str> = databases.iter().map(String::as_str).collect();
+            let request = TaskRequest {
+                collaboration: &collab,
+                name: &name,
+                kind,
+                algorithm: &program,
+                inputs: &inputs,
+                databases: &dbs,
+            };
+            let (task, seed) = c.start_task(&request).await.map_err(said)?;
+            let kept = KeptTask { server: a.target.server.clone(), result_seed: hex::encode(&seed[..]) };
+            write_private(&kept_path(&dir, &task.id)?, &Zeroizing::new(serde_json::to_vec(&kept)?))?;
+            println!("task {} {} at {} organisations (job {})", task.id, task.status, orgs.len(), task.job);
+            if wait {
+                let done = c.wait(&task.id, Duration::from_secs(600)).await.map_err(said)?;
+                println!("task {} {}", done.id, done.status);
+                return results(&c, &dir, &task.id, false).await;
+            }
+        }
+        TaskCommand::Status { id } => {
+            let t = c.task(&id).await.map_err(said)?;
+            println!(
+                "task {} ({}) {} — job {}, algorithm {}…",
+                t.id,
+                t.name,
+                t.status,
+                t.job,
+                &t.algorithm[..16.min(t.algorithm.len())]
+            );
+            for r in c.runs(&id).await.map_err(said)? {
+                println!("  run {} at {}: {} (attempts {})", r.id, r.organisation.id, r.status, r.attempts);
+                for why in &r.reasons {
+                    println!("    {why}");
+                }
+            }
+        }
+        TaskCommand::Results { id, json } => return results(&c, &dir, &id, json).await,
+        TaskCommand::Kill { id } => {
+            let t = c.kill(&id).await.map_err(said)?;
+            println!("task {} {}", t.id, t.status);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn results(c: &FedClient, dir: &std::path::Path, id: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let path = kept_path(dir, id)?;
+    let kept: KeptTask = serde_json::from_slice(
+        &std::fs::read(&path).with_context(|| format!("no result key for task {id} in {}", path.display()))?,
+    )?;
+    let seed: [u8; 32] = hex::decode(&kept.result_seed)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .context("the kept result key is damaged")?;
+    let seed = Zeroizing::new(seed);
+    let outcomes = c.results(id, &seed).await.map_err(said)?;
+    let mut ok = true;
+    if json {
+        let list: Vec<serde_json::Value> = outcomes
+            .iter()
+            .map(|o| {
+                serde_json::json!({
+                    "organisation": o.organisation,
+                    "status": o.status,
+                    "result": o.result.as_deref().map(|r| String::from_utf8_lossy(r).into_owned()),
+                    "reasons": o.reasons,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&list)?);
+    }
+    for o in &outcomes {
+        ok &= o.status == "completed";
+        if !json {
+            match &o.result {
+                Some(r) => println!("{}: {}", o.organisation, String::from_utf8_lossy(r)),
+                None => println!("{}: {} — {}", o.organisation, o.status, o.reasons.join("; ")),
+            }
+        }
+    }
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
