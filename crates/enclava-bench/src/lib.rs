@@ -5,6 +5,7 @@
 //!
 //! # Layout
 //! - [`discovery`]: FindEnclave over gRPC against Redis's own floor; heartbeat capacity.
+//! - [`federation`]: input sealing, a three-organisation round trip, a task over 100 organisations.
 //! - [`farm`]: the Wasm executor's warm and cold starts and fuel metering against a process spawn and unmetered runs.
 //! - [`evidence`]: verifications per second per platform, cold and warm, against the signature floor.
 //! - [`keys`]: attested key releases over gRPC against evidence verification plus one HPKE seal.
@@ -13,5 +14,6 @@
 pub mod discovery;
 pub mod evidence;
 pub mod farm;
+pub mod federation;
 pub mod keys;
 pub mod serving;

@@ -28,6 +28,11 @@ impl FedClient {
         FedClient { api: crate::rest::RestApi::new(url, "fed", token, MAX_ANSWER) }
     }
 
+    /// The credential it calls with.
+    pub fn token(&self) -> Option<&str> {
+        self.api.token()
+    }
+
     pub async fn create_organisation(&self, name: &str) -> Result<OrganisationView, Error> {
         self.api.post("/organisations", &serde_json::json!({ "name": name })).await
     }

@@ -116,6 +116,9 @@ pub struct Farm {
     submissions: tokio::sync::mpsc::Sender<Pending>,
     /// Nonces per source address.
     nonce_limit: Option<Arc<enclava_server::limit::RateLimiter>>,
+    /// When this server started: no lease expires in its first lease period, since hosts could
+    /// not renew while it was down.
+    started_ms: i64,
 }
 
 /// A submission waiting for its commit.
@@ -231,6 +234,7 @@ impl Farm {
             queued: Arc::new(tokio::sync::Notify::new()),
             submissions,
             nonce_limit,
+            started_ms: now_ms(),
         };
         // The committer holds a clone without the sender, so it ends when the last `Farm` does.
         let committer = Farm { submissions: tokio::sync::mpsc::channel(1).0, ..farm.clone() };
@@ -1073,6 +1077,9 @@ impl Farm {
     /// last attempt; returns how many it moved.
     pub async fn sweep(&self) -> Result<u64, Error> {
         let now = now_ms();
+        if now - self.started_ms < self.config.lease.as_millis() as i64 {
+            return Ok(0);
+        }
         let mut w = self.db.begin_write().await?;
         // Replicas sweep side by side: each takes rows no other holds, and moves a job only if its
         // lease is still the expired one it read (a renewal or completion in between wins).

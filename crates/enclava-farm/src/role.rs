@@ -64,6 +64,11 @@ impl Role for FarmRole {
                     _ = stop.stopped() => return,
                     _ = tokio::time::sleep(every) => {}
                 }
+                // While draining, hosts and nodes cannot reach this server to renew: their
+                // silence says nothing, so nothing expires.
+                if stop.is_draining() {
+                    continue;
+                }
                 if let Err(e) = farm.sweep().await {
                     tracing::warn!(error = %e, "farm sweep failed; retrying");
                 }

@@ -90,6 +90,9 @@ pub struct Fed {
     config: FedConfig,
     /// Woken when runs become pending (nodes waiting for work ask again).
     queued: Arc<tokio::sync::Notify>,
+    /// When this server started: no lease expires in its first lease period, since nodes could
+    /// not renew while it was down.
+    started_ms: i64,
 }
 
 /// A node as its credential identifies it.
@@ -150,7 +153,7 @@ impl Fed {
     pub async fn open(audit: AuditLog, identity: Arc<Identity>, config: FedConfig) -> Result<Fed, Error> {
         let db = audit.database().clone();
         db.migrate("fed", MIGRATIONS, None).await?;
-        Ok(Fed { db, audit, identity, config, queued: Arc::new(tokio::sync::Notify::new()) })
+        Ok(Fed { db, audit, identity, config, queued: Arc::new(tokio::sync::Notify::new()), started_ms: now_ms() })
     }
 
     pub fn config(&self) -> &FedConfig {
@@ -1123,6 +1126,9 @@ impl Fed {
     /// attempt; returns how many moved.
     pub async fn sweep(&self) -> Result<u64, Error> {
         let now = now_ms();
+        if now - self.started_ms < self.config.lease.as_millis() as i64 {
+            return Ok(0);
+        }
         let mut w = self.db.begin_write().await?;
         let expired = sqlx::query(
             "SELECT id, node, attempts, reasons, lease FROM fed_runs WHERE state = 'active' AND lease_until_ms < $1 LIMIT 256",

@@ -63,6 +63,11 @@ impl Role for FedRole {
                     _ = stop.stopped() => return,
                     _ = tokio::time::sleep(every) => {}
                 }
+                // While draining, hosts and nodes cannot reach this server to renew: their
+                // silence says nothing, so nothing expires.
+                if stop.is_draining() {
+                    continue;
+                }
                 if let Err(e) = fed.sweep().await {
                     tracing::warn!(error = %e, "federation sweep failed; retrying");
                 }

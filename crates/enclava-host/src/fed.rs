@@ -44,6 +44,8 @@ pub struct FedNodeConfig {
     /// Runs at once, at most.
     pub max_runs: usize,
     pub timeout: Duration,
+    /// A Wasm engine to share (nodes in one process); `None` makes one.
+    pub wasm: Option<Arc<enclava_wasm::WasmEngine>>,
 }
 
 impl FedNodeConfig {
@@ -59,6 +61,7 @@ impl FedNodeConfig {
             return_logs: false,
             max_runs: 4,
             timeout: Duration::from_secs(300),
+            wasm: None,
         }
     }
 }
@@ -103,7 +106,10 @@ impl FedNode {
         }
         std::fs::create_dir_all(&config.work_dir)
             .map_err(|e| Error::unavailable(format!("cannot create {}: {e}", config.work_dir.display())))?;
-        let wasm = Arc::new(enclava_wasm::WasmEngine::new(enclava_wasm::WasmConfig::default())?);
+        let wasm = match &config.wasm {
+            Some(w) => w.clone(),
+            None => Arc::new(enclava_wasm::WasmEngine::new(enclava_wasm::WasmConfig::default())?),
+        };
         let process = match &config.rootfs {
             Some(_) => Some(enclava_process::ProcessSandbox::find()?),
             None => None,
@@ -216,15 +222,19 @@ async fn run_leased(shared: Arc<Shared>, client: FedClient, run: LeasedRun) {
     let ran = {
         let execute = execute(&shared, &client, &run, &work);
         tokio::pin!(execute);
+        // Renew every third of the lease; after a failed renewal (the server away), every 200 ms.
+        let mut pause = lease / 3;
         loop {
             tokio::select! {
                 r = &mut execute => break Some(r),
-                _ = tokio::time::sleep(lease / 3) => {
-                    if let Err(e) = client.renew(&run.run, &run.lease).await
-                        && e.code == ErrorCode::FailedPrecondition
-                    {
-                        tracing::info!(run = %run.run, reason = %e, "run no longer ours: stopping it");
-                        break None;
+                _ = tokio::time::sleep(pause) => {
+                    match client.renew(&run.run, &run.lease).await {
+                        Ok(()) => pause = lease / 3,
+                        Err(e) if e.code == ErrorCode::FailedPrecondition => {
+                            tracing::info!(run = %run.run, reason = %e, "run no longer ours: stopping it");
+                            break None;
+                        }
+                        Err(_) => pause = Duration::from_millis(200).min(lease / 3),
                     }
                 }
             }
@@ -281,7 +291,16 @@ async fn execute(shared: &Shared, client: &FedClient, run: &LeasedRun, work: &Pa
             missing.iter().map(|l| enclava_core::text::quote(l)).collect::<Vec<_>>().join(", ")
         )));
     }
-    let algorithm = client.algorithm(&run.algorithm).await?;
+    // The server may be away for a moment (a restart): keep asking while the lease could hold.
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(run.lease_ms.max(300) * 3);
+    let algorithm = loop {
+        match client.algorithm(&run.algorithm).await {
+            Err(e) if e.code == ErrorCode::Unavailable && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            r => break r?,
+        }
+    };
     let input = enclava_client::fed::open_input(&shared.key, run)?;
     let io = |e: std::io::Error| Error::unavailable(format!("cannot prepare the run's folder: {e}"));
     let _ = std::fs::remove_dir_all(work);

@@ -46,9 +46,11 @@ impl Health {
     }
 }
 
-/// Tells background tasks to stop.
+/// Tells background tasks to stop, and whether the server is draining: it accepts no new
+/// connections while the requests in flight finish (a task that judges clients by what they
+/// sent lately, like a lease sweeper, must not act on that silence).
 #[derive(Debug, Clone)]
-pub struct StopSignal(watch::Receiver<bool>);
+pub struct StopSignal(watch::Receiver<bool>, watch::Receiver<bool>);
 
 impl StopSignal {
     /// Completes once the server is stopping.
@@ -58,6 +60,11 @@ impl StopSignal {
 
     pub fn is_stopped(&self) -> bool {
         *self.0.borrow()
+    }
+
+    /// Whether the server stopped accepting connections (it is draining, or stopped).
+    pub fn is_draining(&self) -> bool {
+        *self.1.borrow() || self.is_stopped()
     }
 }
 
@@ -198,6 +205,11 @@ impl Server {
         let mut grpc = tonic::service::RoutesBuilder::default();
         let mut rest = axum::Router::new();
         let (stop_tx, stop_rx) = watch::channel(false);
+        let (drain_tx, drain_rx) = watch::channel(false);
+        let shutdown = async move {
+            shutdown.await;
+            let _ = drain_tx.send(true);
+        };
         let mut tasks = Vec::new();
         for role in &self.roles {
             role.metrics(&mut metrics);
@@ -205,7 +217,7 @@ impl Server {
             if let Some(r) = role.rest() {
                 rest = rest.nest(&role.prefix(), r);
             }
-            tasks.extend(role.start(StopSignal(stop_rx.clone())));
+            tasks.extend(role.start(StopSignal(stop_rx.clone(), drain_rx.clone())));
         }
         let doc = self.openapi().to_pretty_json().unwrap_or_else(|_| "{}".into());
         rest = rest.route(
@@ -219,7 +231,11 @@ impl Server {
         // Health is checked in the background (about once a second) and read by /health.
         let health: Arc<Mutex<Vec<(&'static str, Health)>>> =
             Arc::new(Mutex::new(names.iter().map(|n| (*n, Health::failing("starting"))).collect()));
-        tasks.push(tokio::spawn(watch_health(self.roles.clone(), health.clone(), StopSignal(stop_rx.clone()))));
+        tasks.push(tokio::spawn(watch_health(
+            self.roles.clone(),
+            health.clone(),
+            StopSignal(stop_rx.clone(), drain_rx.clone()),
+        )));
         let check = health.clone();
         let health_fn: enclava_telemetry::HealthCheck = Arc::new(move || {
             let roles = check.lock().unwrap_or_else(|p| p.into_inner()).clone();

@@ -272,6 +272,8 @@ pub enum BenchCommand {
     Serving(enclava_bench::serving::ServingArgs),
     /// The Wasm executor: warm and cold starts, fuel metering, next to a process spawn and unmetered runs.
     Farm(enclava_bench::farm::FarmArgs),
+    /// Federation: input sealing, a three-organisation round trip, a task over 100 organisations.
+    Federation(enclava_bench::federation::FederationArgs),
 }
 
 #[derive(Debug, Subcommand)]

@@ -34,7 +34,11 @@ async fn user(sandbox: &Sandbox) -> (String, FedClient) {
 }
 
 async fn network() -> Network {
-    let sandbox = SandboxBuilder::new().configure(|c| c.farm_lease_ms = 1000).start().await.expect("starts");
+    network_on(SandboxBuilder::new().configure(|c| c.farm_lease_ms = 1000)).await
+}
+
+async fn network_on(builder: SandboxBuilder) -> Network {
+    let sandbox = builder.start().await.expect("starts");
     let admin = FedClient::new(sandbox.url(), Some(Zeroizing::new(sandbox.admin().await.expect("admin"))));
     let mut researchers = Vec::new();
     for (org, _) in SHARES {
@@ -231,4 +235,64 @@ async fn a_federated_mean_over_three_organisations_sealed_end_to_end() {
         node.shutdown().await;
     }
     n.sandbox.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_restarted_mid_run_loses_nothing_and_runs_nothing_twice() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let port = enclava_testkit::free_port().expect("port");
+    let builder = || {
+        SandboxBuilder::new().dir(dir.path().join("fed")).configure(move |c| {
+            c.listen = format!("127.0.0.1:{port}");
+            c.farm_lease_ms = 3000;
+        })
+    };
+    let n = network_on(builder()).await;
+    let mut running = Vec::new();
+    for i in 0..3 {
+        running.push(FedNode::start(node_config(&n, i)).await.expect("node starts"));
+    }
+    let (_, acme) = &n.researchers[0];
+    let inputs: Vec<(&str, serde_json::Value)> =
+        SHARES.iter().map(|(o, _)| (*o, serde_json::json!({"method": "partial_mean"}))).collect();
+    let slow = format!("sleep 1; {PARTIAL}");
+    let request = TaskRequest {
+        collaboration: &n.collab,
+        name: "mean",
+        kind: "process",
+        algorithm: slow.as_bytes(),
+        inputs: &inputs,
+        databases: &["trial"],
+    };
+    let (task, seed) = acme.start_task(&request).await.expect("task");
+    crate::support::eventually("the runs start", Duration::from_secs(10), || async {
+        acme.runs(&task.id).await.is_ok_and(|r| r.iter().any(|r| r.status == "active"))
+    })
+    .await;
+    // The server goes away mid-run and comes back on the same address and database.
+    let researchers: Vec<String> = n.researchers.iter().map(|(o, _)| o.clone()).collect();
+    let token = acme.token().map(str::to_owned).expect("token");
+    n.sandbox.stop().await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let sandbox = builder().start().await.expect("restarts");
+    let acme = FedClient::new(sandbox.url(), Some(Zeroizing::new(token)));
+    let done = acme.wait(&task.id, Duration::from_secs(60)).await.expect("ends");
+    assert_eq!(done.status, "completed", "{:?}", acme.runs(&task.id).await);
+    for r in acme.runs(&task.id).await.expect("runs") {
+        assert_eq!(r.attempts, 1, "run {} ran more than once: {:?}", r.id, r.reasons);
+    }
+    let results = acme.results(&task.id, &seed).await.expect("results");
+    let sum: i64 = results
+        .iter()
+        .map(|r| {
+            serde_json::from_slice::<serde_json::Value>(r.result.as_deref().expect("result")).expect("json")["sum"]
+                .as_i64()
+                .expect("sum")
+        })
+        .sum();
+    assert_eq!(sum, 136, "{researchers:?}");
+    for node in running {
+        node.shutdown().await;
+    }
+    sandbox.stop().await;
 }
