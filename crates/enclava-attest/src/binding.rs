@@ -39,6 +39,10 @@ pub fn receipt(receipt_json: &[u8]) -> [u8; 64] {
 /// server's nonce.
 pub const FARM_HOST: &str = "enclava/farm-host";
 
+/// The label for a federation node joining an attested collaboration: its request key (inputs
+/// are sealed to it) with the federation server's nonce.
+pub const FED_NODE: &str = "enclava/fed-node";
+
 /// The label for key release: the key broker seals keys to the bound key, for this nonce only.
 pub const KEY_RELEASE: &str = "enclava/key-release";
 

@@ -124,6 +124,7 @@ fn leased(sealed: enclava_contracts::farm::SealedBlob) -> enclava_contracts::fed
         algorithm: String::new(),
         databases: Vec::new(),
         encrypted: true,
+        attested: false,
         sealed: Some(sealed),
         plain: None,
         result_key: Vec::new(),

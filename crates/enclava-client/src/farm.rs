@@ -179,22 +179,12 @@ pub async fn verify_host(
     verifier: &enclava_collateral::EvidenceVerifier,
     now: u64,
 ) -> Result<enclava_attest::Claims, Vec<String>> {
-    use enclava_attest::{Evidence, binding, policy::check};
     if host.evidence.is_empty() {
         return Err(vec![format!("it cannot attest (platform {}): {}", host.platform, host.status)]);
     }
-    let evidence = Evidence::detect(host.evidence.clone()).map_err(|e| vec![e.to_string()])?;
-    if policy.rules(evidence.platform()).is_none() {
-        return Err(vec![format!("platform {} is not allowed by this policy", evidence.platform())]);
-    }
-    let sim_root = policy.sim_root().map_err(|e| vec![e])?;
-    let claims = verifier.verify(&evidence, sim_root, now).await.map_err(|e| vec![e.to_string()])?;
     let key = enclava_contracts::farm::host_binding_key(&host.pubkey, &host.capacity);
-    let bound = binding::report_data(binding::FARM_HOST, &key, Some(host.nonce.as_bytes()));
-    let verdict = check(policy, &claims, now, Some(&bound));
-    if !verdict.accepted {
-        return Err(verdict.failures);
-    }
+    let label = enclava_attest::binding::FARM_HOST;
+    let claims = verifier.judge(policy, &host.evidence, label, &key, host.nonce.as_bytes(), now).await?;
     if claims.platform.as_str() != host.platform {
         return Err(vec![format!("it says platform {} but its evidence is {}", host.platform, claims.platform)]);
     }

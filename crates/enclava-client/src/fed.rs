@@ -20,12 +20,20 @@ const MAX_ANSWER: usize = 64 << 20;
 #[derive(Clone, Debug)]
 pub struct FedClient {
     api: crate::rest::RestApi,
+    /// Verifies nodes' evidence in attested collaborations before anything is sealed to them.
+    verifier: std::sync::Arc<enclava_collateral::EvidenceVerifier>,
 }
 
 impl FedClient {
     /// A client of the server at `url` (`http://host:port`).
     pub fn new(url: &str, token: Option<Zeroizing<String>>) -> FedClient {
-        FedClient { api: crate::rest::RestApi::new(url, "fed", token, MAX_ANSWER) }
+        FedClient { api: crate::rest::RestApi::new(url, "fed", token, MAX_ANSWER), verifier: Default::default() }
+    }
+
+    /// Verifies nodes' evidence with `verifier` (one with a collateral source, for hardware TEEs).
+    pub fn with_verifier(mut self, verifier: std::sync::Arc<enclava_collateral::EvidenceVerifier>) -> FedClient {
+        self.verifier = verifier;
+        self
     }
 
     /// The credential it calls with.
@@ -154,6 +162,18 @@ impl FedClient {
         self.api.get("/node/me").await
     }
 
+    /// A one-use nonce to bind into the evidence this node attests with.
+    pub async fn node_nonce(&self) -> Result<String, Error> {
+        let v: serde_json::Value = self.api.post("/node/nonce", &serde_json::json!({})).await?;
+        v.get("nonce").and_then(|n| n.as_str()).map(str::to_owned).ok_or_else(|| Error::internal("no nonce"))
+    }
+
+    /// Joins (or stays in) an attested collaboration; returns when the admission ends (ms).
+    pub async fn attest(&self, a: &enclava_contracts::fed::AttestRequest) -> Result<i64, Error> {
+        let v: serde_json::Value = self.api.post("/node/attest", a).await?;
+        v.get("until_ms").and_then(|n| n.as_i64()).ok_or_else(|| Error::internal("no admission time"))
+    }
+
     pub async fn lease(&self, max: u32, wait: Duration) -> Result<Vec<LeasedRun>, Error> {
         self.api.post("/node/lease", &serde_json::json!({ "max": max, "wait_ms": wait.as_millis() as u64 })).await
     }
@@ -174,8 +194,20 @@ impl FedClient {
     /// The whole round trip of an initiator: stores `algorithm`, seals each organisation's input
     /// (JSON, vantage6's `{method, args, kwargs}`) to its key (unless the collaboration is not
     /// encrypted), creates the task and returns it with the seed of its result key.
+    ///
+    /// In an attested collaboration each input is sealed instead to the key of that
+    /// organisation's node, after its evidence verified here under the collaboration's policy and
+    /// bound that key to the server's nonce: it opens only inside that node's TEE.
     pub async fn start_task(&self, t: &TaskRequest<'_>) -> Result<(TaskView, Zeroizing<[u8; 32]>), Error> {
         let collab = self.collaboration(t.collaboration).await?;
+        let attested = match &collab.require_attestation {
+            Some(text) => {
+                let policy = enclava_attest::Policy::parse(text)
+                    .map_err(|e| Error::invalid(format!("the collaboration's attestation policy: {e}")))?;
+                Some((policy, self.nodes(Some(&collab.id)).await?))
+            }
+            None => None,
+        };
         let algorithm = self.add_algorithm(t.algorithm.to_vec()).await?;
         let id = crate::farm::new_job_id();
         let mut seed = Zeroizing::new([0u8; 32]);
@@ -185,7 +217,11 @@ impl FedClient {
         for (i, (org, input)) in t.inputs.iter().enumerate() {
             let view = self.organisation(org).await?;
             let bytes = Zeroizing::new(serde_json::to_vec(input).map_err(|e| Error::internal(e.to_string()))?);
-            organisations.push(if collab.encrypted {
+            organisations.push(if let Some((policy, nodes)) = &attested {
+                let key = self.attested_key(policy, nodes, &view).await?;
+                let sealed = seal_input(&key, &id, &run_id(&id, i), &view.id, &bytes)?;
+                OrgInput { organisation: view.id, sealed: Some(sealed), plain: None }
+            } else if collab.encrypted {
                 if view.public_key.len() != 32 {
                     return Err(Error::new(
                         ErrorCode::FailedPrecondition,
@@ -214,6 +250,41 @@ impl FedClient {
             parent: None,
         };
         Ok((self.create_task(&task).await?, seed))
+    }
+
+    /// The key of `org`'s node in an attested collaboration, once its evidence passes `policy`
+    /// here and binds that key to the server's nonce.
+    async fn attested_key(
+        &self,
+        policy: &enclava_attest::Policy,
+        nodes: &[NodeView],
+        org: &OrganisationView,
+    ) -> Result<Vec<u8>, Error> {
+        let node = nodes.iter().find(|n| n.organisation.id == org.id).ok_or_else(|| {
+            Error::new(
+                ErrorCode::FailedPrecondition,
+                format!("organisation {} has no node in this collaboration", org.name),
+            )
+        })?;
+        let Some(a) = &node.attestation else {
+            return Err(Error::new(
+                ErrorCode::FailedPrecondition,
+                format!(
+                    "{}'s node is not admitted to this attested collaboration: {}",
+                    org.name,
+                    node.attestation_failure.as_deref().unwrap_or("it has not attested")
+                ),
+            ));
+        };
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let label = enclava_attest::binding::FED_NODE;
+        self.verifier.judge(policy, &a.evidence, label, &a.public_key, a.nonce.as_bytes(), now).await.map_err(|r| {
+            Error::new(
+                ErrorCode::FailedPrecondition,
+                format!("{}'s node failed your check of its evidence: {}", org.name, r.join("; ")),
+            )
+        })?;
+        Ok(a.public_key.clone())
     }
 
     /// Each run's result opened with the task's result seed (for an encrypted collaboration), as

@@ -169,6 +169,32 @@ impl EvidenceVerifier {
         let collateral = self.collateral(evidence, sim_root, now).await;
         self.warm.verify(evidence, &collateral, now)
     }
+
+    /// Judges `evidence` (raw bytes) under `policy` at `now`: it parses, its platform is one the
+    /// policy names, it verifies, it passes the policy, and its report data binds `key` and
+    /// `nonce` under `label` (`enclava_attest::binding`). The claims, or every reason it fails.
+    pub async fn judge(
+        &self,
+        policy: &enclava_attest::Policy,
+        evidence: &[u8],
+        label: &str,
+        key: &[u8],
+        nonce: &[u8],
+        now: u64,
+    ) -> Result<enclava_attest::Claims, Vec<String>> {
+        let evidence = enclava_attest::Evidence::detect(evidence.to_vec()).map_err(|e| vec![e.to_string()])?;
+        if policy.rules(evidence.platform()).is_none() {
+            return Err(vec![format!("platform {} is not allowed by this policy", evidence.platform())]);
+        }
+        let sim_root = policy.sim_root().map_err(|e| vec![e])?;
+        let claims = self.verify(&evidence, sim_root, now).await.map_err(|e| vec![e.to_string()])?;
+        let bound = enclava_attest::binding::report_data(label, key, Some(nonce));
+        let verdict = enclava_attest::policy::check(policy, &claims, now, Some(&bound));
+        if !verdict.accepted {
+            return Err(verdict.failures);
+        }
+        Ok(claims)
+    }
 }
 
 /// Collateral from files.

@@ -95,6 +95,41 @@ pub struct NodeView {
     pub collaboration: Link,
     pub online: bool,
     pub last_seen_ms: i64,
+    /// In an attested collaboration: the node's last evidence that passed the collaboration's
+    /// policy, while it holds (initiators verify it again themselves and seal inputs to its key).
+    #[serde(default)]
+    pub attestation: Option<NodeAttestation>,
+    /// Why the node is not (or no longer) admitted, when it is not.
+    #[serde(default)]
+    pub attestation_failure: Option<String>,
+}
+
+/// A node's admission to an attested collaboration: evidence binding its key to the server's
+/// nonce (the `FED_NODE` label of `enclava_attest::binding`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeAttestation {
+    #[serde(with = "crate::base64_bytes")]
+    pub public_key: Vec<u8>,
+    #[serde(with = "crate::base64_bytes")]
+    pub evidence: Vec<u8>,
+    pub nonce: String,
+    pub platform: String,
+    pub measurement: String,
+    pub attested_ms: i64,
+    /// It must attest again before this (at most 10 minutes after the last time).
+    pub until_ms: i64,
+}
+
+/// `POST /fed/v1/node/attest`: fresh evidence binding the node's key to a nonce from
+/// `POST /fed/v1/node/nonce`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttestRequest {
+    pub nonce: String,
+    #[serde(with = "crate::base64_bytes")]
+    pub public_key: Vec<u8>,
+    #[serde(with = "crate::base64_bytes")]
+    pub evidence: Vec<u8>,
 }
 
 /// A new node and its API key (shown once).
@@ -245,6 +280,10 @@ pub struct LeasedRun {
     pub algorithm: String,
     pub databases: Vec<String>,
     pub encrypted: bool,
+    /// The input was sealed to this node's attested key (an attested collaboration), not to the
+    /// organisation's.
+    #[serde(default)]
+    pub attested: bool,
     #[serde(default)]
     pub sealed: Option<SealedBlob>,
     #[serde(default)]

@@ -22,8 +22,8 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use enclava_contracts::fed::{
-    CollaborationView, CreatedNode, LeasedRun, Link, NewCollaboration, NewNode, NewTask, NodeView, OrgInput,
-    OrganisationView, RunDone, RunView, TaskView,
+    AttestRequest, CollaborationView, CreatedNode, LeasedRun, Link, NewCollaboration, NewNode, NewTask,
+    NodeAttestation, NodeView, OrgInput, OrganisationView, RunDone, RunView, TaskView,
 };
 use enclava_core::{Error, ErrorCode};
 use enclava_identity::rules::{Operation, PrincipalKind, Target};
@@ -34,25 +34,34 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 /// The federation's tables.
-pub const MIGRATIONS: Migrations = &[&[
-    "CREATE TABLE fed_org_keys (org TEXT PRIMARY KEY, pubkey TEXT NOT NULL)",
-    "CREATE TABLE fed_collabs (id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, encrypted BIGINT NOT NULL, \
+pub const MIGRATIONS: Migrations = &[
+    &[
+        "CREATE TABLE fed_org_keys (org TEXT PRIMARY KEY, pubkey TEXT NOT NULL)",
+        "CREATE TABLE fed_collabs (id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, encrypted BIGINT NOT NULL, \
      policy TEXT, created_by TEXT NOT NULL, created_ms BIGINT NOT NULL)",
-    "CREATE TABLE fed_members (collab TEXT NOT NULL, org TEXT NOT NULL, PRIMARY KEY (collab, org))",
-    "CREATE TABLE fed_nodes (id TEXT PRIMARY KEY, service TEXT NOT NULL UNIQUE, org TEXT NOT NULL, collab TEXT NOT NULL, \
+        "CREATE TABLE fed_members (collab TEXT NOT NULL, org TEXT NOT NULL, PRIMARY KEY (collab, org))",
+        "CREATE TABLE fed_nodes (id TEXT PRIMARY KEY, service TEXT NOT NULL UNIQUE, org TEXT NOT NULL, collab TEXT NOT NULL, \
      name TEXT NOT NULL, last_seen_ms BIGINT NOT NULL, created_ms BIGINT NOT NULL, UNIQUE (org, collab))",
-    "CREATE TABLE fed_algorithms (sha256 TEXT PRIMARY KEY, owner TEXT NOT NULL, data TEXT NOT NULL, created_ms BIGINT NOT NULL)",
-    "CREATE TABLE fed_tasks (id TEXT PRIMARY KEY, collab TEXT NOT NULL, name TEXT NOT NULL, initiator TEXT NOT NULL, \
+        "CREATE TABLE fed_algorithms (sha256 TEXT PRIMARY KEY, owner TEXT NOT NULL, data TEXT NOT NULL, created_ms BIGINT NOT NULL)",
+        "CREATE TABLE fed_tasks (id TEXT PRIMARY KEY, collab TEXT NOT NULL, name TEXT NOT NULL, initiator TEXT NOT NULL, \
      initiator_org TEXT, parent TEXT, job TEXT NOT NULL, kind TEXT NOT NULL, algorithm TEXT NOT NULL, databases TEXT NOT NULL, \
      result_key TEXT NOT NULL, spec TEXT NOT NULL, created_ms BIGINT NOT NULL)",
-    "CREATE INDEX fed_tasks_collab ON fed_tasks (collab, created_ms)",
-    "CREATE INDEX fed_tasks_parent ON fed_tasks (parent)",
-    "CREATE TABLE fed_runs (id TEXT PRIMARY KEY, task TEXT NOT NULL, org TEXT NOT NULL, input TEXT NOT NULL, \
+        "CREATE INDEX fed_tasks_collab ON fed_tasks (collab, created_ms)",
+        "CREATE INDEX fed_tasks_parent ON fed_tasks (parent)",
+        "CREATE TABLE fed_runs (id TEXT PRIMARY KEY, task TEXT NOT NULL, org TEXT NOT NULL, input TEXT NOT NULL, \
      state TEXT NOT NULL, node TEXT, lease TEXT, lease_until_ms BIGINT NOT NULL, attempts BIGINT NOT NULL, \
      reasons TEXT NOT NULL, result TEXT, receipt TEXT, created_ms BIGINT NOT NULL, updated_ms BIGINT NOT NULL)",
-    "CREATE INDEX fed_runs_queue ON fed_runs (org, state, created_ms)",
-    "CREATE INDEX fed_runs_task ON fed_runs (task)",
-]];
+        "CREATE INDEX fed_runs_queue ON fed_runs (org, state, created_ms)",
+        "CREATE INDEX fed_runs_task ON fed_runs (task)",
+    ],
+    &[
+        // Attested collaborations: one-use nonces for nodes, and each node's admission.
+        "CREATE TABLE fed_nonces (nonce TEXT PRIMARY KEY, node TEXT NOT NULL, expires_ms BIGINT NOT NULL)",
+        "CREATE TABLE fed_node_attest (node TEXT PRIMARY KEY, pubkey TEXT NOT NULL, evidence TEXT NOT NULL, \
+     nonce TEXT NOT NULL, platform TEXT NOT NULL, measurement TEXT NOT NULL, attested_ms BIGINT NOT NULL, \
+     until_ms BIGINT NOT NULL, failure TEXT)",
+    ],
+];
 
 /// How the federation runs.
 #[derive(Debug, Clone)]
@@ -67,6 +76,11 @@ pub struct FedConfig {
     pub max_algorithm_bytes: usize,
     /// The largest result.
     pub max_result_bytes: usize,
+    /// How long a node's admission to an attested collaboration holds before it must attest
+    /// again (at most 10 minutes).
+    pub attestation_valid: Duration,
+    /// Verifies nodes' evidence for attested collaborations.
+    pub verifier: Arc<enclava_collateral::EvidenceVerifier>,
 }
 
 impl Default for FedConfig {
@@ -77,6 +91,8 @@ impl Default for FedConfig {
             node_timeout: Duration::from_secs(20),
             max_algorithm_bytes: 16 << 20,
             max_result_bytes: 8 << 20,
+            attestation_valid: Duration::from_secs(600),
+            verifier: Arc::new(enclava_collateral::EvidenceVerifier::default()),
         }
     }
 }
@@ -104,6 +120,11 @@ pub struct Node {
 }
 
 const PREFIX: &str = "/fed/v1";
+
+/// A node with its admission, for [`Fed::node_view_row`].
+const NODE_SELECT: &str = "SELECT n.id, n.name, n.org, n.collab, n.last_seen_ms, a.pubkey, a.evidence, a.nonce, \
+     a.platform, a.measurement, a.attested_ms, a.until_ms, a.failure FROM fed_nodes n \
+     LEFT JOIN fed_node_attest a ON a.node = n.id";
 
 fn link(kind: &str, id: &str) -> Link {
     Link { id: id.to_owned(), link: format!("{PREFIX}/{kind}/{id}") }
@@ -372,12 +393,14 @@ impl Fed {
         if c.organisations.is_empty() || c.organisations.len() > 1000 {
             return Err(Error::invalid("a collaboration has 1 to 1000 organisations"));
         }
-        if c.require_attestation.is_some() {
-            return Err(Error::new(
-                ErrorCode::FailedPrecondition,
-                "attested collaborations are not served by this release yet: nodes' evidence is not checked against a \
-                 collaboration policy, so one would be attested in name only; create it without --require-attestation",
-            ));
+        if let Some(policy) = &c.require_attestation {
+            enclava_attest::Policy::parse(policy)
+                .map_err(|e| Error::invalid(format!("the attestation policy does not parse: {e}")))?;
+            if !c.encrypted {
+                return Err(Error::invalid(
+                    "an attested collaboration is encrypted: inputs are sealed to attested keys",
+                ));
+            }
         }
         let mut orgs = BTreeSet::new();
         for o in &c.organisations {
@@ -532,7 +555,7 @@ impl Fed {
     }
 
     pub async fn node_view(&self, id: &str) -> Result<NodeView, Error> {
-        let r = sqlx::query("SELECT id, name, org, collab, last_seen_ms FROM fed_nodes WHERE id = $1")
+        let r = sqlx::query(sqlx::AssertSqlSafe(format!("{NODE_SELECT} WHERE n.id = $1")))
             .bind(id)
             .fetch_optional(self.db.pool())
             .await?
@@ -543,20 +566,43 @@ impl Fed {
     fn node_view_row(&self, r: &AnyRow) -> Result<NodeView, Error> {
         let id: String = r.try_get(0)?;
         let seen: i64 = r.try_get(4)?;
+        let now = now_ms();
+        let until: Option<i64> = r.try_get(11)?;
+        let decode = |s: String| STANDARD.decode(s).map_err(|_| Error::internal("a stored attestation is damaged"));
+        let attestation = match until {
+            Some(until) if until > now => Some(NodeAttestation {
+                public_key: decode(r.try_get(5)?)?,
+                evidence: decode(r.try_get(6)?)?,
+                nonce: r.try_get(7)?,
+                platform: r.try_get(8)?,
+                measurement: r.try_get(9)?,
+                attested_ms: r.try_get(10)?,
+                until_ms: until,
+            }),
+            _ => None,
+        };
+        let failure: Option<String> = r.try_get(12)?;
+        let attestation_failure = match (until, failure) {
+            (_, Some(f)) => Some(f),
+            (Some(u), None) if u <= now => Some("its admission expired: it did not attest again in time".into()),
+            _ => None,
+        };
         Ok(NodeView {
             link: link("nodes", &id).link,
             name: r.try_get(1)?,
             organisation: link("organisations", &r.try_get::<String, _>(2)?),
             collaboration: link("collaborations", &r.try_get::<String, _>(3)?),
-            online: now_ms() - seen < self.config.node_timeout.as_millis() as i64,
+            online: now - seen < self.config.node_timeout.as_millis() as i64,
             last_seen_ms: seen,
+            attestation,
+            attestation_failure,
             id,
         })
     }
 
     /// The nodes `p` may see (of one collaboration, or all).
     pub async fn nodes(&self, p: &Principal, collab: Option<&str>) -> Result<Vec<NodeView>, Error> {
-        let rows = sqlx::query("SELECT id, name, org, collab, last_seen_ms FROM fed_nodes ORDER BY name")
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!("{NODE_SELECT} ORDER BY n.name")))
             .fetch_all(self.db.pool())
             .await?;
         let mut out = Vec::new();
@@ -938,10 +984,128 @@ impl Fed {
 
     // ---- the node's side ----
 
+    /// The attestation policy of `collab`, when it requires one.
+    async fn collab_policy(&self, collab: &str) -> Result<Option<enclava_attest::Policy>, Error> {
+        let r = self.collab_row(collab).await?.ok_or_else(|| no("collaboration", collab))?;
+        let text: Option<String> = r.try_get(3)?;
+        text.map(|t| enclava_attest::Policy::parse(&t).map_err(|e| Error::internal(format!("a stored policy: {e}"))))
+            .transpose()
+    }
+
+    /// A one-use nonce (valid 60 s) a node binds into the evidence it joins an attested
+    /// collaboration with.
+    pub async fn node_nonce(&self, node: &Node) -> Result<String, Error> {
+        let now = now_ms();
+        let mut w = self.db.begin_write().await?;
+        sqlx::query("DELETE FROM fed_nonces WHERE expires_ms < $1").bind(now).execute(&mut *w).await?;
+        let live: i64 = sqlx::query("SELECT COUNT(*) FROM fed_nonces WHERE node = $1")
+            .bind(&node.id)
+            .fetch_one(&mut *w)
+            .await?
+            .try_get(0)?;
+        if live >= 16 {
+            return Err(Error { retry_after: Some(5), ..Error::unavailable("too many nonces for this node at once") });
+        }
+        let nonce = random_hex(32);
+        sqlx::query("INSERT INTO fed_nonces (nonce, node, expires_ms) VALUES ($1, $2, $3)")
+            .bind(&nonce)
+            .bind(&node.id)
+            .bind(now + 60_000)
+            .execute(&mut *w)
+            .await?;
+        w.commit().await?;
+        Ok(nonce)
+    }
+
+    /// Admits `node` to its attested collaboration for [`FedConfig::attestation_valid`] when its
+    /// evidence verifies, passes the collaboration's policy and binds its key to the nonce; drops
+    /// it, with the reasons, when it does not. Returns the admission's end (ms).
+    pub async fn attest(&self, node: &Node, a: &AttestRequest) -> Result<i64, Error> {
+        let Some(policy) = self.collab_policy(&node.collaboration).await? else {
+            return Err(Error::invalid("this node's collaboration does not require attestation"));
+        };
+        if a.public_key.len() != 32 {
+            return Err(Error::invalid("a node key is 32 bytes (X25519)"));
+        }
+        let now = now_ms();
+        let mut w = self.db.begin_write().await?;
+        let used = sqlx::query("DELETE FROM fed_nonces WHERE nonce = $1 AND node = $2 AND expires_ms >= $3")
+            .bind(&a.nonce)
+            .bind(&node.id)
+            .bind(now)
+            .execute(&mut *w)
+            .await?
+            .rows_affected();
+        w.commit().await?;
+        if used != 1 {
+            return Err(Error::new(ErrorCode::Stale, "the nonce is unknown, used or expired: ask for a new one"));
+        }
+        let secs = (now / 1000).max(0) as u64;
+        let label = enclava_attest::binding::FED_NODE;
+        let verdict =
+            self.config.verifier.judge(&policy, &a.evidence, label, &a.public_key, a.nonce.as_bytes(), secs).await;
+        let mut w = self.db.begin_write().await?;
+        sqlx::query("DELETE FROM fed_node_attest WHERE node = $1").bind(&node.id).execute(&mut *w).await?;
+        let insert = "INSERT INTO fed_node_attest (node, pubkey, evidence, nonce, platform, measurement, attested_ms, \
+                      until_ms, failure) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+        let out = match verdict {
+            Ok(claims) => {
+                let until = now + self.config.attestation_valid.as_millis() as i64;
+                sqlx::query(insert)
+                    .bind(&node.id)
+                    .bind(STANDARD.encode(&a.public_key))
+                    .bind(STANDARD.encode(&a.evidence))
+                    .bind(&a.nonce)
+                    .bind(claims.platform.as_str())
+                    .bind(hex::encode(&claims.measurement))
+                    .bind(now)
+                    .bind(until)
+                    .bind(None::<String>)
+                    .execute(&mut *w)
+                    .await?;
+                tracing::info!(node = %node.id, platform = %claims.platform, "node admitted to its attested collaboration");
+                Ok(until)
+            }
+            Err(reasons) => {
+                let why = format!("its evidence failed the collaboration's policy: {}", reasons.join("; "));
+                sqlx::query(insert)
+                    .bind(&node.id)
+                    .bind(STANDARD.encode(&a.public_key))
+                    .bind("")
+                    .bind(&a.nonce)
+                    .bind("")
+                    .bind("")
+                    .bind(now)
+                    .bind(0i64)
+                    .bind(enclava_core::text::prefix(&why, 1000))
+                    .execute(&mut *w)
+                    .await?;
+                tracing::warn!(node = %node.id, reason = %why, "node dropped from its attested collaboration");
+                Err(Error::forbidden(why))
+            }
+        };
+        w.commit().await?;
+        out
+    }
+
     /// Leases up to `max` pending runs of `node`'s organisation in its collaboration. A run whose
     /// parent task failed or was killed is killed here, with that reason, instead.
     pub async fn lease(&self, node: &Node, max: u32) -> Result<Vec<LeasedRun>, Error> {
         let now = now_ms();
+        let attested = self.collab_policy(&node.collaboration).await?.is_some();
+        if attested {
+            let view = self.node_view(&node.id).await?;
+            if view.attestation.is_none() {
+                return Err(Error::new(
+                    ErrorCode::FailedPrecondition,
+                    format!(
+                        "this collaboration requires attestation and this node is not admitted ({}): attest with fresh \
+                         evidence (POST /fed/v1/node/attest)",
+                        view.attestation_failure.as_deref().unwrap_or("it has not attested")
+                    ),
+                ));
+            }
+        }
         let mut w = self.db.begin_write().await?;
         sqlx::query("UPDATE fed_nodes SET last_seen_ms = $1 WHERE id = $2")
             .bind(now)
@@ -1011,6 +1175,7 @@ impl Fed {
                 algorithm: r.try_get(7)?,
                 databases: serde_json::from_str(&r.try_get::<String, _>(8)?).unwrap_or_default(),
                 encrypted: r.try_get::<i64, _>(11)? != 0,
+                attested,
                 sealed: input.sealed,
                 plain: input.plain,
                 result_key: STANDARD

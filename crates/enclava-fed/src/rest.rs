@@ -11,8 +11,8 @@ use axum::http::HeaderMap;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use enclava_contracts::fed::{
-    CollaborationView, CreatedNode, LeasedRun, NewCollaboration, NewNode, NewTask, NodeView, OrganisationView, RunDone,
-    RunView, TaskView,
+    AttestRequest, CollaborationView, CreatedNode, LeasedRun, NewCollaboration, NewNode, NewTask, NodeView,
+    OrganisationView, RunDone, RunView, TaskView,
 };
 use enclava_core::Error;
 use enclava_identity::Principal;
@@ -42,6 +42,8 @@ pub fn router(fed: Arc<Fed>) -> Router {
         .route("/v1/tasks/{id}/kill", post(kill))
         .route("/v1/runs", get(runs))
         .route("/v1/node/me", get(me))
+        .route("/v1/node/nonce", post(node_nonce))
+        .route("/v1/node/attest", post(attest))
         .route("/v1/node/lease", post(lease))
         .route("/v1/node/runs/{id}/renew", post(renew))
         .route("/v1/node/runs/{id}/complete", post(complete))
@@ -234,6 +236,19 @@ async fn me(State(f): State<Arc<Fed>>, h: HeaderMap) -> Result<Json<NodeView>, E
     let p = caller(&f, &h).await?;
     let node = f.node(&p).await?;
     Ok(Json(f.node_view(&node.id).await?))
+}
+
+async fn node_nonce(State(f): State<Arc<Fed>>, h: HeaderMap) -> Result<Json<serde_json::Value>, Error> {
+    let p = caller(&f, &h).await?;
+    let node = f.node(&p).await?;
+    Ok(Json(serde_json::json!({ "nonce": f.node_nonce(&node).await? })))
+}
+
+async fn attest(State(f): State<Arc<Fed>>, h: HeaderMap, body: Bytes) -> Result<Json<serde_json::Value>, Error> {
+    let p = caller(&f, &h).await?;
+    let node = f.node(&p).await?;
+    let a: AttestRequest = json_body(&body)?;
+    Ok(Json(serde_json::json!({ "until_ms": f.attest(&node, &a).await? })))
 }
 
 async fn lease(State(f): State<Arc<Fed>>, h: HeaderMap, body: Bytes) -> Result<Json<Vec<LeasedRun>>, Error> {

@@ -46,6 +46,11 @@ pub struct FedNodeConfig {
     pub timeout: Duration,
     /// A Wasm engine to share (nodes in one process); `None` makes one.
     pub wasm: Option<Arc<enclava_wasm::WasmEngine>>,
+    /// The node's TEE: needed to join an attested collaboration (inputs are sealed to its key).
+    pub attester: Option<enclava_node::Attester>,
+    /// How often it attests again in an attested collaboration (the server holds an admission
+    /// for 10 minutes).
+    pub reattest: Duration,
 }
 
 impl FedNodeConfig {
@@ -62,6 +67,8 @@ impl FedNodeConfig {
             max_runs: 4,
             timeout: Duration::from_secs(300),
             wasm: None,
+            attester: None,
+            reattest: Duration::from_secs(300),
         }
     }
 }
@@ -76,6 +83,8 @@ pub struct FedNode {
 }
 
 struct Shared {
+    /// Its collaboration requires attestation.
+    attested: bool,
     config: FedNodeConfig,
     key: enclava_seal::KeyPair,
     wasm: Arc<enclava_wasm::WasmEngine>,
@@ -88,6 +97,20 @@ impl FedNode {
     pub async fn start(config: FedNodeConfig) -> Result<FedNode, Error> {
         let client = FedClient::new(&config.server, Some(config.api_key.clone()));
         let me = client.me().await?;
+        let collab = client.collaboration(&me.collaboration.id).await?;
+        let attested = collab.require_attestation.is_some();
+        if attested {
+            let Some(attester) = &config.attester else {
+                return Err(Error::new(
+                    ErrorCode::FailedPrecondition,
+                    format!(
+                        "collaboration {} requires attestation: start this node on a TEE (a node with evidence)",
+                        collab.name
+                    ),
+                ));
+            };
+            attest(&client, attester).await?;
+        }
         let key = load_or_make_key(&config.key_file)?;
         let org = client.organisation(&me.organisation.id).await?;
         if org.public_key.is_empty() {
@@ -114,7 +137,7 @@ impl FedNode {
             Some(_) => Some(enclava_process::ProcessSandbox::find()?),
             None => None,
         };
-        let shared = Arc::new(Shared { config, key, wasm, process });
+        let shared = Arc::new(Shared { attested, config, key, wasm, process });
         let (stop, stop_rx) = watch::channel(false);
         let task = tokio::spawn(pull(shared, client, stop_rx));
         tracing::info!(node = %me.id, org = %me.organisation.id, collab = %me.collaboration.id, "federation node started");
@@ -175,13 +198,39 @@ fn load_or_make_key(path: &Path) -> Result<enclava_seal::KeyPair, Error> {
     }
 }
 
+/// Joins the node's attested collaboration: fresh evidence binding its key to a nonce of the
+/// server's. Fails with the server's reasons when the evidence does not pass.
+async fn attest(client: &FedClient, attester: &enclava_node::Attester) -> Result<i64, Error> {
+    let nonce = client.node_nonce().await?;
+    let evidence = attester.fed_evidence(nonce.as_bytes()).ok_or_else(|| {
+        Error::new(ErrorCode::FailedPrecondition, format!("this node ({}) cannot attest", attester.platform()))
+    })?;
+    let until = client
+        .attest(&enclava_contracts::fed::AttestRequest { nonce, public_key: attester.public_key().to_vec(), evidence })
+        .await?;
+    tracing::info!(until_ms = until, "admitted to the attested collaboration");
+    Ok(until)
+}
+
 async fn pull(shared: Arc<Shared>, client: FedClient, mut stop: watch::Receiver<bool>) {
     let mut running = tokio::task::JoinSet::new();
     let mut backoff = Duration::from_millis(100);
+    let mut attest_at = tokio::time::Instant::now() + shared.config.reattest;
     loop {
         while running.try_join_next().is_some() {}
         if *stop.borrow() {
             return;
+        }
+        if let (true, Some(attester)) = (shared.attested, &shared.config.attester)
+            && tokio::time::Instant::now() >= attest_at
+        {
+            match attest(&client, attester).await {
+                Ok(_) => attest_at = tokio::time::Instant::now() + shared.config.reattest,
+                Err(e) => {
+                    tracing::warn!(error = %e, "attesting again failed; retrying in 5 s");
+                    attest_at = tokio::time::Instant::now() + Duration::from_secs(5);
+                }
+            }
         }
         let free = shared.config.max_runs.saturating_sub(running.len());
         if free == 0 {
@@ -301,7 +350,15 @@ async fn execute(shared: &Shared, client: &FedClient, run: &LeasedRun, work: &Pa
             r => break r?,
         }
     };
-    let input = enclava_client::fed::open_input(&shared.key, run)?;
+    let input = match (&shared.config.attester, &run.sealed) {
+        (Some(attester), Some(sealed)) if run.attested => {
+            attester.open_fed_input(&enclava_contracts::fed::run_aad(&run.task, &run.run, &run.organisation), sealed)?
+        }
+        _ if run.attested => {
+            return Err(Error::new(ErrorCode::Tampered, "an attested run's input must be sealed to this node's TEE"));
+        }
+        _ => enclava_client::fed::open_input(&shared.key, run)?,
+    };
     let io = |e: std::io::Error| Error::unavailable(format!("cannot prepare the run's folder: {e}"));
     let _ = std::fs::remove_dir_all(work);
     std::fs::create_dir_all(work.join("data")).map_err(io)?;

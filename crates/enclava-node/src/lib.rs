@@ -161,6 +161,33 @@ impl Attester {
         self.tee.evidence(&rd, now_secs())
     }
 
+    /// Fresh evidence binding this node's request key for a federation server's `nonce`
+    /// (`binding::FED_NODE`). `None` where the node cannot attest.
+    pub fn fed_evidence(&self, nonce: &[u8]) -> Option<Vec<u8>> {
+        let rd = enclava_attest::binding::report_data(
+            enclava_attest::binding::FED_NODE,
+            self.request_key.public(),
+            Some(nonce),
+        );
+        self.tee.evidence(&rd, now_secs())
+    }
+
+    /// Opens a federated run's input sealed to this node's attested key (`fed::INPUT_INFO`, bound
+    /// to `aad`, the run's task, run and organisation). The input stays in this process.
+    pub fn open_fed_input(
+        &self,
+        aad: &[u8],
+        sealed: &enclava_contracts::farm::SealedBlob,
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, enclava_core::Error> {
+        let s = enclava_seal::Sealed { enc: sealed.enc.clone(), ciphertext: sealed.ciphertext.clone() };
+        self.request_key.pair().open(enclava_contracts::fed::INPUT_INFO, aad, &s).map_err(|_| {
+            enclava_core::Error::new(
+                enclava_core::ErrorCode::Tampered,
+                "the input does not open with this node's attested key: sealed to another node, run or organisation, or changed",
+            )
+        })
+    }
+
     /// Opens a farm job's key, which its submitter sealed to this node's request key for this
     /// exact job spec only. The key stays in this process.
     pub fn open_job_key(

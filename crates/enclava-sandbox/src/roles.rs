@@ -128,8 +128,15 @@ fn federation<'a>(ctx: &'a RoleContext<'a>) -> BoxFuture<'a, anyhow::Result<Arc<
     Box::pin(async move {
         let broker = ctx.broker.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let broker = broker.context("the federation role needs the keys role (its users and database)")?;
+        let verifier = match &ctx.config.collateral {
+            Some(spec) => enclava_collateral::EvidenceVerifier::new(Some(
+                enclava_collateral::open_source(spec).map_err(|e| anyhow::anyhow!("--collateral: {e}"))?,
+            )),
+            None => enclava_collateral::EvidenceVerifier::default(),
+        };
         let config = enclava_fed::FedConfig {
             lease: std::time::Duration::from_millis(ctx.config.farm_lease_ms),
+            verifier: Arc::new(verifier),
             ..Default::default()
         };
         let fed = enclava_fed::Fed::open(broker.store().audit().clone(), broker.identity().clone(), config).await?;

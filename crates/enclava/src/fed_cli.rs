@@ -64,6 +64,10 @@ pub enum CollabCommand {
         /// Let inputs and results travel readable (vantage6's `encrypted: false`)
         #[arg(long)]
         unencrypted: bool,
+        /// Admit only nodes whose evidence passes this policy (TOML), re-checked every 10
+        /// minutes; inputs are then sealed to each node's attested key
+        #[arg(long)]
+        require_attestation: Option<PathBuf>,
     },
     /// Collaborations you may see.
     List {
@@ -208,13 +212,16 @@ pub async fn org(a: OrgArgs, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Re
 pub async fn collab(a: CollabArgs, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<ExitCode> {
     let (c, _) = client(&a.target, env)?;
     match a.command {
-        CollabCommand::Create { name, orgs, unencrypted } => {
+        CollabCommand::Create { name, orgs, unencrypted, require_attestation } => {
+            let policy = require_attestation
+                .map(|p| std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display())))
+                .transpose()?;
             let v = c
                 .create_collaboration(&NewCollaboration {
                     name,
                     organisations: orgs,
                     encrypted: !unencrypted,
-                    require_attestation: None,
+                    require_attestation: policy,
                 })
                 .await
                 .map_err(said)?;

@@ -149,6 +149,7 @@ async fn a_federated_mean_over_three_organisations_sealed_end_to_end() {
         algorithm: String::new(),
         databases: Vec::new(),
         encrypted: true,
+        attested: false,
         sealed: Some(sealed.clone()),
         plain: None,
         result_key: Vec::new(),
@@ -294,5 +295,136 @@ async fn a_server_restarted_mid_run_loses_nothing_and_runs_nothing_twice() {
     for node in running {
         node.shutdown().await;
     }
+    sandbox.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attested_collaboration_admits_only_nodes_whose_evidence_passes_and_drops_one_that_stops() {
+    let sandbox = SandboxBuilder::new().configure(|c| c.farm_lease_ms = 1000).start().await.expect("starts");
+    let admin = FedClient::new(sandbox.url(), Some(Zeroizing::new(sandbox.admin().await.expect("admin"))));
+    for org in ["t1", "t2", "t3"] {
+        admin.create_organisation(org).await.expect("organisation");
+    }
+    let (me, researcher) = user(&sandbox).await;
+    admin.add_member("t1", &me, &["researcher"]).await.expect("member");
+    let collab = admin
+        .create_collaboration(&NewCollaboration {
+            name: "secure".into(),
+            organisations: vec!["t1".into(), "t2".into(), "t3".into()],
+            encrypted: true,
+            require_attestation: Some(sandbox.sim_policy(&[])),
+        })
+        .await
+        .expect("an attested collaboration");
+    let mut keys = Vec::new();
+    for org in ["t1", "t2", "t3"] {
+        let created = admin
+            .create_node(&NewNode { collaboration: collab.id.clone(), organisation: Some(org.into()), name: None })
+            .await
+            .expect("node");
+        keys.push(Zeroizing::new(created.api_key));
+    }
+    let config = |i: usize, dir: &str| {
+        let d = sandbox.dir().join(dir);
+        let mut c = FedNodeConfig::new(sandbox.url(), keys[i].clone(), &d);
+        c.timeout = Duration::from_secs(20);
+        c
+    };
+    // Without a TEE, a node does not join.
+    let e = FedNode::start(config(0, "bare")).await.expect_err("no attester");
+    assert!(e.message.contains("requires attestation"), "{e:?}");
+    // A sim node of another deployment (another root) fails the collaboration's policy.
+    let other_root = sandbox.dir().join("other-root");
+    enclava_attest::sim::SimRoot::load_or_init(&other_root).expect("another deployment's root");
+    let mut spec = enclava_sandbox::NodeSpec::new("fed-t3");
+    spec.sim_root = Some(other_root);
+    let foreign = sandbox.detached_node(spec).await.expect("node");
+    let mut c3 = config(2, "t3");
+    c3.attester = Some(foreign.attester());
+    let e = FedNode::start(c3).await.expect_err("another deployment's evidence");
+    assert!(e.message.contains("policy"), "{e:?}");
+    let nodes = researcher.nodes(Some(&collab.id)).await.expect("nodes");
+    let t3 = nodes.iter().find(|n| n.attestation_failure.is_some()).expect("the refused node shows why");
+    assert!(t3.attestation.is_none());
+    // Two sim nodes of this deployment join; a task runs on them, its inputs sealed to their TEE
+    // keys (the organisation keys do not open them).
+    let mut running = Vec::new();
+    let mut handles = Vec::new();
+    for (i, name) in [(0, "fed-t1"), (1, "fed-t2")] {
+        let node = sandbox.detached_node(enclava_sandbox::NodeSpec::new(name)).await.expect("node");
+        let mut c = config(i, name);
+        c.attester = Some(node.attester());
+        running.push(FedNode::start(c).await.expect("admitted"));
+        handles.push(node);
+    }
+    let inputs: Vec<(&str, serde_json::Value)> =
+        ["t1", "t2"].iter().map(|o| (*o, serde_json::json!({"method": "echo"}))).collect();
+    let request = TaskRequest {
+        collaboration: &collab.id,
+        name: "attested",
+        kind: "wasm",
+        algorithm: enclava_wasm::examples::REVERSE.as_bytes(),
+        inputs: &inputs,
+        databases: &[],
+    };
+    let (task, seed) = researcher.start_task(&request).await.expect("task");
+    let done = researcher.wait(&task.id, Duration::from_secs(30)).await.expect("ends");
+    assert_eq!(done.status, "completed", "{:?}", researcher.runs(&task.id).await);
+    let results = researcher.results(&task.id, &seed).await.expect("results");
+    let reversed: String = r#"{"method":"echo"}"#.chars().rev().collect();
+    assert!(results.iter().all(|r| r.result.as_deref() == Some(reversed.as_bytes())), "{results:?}");
+    // The organisation's own key does not open what was sealed to its node's TEE.
+    let db = sandbox.broker().expect("keys").store().audit().database().clone();
+    use sqlx::Row;
+    let row = sqlx::query("SELECT input FROM fed_runs WHERE id = $1")
+        .bind(enclava_contracts::fed::run_id(&task.id, 0))
+        .fetch_one(db.pool())
+        .await
+        .expect("row");
+    let stored: enclava_contracts::fed::OrgInput =
+        serde_json::from_str(&row.try_get::<String, _>(0).expect("input")).expect("json");
+    let org_seed = std::fs::read_to_string(sandbox.dir().join("fed-t1/organisation.key")).expect("org key");
+    let org_key = enclava_seal::KeyPair::from_seed(&hex::decode(org_seed.trim()).expect("hex").try_into().expect("32"));
+    let as_org = enclava_contracts::fed::LeasedRun {
+        run: enclava_contracts::fed::run_id(&task.id, 0),
+        task: task.id.clone(),
+        job: task.id.clone(),
+        organisation: stored.organisation.clone(),
+        kind: "wasm".into(),
+        algorithm: String::new(),
+        databases: Vec::new(),
+        encrypted: true,
+        attested: false,
+        sealed: stored.sealed.clone(),
+        plain: None,
+        result_key: Vec::new(),
+        lease: String::new(),
+        lease_ms: 0,
+    };
+    assert!(
+        enclava_client::fed::open_input(&org_key, &as_org).is_err(),
+        "the organisation key opened a TEE-sealed input"
+    );
+    // A task naming the refused organisation is not sealed to anything.
+    let with_t3: Vec<(&str, serde_json::Value)> = vec![("t3", serde_json::json!({}))];
+    let e = researcher.start_task(&TaskRequest { inputs: &with_t3, ..request }).await.expect_err("not admitted");
+    assert!(e.message.contains("not admitted"), "{e:?}");
+    // A node whose evidence stops passing is dropped: garbage evidence from t2's credential.
+    let t2 = FedClient::new(sandbox.url(), Some(keys[1].clone()));
+    let nonce = t2.node_nonce().await.expect("nonce");
+    let bad =
+        enclava_contracts::fed::AttestRequest { nonce, public_key: vec![9; 32], evidence: b"not evidence".to_vec() };
+    assert_eq!(t2.attest(&bad).await.expect_err("refused").code, ErrorCode::PermissionDenied);
+    let e = t2.lease(1, Duration::ZERO).await.expect_err("dropped");
+    assert!(e.message.contains("not admitted"), "{e:?}");
+    let e = researcher.start_task(&request).await.expect_err("t2 dropped");
+    assert!(e.message.contains("not admitted"), "{e:?}");
+    for node in running {
+        node.shutdown().await;
+    }
+    for h in handles {
+        h.shutdown().await;
+    }
+    foreign.shutdown().await;
     sandbox.stop().await;
 }
