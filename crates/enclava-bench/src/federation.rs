@@ -37,12 +37,17 @@ pub async fn federation(args: FederationArgs) -> anyhow::Result<ExitCode> {
     let org = enclava_seal::KeyPair::generate();
     let input = vec![0x42u8; 1024];
     let mut floor = Vec::new();
+    let mut agreement = Vec::new();
     let mut sealing = Vec::new();
+    let (enc, _) = enclava_seal::encap_export(org.public(), b"bench", b"ctx").map_err(|e| anyhow::anyhow!("{e}"))?;
     let end = Instant::now() + dur;
     while Instant::now() < end || sealing.len() < 5 {
         let t = Instant::now();
         std::hint::black_box(enclava_contracts::farm::sha256_hex(&input));
         floor.push(t.elapsed());
+        let t = Instant::now();
+        std::hint::black_box(org.decap_export(b"bench", &enc, b"ctx").map_err(|e| anyhow::anyhow!("{e}"))?);
+        agreement.push(t.elapsed());
         let t = Instant::now();
         let sealed = enclava_client::fed::seal_input(org.public(), "t", "t-0", "o", &input).map_err(err)?;
         let run = leased(sealed);
@@ -50,15 +55,20 @@ pub async fn federation(args: FederationArgs) -> anyhow::Result<ExitCode> {
         sealing.push(t.elapsed());
         anyhow::ensure!(opened.len() == input.len(), "the input did not come back");
     }
-    let (floor, sealing) = (p50(floor), p50(sealing));
+    let (floor, agreement, sealing) = (p50(floor), p50(agreement), p50(sealing));
     println!("{:<52} {:>10}  goal", "federation", "p50");
     println!("{:<52} {:>8.1} µs  (floor)", "SHA-256 of 1 KB", floor.as_secs_f64() * 1e6);
     println!(
-        "{:<52} {:>8.1} µs  ≤ 100 µs ({:.2}× the goal, {:.0}× the floor)",
+        "{:<52} {:>8.1} µs  (floor: the least an HPKE open does)",
+        "one X25519 agreement + HKDF (HPKE receiver setup)",
+        agreement.as_secs_f64() * 1e6
+    );
+    println!(
+        "{:<52} {:>8.1} µs  ≤ 100 µs ({:.2}× the goal, {:.1}× one agreement; a seal and an open do three X25519 multiplications)",
         "1 KB input sealed to an organisation and opened",
         sealing.as_secs_f64() * 1e6,
         sealing.as_secs_f64() / 100e-6,
-        sealing.as_secs_f64() / floor.as_secs_f64()
+        sealing.as_secs_f64() / agreement.as_secs_f64()
     );
 
     let sandbox = enclava_sandbox::SandboxBuilder::new().start().await?;
@@ -120,6 +130,8 @@ fn leased(sealed: enclava_contracts::farm::SealedBlob) -> enclava_contracts::fed
         task: "t".into(),
         job: "t".into(),
         organisation: "o".into(),
+        initiator: String::new(),
+        initiator_organisation: None,
         kind: "wasm".into(),
         algorithm: String::new(),
         databases: Vec::new(),

@@ -276,6 +276,11 @@ pub struct LeasedRun {
     pub task: String,
     pub job: String,
     pub organisation: String,
+    /// Who created the task, and their organisation (a node's policy may refuse them).
+    #[serde(default)]
+    pub initiator: String,
+    #[serde(default)]
+    pub initiator_organisation: Option<String>,
     pub kind: String,
     pub algorithm: String,
     pub databases: Vec<String>,

@@ -1114,7 +1114,7 @@ impl Fed {
             .await?;
         let rows = sqlx::query(
             "SELECT r.id, r.task, r.input, r.attempts, r.reasons, t.job, t.kind, t.algorithm, t.databases, t.result_key, \
-             t.parent, c.encrypted FROM fed_runs r JOIN fed_tasks t ON t.id = r.task JOIN fed_collabs c ON c.id = t.collab \
+             t.parent, c.encrypted, t.initiator, t.initiator_org FROM fed_runs r JOIN fed_tasks t ON t.id = r.task JOIN fed_collabs c ON c.id = t.collab \
              WHERE r.org = $1 AND r.state = 'pending' AND t.collab = $2 ORDER BY r.created_ms, r.id LIMIT $3",
         )
         .bind(&node.organisation)
@@ -1171,6 +1171,8 @@ impl Fed {
                 task: r.try_get(1)?,
                 job: r.try_get(5)?,
                 organisation: node.organisation.clone(),
+                initiator: r.try_get(12)?,
+                initiator_organisation: r.try_get(13)?,
                 kind: r.try_get(6)?,
                 algorithm: r.try_get(7)?,
                 databases: serde_json::from_str(&r.try_get::<String, _>(8)?).unwrap_or_default(),

@@ -39,6 +39,11 @@ pub struct FedNodeConfig {
     pub rootfs: Option<PathBuf>,
     /// Algorithms (SHA-256) this node runs; `None`: any.
     pub allowed_algorithms: Option<BTreeSet<String>>,
+    /// Organisations (ids) whose users may send this node tasks; `None`: any in the
+    /// collaboration.
+    pub allowed_organisations: Option<BTreeSet<String>>,
+    /// Users (ids) who may send this node tasks; `None`: any the server allows.
+    pub allowed_users: Option<BTreeSet<String>>,
     /// Return a failed algorithm's standard error with the failure.
     pub return_logs: bool,
     /// Runs at once, at most.
@@ -63,6 +68,8 @@ impl FedNodeConfig {
             work_dir: dir.join("runs"),
             rootfs: None,
             allowed_algorithms: None,
+            allowed_organisations: None,
+            allowed_users: None,
             return_logs: false,
             max_runs: 4,
             timeout: Duration::from_secs(300),
@@ -331,6 +338,22 @@ async fn execute(shared: &Shared, client: &FedClient, run: &LeasedRun, work: &Pa
         return Err(Error::forbidden(format!(
             "this node's policy does not allow algorithm {}…",
             enclava_core::text::prefix(&run.algorithm, 16)
+        )));
+    }
+    if let Some(users) = &config.allowed_users
+        && !users.contains(&run.initiator)
+    {
+        return Err(Error::forbidden(format!(
+            "this node's policy does not take tasks from user {}",
+            enclava_core::text::quote(&run.initiator)
+        )));
+    }
+    if let Some(orgs) = &config.allowed_organisations
+        && !run.initiator_organisation.as_ref().is_some_and(|o| orgs.contains(o))
+    {
+        return Err(Error::forbidden(format!(
+            "this node's policy does not take tasks from organisation {}",
+            enclava_core::text::quote(run.initiator_organisation.as_deref().unwrap_or("(none)"))
         )));
     }
     let missing: Vec<&String> = run.databases.iter().filter(|l| !config.data.contains_key(*l)).collect();

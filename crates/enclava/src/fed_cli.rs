@@ -117,6 +117,12 @@ pub enum FedNodeCommand {
         /// Only these algorithms (SHA-256), repeatable; any when none given
         #[arg(long = "allow")]
         allow: Vec<String>,
+        /// Only tasks from users of these organisations (ids), repeatable
+        #[arg(long = "allow-org")]
+        allow_org: Vec<String>,
+        /// Only tasks from these users (ids), repeatable
+        #[arg(long = "allow-user")]
+        allow_user: Vec<String>,
         /// Return a failed algorithm's error output with its failure (off: tracebacks can leak data)
         #[arg(long)]
         return_logs: bool,
@@ -278,7 +284,7 @@ pub async fn fed_node(a: FedNodeArgs, env: &dyn Fn(&str) -> Option<String>) -> a
                 );
             }
         }
-        FedNodeCommand::Start { dir, data, process, allow, return_logs } => {
+        FedNodeCommand::Start { dir, data, process, allow, allow_org, allow_user, return_logs } => {
             let key = std::fs::read_to_string(dir.join("api-key")).with_context(|| {
                 format!("no API key in {}: make the node with `enclava fed-node new`", dir.display())
             })?;
@@ -298,6 +304,12 @@ pub async fn fed_node(a: FedNodeArgs, env: &dyn Fn(&str) -> Option<String>) -> a
             }
             if !allow.is_empty() {
                 config.allowed_algorithms = Some(allow.into_iter().collect());
+            }
+            if !allow_org.is_empty() {
+                config.allowed_organisations = Some(allow_org.into_iter().collect());
+            }
+            if !allow_user.is_empty() {
+                config.allowed_users = Some(allow_user.into_iter().collect());
             }
             config.return_logs = return_logs;
             let node = enclava_host::fed::FedNode::start(config).await.map_err(said)?;

@@ -145,6 +145,8 @@ async fn a_federated_mean_over_three_organisations_sealed_end_to_end() {
         task: task.id.clone(),
         job: task.id.clone(),
         organisation: org.into(),
+        initiator: String::new(),
+        initiator_organisation: None,
         kind: "process".into(),
         algorithm: String::new(),
         databases: Vec::new(),
@@ -224,6 +226,18 @@ async fn a_federated_mean_over_three_organisations_sealed_end_to_end() {
     assert_eq!(child_done.status, "killed", "{:?}", acme.runs(&child.id).await);
     let child_runs = acme.runs(&child.id).await.expect("runs");
     assert!(child_runs[0].reasons.iter().any(|r| r.contains("parent")), "{:?}", child_runs[0].reasons);
+
+    // A node's policy: initech's node takes tasks only from globex's users, so acme's task is
+    // not allowed there, and says why.
+    running.remove(2).shutdown().await;
+    let mut picky = node_config(&n, 2);
+    picky.allowed_organisations = Some([acme.organisation("globex").await.expect("globex").id].into());
+    running.push(FedNode::start(picky).await.expect("initech again"));
+    let (refused, _) = acme.start_task(&TaskRequest { inputs: &inputs[2..], ..request }).await.expect("task");
+    assert_eq!(acme.wait(&refused.id, Duration::from_secs(30)).await.expect("ends").status, "failed");
+    let runs = acme.runs(&refused.id).await.expect("runs");
+    assert_eq!(runs[0].status, "not allowed", "{runs:?}");
+    assert!(runs[0].reasons.iter().any(|r| r.contains("policy")), "{:?}", runs[0].reasons);
 
     // A node whose key is not the one the server holds for its organisation is refused at start.
     let (_, key, _) = &n.nodes[2];
@@ -390,6 +404,8 @@ async fn an_attested_collaboration_admits_only_nodes_whose_evidence_passes_and_d
         task: task.id.clone(),
         job: task.id.clone(),
         organisation: stored.organisation.clone(),
+        initiator: String::new(),
+        initiator_organisation: None,
         kind: "wasm".into(),
         algorithm: String::new(),
         databases: Vec::new(),
