@@ -49,8 +49,9 @@ pub async fn federation(args: FederationArgs) -> anyhow::Result<ExitCode> {
         std::hint::black_box(org.decap_export(b"bench", &enc, b"ctx").map_err(|e| anyhow::anyhow!("{e}"))?);
         agreement.push(t.elapsed());
         let t = Instant::now();
-        let sealed = enclava_client::fed::seal_input(org.public(), "t", "t-0", "o", &input).map_err(err)?;
-        let run = leased(sealed);
+        let template = leased(None);
+        let sealed = enclava_client::fed::seal_input(org.public(), &template.binding(), &input).map_err(err)?;
+        let run = leased(Some(sealed));
         let opened = enclava_client::fed::open_input(&org, &run).map_err(err)?;
         sealing.push(t.elapsed());
         anyhow::ensure!(opened.len() == input.len(), "the input did not come back");
@@ -124,12 +125,13 @@ pub async fn federation(args: FederationArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn leased(sealed: enclava_contracts::farm::SealedBlob) -> enclava_contracts::fed::LeasedRun {
+fn leased(sealed: Option<enclava_contracts::farm::SealedBlob>) -> enclava_contracts::fed::LeasedRun {
     enclava_contracts::fed::LeasedRun {
         run: "t-0".into(),
         task: "t".into(),
         job: "t".into(),
         organisation: "o".into(),
+        collaboration: "c".into(),
         initiator: String::new(),
         initiator_organisation: None,
         kind: "wasm".into(),
@@ -137,7 +139,7 @@ fn leased(sealed: enclava_contracts::farm::SealedBlob) -> enclava_contracts::fed
         databases: Vec::new(),
         encrypted: true,
         attested: false,
-        sealed: Some(sealed),
+        sealed,
         plain: None,
         result_key: Vec::new(),
         lease: String::new(),
@@ -198,8 +200,18 @@ async fn round(me: &FedClient, collab: &str, algorithm: &str, keys: &[(String, V
     let result_key = enclava_seal::KeyPair::from_seed(&seed).public().to_vec();
     let mut organisations = Vec::new();
     for (i, (org, key)) in keys.iter().enumerate() {
-        let sealed =
-            enclava_client::fed::seal_input(key, &id, &run_id(&id, i), org, br#"{"method":"echo"}"#).map_err(err)?;
+        let run = run_id(&id, i);
+        let b = enclava_contracts::fed::RunBinding {
+            task: &id,
+            run: &run,
+            organisation: org,
+            collaboration: collab,
+            kind: "wasm",
+            algorithm,
+            databases: &[],
+            result_key: &result_key,
+        };
+        let sealed = enclava_client::fed::seal_input(key, &b, br#"{"method":"echo"}"#).map_err(err)?;
         organisations.push(OrgInput { organisation: org.clone(), sealed: Some(sealed), plain: None });
     }
     let task = NewTask {
@@ -209,7 +221,7 @@ async fn round(me: &FedClient, collab: &str, algorithm: &str, keys: &[(String, V
         kind: "wasm".into(),
         algorithm: algorithm.into(),
         organisations,
-        result_key,
+        result_key: result_key.clone(),
         databases: Vec::new(),
         parent: None,
     };
@@ -230,7 +242,17 @@ async fn round(me: &FedClient, collab: &str, algorithm: &str, keys: &[(String, V
     };
     let key = enclava_seal::KeyPair::from_seed(&seed);
     for r in &runs {
-        enclava_client::fed::open_result(Some(&key), &id, &r.id, &r.organisation.id, &r.result).map_err(err)?;
+        let b = enclava_contracts::fed::RunBinding {
+            task: &id,
+            run: &r.id,
+            organisation: &r.organisation.id,
+            collaboration: collab,
+            kind: "wasm",
+            algorithm,
+            databases: &[],
+            result_key: &result_key,
+        };
+        enclava_client::fed::open_result(Some(&key), &b, &r.result).map_err(err)?;
     }
     Ok(())
 }

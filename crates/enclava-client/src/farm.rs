@@ -148,7 +148,7 @@ impl FarmClient {
     ) -> Result<(Zeroizing<String>, Duration), Error> {
         let v: serde_json::Value = self.post("/hosts/register", reg).await?;
         let token = v.get("token").and_then(|t| t.as_str()).ok_or_else(|| Error::internal("no token"))?;
-        let lease = v.get("lease_ms").and_then(|t| t.as_u64()).unwrap_or(10_000);
+        let lease = v.get("lease_ms").and_then(|t| t.as_u64()).unwrap_or(10_000).clamp(100, 3_600_000);
         Ok((Zeroizing::new(token.to_owned()), Duration::from_millis(lease)))
     }
 

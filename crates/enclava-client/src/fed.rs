@@ -8,7 +8,7 @@ use std::time::Duration;
 use enclava_contracts::farm::SealedBlob;
 use enclava_contracts::fed::{
     CollaborationView, CreatedNode, INPUT_INFO, LeasedRun, NewCollaboration, NewNode, NewTask, NodeView, OrgInput,
-    OrganisationView, RESULT_INFO, RunDone, RunView, TaskView, run_aad, run_id,
+    OrganisationView, RESULT_INFO, RunBinding, RunDone, RunView, TaskView, run_id,
 };
 use enclava_core::{Error, ErrorCode};
 use zeroize::Zeroizing;
@@ -200,43 +200,58 @@ impl FedClient {
     /// bound that key to the server's nonce: it opens only inside that node's TEE.
     pub async fn start_task(&self, t: &TaskRequest<'_>) -> Result<(TaskView, Zeroizing<[u8; 32]>), Error> {
         let collab = self.collaboration(t.collaboration).await?;
-        let attested = match &collab.require_attestation {
-            Some(text) => {
-                let policy = enclava_attest::Policy::parse(text)
-                    .map_err(|e| Error::invalid(format!("the collaboration's attestation policy: {e}")))?;
-                Some((policy, self.nodes(Some(&collab.id)).await?))
+        // What the server says about the collaboration only ever makes this stricter: inputs are
+        // sealed unless the caller chose readable ones, and an attested collaboration's nodes are
+        // judged by the caller's policy, never by one the server sends.
+        let attested = match (&collab.require_attestation, t.policy) {
+            (Some(_), Some(policy)) => Some((policy, self.nodes(Some(&collab.id)).await?)),
+            (Some(_), None) => {
+                return Err(Error::invalid(
+                    "this collaboration requires attestation: give the policy you trust its nodes' evidence to pass",
+                ));
             }
-            None => None,
+            (None, Some(policy)) => Some((policy, self.nodes(Some(&collab.id)).await?)),
+            (None, None) => None,
         };
+        if t.readable && (collab.encrypted || attested.is_some()) {
+            return Err(Error::invalid("this collaboration is encrypted: its inputs are sealed, not readable"));
+        }
         let algorithm = self.add_algorithm(t.algorithm.to_vec()).await?;
         let id = crate::farm::new_job_id();
         let mut seed = Zeroizing::new([0u8; 32]);
         rand::fill(&mut seed[..]);
         let result_key = enclava_seal::KeyPair::from_seed(&seed).public().to_vec();
+        let databases: Vec<String> = t.databases.iter().map(|d| d.to_string()).collect();
         let mut organisations = Vec::new();
         for (i, (org, input)) in t.inputs.iter().enumerate() {
             let view = self.organisation(org).await?;
             let bytes = Zeroizing::new(serde_json::to_vec(input).map_err(|e| Error::internal(e.to_string()))?);
-            organisations.push(if let Some((policy, nodes)) = &attested {
-                let key = self.attested_key(policy, nodes, &view).await?;
-                let sealed = seal_input(&key, &id, &run_id(&id, i), &view.id, &bytes)?;
-                OrgInput { organisation: view.id, sealed: Some(sealed), plain: None }
-            } else if collab.encrypted {
+            let run = run_id(&id, i);
+            let binding = RunBinding {
+                task: &id,
+                run: &run,
+                organisation: &view.id,
+                collaboration: &collab.id,
+                kind: t.kind,
+                algorithm: &algorithm,
+                databases: &databases,
+                result_key: &result_key,
+            };
+            let sealed = if let Some((policy, nodes)) = &attested {
+                Some(seal_input(&self.attested_key(policy, nodes, &view).await?, &binding, &bytes)?)
+            } else if t.readable {
+                None
+            } else {
                 if view.public_key.len() != 32 {
                     return Err(Error::new(
                         ErrorCode::FailedPrecondition,
                         format!("organisation {} has no public key yet: start its node first", view.name),
                     ));
                 }
-                let sealed = seal_input(&view.public_key, &id, &run_id(&id, i), &view.id, &bytes)?;
-                OrgInput { organisation: view.id, sealed: Some(sealed), plain: None }
-            } else {
-                OrgInput {
-                    organisation: view.id,
-                    sealed: None,
-                    plain: Some(String::from_utf8_lossy(&bytes).into_owned()),
-                }
-            });
+                Some(seal_input(&view.public_key, &binding, &bytes)?)
+            };
+            let plain = sealed.is_none().then(|| String::from_utf8_lossy(&bytes).into_owned());
+            organisations.push(OrgInput { organisation: view.id, sealed, plain });
         }
         let task = NewTask {
             id,
@@ -246,7 +261,7 @@ impl FedClient {
             algorithm,
             organisations,
             result_key,
-            databases: t.databases.iter().map(|d| d.to_string()).collect(),
+            databases,
             parent: None,
         };
         Ok((self.create_task(&task).await?, seed))
@@ -287,18 +302,29 @@ impl FedClient {
         Ok(a.public_key.clone())
     }
 
-    /// Each run's result opened with the task's result seed (for an encrypted collaboration), as
-    /// (organisation id, status, result or the reasons it has none).
-    pub async fn results(&self, task: &str, seed: &[u8; 32]) -> Result<Vec<RunOutcome>, Error> {
+    /// Each run's result opened with the task's result seed (`readable`: the task was created with
+    /// readable inputs, and its results are readable too), as (organisation id, status, result or
+    /// the reasons it has none). A sealed task's result that comes back unsealed is refused.
+    pub async fn results(&self, task: &str, seed: &[u8; 32], readable: bool) -> Result<Vec<RunOutcome>, Error> {
         let view = self.task(task).await?;
-        let encrypted = self.collaboration(&view.collaboration.id).await?.encrypted;
         let runs = self.runs(task).await?;
         let pair = enclava_seal::KeyPair::from_seed(seed);
-        let key = encrypted.then_some(&pair);
+        let result_key = pair.public().to_vec();
+        let key = (!readable).then_some(&pair);
         let mut out = Vec::new();
         for r in runs {
             let result = if r.status == "completed" {
-                Some(open_result(key, task, &r.id, &r.organisation.id, &r.result)?)
+                let binding = RunBinding {
+                    task,
+                    run: &r.id,
+                    organisation: &r.organisation.id,
+                    collaboration: &view.collaboration.id,
+                    kind: &view.kind,
+                    algorithm: &view.algorithm,
+                    databases: &view.databases,
+                    result_key: &result_key,
+                };
+                Some(open_result(key, &binding, &r.result)?)
             } else {
                 None
             };
@@ -309,7 +335,7 @@ impl FedClient {
 }
 
 /// What [`FedClient::start_task`] takes.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct TaskRequest<'a> {
     pub collaboration: &'a str,
     pub name: &'a str,
@@ -319,6 +345,11 @@ pub struct TaskRequest<'a> {
     /// (organisation id or name, its input).
     pub inputs: &'a [(&'a str, serde_json::Value)],
     pub databases: &'a [&'a str],
+    /// Send the inputs readable (only in a collaboration that is not encrypted).
+    pub readable: bool,
+    /// The policy each node's evidence must pass before its input is sealed to it: required in
+    /// an attested collaboration (the server's copy of its policy is not trusted).
+    pub policy: Option<&'a enclava_attest::Policy>,
 }
 
 /// One organisation's run, as its initiator reads it.
@@ -330,22 +361,34 @@ pub struct RunOutcome {
     pub reasons: Vec<String>,
 }
 
-/// Seals one organisation's input to its key, for this task, run and organisation only.
-pub fn seal_input(public: &[u8], task: &str, run: &str, org: &str, input: &[u8]) -> Result<SealedBlob, Error> {
-    let s = enclava_seal::seal(public, INPUT_INFO, &run_aad(task, run, org), input)
+impl std::fmt::Debug for TaskRequest<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskRequest")
+            .field("collaboration", &self.collaboration)
+            .field("kind", &self.kind)
+            .field("organisations", &self.inputs.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Seals one organisation's input to `public` (its key, or its node's attested key), for this
+/// run as the initiator asked for it only.
+pub fn seal_input(public: &[u8], binding: &RunBinding<'_>, input: &[u8]) -> Result<SealedBlob, Error> {
+    let s = enclava_seal::seal(public, INPUT_INFO, &binding.aad(), input)
         .map_err(|e| Error::invalid(format!("cannot seal the input: {e}")))?;
     Ok(SealedBlob { enc: s.enc, ciphertext: s.ciphertext })
 }
 
-/// Opens a run's input with its organisation's key.
+/// Opens a run's input with its organisation's key. It opens only for the run as its initiator
+/// created it (see [`RunBinding`]).
 pub fn open_input(key: &enclava_seal::KeyPair, run: &LeasedRun) -> Result<Zeroizing<Vec<u8>>, Error> {
     match (&run.sealed, &run.plain) {
         (Some(b), _) => {
             let sealed = enclava_seal::Sealed { enc: b.enc.clone(), ciphertext: b.ciphertext.clone() };
-            key.open(INPUT_INFO, &run_aad(&run.task, &run.run, &run.organisation), &sealed).map_err(|_| {
+            key.open(INPUT_INFO, &run.binding().aad(), &sealed).map_err(|_| {
                 Error::new(
                     ErrorCode::Tampered,
-                    "the input does not open with this organisation's key: sealed to another key, run or organisation, or changed",
+                    "the input does not open with this organisation's key: sealed to another key or run, or the run was changed after its initiator sealed it",
                 )
             })
         }
@@ -354,30 +397,28 @@ pub fn open_input(key: &enclava_seal::KeyPair, run: &LeasedRun) -> Result<Zeroiz
     }
 }
 
-/// Seals a run's result to the task's result key.
+/// Seals a run's result to the task's result key; readable only when its input came readable.
 pub fn seal_result(run: &LeasedRun, result: &[u8]) -> Result<Vec<u8>, Error> {
-    if !run.encrypted {
+    if run.sealed.is_none() && !run.encrypted {
         return Ok(result.to_vec());
     }
-    let s = enclava_seal::seal(&run.result_key, RESULT_INFO, &run_aad(&run.task, &run.run, &run.organisation), result)
+    let s = enclava_seal::seal(&run.result_key, RESULT_INFO, &run.binding().aad(), result)
         .map_err(|e| Error::internal(format!("cannot seal the result: {e}")))?;
     serde_json::to_vec(&SealedBlob { enc: s.enc, ciphertext: s.ciphertext }).map_err(|e| Error::internal(e.to_string()))
 }
 
-/// Opens a run's stored result with the task's result key; `None` for a collaboration that is
-/// not encrypted, whose results are readable as they are.
+/// Opens a run's stored result with the task's result key; `None` for a task sent readable,
+/// whose results are readable as they are.
 pub fn open_result(
     key: Option<&enclava_seal::KeyPair>,
-    task: &str,
-    run: &str,
-    org: &str,
+    binding: &RunBinding<'_>,
     stored: &[u8],
 ) -> Result<Vec<u8>, Error> {
     let Some(key) = key else { return Ok(stored.to_vec()) };
     let blob: SealedBlob = serde_json::from_slice(stored)
-        .map_err(|_| Error::new(ErrorCode::Tampered, "an encrypted collaboration's result came unsealed: refused"))?;
+        .map_err(|_| Error::new(ErrorCode::Tampered, "a sealed task's result came unsealed: refused"))?;
     let sealed = enclava_seal::Sealed { enc: blob.enc, ciphertext: blob.ciphertext };
-    key.open(RESULT_INFO, &run_aad(task, run, org), &sealed).map(|p| p.to_vec()).map_err(|_| {
+    key.open(RESULT_INFO, &binding.aad(), &sealed).map(|p| p.to_vec()).map_err(|_| {
         Error::new(
             ErrorCode::Tampered,
             "a result does not open with this task's key: it was changed or is another run's",
@@ -391,5 +432,61 @@ fn path_part(s: &str) -> Result<&str, Error> {
         Ok(s)
     } else {
         Err(Error::invalid(format!("{} is not an id or a name", enclava_core::text::quote(s))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(sealed: Option<SealedBlob>, result_key: &[u8]) -> LeasedRun {
+        LeasedRun {
+            run: "0123456789abcdef0123456789abcdef-0".into(),
+            task: "0123456789abcdef0123456789abcdef".into(),
+            job: "0123456789abcdef0123456789abcdef".into(),
+            organisation: "o_1".into(),
+            collaboration: "c_1".into(),
+            initiator: "u".into(),
+            initiator_organisation: None,
+            kind: "wasm".into(),
+            algorithm: "a".repeat(64),
+            databases: vec!["trial".into()],
+            encrypted: true,
+            attested: false,
+            sealed,
+            plain: None,
+            result_key: result_key.to_vec(),
+            lease: "l".into(),
+            lease_ms: 1000,
+        }
+    }
+
+    #[test]
+    fn an_input_opens_only_for_the_run_as_its_initiator_asked_for_it() {
+        let org = enclava_seal::KeyPair::generate();
+        let initiator = enclava_seal::KeyPair::generate();
+        let template = run(None, initiator.public());
+        let sealed = seal_input(org.public(), &template.binding(), b"{\"method\":\"mean\"}").expect("seal");
+        let good = run(Some(sealed), initiator.public());
+        assert_eq!(open_input(&org, &good).expect("opens").as_slice(), b"{\"method\":\"mean\"}");
+        assert!(good.run_id_ok());
+        // The server swaps the result key, the algorithm or the databases: nothing opens.
+        let swapped_key = LeasedRun { result_key: enclava_seal::KeyPair::generate().public().to_vec(), ..good.clone() };
+        assert!(open_input(&org, &swapped_key).is_err());
+        let swapped_algorithm = LeasedRun { algorithm: "b".repeat(64), ..good.clone() };
+        assert!(open_input(&org, &swapped_algorithm).is_err());
+        let more_data = LeasedRun { databases: vec!["trial".into(), "secrets".into()], ..good.clone() };
+        assert!(open_input(&org, &more_data).is_err());
+        // A server that says "not encrypted" still gets a sealed result for a sealed input.
+        let downgraded = LeasedRun { encrypted: false, ..good.clone() };
+        let stored = seal_result(&downgraded, b"42").expect("seal");
+        assert_ne!(stored, b"42");
+        assert_eq!(open_result(Some(&initiator), &good.binding(), &stored).expect("opens"), b"42");
+        // An unsealed result for a sealed task is refused.
+        assert!(open_result(Some(&initiator), &good.binding(), b"42").is_err());
+        // A run id the server did not make is not a folder name.
+        for bad in ["../../etc", "0123456789abcdef0123456789abcdef-0/..", "/tmp/x", "x-1"] {
+            assert!(!LeasedRun { run: bad.into(), ..good.clone() }.run_id_ok(), "{bad}");
+        }
     }
 }

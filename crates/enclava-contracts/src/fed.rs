@@ -13,10 +13,34 @@ pub const INPUT_INFO: &[u8] = b"enclava/fed/input/v1";
 /// HPKE `info` for a run's result, sealed to the task's result key.
 pub const RESULT_INFO: &[u8] = b"enclava/fed/result/v1";
 
-/// What a run's input and result are bound to: the task, the run and the organisation, so one
-/// run's sealed input or result is refused anywhere else.
-pub fn run_aad(task: &str, run: &str, organisation: &str) -> Vec<u8> {
-    format!("task={task};run={run};org={organisation}").into_bytes()
+/// What a run's input and result are bound to (their AAD): the task, the run, the organisation,
+/// and what the initiator asked for — collaboration, algorithm, kind, databases, result key. A
+/// sealed input opens only for the run it was sealed for and only as the initiator created it:
+/// a server that swaps the algorithm or the result key gets a run no node can open.
+#[derive(Debug, Clone, Copy)]
+pub struct RunBinding<'a> {
+    pub task: &'a str,
+    pub run: &'a str,
+    pub organisation: &'a str,
+    pub collaboration: &'a str,
+    pub kind: &'a str,
+    pub algorithm: &'a str,
+    pub databases: &'a [String],
+    pub result_key: &'a [u8],
+}
+
+impl RunBinding<'_> {
+    pub fn aad(&self) -> Vec<u8> {
+        let asked = serde_json::json!({
+            "collaboration": self.collaboration,
+            "kind": self.kind,
+            "algorithm": self.algorithm,
+            "databases": self.databases,
+            "result_key": hex::encode(self.result_key),
+        });
+        let digest = crate::farm::sha256_hex(asked.to_string().as_bytes());
+        format!("task={};run={};org={};asked={digest}", self.task, self.run, self.organisation).into_bytes()
+    }
 }
 
 /// The id of the run of `task` for its `index`-th organisation (known to the initiator before it
@@ -270,12 +294,13 @@ pub struct RunView {
 }
 
 /// A run leased to a node, with what it needs to run it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct LeasedRun {
     pub run: String,
     pub task: String,
     pub job: String,
     pub organisation: String,
+    pub collaboration: String,
     /// Who created the task, and their organisation (a node's policy may refuse them).
     #[serde(default)]
     pub initiator: String,
@@ -322,4 +347,42 @@ pub struct AlgorithmInput {
     pub args: Vec<serde_json::Value>,
     #[serde(default)]
     pub kwargs: serde_json::Map<String, serde_json::Value>,
+}
+
+impl LeasedRun {
+    /// What its input and result are bound to.
+    pub fn binding(&self) -> RunBinding<'_> {
+        RunBinding {
+            task: &self.task,
+            run: &self.run,
+            organisation: &self.organisation,
+            collaboration: &self.collaboration,
+            kind: &self.kind,
+            algorithm: &self.algorithm,
+            databases: &self.databases,
+            result_key: &self.result_key,
+        }
+    }
+
+    /// A run id as the server makes them (`<task>-<index>`): safe as a folder name.
+    pub fn run_id_ok(&self) -> bool {
+        let Some((task, index)) = self.run.split_once('-') else { return false };
+        task == self.task
+            && task.len() == 32
+            && task.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+            && !index.is_empty()
+            && index.len() <= 4
+            && index.bytes().all(|b| b.is_ascii_digit())
+    }
+}
+
+impl std::fmt::Debug for LeasedRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeasedRun")
+            .field("run", &self.run)
+            .field("organisation", &self.organisation)
+            .field("kind", &self.kind)
+            .field("attested", &self.attested)
+            .finish_non_exhaustive()
+    }
 }

@@ -329,6 +329,9 @@ impl Fed {
     /// Puts `user` in organisation `org` with `roles` (administrators, or that organisation's).
     pub async fn add_member(&self, p: &Principal, org: &str, user: &str, roles: &[String]) -> Result<(), Error> {
         let org = self.org_id(org).await?;
+        if !roles.is_empty() && !p.is_admin() {
+            return Err(forbidden("only an administrator assigns roles: add the member without --role, or ask one"));
+        }
         self.identity.join(p, user, &org).await?;
         for r in roles {
             self.identity.assign(p, user, r).await?;
@@ -344,9 +347,11 @@ impl Fed {
             return Err(Error::invalid("an organisation key is 32 bytes (X25519)"));
         }
         let org = self.org_id(org).await?;
-        let allowed = p.is_admin()
-            || (p.kind == PrincipalKind::Node
-                && p.may(Operation::Edit, "organisation", &Target { organisation: Some(&org), ..Target::default() }));
+        let own_node = match p.kind {
+            PrincipalKind::Node => self.node(p).await.is_ok_and(|n| n.organisation == org),
+            _ => false,
+        };
+        let allowed = p.is_admin() || own_node;
         if !allowed {
             return Err(forbidden("only the organisation's node or an administrator sets its key"));
         }
@@ -514,9 +519,11 @@ impl Fed {
         if member.is_none() {
             return Err(Error::invalid("that organisation is not in that collaboration"));
         }
-        let target = Target { owner: None, organisation: Some(&org), collaboration: Some(&collab) };
+        // Only the organisation's own administrators (or the server's): a node receives the
+        // organisation's runs and may set its key, so nobody else makes one for it.
+        let target = Target { owner: None, organisation: Some(&org), collaboration: None };
         if !p.may(Operation::Create, "node", &target) {
-            return Err(forbidden("only an administrator of the organisation or the collaboration creates its nodes"));
+            return Err(forbidden("only an administrator of the organisation creates its nodes"));
         }
         let name = n.name.clone().unwrap_or_else(|| format!("{org}-{collab}"));
         if !enclava_contracts::fed::label_ok(&name) {
@@ -533,8 +540,7 @@ impl Fed {
                 "this organisation has a node in this collaboration already (one per pair, as in vantage6)",
             ));
         }
-        let (service, api_key) =
-            self.identity.issue_service_in(p, PrincipalKind::Node, Some(&org), Some(&collab), None).await?;
+        let (service, api_key) = self.identity.issue_service_in(p, PrincipalKind::Node, Some(&org), None, None).await?;
         let id = format!("n_{}", random_hex(8));
         let now = now_ms();
         let mut w = self.db.begin_write().await?;
@@ -1112,11 +1118,12 @@ impl Fed {
             .bind(&node.id)
             .execute(&mut *w)
             .await?;
-        let rows = sqlx::query(
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT r.id, r.task, r.input, r.attempts, r.reasons, t.job, t.kind, t.algorithm, t.databases, t.result_key, \
              t.parent, c.encrypted, t.initiator, t.initiator_org FROM fed_runs r JOIN fed_tasks t ON t.id = r.task JOIN fed_collabs c ON c.id = t.collab \
-             WHERE r.org = $1 AND r.state = 'pending' AND t.collab = $2 ORDER BY r.created_ms, r.id LIMIT $3",
-        )
+             WHERE r.org = $1 AND r.state = 'pending' AND t.collab = $2 ORDER BY r.created_ms, r.id LIMIT $3{}",
+            if self.db.backend() == enclava_store::Backend::Postgres { " FOR UPDATE OF r SKIP LOCKED" } else { "" }
+        )))
         .bind(&node.organisation)
         .bind(&node.collaboration)
         .bind(i64::from(max.clamp(1, 64)))
@@ -1141,12 +1148,15 @@ impl Fed {
                         &r.try_get::<String, _>(4)?,
                         &format!("its parent task {parent} {status}: not run (vantage6 #1371)"),
                     );
-                    sqlx::query("UPDATE fed_runs SET state = 'killed', reasons = $1, updated_ms = $2 WHERE id = $3")
-                        .bind(&reasons)
-                        .bind(now)
-                        .bind(&id)
-                        .execute(&mut *w)
-                        .await?;
+                    sqlx::query(
+                        "UPDATE fed_runs SET state = 'killed', reasons = $1, updated_ms = $2 WHERE id = $3 \
+                         AND state = 'pending'",
+                    )
+                    .bind(&reasons)
+                    .bind(now)
+                    .bind(&id)
+                    .execute(&mut *w)
+                    .await?;
                     continue;
                 }
             }
@@ -1154,7 +1164,7 @@ impl Fed {
                 .map_err(|_| Error::internal("a stored input is damaged"))?;
             let lease = random_hex(16);
             let attempts = r.try_get::<i64, _>(3)? + 1;
-            sqlx::query(
+            let taken = sqlx::query(
                 "UPDATE fed_runs SET state = 'active', node = $1, lease = $2, lease_until_ms = $3, attempts = $4, \
                  updated_ms = $5 WHERE id = $6 AND state = 'pending'",
             )
@@ -1165,12 +1175,18 @@ impl Fed {
             .bind(now)
             .bind(&id)
             .execute(&mut *w)
-            .await?;
+            .await?
+            .rows_affected();
+            if taken != 1 {
+                // Killed or leased elsewhere since it was read.
+                continue;
+            }
             out.push(LeasedRun {
                 run: id,
                 task: r.try_get(1)?,
                 job: r.try_get(5)?,
                 organisation: node.organisation.clone(),
+                collaboration: node.collaboration.clone(),
                 initiator: r.try_get(12)?,
                 initiator_organisation: r.try_get(13)?,
                 kind: r.try_get(6)?,
@@ -1236,11 +1252,14 @@ impl Fed {
         }
         let now = now_ms();
         let mut w = self.db.begin_write().await?;
-        let r = sqlx::query("SELECT state, node, lease, reasons, task FROM fed_runs WHERE id = $1")
-            .bind(run)
-            .fetch_optional(&mut *w)
-            .await?
-            .ok_or_else(|| no("run", run))?;
+        let r = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT state, node, lease, reasons, task FROM fed_runs WHERE id = $1{}",
+            self.db.lock_clause()
+        )))
+        .bind(run)
+        .fetch_optional(&mut *w)
+        .await?
+        .ok_or_else(|| no("run", run))?;
         let (state, holder, lease): (String, Option<String>, Option<String>) =
             (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
         if holder.as_deref() != Some(node.id.as_str()) || lease.as_deref() != Some(d.lease.as_str()) {
@@ -1261,8 +1280,9 @@ impl Fed {
         }
         let receipt =
             d.receipt.as_ref().map(serde_json::to_string).transpose().map_err(|e| Error::internal(e.to_string()))?;
-        sqlx::query(
-            "UPDATE fed_runs SET state = $1, reasons = $2, result = $3, receipt = $4, updated_ms = $5 WHERE id = $6",
+        let kept = sqlx::query(
+            "UPDATE fed_runs SET state = $1, reasons = $2, result = $3, receipt = $4, updated_ms = $5 WHERE id = $6 \
+             AND state = 'active' AND node = $7 AND lease = $8",
         )
         .bind(&d.status)
         .bind(&reasons)
@@ -1270,21 +1290,36 @@ impl Fed {
         .bind(receipt)
         .bind(now)
         .bind(run)
+        .bind(&node.id)
+        .bind(&d.lease)
         .execute(&mut *w)
-        .await?;
+        .await?
+        .rows_affected();
         w.commit().await?;
+        if kept != 1 {
+            return Err(Error::new(
+                ErrorCode::FailedPrecondition,
+                "this lease is no longer held: the report is not kept",
+            ));
+        }
         tracing::info!(run = %run, node = %node.id, status = %d.status, "run ended");
         if d.status != "completed" {
-            let children: Vec<String> = sqlx::query("SELECT id FROM fed_tasks WHERE parent = $1")
-                .bind(&task)
-                .fetch_all(self.db.pool())
-                .await?
-                .iter()
-                .map(|r| r.try_get(0))
-                .collect::<Result<_, _>>()?;
-            for c in children {
-                self.kill_tree(&c, &format!("its parent task {task} failed")).await?;
-            }
+            self.kill_children(&task).await?;
+        }
+        Ok(())
+    }
+
+    /// Kills every subtask of `task` (its run failed).
+    async fn kill_children(&self, task: &str) -> Result<(), Error> {
+        let children: Vec<String> = sqlx::query("SELECT id FROM fed_tasks WHERE parent = $1")
+            .bind(task)
+            .fetch_all(self.db.pool())
+            .await?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?;
+        for c in children {
+            self.kill_tree(&c, &format!("its parent task {task} failed")).await?;
         }
         Ok(())
     }
@@ -1298,12 +1333,14 @@ impl Fed {
         }
         let mut w = self.db.begin_write().await?;
         let expired = sqlx::query(
-            "SELECT id, node, attempts, reasons, lease FROM fed_runs WHERE state = 'active' AND lease_until_ms < $1 LIMIT 256",
+            "SELECT id, node, attempts, reasons, lease, task FROM fed_runs WHERE state = 'active' AND lease_until_ms < $1 \
+             LIMIT 256",
         )
         .bind(now)
         .fetch_all(&mut *w)
         .await?;
         let mut moved = 0;
+        let mut failed_tasks = Vec::new();
         for r in &expired {
             let id: String = r.try_get(0)?;
             let attempts: i64 = r.try_get(2)?;
@@ -1317,18 +1354,25 @@ impl Fed {
             let reasons = with_reason(&r.try_get::<String, _>(3)?, &reason);
             moved += sqlx::query(
                 "UPDATE fed_runs SET state = $1, node = NULL, lease = NULL, reasons = $2, updated_ms = $3 WHERE id = $4 \
-                 AND state = 'active' AND lease = $5",
+                 AND state = 'active' AND lease = $5 AND lease_until_ms < $6",
             )
             .bind(if last { "failed" } else { "pending" })
             .bind(&reasons)
             .bind(now)
             .bind(&id)
             .bind(r.try_get::<Option<String>, _>(4)?)
+            .bind(now)
             .execute(&mut *w)
             .await?
             .rows_affected();
+            if last {
+                failed_tasks.push(r.try_get::<String, _>(5)?);
+            }
         }
         w.commit().await?;
+        for task in failed_tasks {
+            self.kill_children(&task).await?;
+        }
         if moved > 0 {
             self.queued.notify_waiters();
         }

@@ -61,7 +61,13 @@ async fn caller(f: &Fed, headers: &HeaderMap) -> Result<Principal, Error> {
 }
 
 fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
-    serde_json::from_slice(body).map_err(|e| Error::invalid(format!("the body is not what this call takes: {e}")))
+    serde_json::from_slice(body).map_err(|e| {
+        // serde quotes what it refused: at most a short prefix of it goes back.
+        Error::invalid(format!(
+            "the body is not what this call takes: {}",
+            enclava_core::text::prefix(&e.to_string(), 160)
+        ))
+    })
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

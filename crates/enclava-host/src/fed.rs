@@ -46,6 +46,8 @@ pub struct FedNodeConfig {
     pub allowed_users: Option<BTreeSet<String>>,
     /// Return a failed algorithm's standard error with the failure.
     pub return_logs: bool,
+    /// The largest result an algorithm may write.
+    pub max_output_bytes: usize,
     /// Runs at once, at most.
     pub max_runs: usize,
     pub timeout: Duration,
@@ -71,6 +73,7 @@ impl FedNodeConfig {
             allowed_organisations: None,
             allowed_users: None,
             return_logs: false,
+            max_output_bytes: 8 << 20,
             max_runs: 4,
             timeout: Duration::from_secs(300),
             wasm: None,
@@ -92,6 +95,9 @@ pub struct FedNode {
 struct Shared {
     /// Its collaboration requires attestation.
     attested: bool,
+    /// Runs' folders: in memory (`/dev/shm`) where the machine has it, so opened inputs never
+    /// reach a disk.
+    jobs_dir: PathBuf,
     config: FedNodeConfig,
     key: enclava_seal::KeyPair,
     wasm: Arc<enclava_wasm::WasmEngine>,
@@ -144,7 +150,8 @@ impl FedNode {
             Some(_) => Some(enclava_process::ProcessSandbox::find()?),
             None => None,
         };
-        let shared = Arc::new(Shared { attested, config, key, wasm, process });
+        let jobs_dir = crate::jobs_dir(&config.work_dir, &format!("fed-{}", me.id));
+        let shared = Arc::new(Shared { attested, jobs_dir, config, key, wasm, process });
         let (stop, stop_rx) = watch::channel(false);
         let task = tokio::spawn(pull(shared, client, stop_rx));
         tracing::info!(node = %me.id, org = %me.organisation.id, collab = %me.collaboration.id, "federation node started");
@@ -253,7 +260,7 @@ async fn pull(shared: Arc<Shared>, client: FedClient, mut stop: watch::Receiver<
         match leased {
             Ok(runs) => {
                 backoff = Duration::from_millis(100);
-                for run in runs {
+                for run in runs.into_iter().take(free) {
                     running.spawn(run_leased(shared.clone(), client.clone(), run));
                 }
             }
@@ -273,8 +280,20 @@ async fn pull(shared: Arc<Shared>, client: FedClient, mut stop: watch::Receiver<
 
 /// Runs one leased run, renewing its lease meanwhile, and reports how it ended.
 async fn run_leased(shared: Arc<Shared>, client: FedClient, run: LeasedRun) {
-    let lease = Duration::from_millis(run.lease_ms.max(300));
-    let work = shared.config.work_dir.join(&run.run);
+    let lease = Duration::from_millis(run.lease_ms.clamp(300, 3_600_000));
+    if !run.run_id_ok() {
+        // The server's word is not a path: a run id it did not make is not run, nor a folder.
+        let done = RunDone {
+            lease: run.lease.clone(),
+            status: "failed".into(),
+            reason: Some(format!("the run id {} is not one the server makes", enclava_core::text::quote(&run.run))),
+            result: Vec::new(),
+            receipt: None,
+        };
+        let _ = client.complete(&run.run, &done).await;
+        return;
+    }
+    let work = shared.jobs_dir.join(&run.run);
     let ran = {
         let execute = execute(&shared, &client, &run, &work);
         tokio::pin!(execute);
@@ -325,6 +344,39 @@ async fn run_leased(shared: Arc<Shared>, client: FedClient, run: LeasedRun) {
     }
 }
 
+/// What the algorithm left in `OUTPUT_FILE`: only a regular file, not followed through a link
+/// (an algorithm must not make the node read its key or another run's input), at most `max`
+/// bytes. `None` when it wrote none.
+fn read_output(path: &Path, max: usize) -> Result<Option<Vec<u8>>, Error> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(_) => return Ok(None),
+    };
+    if !meta.file_type().is_file() {
+        return Err(Error::invalid(
+            "the algorithm's OUTPUT_FILE is not a regular file (a link, a pipe, a folder): refused",
+        ));
+    }
+    let too_big = || Error::invalid(format!("the algorithm's output is over {} MiB", max >> 20));
+    if meta.len() > max as u64 {
+        return Err(too_big());
+    }
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    // O_NOFOLLOW | O_NONBLOCK: a link or a pipe swapped in after the check is refused, not read.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(0o400000 | 0o4000)
+        .open(path)
+        .map_err(|e| Error::invalid(format!("cannot read the algorithm's output: {e}")))?;
+    let mut out = Vec::new();
+    f.take(max as u64 + 1).read_to_end(&mut out).map_err(|e| Error::invalid(format!("reading the output: {e}")))?;
+    if out.len() > max {
+        return Err(too_big());
+    }
+    Ok(Some(out))
+}
+
 /// Environment variable names: a label upper-cased.
 fn env_label(label: &str) -> String {
     label.to_ascii_uppercase().replace('-', "_")
@@ -364,7 +416,7 @@ async fn execute(shared: &Shared, client: &FedClient, run: &LeasedRun, work: &Pa
         )));
     }
     // The server may be away for a moment (a restart): keep asking while the lease could hold.
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(run.lease_ms.max(300) * 3);
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(run.lease_ms.clamp(300, 3_600_000) * 3);
     let algorithm = loop {
         match client.algorithm(&run.algorithm).await {
             Err(e) if e.code == ErrorCode::Unavailable && tokio::time::Instant::now() < deadline => {
@@ -374,9 +426,7 @@ async fn execute(shared: &Shared, client: &FedClient, run: &LeasedRun, work: &Pa
         }
     };
     let input = match (&shared.config.attester, &run.sealed) {
-        (Some(attester), Some(sealed)) if run.attested => {
-            attester.open_fed_input(&enclava_contracts::fed::run_aad(&run.task, &run.run, &run.organisation), sealed)?
-        }
+        (Some(attester), Some(sealed)) if run.attested => attester.open_fed_input(&run.binding().aad(), sealed)?,
         _ if run.attested => {
             return Err(Error::new(ErrorCode::Tampered, "an attested run's input must be sealed to this node's TEE"));
         }
@@ -456,9 +506,9 @@ async fn execute(shared: &Shared, client: &FedClient, run: &LeasedRun, work: &Pa
         }
         return Err(Error::internal(reason));
     }
-    let output = match std::fs::read(work.join("output")) {
-        Ok(o) => o,
-        Err(_) => stdout,
+    let output = match read_output(&work.join("output"), shared.config.max_output_bytes)? {
+        Some(o) => o,
+        None => stdout,
     };
     let result = enclava_client::fed::seal_result(run, &output)?;
     Ok(RunDone { lease: run.lease.clone(), status: "completed".into(), reason: None, result, receipt: None })

@@ -146,7 +146,7 @@ impl FileCache {
 }
 
 /// A folder for this agent's jobs in memory (`/dev/shm`), or under `work_dir` without one.
-fn jobs_dir(work_dir: &Path, id: &str) -> PathBuf {
+pub(crate) fn jobs_dir(work_dir: &Path, id: &str) -> PathBuf {
     let shm = Path::new("/dev/shm");
     let name: String = id.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).take(64).collect();
     let dir = shm.join(format!("enclava-host-{name}-{}", std::process::id()));
@@ -399,7 +399,10 @@ async fn run_leased(shared: Arc<Shared>, client: FarmClient, leased: Leased, lea
             }
         }
     };
-    let _ = std::fs::remove_dir_all(shared.jobs_dir.join(&id));
+    // Only a job id the spec check accepts names a folder (the server's word is not a path).
+    if leased.job.validate().is_ok() {
+        let _ = std::fs::remove_dir_all(shared.jobs_dir.join(&id));
+    }
     if let Some(completion) = done {
         let completion = match completion {
             Ok(c) => c,

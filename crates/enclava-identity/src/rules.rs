@@ -95,7 +95,8 @@ pub const ROLES: &[RoleDef] = &[
     },
     // Federation's roles, after vantage6's defaults (server/default_roles.py): a viewer sees its
     // collaborations; a researcher also creates tasks in them and kills its organisation's; a
-    // collaboration administrator also manages their nodes.
+    // collaboration administrator also kills any task in them. Only an organisation's own
+    // administrators make its nodes (a node receives its runs and sets its key).
     RoleDef {
         name: "viewer",
         rules: &[
@@ -125,9 +126,6 @@ pub const ROLES: &[RoleDef] = &[
             rule("collaboration", Collaboration, View),
             rule("collaboration", Collaboration, Edit),
             rule("node", Collaboration, View),
-            rule("node", Collaboration, Create),
-            rule("node", Collaboration, Delete),
-            rule("service", Collaboration, Create),
             rule("task", Collaboration, View),
             rule("run", Collaboration, View),
             rule("task", Collaboration, Create),
@@ -300,8 +298,6 @@ mod tests {
             ("collaboration-admin", "collaboration", View, Collaboration),
             ("collaboration-admin", "collaboration", Edit, Collaboration),
             ("collaboration-admin", "node", View, Collaboration),
-            ("collaboration-admin", "node", Create, Collaboration),
-            ("collaboration-admin", "node", Delete, Collaboration),
             ("collaboration-admin", "task", View, Collaboration),
             ("collaboration-admin", "run", View, Collaboration),
             ("collaboration-admin", "task", Create, Collaboration),

@@ -164,6 +164,7 @@ pub const BUSYBOX_APPLETS: &[&str] = &[
     "cut",
     "od",
     "sha256sum",
+    "ln",
 ];
 
 /// Measures this host and refuses an offer beyond it: a host does not sell what it does not have.

@@ -165,6 +165,13 @@ pub enum TaskCommand {
         /// Wait for the results and print them
         #[arg(long)]
         wait: bool,
+        /// Send the inputs readable (a collaboration created --unencrypted only)
+        #[arg(long)]
+        readable: bool,
+        /// The policy (TOML) each node's evidence must pass before its input is sealed to it:
+        /// required in an attested collaboration
+        #[arg(long)]
+        policy: Option<PathBuf>,
     },
     /// A task's status and its runs.
     Status { id: String },
@@ -325,6 +332,9 @@ pub async fn fed_node(a: FedNodeArgs, env: &dyn Fn(&str) -> Option<String>) -> a
 struct KeptTask {
     server: String,
     result_seed: String,
+    /// The inputs went readable (and so come the results).
+    #[serde(default)]
+    readable: bool,
 }
 
 fn kept_path(dir: &std::path::Path, id: &str) -> anyhow::Result<PathBuf> {
@@ -337,7 +347,10 @@ fn kept_path(dir: &std::path::Path, id: &str) -> anyhow::Result<PathBuf> {
 pub async fn task(a: TaskArgs, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<ExitCode> {
     let (c, dir) = client(&a.target, env)?;
     match a.command {
-        TaskCommand::Create { collab, orgs, algorithm, cmd, input, databases, name, wait } => {
+        TaskCommand::Create { collab, orgs, algorithm, cmd, input, databases, name, wait, readable, policy } => {
+            let policy = policy
+                .map(|p| enclava_attest::Policy::load(&p).map_err(|e| anyhow::anyhow!("--policy: {e}")))
+                .transpose()?;
             let (kind, program) = match (algorithm, cmd) {
                 (Some(p), None) => ("wasm", std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?),
                 (None, Some(c)) => ("process", c.into_bytes()),
@@ -353,9 +366,11 @@ pub async fn task(a: TaskArgs, env: &dyn Fn(&str) -> Option<String>) -> anyhow::
                 algorithm: &program,
                 inputs: &inputs,
                 databases: &dbs,
+                readable,
+                policy: policy.as_ref(),
             };
             let (task, seed) = c.start_task(&request).await.map_err(said)?;
-            let kept = KeptTask { server: a.target.server.clone(), result_seed: hex::encode(&seed[..]) };
+            let kept = KeptTask { server: a.target.server.clone(), result_seed: hex::encode(&seed[..]), readable };
             write_private(&kept_path(&dir, &task.id)?, &Zeroizing::new(serde_json::to_vec(&kept)?))?;
             println!("task {} {} at {} organisations (job {})", task.id, task.status, orgs.len(), task.job);
             if wait {
@@ -400,7 +415,7 @@ async fn results(c: &FedClient, dir: &std::path::Path, id: &str, json: bool) -> 
         .and_then(|b| b.try_into().ok())
         .context("the kept result key is damaged")?;
     let seed = Zeroizing::new(seed);
-    let outcomes = c.results(id, &seed).await.map_err(said)?;
+    let outcomes = c.results(id, &seed, kept.readable).await.map_err(said)?;
     let mut ok = true;
     if json {
         let list: Vec<serde_json::Value> = outcomes

@@ -99,13 +99,15 @@ async fn a_federated_mean_over_three_organisations_sealed_end_to_end() {
         algorithm: PARTIAL.as_bytes(),
         inputs: &inputs,
         databases: &["trial"],
+        readable: false,
+        policy: None,
     };
     let (task, seed) = acme.start_task(&request).await.expect("task");
     assert_eq!(task.job, task.id, "a top-level task starts its own job");
     assert!(task.runs.ends_with(&format!("runs?task={}", task.id)), "linked: {task:?}");
     let done = acme.wait(&task.id, Duration::from_secs(60)).await.expect("ends");
     assert_eq!(done.status, "completed", "{:?}", acme.runs(&task.id).await);
-    let results = acme.results(&task.id, &seed).await.expect("results open");
+    let results = acme.results(&task.id, &seed, false).await.expect("results open");
     let (mut sum, mut count) = (0i64, 0i64);
     for r in &results {
         let v: serde_json::Value = serde_json::from_slice(r.result.as_deref().expect("a result")).expect("json");
@@ -113,6 +115,13 @@ async fn a_federated_mean_over_three_organisations_sealed_end_to_end() {
         count += v["count"].as_i64().expect("count");
     }
     assert_eq!((sum, count), (136, 6), "the federated mean is 136/6");
+
+    // An algorithm cannot make its node read a file of the node's through a link.
+    let sneaky = TaskRequest { algorithm: br#"ln -s /etc/passwd "$OUTPUT_FILE""#, inputs: &inputs[..1], ..request };
+    let (sneaky, _) = acme.start_task(&sneaky).await.expect("task");
+    assert_eq!(acme.wait(&sneaky.id, Duration::from_secs(30)).await.expect("ends").status, "failed");
+    let why = acme.runs(&sneaky.id).await.expect("runs");
+    assert!(why[0].reasons.iter().any(|r| r.contains("not a regular file")), "{:?}", why[0].reasons);
 
     // The server's database holds no readable input or result.
     let db = n.sandbox.broker().expect("keys").store().audit().database().clone();
@@ -130,31 +139,45 @@ async fn a_federated_mean_over_three_organisations_sealed_end_to_end() {
     let at = changed.len() / 2;
     changed[at] ^= 1;
     let key = enclava_seal::KeyPair::from_seed(&seed);
-    let refused =
-        enclava_client::fed::open_result(Some(&key), &task.id, &runs[0].id, &runs[0].organisation.id, &changed);
+    let result_key = key.public().to_vec();
+    let binding = enclava_contracts::fed::RunBinding {
+        task: &task.id,
+        run: &runs[0].id,
+        organisation: &runs[0].organisation.id,
+        collaboration: &task.collaboration.id,
+        kind: &task.kind,
+        algorithm: &task.algorithm,
+        databases: &task.databases,
+        result_key: &result_key,
+    };
+    enclava_client::fed::open_result(Some(&key), &binding, &runs[0].result).expect("the stored result opens");
+    let refused = enclava_client::fed::open_result(Some(&key), &binding, &changed);
     assert!(refused.is_err(), "a changed result opens");
+    let other_run = enclava_contracts::fed::RunBinding { run: &runs[1].id, ..binding };
+    assert!(enclava_client::fed::open_result(Some(&key), &other_run, &runs[0].result).is_err(), "another run's");
     // One organisation's sealed input does not open with another's key, nor for another run.
     let globex_key = std::fs::read_to_string(n.nodes[1].2.join("organisation.key")).expect("key");
     let globex_seed: [u8; 32] = hex::decode(globex_key.trim()).expect("hex").try_into().expect("32");
     let globex = enclava_seal::KeyPair::from_seed(&globex_seed);
     let acme_org = acme.organisation("acme").await.expect("acme");
-    let sealed = enclava_client::fed::seal_input(&acme_org.public_key, &task.id, &runs[0].id, &acme_org.id, b"{}")
-        .expect("seal");
+    let acme_binding = enclava_contracts::fed::RunBinding { organisation: &acme_org.id, ..binding };
+    let sealed = enclava_client::fed::seal_input(&acme_org.public_key, &acme_binding, b"{}").expect("seal");
     let leased = |org: &str, run: &str| enclava_contracts::fed::LeasedRun {
         run: run.into(),
         task: task.id.clone(),
         job: task.id.clone(),
         organisation: org.into(),
+        collaboration: task.collaboration.id.clone(),
         initiator: String::new(),
         initiator_organisation: None,
-        kind: "process".into(),
-        algorithm: String::new(),
-        databases: Vec::new(),
+        kind: task.kind.clone(),
+        algorithm: task.algorithm.clone(),
+        databases: task.databases.clone(),
         encrypted: true,
         attested: false,
         sealed: Some(sealed.clone()),
         plain: None,
-        result_key: Vec::new(),
+        result_key: result_key.clone(),
         lease: String::new(),
         lease_ms: 0,
     };
@@ -200,18 +223,22 @@ async fn a_federated_mean_over_three_organisations_sealed_end_to_end() {
     let (parent, _) = acme.start_task(&failing).await.expect("parent");
     bare.id = enclava_client::farm::new_job_id();
     bare.parent = Some(parent.id.clone());
+    let globex_id = acme.organisation("globex").await.expect("globex").id;
+    let child_run = enclava_contracts::fed::run_id(&bare.id, 0);
+    let child_binding = enclava_contracts::fed::RunBinding {
+        task: &bare.id,
+        run: &child_run,
+        organisation: &globex_id,
+        collaboration: &bare.collaboration,
+        kind: &bare.kind,
+        algorithm: &bare.algorithm,
+        databases: &bare.databases,
+        result_key: &bare.result_key,
+    };
+    let child_input = enclava_client::fed::seal_input(&globex.public()[..], &child_binding, b"{}").expect("seal");
     bare.organisations = vec![enclava_contracts::fed::OrgInput {
         organisation: "globex".into(),
-        sealed: Some(
-            enclava_client::fed::seal_input(
-                &globex.public()[..],
-                &bare.id,
-                &enclava_contracts::fed::run_id(&bare.id, 0),
-                &acme.organisation("globex").await.expect("globex").id,
-                b"{}",
-            )
-            .expect("seal"),
-        ),
+        sealed: Some(child_input),
         plain: None,
     }];
     let child = acme.create_task(&bare).await.expect("subtask");
@@ -278,6 +305,8 @@ async fn a_server_restarted_mid_run_loses_nothing_and_runs_nothing_twice() {
         algorithm: slow.as_bytes(),
         inputs: &inputs,
         databases: &["trial"],
+        readable: false,
+        policy: None,
     };
     let (task, seed) = acme.start_task(&request).await.expect("task");
     crate::support::eventually("the runs start", Duration::from_secs(10), || async {
@@ -296,7 +325,7 @@ async fn a_server_restarted_mid_run_loses_nothing_and_runs_nothing_twice() {
     for r in acme.runs(&task.id).await.expect("runs") {
         assert_eq!(r.attempts, 1, "run {} ran more than once: {:?}", r.id, r.reasons);
     }
-    let results = acme.results(&task.id, &seed).await.expect("results");
+    let results = acme.results(&task.id, &seed, false).await.expect("results");
     let sum: i64 = results
         .iter()
         .map(|r| {
@@ -330,6 +359,7 @@ async fn an_attested_collaboration_admits_only_nodes_whose_evidence_passes_and_d
         })
         .await
         .expect("an attested collaboration");
+    let policy = enclava_attest::Policy::parse(&sandbox.sim_policy(&[])).expect("policy");
     let mut keys = Vec::new();
     for org in ["t1", "t2", "t3"] {
         let created = admin
@@ -380,11 +410,16 @@ async fn an_attested_collaboration_admits_only_nodes_whose_evidence_passes_and_d
         algorithm: enclava_wasm::examples::REVERSE.as_bytes(),
         inputs: &inputs,
         databases: &[],
+        readable: false,
+        policy: Some(&policy),
     };
+    // The server's copy of the policy is not enough: the initiator gives its own.
+    let e = researcher.start_task(&TaskRequest { policy: None, ..request }).await.expect_err("no policy");
+    assert!(e.message.contains("policy"), "{e:?}");
     let (task, seed) = researcher.start_task(&request).await.expect("task");
     let done = researcher.wait(&task.id, Duration::from_secs(30)).await.expect("ends");
     assert_eq!(done.status, "completed", "{:?}", researcher.runs(&task.id).await);
-    let results = researcher.results(&task.id, &seed).await.expect("results");
+    let results = researcher.results(&task.id, &seed, false).await.expect("results");
     let reversed: String = r#"{"method":"echo"}"#.chars().rev().collect();
     assert!(results.iter().all(|r| r.result.as_deref() == Some(reversed.as_bytes())), "{results:?}");
     // The organisation's own key does not open what was sealed to its node's TEE.
@@ -404,16 +439,17 @@ async fn an_attested_collaboration_admits_only_nodes_whose_evidence_passes_and_d
         task: task.id.clone(),
         job: task.id.clone(),
         organisation: stored.organisation.clone(),
+        collaboration: collab.id.clone(),
         initiator: String::new(),
         initiator_organisation: None,
         kind: "wasm".into(),
-        algorithm: String::new(),
+        algorithm: task.algorithm.clone(),
         databases: Vec::new(),
         encrypted: true,
         attested: false,
         sealed: stored.sealed.clone(),
         plain: None,
-        result_key: Vec::new(),
+        result_key: enclava_seal::KeyPair::from_seed(&seed).public().to_vec(),
         lease: String::new(),
         lease_ms: 0,
     };
