@@ -480,3 +480,58 @@ async fn an_attested_collaboration_admits_only_nodes_whose_evidence_passes_and_d
     foreign.shutdown().await;
     sandbox.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_federation_runs_on_postgresql_too() {
+    let db = enclava_testkit::PgDatabase::create().await.expect("postgres");
+    let url = db.url.clone();
+    let n = network_on(SandboxBuilder::new().configure(move |c| {
+        c.database = Some(url.clone());
+        c.farm_lease_ms = 1000;
+    }))
+    .await;
+    let mut running = Vec::new();
+    for i in 0..3 {
+        running.push(FedNode::start(node_config(&n, i)).await.expect("node starts"));
+    }
+    let (_, acme) = &n.researchers[0];
+    let inputs: Vec<(&str, serde_json::Value)> =
+        SHARES.iter().map(|(o, _)| (*o, serde_json::json!({"method": "partial_mean"}))).collect();
+    let request = TaskRequest {
+        collaboration: &n.collab,
+        name: "mean",
+        kind: "process",
+        algorithm: PARTIAL.as_bytes(),
+        inputs: &inputs,
+        databases: &["trial"],
+        readable: false,
+        policy: None,
+    };
+    // Several tasks at once: every run leased once (SKIP LOCKED), every task completed.
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        tasks.push(acme.start_task(&request).await.expect("task"));
+    }
+    for (task, seed) in &tasks {
+        let done = acme.wait(&task.id, Duration::from_secs(60)).await.expect("ends");
+        assert_eq!(done.status, "completed", "{:?}", acme.runs(&task.id).await);
+        let results = acme.results(&task.id, seed, false).await.expect("results");
+        let sum: i64 = results
+            .iter()
+            .map(|r| {
+                serde_json::from_slice::<serde_json::Value>(r.result.as_deref().expect("result")).expect("json")["sum"]
+                    .as_i64()
+                    .expect("sum")
+            })
+            .sum();
+        assert_eq!(sum, 136);
+        for r in acme.runs(&task.id).await.expect("runs") {
+            assert_eq!(r.attempts, 1, "{r:?}");
+        }
+    }
+    for node in running {
+        node.shutdown().await;
+    }
+    n.sandbox.stop().await;
+    db.drop_db().await;
+}
