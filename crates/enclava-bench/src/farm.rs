@@ -328,6 +328,7 @@ fn sandboxed_start(dur: Duration) -> anyhow::Result<Option<Duration>> {
     std::fs::create_dir(&work)?;
     let job = ProcessJob {
         rootfs: root,
+        shared: None,
         argv: vec!["/bin/true".into()],
         env: vec![],
         work,

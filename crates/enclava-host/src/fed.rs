@@ -6,7 +6,8 @@
 //!
 //! An algorithm sees vantage6's contract in its one writable folder, `/work`: `INPUT_FILE`
 //! (`{method, args, kwargs}` JSON), `OUTPUT_FILE` (what it writes there is its result; without
-//! one, its standard output is), `TEMPORARY_FOLDER`, and for each database label the task asks
+//! one, its standard output is), `TEMPORARY_FOLDER` (`/shared`: the job's, shared by a task and
+//! its subtasks, kept an hour after the job's last run), and for each database label the task asks
 //! for and the node has, `<LABEL>_DATABASE_URI` (a read-only copy under `/work/data`) and
 //! `<LABEL>_DATABASE_TYPE`. A failed run says why; its standard error goes back only where the
 //! node's policy allows (off by default: tracebacks can leak data, vantage6 #675).
@@ -46,6 +47,8 @@ pub struct FedNodeConfig {
     pub allowed_users: Option<BTreeSet<String>>,
     /// Return a failed algorithm's standard error with the failure.
     pub return_logs: bool,
+    /// How long a job's temporary folder is kept after its last run here.
+    pub temp_retention: Duration,
     /// The largest result an algorithm may write.
     pub max_output_bytes: usize,
     /// Runs at once, at most.
@@ -73,6 +76,7 @@ impl FedNodeConfig {
             allowed_organisations: None,
             allowed_users: None,
             return_logs: false,
+            temp_retention: Duration::from_secs(3600),
             max_output_bytes: 8 << 20,
             max_runs: 4,
             timeout: Duration::from_secs(300),
@@ -175,6 +179,12 @@ impl FedNode {
     /// Stops at once, as a crash would.
     pub fn abort(self) {
         self.task.abort();
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.jobs_dir);
     }
 }
 
@@ -377,6 +387,23 @@ fn read_output(path: &Path, max: usize) -> Result<Option<Vec<u8>>, Error> {
     Ok(Some(out))
 }
 
+/// Marks a folder used now (its modification time), for [`sweep_job_folders`].
+fn touch(dir: &Path) {
+    let _ = std::fs::File::open(dir).and_then(|f| f.set_modified(std::time::SystemTime::now()));
+}
+
+/// Removes jobs' temporary folders not used for `keep`.
+fn sweep_job_folders(jobs_dir: &Path, keep: Duration) {
+    let Ok(entries) = std::fs::read_dir(jobs_dir) else { return };
+    for e in entries.flatten() {
+        let old =
+            e.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).is_some_and(|age| age > keep);
+        if old && e.file_name().to_string_lossy().starts_with("job-") {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 /// Environment variable names: a label upper-cased.
 fn env_label(label: &str) -> String {
     label.to_ascii_uppercase().replace('-', "_")
@@ -435,13 +462,21 @@ async fn execute(shared: &Shared, client: &FedClient, run: &LeasedRun, work: &Pa
     let io = |e: std::io::Error| Error::unavailable(format!("cannot prepare the run's folder: {e}"));
     let _ = std::fs::remove_dir_all(work);
     std::fs::create_dir_all(work.join("data")).map_err(io)?;
-    std::fs::create_dir_all(work.join("tmp")).map_err(io)?;
+    // The temporary folder is the job's: shared by a task and its subtasks that run here, kept
+    // for `temp_retention` after the job's last run here (vantage6 leaves them for good).
+    if run.job.len() != 32 || !run.job.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+        return Err(Error::invalid("the run's job id is not one the server makes"));
+    }
+    sweep_job_folders(&shared.jobs_dir, config.temp_retention);
+    let job_tmp = shared.jobs_dir.join(format!("job-{}", run.job));
+    std::fs::create_dir_all(&job_tmp).map_err(io)?;
+    touch(&job_tmp);
     std::fs::write(work.join("input"), input.as_slice()).map_err(io)?;
     let inside = enclava_process::WORK_DIR;
     let mut env = vec![
         ("INPUT_FILE".to_owned(), format!("{inside}/input")),
         ("OUTPUT_FILE".to_owned(), format!("{inside}/output")),
-        ("TEMPORARY_FOLDER".to_owned(), format!("{inside}/tmp")),
+        ("TEMPORARY_FOLDER".to_owned(), enclava_process::SHARED_DIR.to_owned()),
         ("TASK_ID".to_owned(), run.task.clone()),
         ("JOB_ID".to_owned(), run.job.clone()),
         ("ORGANIZATION_ID".to_owned(), run.organisation.clone()),
@@ -464,7 +499,14 @@ async fn execute(shared: &Shared, client: &FedClient, run: &LeasedRun, work: &Pa
                 args: Vec::new(),
                 env,
                 stdin: input.to_vec(),
-                dirs: vec![enclava_wasm::Preopen { host: work.to_owned(), guest: inside.into(), writable: true }],
+                dirs: vec![
+                    enclava_wasm::Preopen { host: work.to_owned(), guest: inside.into(), writable: true },
+                    enclava_wasm::Preopen {
+                        host: job_tmp.clone(),
+                        guest: enclava_process::SHARED_DIR.into(),
+                        writable: true,
+                    },
+                ],
                 limits: Some(enclava_wasm::RunLimits { timeout: config.timeout, ..defaults }),
             };
             let report = tokio::task::spawn_blocking(move || {
@@ -487,6 +529,7 @@ async fn execute(shared: &Shared, client: &FedClient, run: &LeasedRun, work: &Pa
                 argv: vec!["/bin/sh".into(), "-c".into(), command.to_owned(), "algorithm".into()],
                 env,
                 work: work.to_owned(),
+                shared: Some(job_tmp.clone()),
                 stdin: input.to_vec(),
                 limits: enclava_process::ProcessLimits { timeout: config.timeout, ..Default::default() },
             };

@@ -591,6 +591,7 @@ async fn run_process(
     argv.extend(args);
     let job = enclava_process::ProcessJob {
         rootfs: rootfs.clone(),
+        shared: None,
         argv,
         env: vec![("PATH".into(), "/bin:/usr/bin".into())],
         work: dir.to_owned(),

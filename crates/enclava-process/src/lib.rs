@@ -28,6 +28,8 @@ pub const ISOLATION: &str = "Not confidential: the host can see everything. Sand
 
 /// Where a job's writable folder appears inside the sandbox.
 pub const WORK_DIR: &str = "/work";
+/// Where a folder shared with other jobs (a federated job's runs) appears, when there is one.
+pub const SHARED_DIR: &str = "/shared";
 
 /// What one job may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +68,8 @@ pub struct ProcessJob {
     pub env: Vec<(String, String)>,
     /// The host folder mounted writable at [`WORK_DIR`], where inputs are and outputs go.
     pub work: PathBuf,
+    /// A host folder mounted writable at [`SHARED_DIR`] (shared with other jobs), if any.
+    pub shared: Option<PathBuf>,
     pub stdin: Vec<u8>,
     pub limits: ProcessLimits,
 }
@@ -204,6 +208,12 @@ impl ProcessSandbox {
             .map_err(|e| Error::invalid(format!("the job's folder {} cannot be used: {e}", job.work.display())))?;
         flag(&mut args, &["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]);
         args.extend(["--bind".into(), work.display().to_string(), WORK_DIR.into()]);
+        if let Some(shared) = &job.shared {
+            let shared = shared.canonicalize().map_err(|e| {
+                Error::invalid(format!("the job's shared folder {} cannot be used: {e}", shared.display()))
+            })?;
+            args.extend(["--bind".into(), shared.display().to_string(), SHARED_DIR.into()]);
+        }
         flag(
             &mut args,
             &["--remount-ro", "/", "--chdir", WORK_DIR, "--setenv", "PATH", "/usr/bin:/bin:/usr/sbin:/sbin"],

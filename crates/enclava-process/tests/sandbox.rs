@@ -39,6 +39,7 @@ fn fixture() -> Fixture {
 fn job(f: &Fixture, script: &str) -> ProcessJob {
     ProcessJob {
         rootfs: f.root.clone(),
+        shared: None,
         argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
         env: vec![("GREETING".into(), "hi".into())],
         work: f.work.clone(),

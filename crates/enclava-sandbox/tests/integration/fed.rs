@@ -123,6 +123,25 @@ async fn a_federated_mean_over_three_organisations_sealed_end_to_end() {
     let why = acme.runs(&sneaky.id).await.expect("runs");
     assert!(why[0].reasons.iter().any(|r| r.contains("not a regular file")), "{:?}", why[0].reasons);
 
+    // A job's temporary folder is shared by a task and its subtasks, and no other job sees it.
+    let writer = TaskRequest {
+        algorithm: br#"echo from-the-parent > "$TEMPORARY_FOLDER/note"; sleep 2; echo done > "$OUTPUT_FILE""#,
+        inputs: &inputs[..1],
+        ..request
+    };
+    let (parent, _) = acme.start_task(&writer).await.expect("parent");
+    let reader = br#"sleep 1; cat "$TEMPORARY_FOLDER/note" > "$OUTPUT_FILE""#;
+    let (child, child_seed) = subtask(acme, &parent, "acme", reader).await;
+    let (other, other_seed) = acme
+        .start_task(&TaskRequest { algorithm: br#"ls "$TEMPORARY_FOLDER" > "$OUTPUT_FILE""#, ..writer })
+        .await
+        .expect("another job");
+    for (t, seed, expect) in [(&child, &child_seed, "from-the-parent\n"), (&other, &other_seed, "")] {
+        assert_eq!(acme.wait(&t.id, Duration::from_secs(30)).await.expect("ends").status, "completed");
+        let r = acme.results(&t.id, seed, false).await.expect("results");
+        assert_eq!(String::from_utf8_lossy(r[0].result.as_deref().expect("result")), expect, "task {}", t.name);
+    }
+
     // The server's database holds no readable input or result.
     let db = n.sandbox.broker().expect("keys").store().audit().database().clone();
     use sqlx::Row;
@@ -534,4 +553,43 @@ async fn the_federation_runs_on_postgresql_too() {
     }
     n.sandbox.stop().await;
     db.drop_db().await;
+}
+
+/// A subtask of `parent` at organisation `org` (the same job), its input sealed to that
+/// organisation's key; returns it with its result seed.
+async fn subtask(
+    c: &FedClient,
+    parent: &enclava_contracts::fed::TaskView,
+    org: &str,
+    algorithm: &[u8],
+) -> (enclava_contracts::fed::TaskView, [u8; 32]) {
+    let hash = c.add_algorithm(algorithm.to_vec()).await.expect("algorithm");
+    let o = c.organisation(org).await.expect("organisation");
+    let seed = [5u8; 32];
+    let result_key = enclava_seal::KeyPair::from_seed(&seed).public().to_vec();
+    let id = enclava_client::farm::new_job_id();
+    let run = enclava_contracts::fed::run_id(&id, 0);
+    let binding = enclava_contracts::fed::RunBinding {
+        task: &id,
+        run: &run,
+        organisation: &o.id,
+        collaboration: &parent.collaboration.id,
+        kind: "process",
+        algorithm: &hash,
+        databases: &[],
+        result_key: &result_key,
+    };
+    let sealed = enclava_client::fed::seal_input(&o.public_key, &binding, b"{}").expect("seal");
+    let t = enclava_contracts::fed::NewTask {
+        id,
+        collaboration: parent.collaboration.id.clone(),
+        name: "subtask".into(),
+        kind: "process".into(),
+        algorithm: hash,
+        organisations: vec![enclava_contracts::fed::OrgInput { organisation: o.id, sealed: Some(sealed), plain: None }],
+        result_key,
+        databases: Vec::new(),
+        parent: Some(parent.id.clone()),
+    };
+    (c.create_task(&t).await.expect("subtask"), seed)
 }
