@@ -334,6 +334,71 @@ impl FedClient {
     }
 }
 
+/// vantage6's `v6 test feature-test`, as a sandboxed process algorithm every node runs: its
+/// environment, its input, its temporary folder, the databases it was given, and that it cannot
+/// reach the network — neither the internet nor the federation server, which its node reaches
+/// (`kwargs.probe`). Its result is a JSON object of checks, each true or false.
+pub const DIAGNOSTIC: &str = r#"env_ok=false; [ -n "$INPUT_FILE" ] && [ -n "$OUTPUT_FILE" ] && [ -n "$TEMPORARY_FOLDER" ] && env_ok=true
+input_ok=false; [ -r "$INPUT_FILE" ] && input_ok=true
+tmp_ok=false; ( : > "$TEMPORARY_FOLDER/.probe" ) 2>/dev/null && tmp_ok=true
+db_ok=true
+for label in $(echo "$DB_LABELS" | tr ',' ' '); do
+  var=$(echo "$label" | tr 'a-z-' 'A-Z_')_DATABASE_URI
+  uri=$(env | grep "^$var=" | cut -d= -f2-)
+  [ -r "$uri" ] || db_ok=false
+done
+probe=$(sed -n 's/.*"probe": *"\([^"]*\)".*/\1/p' "$INPUT_FILE")
+net_isolated=true
+for url in "$probe" http://1.1.1.1/; do
+  [ -n "$url" ] && wget -q -T 2 -O /dev/null "$url" 2>/dev/null && net_isolated=false
+done
+printf '{"environment": %s, "input_readable": %s, "temporary_folder_writable": %s, "databases_readable": %s, "network_isolated": %s, "output_writable": true}'   "$env_ok" "$input_ok" "$tmp_ok" "$db_ok" "$net_isolated" > "$OUTPUT_FILE""#;
+
+impl FedClient {
+    /// Runs [`DIAGNOSTIC`] at every organisation of `collab` whose node is online (with the
+    /// databases `databases`); returns each organisation's checks, or why its run did not end.
+    pub async fn test_features(
+        &self,
+        collab: &str,
+        databases: &[&str],
+        policy: Option<&enclava_attest::Policy>,
+    ) -> Result<Vec<(String, Result<serde_json::Value, String>)>, Error> {
+        let nodes = self.nodes(Some(collab)).await?;
+        let online: Vec<String> = nodes.iter().filter(|n| n.online).map(|n| n.organisation.id.clone()).collect();
+        if online.is_empty() {
+            return Err(Error::new(ErrorCode::FailedPrecondition, "no node of this collaboration is online"));
+        }
+        let probe = format!("{}/health", self.api.root());
+        let inputs: Vec<(&str, serde_json::Value)> = online
+            .iter()
+            .map(|o| (o.as_str(), serde_json::json!({ "method": "base_features", "kwargs": { "probe": probe } })))
+            .collect();
+        let request = TaskRequest {
+            collaboration: collab,
+            name: "features",
+            kind: "process",
+            algorithm: DIAGNOSTIC.as_bytes(),
+            inputs: &inputs,
+            databases,
+            readable: false,
+            policy,
+        };
+        let (task, seed) = self.start_task(&request).await?;
+        self.wait(&task.id, Duration::from_secs(120)).await?;
+        let outcomes = self.results(&task.id, &seed, false).await?;
+        Ok(outcomes
+            .into_iter()
+            .map(|o| {
+                let checks = match o.result {
+                    Some(r) => serde_json::from_slice(&r).map_err(|e| format!("not the diagnostic's output: {e}")),
+                    None => Err(format!("{}: {}", o.status, o.reasons.join("; "))),
+                };
+                (o.organisation, checks)
+            })
+            .collect())
+    }
+}
+
 /// What [`FedClient::start_task`] takes.
 #[derive(Clone, Copy)]
 pub struct TaskRequest<'a> {

@@ -14,6 +14,8 @@ use zeroize::Zeroizing;
 /// One role's REST API on one server.
 #[derive(Clone)]
 pub struct RestApi {
+    /// The server's URL.
+    root: String,
     base: String,
     /// The role's prefix (`farm`, `fed`), for messages.
     role: &'static str,
@@ -33,6 +35,7 @@ impl RestApi {
     /// The API of role `role` (its prefix: `/{role}/v1`) on the server at `url`.
     pub fn new(url: &str, role: &'static str, token: Option<Zeroizing<String>>, max_answer: usize) -> RestApi {
         RestApi {
+            root: url.trim_end_matches('/').to_owned(),
             base: format!("{}/{role}/v1", url.trim_end_matches('/')),
             role,
             token,
@@ -40,6 +43,11 @@ impl RestApi {
             timeout: Duration::from_secs(30),
             max_answer,
         }
+    }
+
+    /// The server's URL (`http://host:port`).
+    pub fn root(&self) -> &str {
+        &self.root
     }
 
     pub fn token(&self) -> Option<&str> {

@@ -165,6 +165,8 @@ pub const BUSYBOX_APPLETS: &[&str] = &[
     "od",
     "sha256sum",
     "ln",
+    "wget",
+    "env",
 ];
 
 /// Measures this host and refuses an offer beyond it: a host does not sell what it does not have.

@@ -72,6 +72,8 @@ pub enum Command {
     FedNode(crate::fed_cli::FedNodeArgs),
     /// Federated tasks: create (inputs sealed per organisation), status, results, kill.
     Task(crate::fed_cli::TaskArgs),
+    /// Federation diagnostics: `test features` runs a built-in check at every online node.
+    Test(crate::fed_cli::TestArgs),
     /// Measure Enclava against its floors.
     #[command(subcommand)]
     Bench(BenchCommand),

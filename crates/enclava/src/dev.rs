@@ -531,6 +531,12 @@ async fn fed_demo(
         count += n;
     }
     anyhow::ensure!(count > 0, "no rows came back");
+    for (org, checks) in me.test_features(&collab.id, &["trial"], None).await.map_err(said)? {
+        match checks {
+            Ok(v) => println!("      feature test at {}: {v}", name(&org)),
+            Err(why) => println!("      feature test at {}: did not run: {why}", name(&org)),
+        }
+    }
     println!(
         "      federated mean: {sum} / {count} = {:.2} (no organisation saw another's rows)",
         sum as f64 / count as f64

@@ -442,3 +442,64 @@ async fn results(c: &FedClient, dir: &std::path::Path, id: &str, json: bool) -> 
     }
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
+
+/// `enclava test`
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    #[command(flatten)]
+    pub target: FarmTarget,
+    #[command(subcommand)]
+    pub command: TestCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TestCommand {
+    /// Run the built-in diagnostic at every online node of a collaboration: environment, input,
+    /// temporary folder, databases, and that the algorithm cannot reach the network.
+    Features {
+        #[arg(long)]
+        collab: String,
+        /// Database labels to check (repeatable)
+        #[arg(long = "database")]
+        databases: Vec<String>,
+        /// For an attested collaboration: the policy its nodes' evidence must pass
+        #[arg(long)]
+        policy: Option<PathBuf>,
+    },
+}
+
+pub async fn test(a: TestArgs, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<ExitCode> {
+    let (c, _) = client(&a.target, env)?;
+    let TestCommand::Features { collab, databases, policy } = a.command;
+    let policy =
+        policy.map(|p| enclava_attest::Policy::load(&p).map_err(|e| anyhow::anyhow!("--policy: {e}"))).transpose()?;
+    let dbs: Vec<&str> = databases.iter().map(String::as_str).collect();
+    let report = c.test_features(&collab, &dbs, policy.as_ref()).await.map_err(said)?;
+    let mut ok = true;
+    for (org, checks) in report {
+        match checks {
+            Ok(v) => {
+                let failed: Vec<String> = v
+                    .as_object()
+                    .map(|m| {
+                        m.iter()
+                            .filter(|(_, ok)| **ok != serde_json::Value::Bool(true))
+                            .map(|(k, _)| k.clone())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                ok &= failed.is_empty();
+                if failed.is_empty() {
+                    println!("{org}: every check passed ({v})");
+                } else {
+                    println!("{org}: FAILED {} ({v})", failed.join(", "));
+                }
+            }
+            Err(why) => {
+                ok = false;
+                println!("{org}: did not run: {why}");
+            }
+        }
+    }
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}

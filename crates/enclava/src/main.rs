@@ -79,6 +79,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Collab(a) => fed_cli::collab(a, &env).await,
         Command::FedNode(a) => fed_cli::fed_node(a, &env).await,
         Command::Task(a) => fed_cli::task(a, &env).await,
+        Command::Test(a) => fed_cli::test(a, &env).await,
         Command::Bench(cli::BenchCommand::Discovery(a)) => enclava_bench::discovery::discovery(a).await,
         Command::Bench(cli::BenchCommand::Evidence(a)) => enclava_bench::evidence::evidence(a),
         Command::Bench(cli::BenchCommand::Keys(a)) => enclava_bench::keys::keys(a).await,

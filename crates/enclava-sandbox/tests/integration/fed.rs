@@ -142,6 +142,16 @@ async fn a_federated_mean_over_three_organisations_sealed_end_to_end() {
         assert_eq!(String::from_utf8_lossy(r[0].result.as_deref().expect("result")), expect, "task {}", t.name);
     }
 
+    // The diagnostic (vantage6's feature test) passes at every node.
+    let features = acme.test_features(&n.collab, &["trial"], None).await.expect("features");
+    assert_eq!(features.len(), 3);
+    for (org, checks) in &features {
+        let checks = checks.as_ref().expect("ran");
+        for (name, ok) in checks.as_object().expect("object") {
+            assert_eq!(ok, &serde_json::Value::Bool(true), "{org}: {name} in {checks}");
+        }
+    }
+
     // The server's database holds no readable input or result.
     let db = n.sandbox.broker().expect("keys").store().audit().database().clone();
     use sqlx::Row;
