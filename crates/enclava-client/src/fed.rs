@@ -291,21 +291,30 @@ impl FedClient {
                 ),
             ));
         };
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let label = enclava_attest::binding::FED_NODE;
-        self.verifier.judge(policy, &a.evidence, label, &a.public_key, a.nonce.as_bytes(), now).await.map_err(|r| {
-            Error::new(
-                ErrorCode::FailedPrecondition,
-                format!("{}'s node failed your check of its evidence: {}", org.name, r.join("; ")),
-            )
-        })?;
+        self.verifier.judge(policy, &a.evidence, label, &a.public_key, a.nonce.as_bytes(), unix_now()).await.map_err(
+            |r| {
+                Error::new(
+                    ErrorCode::FailedPrecondition,
+                    format!("{}'s node failed your check of its evidence: {}", org.name, r.join("; ")),
+                )
+            },
+        )?;
         Ok(a.public_key.clone())
     }
 
     /// Each run's result opened with the task's result seed (`readable`: the task was created with
     /// readable inputs, and its results are readable too), as (organisation id, status, result or
-    /// the reasons it has none). A sealed task's result that comes back unsealed is refused.
-    pub async fn results(&self, task: &str, seed: &[u8; 32], readable: bool) -> Result<Vec<RunOutcome>, Error> {
+    /// the reasons it has none). A sealed task's result that comes back unsealed is refused. With
+    /// `policy` (an attested collaboration), every result must carry its node's receipt, and the
+    /// receipt must verify under it for this run, this algorithm and this stored result.
+    pub async fn results(
+        &self,
+        task: &str,
+        seed: &[u8; 32],
+        readable: bool,
+        policy: Option<&enclava_attest::Policy>,
+    ) -> Result<Vec<RunOutcome>, Error> {
         let view = self.task(task).await?;
         let runs = self.runs(task).await?;
         let pair = enclava_seal::KeyPair::from_seed(seed);
@@ -328,7 +337,39 @@ impl FedClient {
             } else {
                 None
             };
-            out.push(RunOutcome { organisation: r.organisation.id, status: r.status, result, reasons: r.reasons });
+            let receipt = match (policy, &r.receipt, r.status == "completed") {
+                (Some(policy), Some(signed), true) => {
+                    let expect = crate::ReceiptExpectations {
+                        job: Some(&r.id),
+                        program_sha256: Some(&view.algorithm),
+                        input_sha256: None,
+                        output: Some(&r.result),
+                    };
+                    let (receipt, _) = crate::verify_receipt(signed, policy, &self.verifier, unix_now(), &expect)
+                        .await
+                        .map_err(|why| {
+                            Error::new(
+                                ErrorCode::Tampered,
+                                format!("run {}'s receipt does not verify: {}", r.id, why.join("; ")),
+                            )
+                        })?;
+                    Some(receipt)
+                }
+                (Some(_), None, true) => {
+                    return Err(Error::new(
+                        ErrorCode::Tampered,
+                        format!("run {} came back without its node's receipt: nothing vouches for it", r.id),
+                    ));
+                }
+                _ => None,
+            };
+            out.push(RunOutcome {
+                organisation: r.organisation.id,
+                status: r.status,
+                result,
+                reasons: r.reasons,
+                receipt,
+            });
         }
         Ok(out)
     }
@@ -385,7 +426,7 @@ impl FedClient {
         };
         let (task, seed) = self.start_task(&request).await?;
         self.wait(&task.id, Duration::from_secs(120)).await?;
-        let outcomes = self.results(&task.id, &seed, false).await?;
+        let outcomes = self.results(&task.id, &seed, false, policy).await?;
         Ok(outcomes
             .into_iter()
             .map(|o| {
@@ -424,6 +465,8 @@ pub struct RunOutcome {
     pub status: String,
     pub result: Option<Vec<u8>>,
     pub reasons: Vec<String>,
+    /// The node's receipt, verified under the initiator's policy (attested collaborations).
+    pub receipt: Option<enclava_contracts::farm::Receipt>,
 }
 
 impl std::fmt::Debug for TaskRequest<'_> {
@@ -489,6 +532,10 @@ pub fn open_result(
             "a result does not open with this task's key: it was changed or is another run's",
         )
     })
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// Refuses what cannot go into a URL path or query as it is.

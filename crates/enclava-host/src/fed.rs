@@ -491,7 +491,7 @@ async fn execute(shared: &Shared, client: &FedClient, run: &LeasedRun, work: &Pa
         env.push((format!("{}_DATABASE_URI", env_label(label)), format!("{inside}/data/{name}")));
         env.push((format!("{}_DATABASE_TYPE", env_label(label)), "csv".into()));
     }
-    let (success, outcome, stdout, stderr) = match run.kind.as_str() {
+    let (success, outcome, stdout, stderr, work_done) = match run.kind.as_str() {
         "wasm" => {
             let engine = shared.wasm.clone();
             let defaults = engine.config().limits;
@@ -515,7 +515,13 @@ async fn execute(shared: &Shared, client: &FedClient, run: &LeasedRun, work: &Pa
             })
             .await
             .map_err(|e| Error::internal(format!("the Wasm run stopped: {e}")))??;
-            (report.outcome.success(), report.outcome.to_string(), report.stdout.to_vec(), report.stderr.to_vec())
+            let done = WorkDone {
+                fuel: report.fuel_used,
+                wall: report.wall,
+                peak_memory: report.peak_memory_bytes,
+                isolation: crate::WASM_ISOLATION,
+            };
+            (report.outcome.success(), report.outcome.to_string(), report.stdout.to_vec(), report.stderr.to_vec(), done)
         }
         "process" => {
             let (Some(sandbox), Some(rootfs)) = (&shared.process, &config.rootfs) else {
@@ -534,7 +540,8 @@ async fn execute(shared: &Shared, client: &FedClient, run: &LeasedRun, work: &Pa
                 limits: enclava_process::ProcessLimits { timeout: config.timeout, ..Default::default() },
             };
             let report = sandbox.run(&job).await?;
-            (report.outcome.success(), report.outcome.to_string(), report.stdout, report.stderr)
+            let done = WorkDone { fuel: 0, wall: report.wall, peak_memory: 0, isolation: enclava_process::ISOLATION };
+            (report.outcome.success(), report.outcome.to_string(), report.stdout, report.stderr, done)
         }
         other => {
             return Err(Error::invalid(format!("this node runs no {} algorithms", enclava_core::text::quote(other))));
@@ -554,5 +561,36 @@ async fn execute(shared: &Shared, client: &FedClient, run: &LeasedRun, work: &Pa
         None => stdout,
     };
     let result = enclava_client::fed::seal_result(run, &output)?;
-    Ok(RunDone { lease: run.lease.clone(), status: "completed".into(), reason: None, result, receipt: None })
+    // A node on a TEE signs what it did: the run, the algorithm, the input it opened, the result
+    // it stored, and the work, bound into fresh evidence.
+    let receipt = match &config.attester {
+        Some(attester) => Some(attester.receipt(enclava_contracts::farm::Receipt {
+            version: 1,
+            job: run.run.clone(),
+            host: String::new(),
+            platform: String::new(),
+            executor: run.kind.clone(),
+            isolation: work_done.isolation.to_owned(),
+            program_sha256: run.algorithm.clone(),
+            input_sha256: enclava_contracts::farm::sha256_hex(&input),
+            output_sha256: enclava_contracts::farm::sha256_hex(&result),
+            bytes_in: input.len() as u64,
+            bytes_out: result.len() as u64,
+            fuel: work_done.fuel,
+            wall_ms: work_done.wall.as_millis() as u64,
+            peak_memory_bytes: work_done.peak_memory,
+            outcome,
+            issued_at: 0,
+        })?),
+        None => None,
+    };
+    Ok(RunDone { lease: run.lease.clone(), status: "completed".into(), reason: None, result, receipt })
+}
+
+/// What a run's executor reports, for its receipt.
+struct WorkDone {
+    fuel: u64,
+    wall: Duration,
+    peak_memory: u64,
+    isolation: &'static str,
 }

@@ -523,7 +523,7 @@ async fn fed_demo(
     }
     anyhow::ensure!(done.status == "completed", "the federated task ended {}: {:?}", done.status, runs);
     let (mut sum, mut count) = (0i64, 0i64);
-    for o in me.results(&task.id, &seed, false).await.map_err(said)? {
+    for o in me.results(&task.id, &seed, false, None).await.map_err(said)? {
         let v: serde_json::Value = serde_json::from_slice(o.result.as_deref().unwrap_or_default())?;
         let (s, n) = (v["sum"].as_i64().unwrap_or(0), v["count"].as_i64().unwrap_or(0));
         println!("      you opened {}'s result: sum {s} over {n} rows", name(&o.organisation));

@@ -335,6 +335,9 @@ struct KeptTask {
     /// The inputs went readable (and so come the results).
     #[serde(default)]
     readable: bool,
+    /// The policy the nodes were judged by (its results' receipts must verify under it).
+    #[serde(default)]
+    policy: Option<String>,
 }
 
 fn kept_path(dir: &std::path::Path, id: &str) -> anyhow::Result<PathBuf> {
@@ -348,8 +351,12 @@ pub async fn task(a: TaskArgs, env: &dyn Fn(&str) -> Option<String>) -> anyhow::
     let (c, dir) = client(&a.target, env)?;
     match a.command {
         TaskCommand::Create { collab, orgs, algorithm, cmd, input, databases, name, wait, readable, policy } => {
-            let policy = policy
-                .map(|p| enclava_attest::Policy::load(&p).map_err(|e| anyhow::anyhow!("--policy: {e}")))
+            let policy_text = policy
+                .map(|p| std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display())))
+                .transpose()?;
+            let policy = policy_text
+                .as_deref()
+                .map(|t| enclava_attest::Policy::parse(t).map_err(|e| anyhow::anyhow!("--policy: {e}")))
                 .transpose()?;
             let (kind, program) = match (algorithm, cmd) {
                 (Some(p), None) => ("wasm", std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?),
@@ -370,7 +377,12 @@ pub async fn task(a: TaskArgs, env: &dyn Fn(&str) -> Option<String>) -> anyhow::
                 policy: policy.as_ref(),
             };
             let (task, seed) = c.start_task(&request).await.map_err(said)?;
-            let kept = KeptTask { server: a.target.server.clone(), result_seed: hex::encode(&seed[..]), readable };
+            let kept = KeptTask {
+                server: a.target.server.clone(),
+                result_seed: hex::encode(&seed[..]),
+                readable,
+                policy: policy_text.clone(),
+            };
             write_private(&kept_path(&dir, &task.id)?, &Zeroizing::new(serde_json::to_vec(&kept)?))?;
             println!("task {} {} at {} organisations (job {})", task.id, task.status, orgs.len(), task.job);
             if wait {
@@ -415,7 +427,12 @@ async fn results(c: &FedClient, dir: &std::path::Path, id: &str, json: bool) -> 
         .and_then(|b| b.try_into().ok())
         .context("the kept result key is damaged")?;
     let seed = Zeroizing::new(seed);
-    let outcomes = c.results(id, &seed, kept.readable).await.map_err(said)?;
+    let policy = kept
+        .policy
+        .as_deref()
+        .map(|t| enclava_attest::Policy::parse(t).map_err(|e| anyhow::anyhow!("the kept policy: {e}")))
+        .transpose()?;
+    let outcomes = c.results(id, &seed, kept.readable, policy.as_ref()).await.map_err(said)?;
     let mut ok = true;
     if json {
         let list: Vec<serde_json::Value> = outcomes
@@ -435,7 +452,16 @@ async fn results(c: &FedClient, dir: &std::path::Path, id: &str, json: bool) -> 
         ok &= o.status == "completed";
         if !json {
             match &o.result {
-                Some(r) => println!("{}: {}", o.organisation, String::from_utf8_lossy(r)),
+                Some(r) => println!(
+                    "{}: {}{}",
+                    o.organisation,
+                    String::from_utf8_lossy(r),
+                    match &o.receipt {
+                        Some(rc) =>
+                            format!(" (receipt VERIFIED: {} on {}, {} ms)", rc.executor, rc.platform, rc.wall_ms),
+                        None => String::new(),
+                    }
+                ),
                 None => println!("{}: {} — {}", o.organisation, o.status, o.reasons.join("; ")),
             }
         }

@@ -107,7 +107,7 @@ async fn a_federated_mean_over_three_organisations_sealed_end_to_end() {
     assert!(task.runs.ends_with(&format!("runs?task={}", task.id)), "linked: {task:?}");
     let done = acme.wait(&task.id, Duration::from_secs(60)).await.expect("ends");
     assert_eq!(done.status, "completed", "{:?}", acme.runs(&task.id).await);
-    let results = acme.results(&task.id, &seed, false).await.expect("results open");
+    let results = acme.results(&task.id, &seed, false, None).await.expect("results open");
     let (mut sum, mut count) = (0i64, 0i64);
     for r in &results {
         let v: serde_json::Value = serde_json::from_slice(r.result.as_deref().expect("a result")).expect("json");
@@ -138,7 +138,7 @@ async fn a_federated_mean_over_three_organisations_sealed_end_to_end() {
         .expect("another job");
     for (t, seed, expect) in [(&child, &child_seed, "from-the-parent\n"), (&other, &other_seed, "")] {
         assert_eq!(acme.wait(&t.id, Duration::from_secs(30)).await.expect("ends").status, "completed");
-        let r = acme.results(&t.id, seed, false).await.expect("results");
+        let r = acme.results(&t.id, seed, false, None).await.expect("results");
         assert_eq!(String::from_utf8_lossy(r[0].result.as_deref().expect("result")), expect, "task {}", t.name);
     }
 
@@ -354,7 +354,7 @@ async fn a_server_restarted_mid_run_loses_nothing_and_runs_nothing_twice() {
     for r in acme.runs(&task.id).await.expect("runs") {
         assert_eq!(r.attempts, 1, "run {} ran more than once: {:?}", r.id, r.reasons);
     }
-    let results = acme.results(&task.id, &seed, false).await.expect("results");
+    let results = acme.results(&task.id, &seed, false, None).await.expect("results");
     let sum: i64 = results
         .iter()
         .map(|r| {
@@ -448,9 +448,15 @@ async fn an_attested_collaboration_admits_only_nodes_whose_evidence_passes_and_d
     let (task, seed) = researcher.start_task(&request).await.expect("task");
     let done = researcher.wait(&task.id, Duration::from_secs(30)).await.expect("ends");
     assert_eq!(done.status, "completed", "{:?}", researcher.runs(&task.id).await);
-    let results = researcher.results(&task.id, &seed, false).await.expect("results");
+    let results = researcher.results(&task.id, &seed, false, Some(&policy)).await.expect("results");
     let reversed: String = r#"{"method":"echo"}"#.chars().rev().collect();
     assert!(results.iter().all(|r| r.result.as_deref() == Some(reversed.as_bytes())), "{results:?}");
+    // Each result carries its node's receipt, verified under the initiator's policy.
+    for r in &results {
+        let receipt = r.receipt.as_ref().expect("a verified receipt");
+        assert_eq!((receipt.platform.as_str(), receipt.program_sha256.as_str()), ("sim", task.algorithm.as_str()));
+        assert!(receipt.fuel > 0, "{receipt:?}");
+    }
     // The organisation's own key does not open what was sealed to its node's TEE.
     let db = sandbox.broker().expect("keys").store().audit().database().clone();
     use sqlx::Row;
@@ -544,7 +550,7 @@ async fn the_federation_runs_on_postgresql_too() {
     for (task, seed) in &tasks {
         let done = acme.wait(&task.id, Duration::from_secs(60)).await.expect("ends");
         assert_eq!(done.status, "completed", "{:?}", acme.runs(&task.id).await);
-        let results = acme.results(&task.id, seed, false).await.expect("results");
+        let results = acme.results(&task.id, seed, false, None).await.expect("results");
         let sum: i64 = results
             .iter()
             .map(|r| {
