@@ -633,6 +633,14 @@ impl Fed {
 
     /// Stores an algorithm (a Wasm module or a command); its SHA-256 names it.
     pub async fn add_algorithm(&self, p: &Principal, bytes: &[u8]) -> Result<String, Error> {
+        // Only who may create tasks somewhere stores algorithms (anonymous growth is not free).
+        let may_create = p.collaborations.iter().any(|c| {
+            let t = Target { owner: None, organisation: p.organisation.as_deref(), collaboration: Some(c) };
+            p.may(Operation::Create, "task", &t)
+        });
+        if !(p.is_admin() || may_create) {
+            return Err(forbidden("only a researcher of a collaboration stores algorithms"));
+        }
         if bytes.len() > self.config.max_algorithm_bytes {
             return Err(Error::new(
                 ErrorCode::PayloadTooLarge,
@@ -873,16 +881,32 @@ impl Fed {
         parent: Option<&str>,
         limit: u32,
     ) -> Result<Vec<TaskView>, Error> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {} FROM fed_tasks WHERE ($1 = '' OR collab = $1) AND ($2 = '' OR parent = $2) \
+        // Only the collaborations the caller reaches, in the query itself: a limit counts only
+        // tasks it may see.
+        let reach: Vec<&String> = p.collaborations.iter().take(200).collect();
+        let within = if p.is_admin() {
+            String::new()
+        } else if reach.is_empty() {
+            return Ok(Vec::new());
+        } else {
+            let marks: Vec<String> = (0..reach.len()).map(|i| format!("${}", i + 4)).collect();
+            format!(" AND collab IN ({})", marks.join(", "))
+        };
+        let sql = format!(
+            "SELECT {} FROM fed_tasks WHERE ($1 = '' OR collab = $1) AND ($2 = '' OR parent = $2){within} \
              ORDER BY created_ms DESC, id LIMIT $3",
             Self::TASK_COLUMNS
-        )))
-        .bind(collab.unwrap_or(""))
-        .bind(parent.unwrap_or(""))
-        .bind(i64::from(limit.clamp(1, 1000)))
-        .fetch_all(self.db.pool())
-        .await?;
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(collab.unwrap_or(""))
+            .bind(parent.unwrap_or(""))
+            .bind(i64::from(limit.clamp(1, 1000)));
+        if !p.is_admin() {
+            for c in reach {
+                q = q.bind(c);
+            }
+        }
+        let rows = q.fetch_all(self.db.pool()).await?;
         let mut out = Vec::new();
         for r in &rows {
             if Self::sees_task(p, &r.try_get::<String, _>(1)?) {

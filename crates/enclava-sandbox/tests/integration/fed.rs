@@ -222,6 +222,10 @@ async fn a_federated_mean_over_three_organisations_sealed_end_to_end() {
     let (_, outsider) = user(&n.sandbox).await;
     assert_eq!(outsider.task(&task.id).await.expect_err("outsider").code, ErrorCode::NotFound);
     assert!(outsider.collaborations().await.expect("list").is_empty());
+    assert!(outsider.tasks(&n.collab).await.expect("list").is_empty(), "an outsider lists no tasks");
+    assert!(globex_researcher.tasks(&n.collab).await.expect("list").iter().any(|t| t.id == task.id));
+    let stored = outsider.add_algorithm(b"echo outsider".to_vec()).await.expect_err("no researcher anywhere");
+    assert_eq!(stored.code, ErrorCode::PermissionDenied);
     let (plain_id, plain) = user(&n.sandbox).await;
     n.admin.add_member("acme", &plain_id, &[]).await.expect("member without a role");
     let e = plain.start_task(&request).await.expect_err("no researcher role");
