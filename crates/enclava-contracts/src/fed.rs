@@ -50,24 +50,25 @@ pub fn run_id(task: &str, index: usize) -> String {
 }
 
 /// A reference to another object: its id and where to read it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Link {
     pub id: String,
     pub link: String,
 }
 
 /// An organisation: its public key (X25519, empty until its node uploads one).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OrganisationView {
     pub id: String,
     pub link: String,
     pub name: String,
     #[serde(with = "crate::base64_bytes")]
+    #[schema(value_type = String, format = Byte)]
     pub public_key: Vec<u8>,
 }
 
 /// `POST /fed/v1/collaborations`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewCollaboration {
     pub name: String,
@@ -85,7 +86,7 @@ fn yes() -> bool {
     true
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CollaborationView {
     pub id: String,
     pub link: String,
@@ -99,7 +100,7 @@ pub struct CollaborationView {
 }
 
 /// `POST /fed/v1/nodes`: a node for an organisation in a collaboration (one per pair).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewNode {
     pub collaboration: String,
@@ -110,7 +111,7 @@ pub struct NewNode {
     pub name: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NodeView {
     pub id: String,
     pub link: String,
@@ -130,11 +131,13 @@ pub struct NodeView {
 
 /// A node's admission to an attested collaboration: evidence binding its key to the server's
 /// nonce (the `FED_NODE` label of `enclava_attest::binding`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NodeAttestation {
     #[serde(with = "crate::base64_bytes")]
+    #[schema(value_type = String, format = Byte)]
     pub public_key: Vec<u8>,
     #[serde(with = "crate::base64_bytes")]
+    #[schema(value_type = String, format = Byte)]
     pub evidence: Vec<u8>,
     pub nonce: String,
     pub platform: String,
@@ -146,18 +149,20 @@ pub struct NodeAttestation {
 
 /// `POST /fed/v1/node/attest`: fresh evidence binding the node's key to a nonce from
 /// `POST /fed/v1/node/nonce`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AttestRequest {
     pub nonce: String,
     #[serde(with = "crate::base64_bytes")]
+    #[schema(value_type = String, format = Byte)]
     pub public_key: Vec<u8>,
     #[serde(with = "crate::base64_bytes")]
+    #[schema(value_type = String, format = Byte)]
     pub evidence: Vec<u8>,
 }
 
 /// A new node and its API key (shown once).
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CreatedNode {
     pub node: NodeView,
     pub api_key: String,
@@ -171,18 +176,19 @@ impl std::fmt::Debug for CreatedNode {
 
 /// One organisation's input to a task: sealed to its key ([`INPUT_INFO`], [`run_aad`]), or,
 /// in a collaboration that is not encrypted, readable JSON.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrgInput {
     pub organisation: String,
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub sealed: Option<SealedBlob>,
     #[serde(default)]
     pub plain: Option<String>,
 }
 
 /// `POST /fed/v1/tasks`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewTask {
     /// 32 lowercase hex digits, chosen by the initiator (a retried create is the same task).
@@ -197,6 +203,7 @@ pub struct NewTask {
     pub organisations: Vec<OrgInput>,
     /// The key results are sealed to (X25519, 32 bytes).
     #[serde(with = "crate::base64_bytes")]
+    #[schema(value_type = String, format = Byte)]
     pub result_key: Vec<u8>,
     /// Data labels the algorithm may read at each node.
     #[serde(default)]
@@ -248,7 +255,7 @@ pub fn label_ok(s: &str) -> bool {
     !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TaskView {
     pub id: String,
     pub link: String,
@@ -271,7 +278,7 @@ pub struct TaskView {
 }
 
 /// One organisation's run of a task.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RunView {
     pub id: String,
     pub link: String,
@@ -287,9 +294,11 @@ pub struct RunView {
     /// The result, sealed to the task's result key (or readable in a collaboration that is not
     /// encrypted), when it has one.
     #[serde(default, with = "crate::base64_bytes")]
+    #[schema(value_type = String, format = Byte)]
     pub result: Vec<u8>,
     /// The node's receipt for the work, when it has one.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub receipt: Option<crate::farm::SignedReceipt>,
 }
 
@@ -325,7 +334,7 @@ pub struct LeasedRun {
 }
 
 /// A node's report of a run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RunDone {
     pub lease: String,
@@ -334,8 +343,10 @@ pub struct RunDone {
     #[serde(default)]
     pub reason: Option<String>,
     #[serde(default, with = "crate::base64_bytes")]
+    #[schema(value_type = String, format = Byte)]
     pub result: Vec<u8>,
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub receipt: Option<crate::farm::SignedReceipt>,
 }
 

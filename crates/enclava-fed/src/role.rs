@@ -49,6 +49,10 @@ impl Role for FedRole {
         Some(crate::rest::router(self.fed.clone()))
     }
 
+    fn openapi(&self) -> Option<utoipa::openapi::OpenApi> {
+        Some(crate::rest::openapi())
+    }
+
     fn metrics(&self, registry: &mut prometheus_client::registry::Registry) {
         registry.sub_registry_with_prefix("enclava_fed").register("runs", "Runs in each state", self.runs.clone());
     }

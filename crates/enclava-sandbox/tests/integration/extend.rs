@@ -95,11 +95,12 @@ async fn a_test_role_joins_with_one_line() {
     let (sick, ticks, stopped) = (greeter.sick.clone(), greeter.ticks.clone(), greeter.stopped.clone());
     let sandbox = SandboxBuilder::new().role(greeter).start().await.expect("starts");
     let addr = sandbox.addr();
-    assert_eq!(sandbox.roles(), ["manager", "keys", "farm", "greeter"]);
+    assert_eq!(sandbox.roles(), ["manager", "keys", "farm", "federation", "greeter"]);
 
     assert_eq!(http_get(addr, "/greeter/hello").await, (200, "hello".into()));
     let (_, doc) = http_get(addr, "/openapi.json").await;
     assert!(doc.contains("\"/greeter/hello\"") && doc.contains("\"/keys/v1/grants\""), "one document: {doc}");
+    assert!(doc.contains("\"/fed/v1/tasks\"") && doc.contains("\"NewTask\""), "the federation's part: {doc}");
     let (_, metrics) = http_get(addr, "/metrics").await;
     assert!(metrics.contains("greeter_greetings_total 1") && metrics.contains("enclava_keys_"), "{metrics}");
     eventually("the role reports healthy", Duration::from_secs(5), || async {
