@@ -244,6 +244,15 @@ impl From<ErrorBody> for Error {
     }
 }
 
+/// A REST body as JSON of `T`, or a clear error that quotes at most a short prefix of what serde
+/// refused (serde quotes the values it refuses).
+#[cfg(feature = "axum")]
+pub fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
+    serde_json::from_slice(body).map_err(|e| {
+        Error::invalid(format!("the body is not what this call takes: {}", crate::text::prefix(&e.to_string(), 160)))
+    })
+}
+
 #[cfg(feature = "axum")]
 impl axum::response::IntoResponse for Error {
     fn into_response(self) -> axum::response::Response {

@@ -15,5 +15,7 @@ pub mod platform;
 pub mod text;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+#[cfg(feature = "axum")]
+pub use error::json_body;
 pub use error::{Error, ErrorBody, ErrorCode};
 pub use platform::{Platform, SecurityStatus};

@@ -11,6 +11,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use enclava_contracts::farm::{BatchItem, Completion, HostRegistration, HostView, JobOutput, JobSpec, JobView, Leased};
 use enclava_core::Error;
+use enclava_core::json_body;
 use enclava_identity::Principal;
 use enclava_server::Source;
 use serde::{Deserialize, Serialize};
@@ -118,16 +119,6 @@ async fn user(farm: &Farm, headers: &HeaderMap) -> Result<Principal, Error> {
 
 async fn host(farm: &Farm, headers: &HeaderMap) -> Result<Host, Error> {
     farm.host(token(headers).ok_or_else(enclava_identity::unauthenticated)?).await
-}
-
-fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
-    serde_json::from_slice(body).map_err(|e| {
-        // serde quotes what it refused: at most a short prefix of it goes back.
-        Error::invalid(format!(
-            "the body is not what this call takes: {}",
-            enclava_core::text::prefix(&e.to_string(), 160)
-        ))
-    })
 }
 
 async fn add_file(

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::OpenApi;
 
 use crate::Fed;
+use enclava_core::json_body;
 
 /// The role's prefix.
 pub const PREFIX: &str = "/fed";
@@ -98,16 +99,6 @@ async fn caller(f: &Fed, headers: &HeaderMap) -> Result<Principal, Error> {
         .and_then(enclava_identity::http::bearer)
         .ok_or_else(enclava_identity::unauthenticated)?;
     f.caller(token).await
-}
-
-fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
-    serde_json::from_slice(body).map_err(|e| {
-        // serde quotes what it refused: at most a short prefix of it goes back.
-        Error::invalid(format!(
-            "the body is not what this call takes: {}",
-            enclava_core::text::prefix(&e.to_string(), 160)
-        ))
-    })
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
