@@ -127,7 +127,12 @@ impl FedClient {
     }
 
     pub async fn tasks(&self, collab: &str) -> Result<Vec<TaskView>, Error> {
-        self.api.get(&format!("/tasks?collaboration={}", path_part(collab)?)).await
+        self.tasks_page(collab, 100, 0).await
+    }
+
+    /// A page of a collaboration's tasks, newest first.
+    pub async fn tasks_page(&self, collab: &str, limit: u32, offset: u32) -> Result<Vec<TaskView>, Error> {
+        self.api.get(&format!("/tasks?collaboration={}&limit={limit}&offset={offset}", path_part(collab)?)).await
     }
 
     pub async fn runs(&self, task: &str) -> Result<Vec<RunView>, Error> {

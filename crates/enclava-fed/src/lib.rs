@@ -873,13 +873,15 @@ impl Fed {
         self.task_view(&r).await
     }
 
-    /// Tasks `p` may see, newest first: of a collaboration, or children of a task.
+    /// Tasks `p` may see, newest first: of a collaboration, or children of a task; a page of
+    /// `limit` after skipping `offset`.
     pub async fn tasks(
         &self,
         p: &Principal,
         collab: Option<&str>,
         parent: Option<&str>,
         limit: u32,
+        offset: u32,
     ) -> Result<Vec<TaskView>, Error> {
         // Only the collaborations the caller reaches, in the query itself: a limit counts only
         // tasks it may see.
@@ -894,8 +896,9 @@ impl Fed {
         };
         let sql = format!(
             "SELECT {} FROM fed_tasks WHERE ($1 = '' OR collab = $1) AND ($2 = '' OR parent = $2){within} \
-             ORDER BY created_ms DESC, id LIMIT $3",
-            Self::TASK_COLUMNS
+             ORDER BY created_ms DESC, id LIMIT $3 OFFSET {}",
+            Self::TASK_COLUMNS,
+            offset.min(1_000_000)
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(collab.unwrap_or(""))

@@ -148,6 +148,7 @@ struct TaskQuery {
     collaboration: Option<String>,
     parent: Option<String>,
     limit: Option<u32>,
+    offset: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -259,14 +260,30 @@ async fn create_task(State(f): State<Arc<Fed>>, h: HeaderMap, body: Bytes) -> Re
     Ok(Json(f.create_task(&p, &t).await?))
 }
 
-#[utoipa::path(get, path = "/v1/tasks", params(("collaboration" = Option<String>, Query), ("parent" = Option<String>, Query), ("limit" = Option<u32>, Query)), responses((status = 200, body = Vec<TaskView>)))]
+#[utoipa::path(get, path = "/v1/tasks", params(("collaboration" = Option<String>, Query), ("parent" = Option<String>, Query), ("limit" = Option<u32>, Query), ("offset" = Option<u32>, Query)), responses((status = 200, body = Vec<TaskView>)))]
 async fn tasks(
     State(f): State<Arc<Fed>>,
     h: HeaderMap,
     Query(q): Query<TaskQuery>,
-) -> Result<Json<Vec<TaskView>>, Error> {
+) -> Result<(HeaderMap, Json<Vec<TaskView>>), Error> {
     let p = caller(&f, &h).await?;
-    Ok(Json(f.tasks(&p, q.collaboration.as_deref(), q.parent.as_deref(), q.limit.unwrap_or(100)).await?))
+    let (limit, offset) = (q.limit.unwrap_or(100).clamp(1, 1000), q.offset.unwrap_or(0));
+    let page = f.tasks(&p, q.collaboration.as_deref(), q.parent.as_deref(), limit, offset).await?;
+    // The next page, as a link (RFC 8288), while this one is full.
+    let mut headers = HeaderMap::new();
+    if page.len() == limit as usize {
+        let mut query = format!("limit={limit}&offset={}", offset.saturating_add(limit));
+        for (k, v) in [("collaboration", &q.collaboration), ("parent", &q.parent)] {
+            if let Some(v) = v.as_deref().filter(|v| v.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b)))
+            {
+                query.push_str(&format!("&{k}={v}"));
+            }
+        }
+        if let Ok(v) = format!("</fed/v1/tasks?{query}>; rel=\"next\"").parse() {
+            headers.insert(axum::http::header::LINK, v);
+        }
+    }
+    Ok((headers, Json(page)))
 }
 
 #[utoipa::path(get, path = "/v1/tasks/{id}", params(("id" = String, Path)), responses((status = 200, body = TaskView), (status = 404, body = ErrorBody)))]

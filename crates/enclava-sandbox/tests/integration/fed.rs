@@ -224,6 +224,12 @@ async fn a_federated_mean_over_three_organisations_sealed_end_to_end() {
     assert!(outsider.collaborations().await.expect("list").is_empty());
     assert!(outsider.tasks(&n.collab).await.expect("list").is_empty(), "an outsider lists no tasks");
     assert!(globex_researcher.tasks(&n.collab).await.expect("list").iter().any(|t| t.id == task.id));
+    // Lists are paged: two pages of one are two different tasks, newest first.
+    let first = acme.tasks_page(&n.collab, 1, 0).await.expect("page 1");
+    let second = acme.tasks_page(&n.collab, 1, 1).await.expect("page 2");
+    assert_eq!((first.len(), second.len()), (1, 1));
+    assert_ne!(first[0].id, second[0].id);
+    assert!(first[0].created_ms >= second[0].created_ms);
     let stored = outsider.add_algorithm(b"echo outsider".to_vec()).await.expect_err("no researcher anywhere");
     assert_eq!(stored.code, ErrorCode::PermissionDenied);
     let (plain_id, plain) = user(&n.sandbox).await;
