@@ -228,8 +228,12 @@ impl FedClient {
         let result_key = enclava_seal::KeyPair::from_seed(&seed).public().to_vec();
         let databases: Vec<String> = t.databases.iter().map(|d| d.to_string()).collect();
         let mut organisations = Vec::new();
+        // One listing for every organisation the task names, not one call each.
+        let known = self.organisations().await?;
         for (i, (org, input)) in t.inputs.iter().enumerate() {
-            let view = self.organisation(org).await?;
+            let view = known.iter().find(|o| o.id == *org || o.name == *org).cloned().ok_or_else(|| {
+                Error::not_found(format!("no organisation {} that you may see", enclava_core::text::quote(org)))
+            })?;
             let bytes = Zeroizing::new(serde_json::to_vec(input).map_err(|e| Error::internal(e.to_string()))?);
             let run = run_id(&id, i);
             let binding = RunBinding {

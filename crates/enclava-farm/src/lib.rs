@@ -30,7 +30,7 @@ use enclava_contracts::farm::{
 use enclava_core::{Error, ErrorCode};
 use enclava_identity::Principal;
 use enclava_store::audit::{AuditEntry, AuditLog};
-use enclava_store::{Backend, Database, Migrations, now_ms};
+use enclava_store::{Backend, Database, Migrations, now_ms, push_reason, random_hex};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
@@ -175,12 +175,6 @@ pub struct Host {
     pub platform: String,
 }
 
-fn random_hex(n: usize) -> String {
-    let mut b = vec![0u8; n];
-    rand::fill(&mut b[..]);
-    hex::encode(b)
-}
-
 fn conflict(m: impl Into<String>) -> Error {
     Error::new(ErrorCode::FailedPrecondition, m)
 }
@@ -201,15 +195,6 @@ fn job_view(r: &AnyRow) -> Result<JobView, Error> {
         created_ms: r.try_get("created_ms")?,
         updated_ms: r.try_get("updated_ms")?,
     })
-}
-
-fn with_reason(reasons: &str, reason: &str) -> String {
-    let mut list: Vec<String> = serde_json::from_str(reasons).unwrap_or_default();
-    list.push(reason.to_owned());
-    if list.len() > 16 {
-        list.drain(..list.len() - 16);
-    }
-    serde_json::to_string(&list).unwrap_or_else(|_| "[]".into())
 }
 
 const JOB_COLUMNS: &str = "id, owner, kind, security, state, host, attempts, reasons, created_ms, updated_ms";
@@ -860,7 +845,7 @@ impl Farm {
         if !matches!(state.as_str(), "queued" | "running") {
             return Err(conflict(format!("job {} is already {state}", view.id)));
         }
-        let reasons = with_reason(&row.try_get::<String, _>(1)?, &format!("cancelled by {}", caller.id));
+        let reasons = push_reason(&row.try_get::<String, _>(1)?, &format!("cancelled by {}", caller.id));
         sqlx::query(
             "UPDATE farm_jobs SET state = 'cancelled', reasons = $1, updated_ms = $2 WHERE id = $3 \
              AND state IN ('queued', 'running')",
@@ -1040,7 +1025,7 @@ impl Farm {
         let now = now_ms();
         let outcome = if c.success { "succeeded" } else { "failed" };
         let reasons =
-            with_reason(&row.try_get::<String, _>(4)?, &format!("{outcome} on {}: {}", host.id, receipt.outcome));
+            push_reason(&row.try_get::<String, _>(4)?, &format!("{outcome} on {}: {}", host.id, receipt.outcome));
         sqlx::query(
             "UPDATE farm_jobs SET state = $1, success = $2, result = $3, receipt = $4, reasons = $5, updated_ms = $6 \
              WHERE id = $7",
@@ -1103,7 +1088,7 @@ impl Farm {
                 self.config.max_attempts,
                 if last { ": no attempts left" } else { ": queued again" }
             );
-            let reasons = with_reason(&r.try_get::<String, _>(3)?, &reason);
+            let reasons = push_reason(&r.try_get::<String, _>(3)?, &reason);
             let n = sqlx::query(
                 "UPDATE farm_jobs SET state = $1, host = NULL, lease = NULL, reasons = $2, updated_ms = $3 WHERE id = $4 \
                  AND state = 'running' AND lease = $5 AND lease_until_ms < $6",

@@ -29,7 +29,7 @@ use enclava_core::{Error, ErrorCode};
 use enclava_identity::rules::{Operation, PrincipalKind, Target};
 use enclava_identity::{Identity, Principal};
 use enclava_store::audit::{AuditEntry, AuditLog};
-use enclava_store::{Database, Migrations, now_ms};
+use enclava_store::{Database, Migrations, now_ms, push_reason, random_hex};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
@@ -130,27 +130,20 @@ fn link(kind: &str, id: &str) -> Link {
     Link { id: id.to_owned(), link: format!("{PREFIX}/{kind}/{id}") }
 }
 
-fn random_hex(n: usize) -> String {
-    let mut b = vec![0u8; n];
-    rand::fill(&mut b[..]);
-    hex::encode(b)
-}
-
-fn with_reason(reasons: &str, reason: &str) -> String {
-    let mut list: Vec<String> = serde_json::from_str(reasons).unwrap_or_default();
-    list.push(reason.to_owned());
-    if list.len() > 16 {
-        list.drain(..list.len() - 16);
-    }
-    serde_json::to_string(&list).unwrap_or_else(|_| "[]".into())
-}
-
 fn no(what: &str, id: &str) -> Error {
     Error::not_found(format!("no {what} {} that you may see", enclava_core::text::quote(id)))
 }
 
 fn forbidden(m: &str) -> Error {
     Error::forbidden(m.to_owned())
+}
+
+/// The first column of every row `sql` returns for `arg`, as strings.
+async fn strings<'c, E>(ex: E, sql: &'static str, arg: &str) -> Result<Vec<String>, Error>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Any>,
+{
+    sqlx::query(sql).bind(arg.to_owned()).fetch_all(ex).await?.iter().map(|r| Ok(r.try_get(0)?)).collect()
 }
 
 /// A task's status from its runs' states.
@@ -205,21 +198,9 @@ impl Fed {
     /// Fills in the collaborations `p` reaches.
     pub async fn fill(&self, p: &mut Principal) -> Result<(), Error> {
         p.collaborations = if p.kind == PrincipalKind::Node {
-            sqlx::query("SELECT collab FROM fed_nodes WHERE service = $1")
-                .bind(&p.id)
-                .fetch_all(self.db.pool())
-                .await?
-                .iter()
-                .map(|r| r.try_get(0))
-                .collect::<Result<_, _>>()?
+            strings(self.db.pool(), "SELECT collab FROM fed_nodes WHERE service = $1", &p.id).await?
         } else if let Some(org) = &p.organisation {
-            sqlx::query("SELECT collab FROM fed_members WHERE org = $1")
-                .bind(org)
-                .fetch_all(self.db.pool())
-                .await?
-                .iter()
-                .map(|r| r.try_get(0))
-                .collect::<Result<_, _>>()?
+            self.org_collabs(org).await?
         } else {
             Vec::new()
         };
@@ -278,13 +259,7 @@ impl Fed {
     }
 
     async fn org_collabs(&self, org: &str) -> Result<Vec<String>, Error> {
-        sqlx::query("SELECT collab FROM fed_members WHERE org = $1")
-            .bind(org)
-            .fetch_all(self.db.pool())
-            .await?
-            .iter()
-            .map(|r| Ok(r.try_get(0)?))
-            .collect()
+        strings(self.db.pool(), "SELECT collab FROM fed_members WHERE org = $1", org).await
     }
 
     /// The organisations `p` may see.
@@ -666,13 +641,8 @@ impl Fed {
     /// An algorithm's bytes: for a node whose collaboration has a task running it, or for a user
     /// who may see such a task.
     pub async fn algorithm(&self, p: &Principal, hash: &str) -> Result<Vec<u8>, Error> {
-        let collabs: Vec<String> = sqlx::query("SELECT DISTINCT collab FROM fed_tasks WHERE algorithm = $1")
-            .bind(hash)
-            .fetch_all(self.db.pool())
-            .await?
-            .iter()
-            .map(|r| r.try_get(0))
-            .collect::<Result<_, _>>()?;
+        let collabs: Vec<String> =
+            strings(self.db.pool(), "SELECT DISTINCT collab FROM fed_tasks WHERE algorithm = $1", hash).await?;
         let allowed = p.is_admin()
             || collabs.iter().any(|c| {
                 p.collaborations.contains(c)
@@ -720,13 +690,11 @@ impl Fed {
             }
             return Err(Error::new(ErrorCode::AlreadyExists, "another task has this id: choose a new one"));
         }
-        let members: BTreeSet<String> = sqlx::query("SELECT org FROM fed_members WHERE collab = $1")
-            .bind(&collab)
-            .fetch_all(self.db.pool())
-            .await?
-            .iter()
-            .map(|r| r.try_get(0))
-            .collect::<Result<_, _>>()?;
+        let members: BTreeSet<String> =
+            strings(self.db.pool(), "SELECT org FROM fed_members WHERE collab = $1", &collab)
+                .await?
+                .into_iter()
+                .collect();
         let mut orgs = Vec::new();
         for o in &t.organisations {
             let id = self.org_id(&o.organisation).await?;
@@ -819,13 +787,7 @@ impl Fed {
     }
 
     async fn status_of(&self, task: &str) -> Result<&'static str, Error> {
-        let states: Vec<String> = sqlx::query("SELECT state FROM fed_runs WHERE task = $1")
-            .bind(task)
-            .fetch_all(self.db.pool())
-            .await?
-            .iter()
-            .map(|r| r.try_get(0))
-            .collect::<Result<_, _>>()?;
+        let states: Vec<String> = strings(self.db.pool(), "SELECT state FROM fed_runs WHERE task = $1", task).await?;
         Ok(task_status(&states))
     }
 
@@ -998,7 +960,7 @@ impl Fed {
                     .fetch_all(&mut *w)
                     .await?;
             for r in &open {
-                let reasons = with_reason(&r.try_get::<String, _>(1)?, reason);
+                let reasons = push_reason(&r.try_get::<String, _>(1)?, reason);
                 n += sqlx::query(
                     "UPDATE fed_runs SET state = 'killed', reasons = $1, updated_ms = $2 WHERE id = $3 \
                      AND state IN ('pending', 'active')",
@@ -1162,16 +1124,11 @@ impl Fed {
             let id: String = r.try_get(0)?;
             let parent: Option<String> = r.try_get(10)?;
             if let Some(parent) = &parent {
-                let states: Vec<String> = sqlx::query("SELECT state FROM fed_runs WHERE task = $1")
-                    .bind(parent)
-                    .fetch_all(&mut *w)
-                    .await?
-                    .iter()
-                    .map(|r| r.try_get(0))
-                    .collect::<Result<_, _>>()?;
+                let states: Vec<String> =
+                    strings(&mut *w, "SELECT state FROM fed_runs WHERE task = $1", parent).await?;
                 let status = task_status(&states);
                 if matches!(status, "failed" | "killed") {
-                    let reasons = with_reason(
+                    let reasons = push_reason(
                         &r.try_get::<String, _>(4)?,
                         &format!("its parent task {parent} {status}: not run (vantage6 #1371)"),
                     );
@@ -1303,7 +1260,7 @@ impl Fed {
         let task: String = r.try_get(4)?;
         let mut reasons = r.try_get::<String, _>(3)?;
         if let Some(why) = &d.reason {
-            reasons = with_reason(&reasons, &enclava_core::text::prefix(why, 2000));
+            reasons = push_reason(&reasons, &enclava_core::text::prefix(why, 2000));
         }
         let receipt =
             d.receipt.as_ref().map(serde_json::to_string).transpose().map_err(|e| Error::internal(e.to_string()))?;
@@ -1338,13 +1295,7 @@ impl Fed {
 
     /// Kills every subtask of `task` (its run failed).
     async fn kill_children(&self, task: &str) -> Result<(), Error> {
-        let children: Vec<String> = sqlx::query("SELECT id FROM fed_tasks WHERE parent = $1")
-            .bind(task)
-            .fetch_all(self.db.pool())
-            .await?
-            .iter()
-            .map(|r| r.try_get(0))
-            .collect::<Result<_, _>>()?;
+        let children: Vec<String> = strings(self.db.pool(), "SELECT id FROM fed_tasks WHERE parent = $1", task).await?;
         for c in children {
             self.kill_tree(&c, &format!("its parent task {task} failed")).await?;
         }
@@ -1378,7 +1329,7 @@ impl Fed {
                 self.config.max_attempts,
                 if last { ": no attempts left" } else { ": pending again" }
             );
-            let reasons = with_reason(&r.try_get::<String, _>(3)?, &reason);
+            let reasons = push_reason(&r.try_get::<String, _>(3)?, &reason);
             moved += sqlx::query(
                 "UPDATE fed_runs SET state = $1, node = NULL, lease = NULL, reasons = $2, updated_ms = $3 WHERE id = $4 \
                  AND state = 'active' AND lease = $5 AND lease_until_ms < $6",

@@ -47,6 +47,24 @@ pub struct Database {
     backend: Backend,
 }
 
+/// `bytes` random bytes as lowercase hex: leases, nonces, row ids.
+pub fn random_hex(bytes: usize) -> String {
+    let mut b = vec![0u8; bytes];
+    rand::fill(&mut b[..]);
+    hex::encode(b)
+}
+
+/// A row's reasons (a JSON list of strings, the last 16 kept) with `reason` added: why a job or
+/// run moved, in words, for whoever reads its status.
+pub fn push_reason(reasons: &str, reason: &str) -> String {
+    let mut list: Vec<String> = serde_json::from_str(reasons).unwrap_or_default();
+    list.push(reason.to_owned());
+    if list.len() > 16 {
+        list.drain(..list.len() - 16);
+    }
+    serde_json::to_string(&list).unwrap_or_else(|_| "[]".into())
+}
+
 /// Milliseconds since the Unix epoch, as stored.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
