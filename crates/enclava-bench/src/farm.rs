@@ -329,6 +329,7 @@ fn sandboxed_start(dur: Duration) -> anyhow::Result<Option<Duration>> {
     let job = ProcessJob {
         rootfs: root,
         shared: None,
+        binds: Vec::new(),
         argv: vec!["/bin/true".into()],
         env: vec![],
         work,

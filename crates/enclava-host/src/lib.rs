@@ -592,6 +592,7 @@ async fn run_process(
     let job = enclava_process::ProcessJob {
         rootfs: rootfs.clone(),
         shared: None,
+        binds: Vec::new(),
         argv,
         env: vec![("PATH".into(), "/bin:/usr/bin".into())],
         work: dir.to_owned(),

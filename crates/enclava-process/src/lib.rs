@@ -10,7 +10,12 @@
 //!   memory: these hosts' hybrid cgroups are not delegated, so a job that forks many processes is
 //!   bounded only by each one's limits and by its deadline;
 //! - a wall-clock deadline, after which bubblewrap is killed and the job with it
-//!   (`--die-with-parent`).
+//!   (`--die-with-parent`);
+//! - optionally, host folders bound read-only at paths inside (an interpreter and its packages,
+//!   like a container's read-only volumes), and one TCP listener the host opens on the sandbox's
+//!   own loopback before the job starts ([`ProcessSandbox::run_serving`]): the only way out of the
+//!   sandbox, answered by the host (a federation node's local proxy). Opening it joins the
+//!   sandbox's network namespace from a short-lived thread, which needs root.
 //!
 //! This is isolation from the host's other work, not confidentiality: the host can see everything
 //! the job does, and [`ISOLATION`] says so wherever a job's status is shown.
@@ -70,6 +75,8 @@ pub struct ProcessJob {
     pub work: PathBuf,
     /// A host folder mounted writable at [`SHARED_DIR`] (shared with other jobs), if any.
     pub shared: Option<PathBuf>,
+    /// Host folders bound read-only at absolute paths inside, over the root filesystem's entries.
+    pub binds: Vec<(PathBuf, String)>,
     pub stdin: Vec<u8>,
     pub limits: ProcessLimits,
 }
@@ -139,6 +146,11 @@ impl ProcessSandbox {
 
     /// The full command line a job runs with (for logs and tests).
     pub fn command_line(&self, job: &ProcessJob) -> Result<Vec<String>, Error> {
+        self.command_line_with(job, &[])
+    }
+
+    /// The command line with `extra` bubblewrap options first.
+    fn command_line_with(&self, job: &ProcessJob, extra: &[String]) -> Result<Vec<String>, Error> {
         let l = job.limits;
         let mut args: Vec<String> = vec![
             self.prlimit.display().to_string(),
@@ -150,6 +162,7 @@ impl ProcessSandbox {
             "--".into(),
             self.bwrap.display().to_string(),
         ];
+        args.extend(extra.iter().cloned());
         let flag = |args: &mut Vec<String>, items: &[&str]| args.extend(items.iter().map(|s| s.to_string()));
         flag(
             &mut args,
@@ -206,6 +219,23 @@ impl ProcessSandbox {
             .work
             .canonicalize()
             .map_err(|e| Error::invalid(format!("the job's folder {} cannot be used: {e}", job.work.display())))?;
+        for (host, inside) in &job.binds {
+            let plain = inside.starts_with('/')
+                && inside.len() > 1
+                && !inside.contains('\0')
+                && inside.split('/').all(|c| c != ".." && c != ".");
+            if !plain || matches!(inside.as_str(), "/proc" | "/dev" | "/tmp" | WORK_DIR | SHARED_DIR) {
+                return Err(Error::invalid(format!(
+                    "a read-only mount must name an absolute path other than /proc, /dev, /tmp, /work and /shared, \
+                     not {}",
+                    enclava_core::text::quote(inside)
+                )));
+            }
+            let host = host
+                .canonicalize()
+                .map_err(|e| Error::invalid(format!("the read-only mount {} cannot be used: {e}", host.display())))?;
+            args.extend(["--ro-bind".into(), host.display().to_string(), inside.clone()]);
+        }
         flag(&mut args, &["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]);
         args.extend(["--bind".into(), work.display().to_string(), WORK_DIR.into()]);
         if let Some(shared) = &job.shared {
@@ -238,18 +268,59 @@ impl ProcessSandbox {
 
     /// Runs a job to its end or its deadline. An error means it could not be started.
     pub async fn run(&self, job: &ProcessJob) -> Result<ProcessReport, Error> {
-        let argv = self.command_line(job)?;
-        let (program, rest) = argv.split_first().ok_or_else(|| Error::internal("empty command line"))?;
-        let mut child = tokio::process::Command::new(program)
-            .args(rest)
-            .env_clear()
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| Error::unavailable(format!("the sandbox does not start: {e}")))?;
+        self.run_serving(job, None).await
+    }
+
+    /// Runs a job as [`ProcessSandbox::run`] does; with `listen`, first opens a TCP listener at
+    /// `127.0.0.1:port` inside the sandbox's own network namespace and gives it to the callback
+    /// (which serves it, on the host), and only then lets the job start. The job can reach that
+    /// port and nothing else. Needs root: joining the sandbox's network namespace needs
+    /// `CAP_SYS_ADMIN`.
+    pub async fn run_serving(&self, job: &ProcessJob, listen: Option<Listen>) -> Result<ProcessReport, Error> {
         let started = Instant::now();
+        let (mut child, gate) = match listen {
+            None => (self.spawn(job, &[])?, None),
+            Some(listen) => {
+                let io = |e: std::io::Error| Error::unavailable(format!("cannot make the sandbox's pipes: {e}"));
+                let (info_r, info_w) = std::io::pipe().map_err(io)?;
+                let (block_r, block_w) = std::io::pipe().map_err(io)?;
+                use std::os::fd::AsRawFd;
+                let extra = [
+                    "--info-fd".to_owned(),
+                    info_w.as_raw_fd().to_string(),
+                    "--block-fd".to_owned(),
+                    block_r.as_raw_fd().to_string(),
+                ];
+                let child = {
+                    // The two descriptors bubblewrap needs are inherited only while this lock is
+                    // held, so no other sandbox started here gets them.
+                    let _one = SPAWNING.lock().unwrap_or_else(|e| e.into_inner());
+                    let inherit = rustix::io::FdFlags::empty();
+                    rustix::io::fcntl_setfd(&info_w, inherit).map_err(|e| io(e.into()))?;
+                    rustix::io::fcntl_setfd(&block_r, inherit).map_err(|e| io(e.into()))?;
+                    let child = self.spawn(job, &extra);
+                    drop(info_w);
+                    drop(block_r);
+                    child?
+                };
+                let mut child = child;
+                match open_inside(info_r, listen.port).await {
+                    Ok(listener) => {
+                        (listen.serve)(listener);
+                        (child, Some(block_w))
+                    }
+                    Err(e) => {
+                        let _ = child.kill().await;
+                        return Err(e);
+                    }
+                }
+            }
+        };
+        if let Some(mut gate) = gate {
+            // One byte lets bubblewrap exec the job, now that its listener is there.
+            use std::io::Write;
+            let _ = gate.write_all(b"1");
+        }
         let max = job.limits.max_output_bytes;
         let stdin = child.stdin.take();
         let input = job.stdin.clone();
@@ -280,6 +351,106 @@ impl ProcessSandbox {
         let stderr = err.await.unwrap_or_default();
         tracing::debug!(%outcome, ?wall, "sandboxed job ended");
         Ok(ProcessReport { outcome, stdout, stderr, wall })
+    }
+}
+
+impl ProcessSandbox {
+    fn spawn(&self, job: &ProcessJob, extra: &[String]) -> Result<tokio::process::Child, Error> {
+        let argv = self.command_line_with(job, extra)?;
+        let (program, rest) = argv.split_first().ok_or_else(|| Error::internal("empty command line"))?;
+        tokio::process::Command::new(program)
+            .args(rest)
+            .env_clear()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| Error::unavailable(format!("the sandbox does not start: {e}")))
+    }
+}
+
+/// Serialises starting sandboxes that inherit descriptors.
+static SPAWNING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// A listener to open inside a sandbox ([`ProcessSandbox::run_serving`]).
+pub struct Listen {
+    /// The port on the sandbox's loopback (any: the namespace is the sandbox's own).
+    pub port: u16,
+    /// Takes the listener (non-blocking) and serves it; called before the job starts.
+    pub serve: Box<dyn FnOnce(std::net::TcpListener) + Send>,
+}
+
+impl std::fmt::Debug for Listen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listen").field("port", &self.port).finish_non_exhaustive()
+    }
+}
+
+/// Reads the sandbox's first process from bubblewrap's `--info-fd` and opens a listener at
+/// `127.0.0.1:port` in its network namespace.
+async fn open_inside(info: std::io::PipeReader, port: u16) -> Result<std::net::TcpListener, Error> {
+    let opened = tokio::task::spawn_blocking(move || {
+        let pid = read_child_pid(info)?;
+        // A thread of its own joins the namespace, binds, and ends: no other work ever runs in
+        // the sandbox's namespace.
+        std::thread::spawn(move || bind_in(pid, port))
+            .join()
+            .map_err(|_| Error::internal("the thread opening the sandbox's listener stopped"))?
+    });
+    match tokio::time::timeout(Duration::from_secs(20), opened).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => Err(Error::internal(format!("opening the sandbox's listener stopped: {e}"))),
+        Err(_) => Err(Error::unavailable("the sandbox did not start within 20 s")),
+    }
+}
+
+/// The `child-pid` bubblewrap writes to its info descriptor (a JSON object). Read until the
+/// object closes, at most 4 KiB: the descriptor may stay open elsewhere.
+fn read_child_pid(mut info: std::io::PipeReader) -> Result<u32, Error> {
+    use std::io::Read;
+    let mut text = Vec::new();
+    let mut buf = [0u8; 512];
+    while !text.contains(&b'}') && text.len() < 4096 {
+        match info.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => text.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::unavailable(format!("reading the sandbox's process: {e}"))),
+        }
+    }
+    let text = String::from_utf8_lossy(&text);
+    let pid = text
+        .split_once("\"child-pid\"")
+        .and_then(|(_, rest)| rest.trim_start().strip_prefix(':'))
+        .map(|rest| rest.trim_start().chars().take_while(char::is_ascii_digit).collect::<String>())
+        .and_then(|digits| digits.parse::<u32>().ok());
+    pid.ok_or_else(|| Error::unavailable("the sandbox did not start (bubblewrap reported no process)"))
+}
+
+fn bind_in(pid: u32, port: u16) -> Result<std::net::TcpListener, Error> {
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))
+        .map_err(|e| Error::unavailable(format!("cannot find the sandbox's network: {e}")))?;
+    rustix::thread::move_into_link_name_space(
+        std::os::fd::AsFd::as_fd(&ns),
+        Some(rustix::thread::LinkNameSpaceType::Network),
+    )
+    .map_err(|e| {
+        Error::unavailable(format!(
+            "cannot open a port inside the sandbox ({e}): the local proxy needs this node to run as root"
+        ))
+    })?;
+    // bubblewrap brings the sandbox's loopback up as it starts; wait for it, briefly.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, port)) {
+            Ok(l) => {
+                l.set_nonblocking(true).map_err(|e| Error::unavailable(format!("the sandbox's listener: {e}")))?;
+                return Ok(l);
+            }
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) => return Err(Error::unavailable(format!("cannot listen inside the sandbox: {e}"))),
+        }
     }
 }
 

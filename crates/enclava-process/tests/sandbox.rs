@@ -9,9 +9,11 @@ use enclava_process::{ProcessJob, ProcessLimits, ProcessOutcome, ProcessSandbox}
 
 /// A root filesystem of one static busybox and its applets, an `/etc` and a `/sbin` link.
 fn rootfs(dir: &Path) -> PathBuf {
-    let root =
-        enclava_process::busybox_root(dir, &["sh", "cat", "touch", "sleep", "grep", "echo", "id", "ls", "head", "rm"])
-            .expect("busybox-static is installed (scripts/test installs it)");
+    let root = enclava_process::busybox_root(
+        dir,
+        &["sh", "cat", "touch", "sleep", "grep", "echo", "id", "ls", "head", "rm", "wget", "nc"],
+    )
+    .expect("busybox-static is installed (scripts/test installs it)");
     std::fs::create_dir_all(root.join("etc")).expect("mkdir");
     std::fs::write(root.join("etc/motd"), "read-only").expect("write");
     std::os::unix::fs::symlink("bin", root.join("sbin")).expect("symlink");
@@ -40,6 +42,7 @@ fn job(f: &Fixture, script: &str) -> ProcessJob {
     ProcessJob {
         rootfs: f.root.clone(),
         shared: None,
+        binds: Vec::new(),
         argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
         env: vec![("GREETING".into(), "hi".into())],
         work: f.work.clone(),
@@ -163,4 +166,70 @@ async fn a_root_filesystem_entry_that_is_not_utf8_is_refused() {
     let sandbox = ProcessSandbox::find().expect("bubblewrap installed");
     let e = sandbox.run(&job(&f, "true")).await.expect_err("refused");
     assert!(e.message.contains("not UTF-8"), "{}", e.message);
+}
+
+#[tokio::test]
+async fn read_only_mounts_appear_inside_and_cannot_be_written() {
+    let f = fixture();
+    let host = f.work.parent().expect("dir").join("tools");
+    std::fs::create_dir(&host).expect("mkdir");
+    std::fs::write(host.join("tool.txt"), "a tool").expect("write");
+    let sandbox = ProcessSandbox::find().expect("bubblewrap installed");
+    let mut j = job(&f, "cat /opt/tools/tool.txt; echo x > /opt/tools/new.txt && echo wrote");
+    j.binds = vec![(host.clone(), "/opt/tools".into())];
+    let report = sandbox.run(&j).await.expect("starts");
+    let out = String::from_utf8_lossy(&report.stdout);
+    assert!(out.starts_with("a tool"), "{out}");
+    assert!(!out.contains("wrote"), "{out}");
+    assert!(!host.join("new.txt").exists());
+    for bad in ["relative", "/work", "/opt/../etc", "/tmp", "/"] {
+        j.binds = vec![(host.clone(), bad.into())];
+        let e = sandbox.run(&j).await.expect_err(bad);
+        assert!(e.message.contains("read-only mount"), "{bad}: {e}");
+    }
+}
+
+/// The one way out of a sandbox: a listener the host opens on the sandbox's own loopback before
+/// the job starts. The job reaches it at once (no retry), and still reaches nothing else.
+#[tokio::test]
+async fn a_listener_opened_inside_the_sandbox_is_the_jobs_only_way_out() {
+    if !running_as_root() {
+        eprintln!("skipped: opening a listener inside a sandbox needs root");
+        return;
+    }
+    let f = fixture();
+    let sandbox = ProcessSandbox::find().expect("bubblewrap installed");
+    let outside = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let outside_port = outside.local_addr().expect("addr").port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let serve = Box::new(move |l: std::net::TcpListener| {
+        std::thread::spawn(move || {
+            l.set_nonblocking(false).expect("blocking");
+            use std::io::{Read, Write};
+            let (mut s, _) = l.accept().expect("accept");
+            let mut buf = [0u8; 1024];
+            let n = s.read(&mut buf).expect("read");
+            let _ = tx.send(String::from_utf8_lossy(&buf[..n]).into_owned());
+            let _ = s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nhello");
+        });
+    });
+    let script = format!(
+        "wget -qO- http://127.0.0.1:7601/hi; echo; wget -T 2 -qO- http://127.0.0.1:{outside_port}/ || echo unreachable"
+    );
+    let report = sandbox
+        .run_serving(&job(&f, &script), Some(enclava_process::Listen { port: 7601, serve }))
+        .await
+        .expect("starts");
+    let out = String::from_utf8_lossy(&report.stdout);
+    assert_eq!(report.outcome, ProcessOutcome::Exited(0), "{out} {}", String::from_utf8_lossy(&report.stderr));
+    assert!(out.starts_with("hello\n"), "{out}");
+    assert!(out.contains("unreachable"), "{out}");
+    assert!(rx.recv_timeout(Duration::from_secs(5)).expect("request").starts_with("GET /hi "));
+}
+
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0")))
+        .unwrap_or(false)
 }
