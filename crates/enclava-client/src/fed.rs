@@ -221,7 +221,12 @@ impl FedClient {
         if t.readable && (collab.encrypted || attested.is_some()) {
             return Err(Error::invalid("this collaboration is encrypted: its inputs are sealed, not readable"));
         }
-        let algorithm = self.add_algorithm(t.algorithm.to_vec()).await?;
+        // A subtask runs its parent's algorithm, already stored: a node (which may not store
+        // algorithms) names it by digest.
+        let algorithm = match t.parent {
+            Some(_) => enclava_contracts::farm::sha256_hex(t.algorithm),
+            None => self.add_algorithm(t.algorithm.to_vec()).await?,
+        };
         let id = crate::farm::new_job_id();
         let mut seed = Zeroizing::new([0u8; 32]);
         rand::fill(&mut seed[..]);
@@ -271,7 +276,7 @@ impl FedClient {
             organisations,
             result_key,
             databases,
-            parent: None,
+            parent: t.parent.map(str::to_owned),
         };
         Ok((self.create_task(&task).await?, seed))
     }
@@ -432,6 +437,7 @@ impl FedClient {
             databases,
             readable: false,
             policy,
+            parent: None,
         };
         let (task, seed) = self.start_task(&request).await?;
         self.wait(&task.id, Duration::from_secs(120)).await?;
@@ -465,6 +471,8 @@ pub struct TaskRequest<'a> {
     /// The policy each node's evidence must pass before its input is sealed to it: required in
     /// an attested collaboration (the server's copy of its policy is not trusted).
     pub policy: Option<&'a enclava_attest::Policy>,
+    /// The task this one is a subtask of (made by a node for an algorithm it runs).
+    pub parent: Option<&'a str>,
 }
 
 /// One organisation's run, as its initiator reads it.

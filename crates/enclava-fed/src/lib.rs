@@ -672,7 +672,14 @@ impl Fed {
         let encrypted = collab_row.try_get::<i64, _>(2)? != 0;
         let target = Target { owner: None, organisation: p.organisation.as_deref(), collaboration: Some(&collab) };
         let in_collab = p.collaborations.contains(&collab);
-        if !(p.is_admin() || in_collab && p.may(Operation::Create, "task", &target)) {
+        // A node creates subtasks for an algorithm it is running (through its local proxy): only
+        // of a task whose run at its organisation it holds, with the same algorithm (vantage6's
+        // rule: a container's subtasks use its own image). The subtask is the parent's
+        // initiator's, as in vantage6, so node policies and who may see it follow the parent.
+        let mut initiator = (p.id.clone(), p.organisation.clone());
+        if p.kind == PrincipalKind::Node && in_collab {
+            initiator = self.node_subtask_initiator(p, t).await?;
+        } else if !(p.is_admin() || in_collab && p.may(Operation::Create, "task", &target)) {
             return Err(forbidden(
                 "you may not create tasks in this collaboration (your organisation must be in it, and you need the \
                  researcher role)",
@@ -685,7 +692,7 @@ impl Fed {
             .await?
         {
             let (s, i): (String, String) = (r.try_get(0)?, r.try_get(1)?);
-            if s == spec && i == p.id {
+            if s == spec && i == initiator.0 {
                 return self.task(p, &t.id).await;
             }
             return Err(Error::new(ErrorCode::AlreadyExists, "another task has this id: choose a new one"));
@@ -752,8 +759,8 @@ impl Fed {
         .bind(&t.id)
         .bind(&collab)
         .bind(&t.name)
-        .bind(&p.id)
-        .bind(p.organisation.as_deref())
+        .bind(&initiator.0)
+        .bind(initiator.1.as_deref())
         .bind(t.parent.as_deref())
         .bind(&job)
         .bind(&t.kind)
@@ -784,6 +791,34 @@ impl Fed {
         self.queued.notify_waiters();
         tracing::info!(task = %t.id, collab = %collab, runs = orgs.len(), "task created");
         self.task(p, &t.id).await
+    }
+
+    /// Whether node `p` may create subtask `t` (see [`Federation::create_task`]), and if so the
+    /// parent's initiator and initiator organisation, which the subtask takes.
+    async fn node_subtask_initiator(&self, p: &Principal, t: &NewTask) -> Result<(String, Option<String>), Error> {
+        let Some(parent) = &t.parent else {
+            return Err(forbidden("a node creates only subtasks of a run it holds (name the parent task)"));
+        };
+        let node = self.node(p).await?;
+        let row = sqlx::query(
+            "SELECT t.initiator, t.initiator_org, t.algorithm, t.kind FROM fed_tasks t JOIN fed_runs r ON r.task = t.id \
+             WHERE t.id = $1 AND r.org = $2 AND r.state = 'active' AND r.node = $3",
+        )
+        .bind(parent)
+        .bind(&node.organisation)
+        .bind(&node.id)
+        .fetch_optional(self.db.pool())
+        .await?
+        .ok_or_else(|| {
+            Error::new(
+                ErrorCode::FailedPrecondition,
+                "this node holds no active run of the parent task: subtasks come only from a running algorithm",
+            )
+        })?;
+        if row.try_get::<String, _>(2)? != t.algorithm || row.try_get::<String, _>(3)? != t.kind {
+            return Err(forbidden("a subtask runs its parent's algorithm, no other"));
+        }
+        Ok((row.try_get(0)?, row.try_get(1)?))
     }
 
     async fn status_of(&self, task: &str) -> Result<&'static str, Error> {

@@ -9,12 +9,16 @@
 //! one, its standard output is), `TEMPORARY_FOLDER` (`/shared`: the job's, shared by a task and
 //! its subtasks, kept an hour after the job's last run), and for each database label the task asks
 //! for and the node has, `<LABEL>_DATABASE_URI` (a read-only copy under `/work/data`) and
-//! `<LABEL>_DATABASE_TYPE`. A failed run says why; its standard error goes back only where the
+//! `<LABEL>_DATABASE_TYPE`. A process algorithm also gets vantage6's way to the server: `HOST`,
+//! `PORT` and `API_PATH` of the node's local proxy, listening on the sandbox's own loopback for
+//! this run only, and `TOKEN_FILE` with the run's token ([`crate::proxy`]); through it the
+//! algorithm makes subtasks and reads their results, so a `vantage6-algorithm-tools` algorithm
+//! runs unchanged. A failed run says why; its standard error goes back only where the
 //! node's policy allows (off by default: tracebacks can leak data, vantage6 #675).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use enclava_client::fed::FedClient;
@@ -38,6 +42,12 @@ pub struct FedNodeConfig {
     pub work_dir: PathBuf,
     /// The root filesystem `process` algorithms run on (`None`: this node runs Wasm only).
     pub rootfs: Option<PathBuf>,
+    /// Host folders bound read-only into process algorithms' sandboxes (host path, path inside):
+    /// an interpreter and its packages.
+    pub mounts: Vec<(PathBuf, String)>,
+    /// Give process algorithms the local proxy (needs the node to run as root; without it an
+    /// algorithm cannot make subtasks).
+    pub proxy: bool,
     /// Algorithms (SHA-256) this node runs; `None`: any.
     pub allowed_algorithms: Option<BTreeSet<String>>,
     /// Organisations (ids) whose users may send this node tasks; `None`: any in the
@@ -72,6 +82,8 @@ impl FedNodeConfig {
             data: BTreeMap::new(),
             work_dir: dir.join("runs"),
             rootfs: None,
+            mounts: Vec::new(),
+            proxy: true,
             allowed_algorithms: None,
             allowed_organisations: None,
             allowed_users: None,
@@ -97,6 +109,8 @@ pub struct FedNode {
 }
 
 struct Shared {
+    /// This node's id.
+    node: String,
     /// Its collaboration requires attestation.
     attested: bool,
     /// Runs' folders: in memory (`/dev/shm`) where the machine has it, so opened inputs never
@@ -155,7 +169,7 @@ impl FedNode {
             None => None,
         };
         let jobs_dir = crate::jobs_dir(&config.work_dir, &format!("fed-{}", me.id));
-        let shared = Arc::new(Shared { attested, jobs_dir, config, key, wasm, process });
+        let shared = Arc::new(Shared { node: me.id.clone(), attested, jobs_dir, config, key, wasm, process });
         let (stop, stop_rx) = watch::channel(false);
         let task = tokio::spawn(pull(shared, client, stop_rx));
         tracing::info!(node = %me.id, org = %me.organisation.id, collab = %me.collaboration.id, "federation node started");
@@ -444,14 +458,14 @@ async fn execute(shared: &Shared, client: &FedClient, run: &LeasedRun, work: &Pa
     }
     // The server may be away for a moment (a restart): keep asking while the lease could hold.
     let deadline = tokio::time::Instant::now() + Duration::from_millis(run.lease_ms.clamp(300, 3_600_000) * 3);
-    let algorithm = loop {
+    let algorithm = Arc::new(loop {
         match client.algorithm(&run.algorithm).await {
             Err(e) if e.code == ErrorCode::Unavailable && tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             r => break r?,
         }
-    };
+    });
     let input = match (&shared.config.attester, &run.sealed) {
         (Some(attester), Some(sealed)) if run.attested => attester.open_fed_input(&run.binding().aad(), sealed)?,
         _ if run.attested => {
@@ -530,16 +544,51 @@ async fn execute(shared: &Shared, client: &FedClient, run: &LeasedRun, work: &Pa
             let command = std::str::from_utf8(&algorithm)
                 .map_err(|_| Error::invalid("a process algorithm is a UTF-8 command"))?;
             env.push(("PATH".into(), "/bin:/usr/bin".into()));
+            let proxy = config.proxy.then(|| {
+                Arc::new(crate::proxy::RunProxy::new(
+                    client.clone(),
+                    run,
+                    &shared.node,
+                    algorithm.clone(),
+                    config.timeout + Duration::from_secs(60),
+                ))
+            });
+            if let Some(proxy) = &proxy {
+                std::fs::write(work.join("token"), proxy.token()).map_err(io)?;
+                env.extend([
+                    ("HOST".to_owned(), "http://127.0.0.1".to_owned()),
+                    ("PORT".to_owned(), crate::proxy::PORT.to_string()),
+                    ("API_PATH".to_owned(), crate::proxy::API_PATH.to_owned()),
+                    ("TOKEN_FILE".to_owned(), format!("{inside}/token")),
+                ]);
+            }
             let job = enclava_process::ProcessJob {
                 rootfs: rootfs.clone(),
                 argv: vec!["/bin/sh".into(), "-c".into(), command.to_owned(), "algorithm".into()],
                 env,
                 work: work.to_owned(),
                 shared: Some(job_tmp.clone()),
+                binds: config.mounts.clone(),
                 stdin: input.to_vec(),
                 limits: enclava_process::ProcessLimits { timeout: config.timeout, ..Default::default() },
             };
-            let report = sandbox.run(&job).await?;
+            let serving: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>> = Arc::default();
+            let listen = proxy.map(|proxy| {
+                let serving = serving.clone();
+                enclava_process::Listen {
+                    port: crate::proxy::PORT,
+                    serve: Box::new(move |listener| match proxy.serve(listener) {
+                        Ok(handle) => *serving.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle),
+                        Err(e) => tracing::warn!(error = %e, "the local proxy did not start"),
+                    }),
+                }
+            });
+            let report = sandbox.run_serving(&job, listen).await;
+            // The run is over: its proxy, and with it its token, go.
+            if let Some(handle) = serving.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                handle.abort();
+            }
+            let report = report?;
             let done = WorkDone { fuel: 0, wall: report.wall, peak_memory: 0, isolation: enclava_process::ISOLATION };
             (report.outcome.success(), report.outcome.to_string(), report.stdout, report.stderr, done)
         }

@@ -9,6 +9,7 @@
 //! its lease expires, and only the completion under the current lease is kept.
 
 pub mod fed;
+mod proxy;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -505,6 +505,7 @@ async fn fed_demo(
         databases: &["trial"],
         readable: false,
         policy: None,
+        parent: None,
     };
     let (task, seed) = me.start_task(&request).await.map_err(said)?;
     let done = me.wait(&task.id, Duration::from_secs(120)).await.map_err(said)?;

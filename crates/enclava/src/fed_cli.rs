@@ -375,6 +375,7 @@ pub async fn task(a: TaskArgs, env: &dyn Fn(&str) -> Option<String>) -> anyhow::
                 databases: &dbs,
                 readable,
                 policy: policy.as_ref(),
+                parent: None,
             };
             let (task, seed) = c.start_task(&request).await.map_err(said)?;
             let kept = KeptTask {

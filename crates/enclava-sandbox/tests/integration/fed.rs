@@ -101,6 +101,7 @@ async fn a_federated_mean_over_three_organisations_sealed_end_to_end() {
         databases: &["trial"],
         readable: false,
         policy: None,
+        parent: None,
     };
     let (task, seed) = acme.start_task(&request).await.expect("task");
     assert_eq!(task.job, task.id, "a top-level task starts its own job");
@@ -346,6 +347,7 @@ async fn a_server_restarted_mid_run_loses_nothing_and_runs_nothing_twice() {
         databases: &["trial"],
         readable: false,
         policy: None,
+        parent: None,
     };
     let (task, seed) = acme.start_task(&request).await.expect("task");
     crate::support::eventually("the runs start", Duration::from_secs(10), || async {
@@ -451,6 +453,7 @@ async fn an_attested_collaboration_admits_only_nodes_whose_evidence_passes_and_d
         databases: &[],
         readable: false,
         policy: Some(&policy),
+        parent: None,
     };
     // The server's copy of the policy is not enough: the initiator gives its own.
     let e = researcher.start_task(&TaskRequest { policy: None, ..request }).await.expect_err("no policy");
@@ -551,6 +554,7 @@ async fn the_federation_runs_on_postgresql_too() {
         databases: &["trial"],
         readable: false,
         policy: None,
+        parent: None,
     };
     // Several tasks at once: every run leased once (SKIP LOCKED), every task completed.
     let mut tasks = Vec::new();
@@ -618,4 +622,161 @@ async fn subtask(
         parent: Some(parent.id.clone()),
     };
     (c.create_task(&t).await.expect("subtask"), seed)
+}
+
+/// The vantage6-algorithm-tools version the Python algorithm is shown with (scripts/test installs
+/// it from PyPI into `~/.cache/enclava/python/vantage6-algorithm-tools-VERSION`).
+const V6_TOOLS: &str = "4.15.2";
+
+/// Where vantage6-algorithm-tools is installed, and the Python it was installed for.
+fn vantage6_tools() -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = std::env::var_os("ENCLAVA_V6_TOOLS").map(std::path::PathBuf::from).unwrap_or_else(|| {
+        std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into()))
+            .join(format!(".cache/enclava/python/vantage6-algorithm-tools-{V6_TOOLS}"))
+    });
+    assert!(
+        dir.join("vantage6/algorithm/tools/wrap.py").exists(),
+        "vantage6-algorithm-tools {V6_TOOLS} is not in {}: run scripts/test, which installs it",
+        dir.display()
+    );
+    let out = std::process::Command::new("python3")
+        .args(["-c", "import sys; print(sys.base_prefix)"])
+        .output()
+        .expect("python3 (scripts/test needs it for the vantage6 algorithm)");
+    let prefix = String::from_utf8(out.stdout).expect("utf-8").trim().to_owned();
+    (dir, std::path::PathBuf::from(prefix))
+}
+
+/// A root filesystem for Python algorithms: busybox, the host's `/usr` (glibc) and the Python
+/// installation and packages bound read-only, as a container image would carry them.
+fn python_node(n: &Network, i: usize) -> FedNodeConfig {
+    let (tools, python) = vantage6_tools();
+    let mut c = node_config(n, i);
+    let (org, _, dir) = &n.nodes[i];
+    let root = c.rootfs.clone().expect("rootfs");
+    std::fs::create_dir_all(root.join("usr")).expect("usr");
+    for (link, to) in [("lib", "usr/lib"), ("lib64", "usr/lib64")] {
+        let _ = std::os::unix::fs::symlink(to, root.join(link));
+    }
+    let algorithm = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/vantage6");
+    c.mounts = vec![
+        ("/usr".into(), "/usr".into()),
+        (python.clone(), python.display().to_string()),
+        (tools, "/opt/vantage6".into()),
+        (algorithm, "/opt/algorithm".into()),
+    ];
+    let share = SHARES.iter().find(|(o, _)| o == org).expect("share").1;
+    std::fs::write(dir.join("cohort.csv"), format!("age\n{share}")).expect("data");
+    c.data.insert("cohort".into(), dir.join("cohort.csv"));
+    c.timeout = Duration::from_secs(120);
+    c
+}
+
+/// vantage6's own wrapper running the example package (what a vantage6 image's CMD does).
+fn vantage6_command(python: &std::path::Path) -> String {
+    format!(
+        "PKG_NAME=v6_mean PYTHONPATH=/opt/vantage6:/opt/algorithm OPENBLAS_NUM_THREADS=1 exec {}/bin/python3 -c \
+         'from vantage6.algorithm.tools.wrap import wrap_algorithm; wrap_algorithm()'",
+        python.display()
+    )
+}
+
+/// A Python algorithm written with vantage6-algorithm-tools from PyPI runs unchanged in the
+/// sandboxed-process executor: its central function lists the collaboration's organisations and
+/// makes a subtask at each through the node's local proxy (inputs sealed per organisation there),
+/// waits for it, reads the results the proxy opens for it, and returns the mean. The proxy
+/// answers only with the run's token, and only for the run's own subtasks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vantage6_python_algorithm_runs_unchanged_with_its_subtasks_through_the_local_proxy() {
+    if !std::fs::read_to_string("/proc/self/status")
+        .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0")))
+    {
+        panic!("the local proxy needs the node to run as root (scripts/test runs as root in CI)");
+    }
+    let n = network().await;
+    let mut running = Vec::new();
+    for i in 0..3 {
+        running.push(FedNode::start(python_node(&n, i)).await.expect("node starts"));
+    }
+    let (_, python) = vantage6_tools();
+    let command = vantage6_command(&python);
+    let (_, acme) = &n.researchers[0];
+    let inputs = [("acme", serde_json::json!({"method": "central", "kwargs": {"column": "age"}}))];
+    let request = TaskRequest {
+        collaboration: &n.collab,
+        name: "vantage6 mean",
+        kind: "process",
+        algorithm: command.as_bytes(),
+        inputs: &inputs,
+        databases: &["cohort"],
+        readable: false,
+        policy: None,
+        parent: None,
+    };
+    let (task, seed) = acme.start_task(&request).await.expect("task");
+    let done = acme.wait(&task.id, Duration::from_secs(240)).await.expect("ends");
+    let runs = acme.runs(&task.id).await.expect("runs");
+    assert_eq!(done.status, "completed", "{runs:?}");
+    let results = acme.results(&task.id, &seed, false, None).await.expect("results");
+    let out: serde_json::Value = serde_json::from_slice(results[0].result.as_deref().expect("result")).expect("json");
+    assert_eq!(out["count"], 6, "{out}");
+    assert_eq!(out["organisations"], 3, "{out}");
+    assert!((out["mean"].as_f64().expect("mean") - 136.0 / 6.0).abs() < 1e-9, "{out}");
+    // The subtask: made by acme's node for the algorithm, the researcher's, one run per
+    // organisation, every input sealed (the collaboration is encrypted).
+    let tasks = acme.tasks(&n.collab).await.expect("tasks");
+    let child = tasks.iter().find(|t| t.parent.as_ref().is_some_and(|p| p.id == task.id)).expect("a subtask");
+    assert_eq!(child.job, task.job);
+    assert_eq!(child.algorithm, task.algorithm);
+    assert_eq!(child.initiator, task.initiator);
+    assert_eq!(child.status, "completed");
+    assert_eq!(acme.runs(&child.id).await.expect("runs").len(), 3);
+    // A node may make subtasks only of a run it holds: acme's node, the run over, is refused.
+    let node = FedClient::new(n.sandbox.url(), Some(n.nodes[0].1.clone()));
+    let again = TaskRequest { parent: Some(&task.id), inputs: &inputs, ..request };
+    let e = node.start_task(&again).await.expect_err("no active run");
+    assert_eq!(e.code, ErrorCode::FailedPrecondition, "{e}");
+    for node in running {
+        node.shutdown().await;
+    }
+}
+
+/// The local proxy answers only calls carrying the run's token, shows only the run's own task,
+/// and makes subtasks only with the run's own algorithm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_proxy_answers_only_the_runs_token_for_the_runs_own_tasks() {
+    let n = network().await;
+    let node = FedNode::start(node_config(&n, 0)).await.expect("node starts");
+    let script = r#"P="$HOST:$PORT$API_PATH"; T=$(cat "$TOKEN_FILE"); A="Authorization: Bearer $T"
+{
+wget -qO- "$P/organization" >/dev/null 2>&1 && echo no-token:open || echo no-token:refused
+wget -qO- --header "Authorization: Bearer x$T" "$P/organization" >/dev/null 2>&1 && echo bad-token:open || echo bad-token:refused
+wget -qO- --header "$A" "$P/organization" | grep -q '"data"' && echo token:listed
+wget -qO- --header "$A" "$P/task/$TASK_ID/status" | grep -q '"active"' && echo own-task:active
+wget -qO- --header "$A" "$P/task/0123456789abcdef0123456789abcdef" >/dev/null 2>&1 && echo other-task:open || echo other-task:refused
+wget -qO- --header "$A" --header "Content-Type: application/json" --post-data '{"image": "another", "organizations": [{"id": "acme"}]}' "$P/task" >/dev/null 2>&1 && echo other-image:open || echo other-image:refused
+} > "$OUTPUT_FILE""#;
+    let (_, acme) = &n.researchers[0];
+    let inputs = [("acme", serde_json::json!({}))];
+    let request = TaskRequest {
+        collaboration: &n.collab,
+        name: "probe the proxy",
+        kind: "process",
+        algorithm: script.as_bytes(),
+        inputs: &inputs,
+        databases: &[],
+        readable: false,
+        policy: None,
+        parent: None,
+    };
+    let (task, seed) = acme.start_task(&request).await.expect("task");
+    let done = acme.wait(&task.id, Duration::from_secs(60)).await.expect("ends");
+    assert_eq!(done.status, "completed", "{:?}", acme.runs(&task.id).await);
+    let results = acme.results(&task.id, &seed, false, None).await.expect("results");
+    let out = String::from_utf8(results[0].result.clone().expect("result")).expect("utf-8");
+    assert_eq!(
+        out,
+        "no-token:refused\nbad-token:refused\ntoken:listed\nown-task:active\nother-task:refused\nother-image:refused\n"
+    );
+    node.shutdown().await;
 }
