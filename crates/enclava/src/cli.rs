@@ -68,8 +68,8 @@ pub enum Command {
     Org(crate::fed_cli::OrgArgs),
     /// Federation collaborations: create, list.
     Collab(crate::fed_cli::CollabArgs),
-    /// Federation nodes: new (API key), list, start.
-    FedNode(crate::fed_cli::FedNodeArgs),
+    /// Federation nodes (vantage6's node CLI): new, list, start, stop, attach, files, run.
+    FedNode(crate::fed_node_cli::FedNodeArgs),
     /// Federated tasks: create (inputs sealed per organisation), status, results, kill.
     Task(crate::fed_cli::TaskArgs),
     /// Federation diagnostics: `test features` runs a built-in check at every online node.

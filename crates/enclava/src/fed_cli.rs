@@ -1,4 +1,4 @@
-//! `enclava org …`, `enclava collab …`, `enclava fed-node …` and `enclava task …`: federation
+//! `enclava org …`, `enclava collab …` and `enclava task …`: federation
 //! from the command line (through `enclava_client::fed`). The seed of each task's result key is
 //! kept in the config folder (`fed-tasks/ID.json`, mode 0600) before the task is sent, so its
 //! initiator can open the results later.
@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use enclava_client::fed::{FedClient, TaskRequest};
-use enclava_contracts::fed::{NewCollaboration, NewNode};
+use enclava_contracts::fed::NewCollaboration;
 use zeroize::Zeroizing;
 
 use crate::farm_cli::FarmTarget;
@@ -73,59 +73,6 @@ pub enum CollabCommand {
     List {
         #[arg(long)]
         json: bool,
-    },
-}
-
-/// `enclava fed-node`
-#[derive(Debug, Args)]
-pub struct FedNodeArgs {
-    #[command(flatten)]
-    pub target: FarmTarget,
-    #[command(subcommand)]
-    pub command: FedNodeCommand,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum FedNodeCommand {
-    /// Create the node of an organisation in a collaboration; its API key goes to DIR/api-key.
-    New {
-        #[arg(long)]
-        collab: String,
-        #[arg(long)]
-        org: Option<String>,
-        #[arg(long)]
-        name: Option<String>,
-        /// The node's folder (its API key, the organisation key, run folders)
-        #[arg(long)]
-        dir: PathBuf,
-    },
-    /// Nodes you may see, online or not.
-    List {
-        #[arg(long)]
-        collab: Option<String>,
-    },
-    /// Run a node from its folder until interrupted.
-    Start {
-        #[arg(long)]
-        dir: PathBuf,
-        /// A database: LABEL=FILE (repeatable)
-        #[arg(long = "data")]
-        data: Vec<String>,
-        /// Run process algorithms on a busybox root filesystem made in DIR
-        #[arg(long)]
-        process: bool,
-        /// Only these algorithms (SHA-256), repeatable; any when none given
-        #[arg(long = "allow")]
-        allow: Vec<String>,
-        /// Only tasks from users of these organisations (ids), repeatable
-        #[arg(long = "allow-org")]
-        allow_org: Vec<String>,
-        /// Only tasks from these users (ids), repeatable
-        #[arg(long = "allow-user")]
-        allow_user: Vec<String>,
-        /// Return a failed algorithm's error output with its failure (off: tracebacks can leak data)
-        #[arg(long)]
-        return_logs: bool,
     },
 }
 
@@ -256,73 +203,6 @@ pub async fn collab(a: CollabArgs, env: &dyn Fn(&str) -> Option<String>) -> anyh
                     println!("{} {} — {} (encrypted: {})", v.id, v.name, orgs.join(", "), v.encrypted);
                 }
             }
-        }
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-pub async fn fed_node(a: FedNodeArgs, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<ExitCode> {
-    match a.command {
-        FedNodeCommand::New { collab, org, name, dir } => {
-            let (c, _) = client(&a.target, env)?;
-            let created =
-                c.create_node(&NewNode { collaboration: collab, organisation: org, name }).await.map_err(said)?;
-            std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-            write_private(&dir.join("api-key"), created.api_key.as_bytes())?;
-            println!(
-                "node {} of {} in {}; its API key is in {}; start it with `enclava fed-node start --dir {}`",
-                created.node.name,
-                created.node.organisation.id,
-                created.node.collaboration.id,
-                dir.join("api-key").display(),
-                dir.display()
-            );
-        }
-        FedNodeCommand::List { collab } => {
-            let (c, _) = client(&a.target, env)?;
-            for n in c.nodes(collab.as_deref()).await.map_err(said)? {
-                println!(
-                    "{} {} — {} in {}, {}",
-                    n.id,
-                    n.name,
-                    n.organisation.id,
-                    n.collaboration.id,
-                    if n.online { "online" } else { "offline" }
-                );
-            }
-        }
-        FedNodeCommand::Start { dir, data, process, allow, allow_org, allow_user, return_logs } => {
-            let key = std::fs::read_to_string(dir.join("api-key")).with_context(|| {
-                format!("no API key in {}: make the node with `enclava fed-node new`", dir.display())
-            })?;
-            let mut config =
-                enclava_host::fed::FedNodeConfig::new(&a.target.server, Zeroizing::new(key.trim().to_owned()), &dir);
-            for d in data {
-                let (label, path) = d.split_once('=').context("--data takes LABEL=FILE")?;
-                if !enclava_contracts::fed::label_ok(label) {
-                    bail!("--data: a label is 1-64 letters, digits, '_' or '-'");
-                }
-                config.data.insert(label.to_owned(), PathBuf::from(path));
-            }
-            if process {
-                config.rootfs = Some(
-                    enclava_process::busybox_root(&dir.join("fs"), enclava_sandbox::BUSYBOX_APPLETS).map_err(said)?,
-                );
-            }
-            if !allow.is_empty() {
-                config.allowed_algorithms = Some(allow.into_iter().collect());
-            }
-            if !allow_org.is_empty() {
-                config.allowed_organisations = Some(allow_org.into_iter().collect());
-            }
-            if !allow_user.is_empty() {
-                config.allowed_users = Some(allow_user.into_iter().collect());
-            }
-            config.return_logs = return_logs;
-            let node = enclava_host::fed::FedNode::start(config).await.map_err(said)?;
-            println!("federation node {} of {} running; Ctrl-C stops it", node.id(), node.organisation());
-            tokio::signal::ctrl_c().await?;
-            node.shutdown().await;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -14,6 +14,7 @@ mod dev;
 mod evidence;
 mod farm_cli;
 mod fed_cli;
+mod fed_node_cli;
 mod infer_cli;
 mod keys_cli;
 mod model_cli;
@@ -77,7 +78,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::File(a) => farm_cli::file(a, &env).await,
         Command::Org(a) => fed_cli::org(a, &env).await,
         Command::Collab(a) => fed_cli::collab(a, &env).await,
-        Command::FedNode(a) => fed_cli::fed_node(a, &env).await,
+        Command::FedNode(a) => fed_node_cli::fed_node(a, &env).await,
         Command::Task(a) => fed_cli::task(a, &env).await,
         Command::Test(a) => fed_cli::test(a, &env).await,
         Command::Bench(cli::BenchCommand::Discovery(a)) => enclava_bench::discovery::discovery(a).await,

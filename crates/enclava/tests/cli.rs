@@ -884,3 +884,85 @@ fn capacity_is_measured_and_an_offer_beyond_it_is_refused() {
         .stdin(Stdio::null()));
     assert!(String::from_utf8_lossy(&out.stderr).contains("bandwidth is measured"), "{out:?}");
 }
+
+/// vantage6's node verbs on a named federation node: `new` keeps it, `start` runs it in the
+/// background, `list` shows it running, `files` shows where things are, a task runs on it,
+/// `attach` shows its log, `stop` ends it.
+#[test]
+fn fed_node_new_start_list_files_attach_stop() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let port = free_port().expect("port");
+    let listen = format!("127.0.0.1:{port}");
+    let srv = dir.path().join("srv");
+    let _server = spawn(&[
+        "server",
+        "--roles",
+        "keys,federation",
+        "--database",
+        &format!("sqlite://{}", dir.path().join("fed.db").display()),
+        "--listen",
+        &listen,
+        "--data-dir",
+        srv.to_str().expect("utf-8"),
+    ]);
+    wait_for("the server", Duration::from_secs(20), || {
+        http(&listen, "GET", "/health", None, "").is_ok_and(|(s, _)| s == 200)
+    });
+    let url = format!("http://{listen}");
+    let config = dir.path().join("config");
+    let invite = std::fs::read_to_string(srv.join("admin-invite")).expect("admin invite");
+    ok_text(&keys(&url, &config, &["register", "--invite", invite.trim()]));
+    let fed = |args: &[&str]| {
+        let mut c = enclava(&[args[0], "--server", &url, "--config-dir", config.to_str().expect("utf-8")]);
+        c.args(&args[1..]);
+        run(&mut c)
+    };
+    ok_text(&fed(&["org", "create", "acme"]));
+    ok_text(&fed(&["collab", "create", "study1", "--orgs", "acme"]));
+    let data = dir.path().join("trial.csv");
+    std::fs::write(&data, "1\n2\n3\n").expect("data");
+    let data_arg = format!("trial={}", data.display());
+    let made = ok_text(&fed(&[
+        "fed-node",
+        "new",
+        "acme-node",
+        "--collab",
+        "study1",
+        "--org",
+        "acme",
+        "--data",
+        &data_arg,
+        "--process",
+    ]));
+    assert!(made.contains("enclava fed-node start acme-node"), "{made}");
+    let again = fed(&["fed-node", "new", "acme-node", "--collab", "study1", "--org", "acme"]);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already a node acme-node"));
+    assert!(ok_text(&fed(&["fed-node", "list"])).contains("acme-node: stopped"));
+    let started = ok_text(&fed(&["fed-node", "start", "acme-node"]));
+    assert!(started.contains("node acme-node started"), "{started}");
+    let listed = ok_text(&fed(&["fed-node", "list"]));
+    assert!(listed.contains("acme-node: running") && listed.contains("online"), "{listed}");
+    let files = ok_text(&fed(&["fed-node", "files", "acme-node"]));
+    assert!(files.contains("node.log") && files.contains(&format!("database trial: {}", data.display())), "{files}");
+    let out = ok_text(&fed(&[
+        "task",
+        "create",
+        "--collab",
+        "study1",
+        "--orgs",
+        "acme",
+        "--cmd",
+        r#"awk '{ s += $1 } END { printf "{\"sum\": %d}", s }' "$TRIAL_DATABASE_URI" > "$OUTPUT_FILE""#,
+        "--database",
+        "trial",
+        "--wait",
+    ]));
+    assert!(out.contains("\"sum\": 6") || out.contains("\"sum\":6"), "{out}");
+    let stopped = ok_text(&fed(&["fed-node", "stop", "acme-node"]));
+    assert!(stopped.contains("node acme-node stopped"), "{stopped}");
+    assert!(ok_text(&fed(&["fed-node", "list"])).contains("acme-node: stopped"));
+    let log = ok_text(&fed(&["fed-node", "attach", "acme-node"]));
+    assert!(log.contains("federation node acme-node") && log.contains("stopping"), "{log}");
+    let bad = fed(&["fed-node", "start", "../escape"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("a node name is"));
+}
