@@ -169,6 +169,90 @@ pub const BUSYBOX_APPLETS: &[&str] = &[
     "env",
 ];
 
+/// The vantage6-algorithm-tools version Enclava shows vantage6 algorithms with.
+pub const VANTAGE6_TOOLS: &str = "4.15.2";
+
+/// The example vantage6 algorithm (`examples/vantage6/v6_mean`), a Python package written with
+/// vantage6-algorithm-tools.
+pub const VANTAGE6_EXAMPLE: &str = include_str!("../../../examples/vantage6/v6_mean/__init__.py");
+
+/// What a node needs to run vantage6 Python algorithms in its sandbox: the host's Python, and
+/// vantage6-algorithm-tools installed for it (scripts/test installs it into
+/// `~/.cache/enclava/python/vantage6-algorithm-tools-VERSION`; `ENCLAVA_V6_TOOLS` names another
+/// folder).
+#[derive(Debug, Clone)]
+pub struct Vantage6Python {
+    /// The Python installation (`sys.base_prefix`), bound at the same path inside.
+    pub prefix: PathBuf,
+    /// The folder vantage6-algorithm-tools and its dependencies were installed into.
+    pub tools: PathBuf,
+}
+
+impl Vantage6Python {
+    /// Finds them, or says what is missing.
+    pub fn find() -> Result<Vantage6Python, String> {
+        let tools = std::env::var_os("ENCLAVA_V6_TOOLS").map(PathBuf::from).unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into()))
+                .join(format!(".cache/enclava/python/vantage6-algorithm-tools-{VANTAGE6_TOOLS}"))
+        });
+        if !tools.join("vantage6/algorithm/tools/wrap.py").exists() {
+            return Err(format!(
+                "vantage6-algorithm-tools {VANTAGE6_TOOLS} is not in {}: `python3 -m pip install --target {} \
+                 vantage6-algorithm-tools=={VANTAGE6_TOOLS}` (scripts/test does)",
+                tools.display(),
+                tools.display()
+            ));
+        }
+        let out = std::process::Command::new("python3")
+            .args(["-c", "import sys; print(sys.base_prefix)"])
+            .output()
+            .map_err(|e| format!("no python3 here ({e})"))?;
+        let prefix = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if !out.status.success() || !prefix.join("bin/python3").exists() {
+            return Err("python3 does not say where it is installed".into());
+        }
+        Ok(Vantage6Python { prefix, tools })
+    }
+
+    /// Makes `rootfs` (a busybox root filesystem) ready for the host's `/usr` and returns the
+    /// read-only mounts: `/usr` (and `/lib`, `/lib64` where they are folders), the Python
+    /// installation, the tools at `/opt/vantage6` and `algorithms` (a folder of packages) at
+    /// `/opt/algorithm`.
+    pub fn mounts(&self, rootfs: &Path, algorithms: &Path) -> std::io::Result<Vec<(PathBuf, String)>> {
+        std::fs::create_dir_all(rootfs.join("usr"))?;
+        let mut mounts = vec![(PathBuf::from("/usr"), "/usr".to_owned())];
+        for dir in ["lib", "lib64"] {
+            let host = Path::new("/").join(dir);
+            match std::fs::symlink_metadata(&host) {
+                // A merged /usr: the same links inside.
+                Ok(m) if m.file_type().is_symlink() => {
+                    let to = std::fs::read_link(&host)?;
+                    match std::os::unix::fs::symlink(&to, rootfs.join(dir)) {
+                        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                        r => r?,
+                    }
+                }
+                Ok(_) => mounts.push((host, format!("/{dir}"))),
+                Err(_) => {}
+            }
+        }
+        mounts.push((self.prefix.clone(), self.prefix.display().to_string()));
+        mounts.push((self.tools.clone(), "/opt/vantage6".into()));
+        mounts.push((algorithms.to_owned(), "/opt/algorithm".into()));
+        Ok(mounts)
+    }
+
+    /// The command that runs package `package` with vantage6's own wrapper (what a vantage6
+    /// image's `CMD` does).
+    pub fn command(&self, package: &str) -> String {
+        format!(
+            "PKG_NAME={package} PYTHONPATH=/opt/vantage6:/opt/algorithm OPENBLAS_NUM_THREADS=1 exec {}/bin/python3 -c \
+             'from vantage6.algorithm.tools.wrap import wrap_algorithm; wrap_algorithm()'",
+            self.prefix.display()
+        )
+    }
+}
+
 /// Measures this host and refuses an offer beyond it: a host does not sell what it does not have.
 pub fn check_offer(offer: &str, data_dir: &Path) -> anyhow::Result<enclava_node::capacity::Capacity> {
     let offer = enclava_node::capacity::Offer::parse(offer).map_err(|e| anyhow::anyhow!("--offer: {e}"))?;

@@ -461,6 +461,16 @@ async fn fed_demo(
         );
         return Ok(Vec::new());
     }
+    // vantage6 Python algorithms, where this machine has what they need: the local proxy (which
+    // opens a port inside each sandbox, so the node runs as root) and vantage6-algorithm-tools.
+    let root = std::fs::read_to_string("/proc/self/status")
+        .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0")));
+    let v6 = if root { enclava_sandbox::Vantage6Python::find() } else { Err("the local proxy needs root".into()) };
+    let algorithms = fed_dir.join("algorithms");
+    if v6.is_ok() {
+        std::fs::create_dir_all(algorithms.join("v6_mean"))?;
+        std::fs::write(algorithms.join("v6_mean/__init__.py"), enclava_sandbox::VANTAGE6_EXAMPLE)?;
+    }
     let mut nodes = Vec::new();
     for (org, share) in FED_SHARES {
         let node_dir = fed_dir.join(org);
@@ -484,6 +494,12 @@ async fn fed_demo(
         config.data.insert("trial".into(), data);
         config.rootfs =
             Some(enclava_process::busybox_root(&node_dir.join("fs"), enclava_sandbox::BUSYBOX_APPLETS).map_err(said)?);
+        if let (Ok(v6), Some(rootfs)) = (&v6, &config.rootfs) {
+            config.mounts = v6.mounts(rootfs, &algorithms)?;
+            let cohort = node_dir.join("cohort.csv");
+            std::fs::write(&cohort, format!("value\n{share}"))?;
+            config.data.insert("cohort".into(), cohort);
+        }
         nodes.push(enclava_host::fed::FedNode::start(config).await.map_err(said)?);
         println!(
             "      {org}: node up with {} rows of its own (never sent anywhere); its organisation key stays in {}",
@@ -542,5 +558,39 @@ async fn fed_demo(
         "      federated mean: {sum} / {count} = {:.2} (no organisation saw another's rows)",
         sum as f64 / count as f64
     );
+    match &v6 {
+        Ok(v6) => {
+            let command = v6.command("v6_mean");
+            let first = FED_SHARES[0].0;
+            let inputs = [(first, serde_json::json!({"method": "central", "kwargs": {"column": "value"}}))];
+            let request = TaskRequest {
+                name: "vantage6 mean",
+                algorithm: command.as_bytes(),
+                inputs: &inputs,
+                databases: &["cohort"],
+                ..request
+            };
+            let (task, seed) = me.start_task(&request).await.map_err(said)?;
+            let done = me.wait(&task.id, Duration::from_secs(180)).await.map_err(said)?;
+            anyhow::ensure!(
+                done.status == "completed",
+                "the vantage6 task ended {}: {:?}",
+                done.status,
+                me.runs(&task.id).await.map_err(said)?
+            );
+            let out = me.results(&task.id, &seed, false, None).await.map_err(said)?;
+            let v: serde_json::Value = serde_json::from_slice(out[0].result.as_deref().unwrap_or_default())?;
+            println!(
+                "      vantage6 algorithm (Python, vantage6-algorithm-tools {}, unchanged): `central` at {first} made a \
+                 subtask at {} organisations through its node's local proxy, inputs sealed there per organisation: \
+                 mean {:.2} over {} rows",
+                enclava_sandbox::VANTAGE6_TOOLS,
+                v["organisations"],
+                v["mean"].as_f64().unwrap_or(f64::NAN),
+                v["count"]
+            );
+        }
+        Err(why) => println!("      (the vantage6 Python algorithm is not shown: {why})"),
+    }
     Ok(nodes)
 }

@@ -237,6 +237,10 @@ fn dev_demo_runs_green_from_a_clean_folder() {
     assert!(text.contains("[11/11]") && text.contains("demo done") && text.contains("identical"), "{text}");
     assert!(text.contains("federated mean: 536 / 8 = 67.00"), "the federation step: {text}");
     assert!(
+        text.contains("through its node's local proxy") && text.contains("mean 67.00 over 8 rows"),
+        "vantage6: {text}"
+    );
+    assert!(
         text.contains("receipt VERIFIED") && text.contains("\"pre-loaded and confidential!\""),
         "the farm step: {text}"
     );

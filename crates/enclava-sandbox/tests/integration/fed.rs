@@ -624,61 +624,20 @@ async fn subtask(
     (c.create_task(&t).await.expect("subtask"), seed)
 }
 
-/// The vantage6-algorithm-tools version the Python algorithm is shown with (scripts/test installs
-/// it from PyPI into `~/.cache/enclava/python/vantage6-algorithm-tools-VERSION`).
-const V6_TOOLS: &str = "4.15.2";
-
-/// Where vantage6-algorithm-tools is installed, and the Python it was installed for.
-fn vantage6_tools() -> (std::path::PathBuf, std::path::PathBuf) {
-    let dir = std::env::var_os("ENCLAVA_V6_TOOLS").map(std::path::PathBuf::from).unwrap_or_else(|| {
-        std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into()))
-            .join(format!(".cache/enclava/python/vantage6-algorithm-tools-{V6_TOOLS}"))
-    });
-    assert!(
-        dir.join("vantage6/algorithm/tools/wrap.py").exists(),
-        "vantage6-algorithm-tools {V6_TOOLS} is not in {}: run scripts/test, which installs it",
-        dir.display()
-    );
-    let out = std::process::Command::new("python3")
-        .args(["-c", "import sys; print(sys.base_prefix)"])
-        .output()
-        .expect("python3 (scripts/test needs it for the vantage6 algorithm)");
-    let prefix = String::from_utf8(out.stdout).expect("utf-8").trim().to_owned();
-    (dir, std::path::PathBuf::from(prefix))
-}
-
-/// A root filesystem for Python algorithms: busybox, the host's `/usr` (glibc) and the Python
-/// installation and packages bound read-only, as a container image would carry them.
-fn python_node(n: &Network, i: usize) -> FedNodeConfig {
-    let (tools, python) = vantage6_tools();
+/// A node that runs vantage6 Python algorithms: the host's Python and vantage6-algorithm-tools
+/// bound read-only into its busybox root filesystem, as a container image would carry them, and a
+/// `cohort` database with a header row.
+fn python_node(n: &Network, i: usize) -> (FedNodeConfig, enclava_sandbox::Vantage6Python) {
+    let v6 = enclava_sandbox::Vantage6Python::find().expect("vantage6 tools");
     let mut c = node_config(n, i);
     let (org, _, dir) = &n.nodes[i];
-    let root = c.rootfs.clone().expect("rootfs");
-    std::fs::create_dir_all(root.join("usr")).expect("usr");
-    for (link, to) in [("lib", "usr/lib"), ("lib64", "usr/lib64")] {
-        let _ = std::os::unix::fs::symlink(to, root.join(link));
-    }
-    let algorithm = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/vantage6");
-    c.mounts = vec![
-        ("/usr".into(), "/usr".into()),
-        (python.clone(), python.display().to_string()),
-        (tools, "/opt/vantage6".into()),
-        (algorithm, "/opt/algorithm".into()),
-    ];
+    let algorithms = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/vantage6");
+    c.mounts = v6.mounts(c.rootfs.as_deref().expect("rootfs"), &algorithms).expect("mounts");
     let share = SHARES.iter().find(|(o, _)| o == org).expect("share").1;
     std::fs::write(dir.join("cohort.csv"), format!("age\n{share}")).expect("data");
     c.data.insert("cohort".into(), dir.join("cohort.csv"));
     c.timeout = Duration::from_secs(120);
-    c
-}
-
-/// vantage6's own wrapper running the example package (what a vantage6 image's CMD does).
-fn vantage6_command(python: &std::path::Path) -> String {
-    format!(
-        "PKG_NAME=v6_mean PYTHONPATH=/opt/vantage6:/opt/algorithm OPENBLAS_NUM_THREADS=1 exec {}/bin/python3 -c \
-         'from vantage6.algorithm.tools.wrap import wrap_algorithm; wrap_algorithm()'",
-        python.display()
-    )
+    (c, v6)
 }
 
 /// A Python algorithm written with vantage6-algorithm-tools from PyPI runs unchanged in the
@@ -695,11 +654,12 @@ async fn a_vantage6_python_algorithm_runs_unchanged_with_its_subtasks_through_th
     }
     let n = network().await;
     let mut running = Vec::new();
+    let mut command = String::new();
     for i in 0..3 {
-        running.push(FedNode::start(python_node(&n, i)).await.expect("node starts"));
+        let (config, v6) = python_node(&n, i);
+        command = v6.command("v6_mean");
+        running.push(FedNode::start(config).await.expect("node starts"));
     }
-    let (_, python) = vantage6_tools();
-    let command = vantage6_command(&python);
     let (_, acme) = &n.researchers[0];
     let inputs = [("acme", serde_json::json!({"method": "central", "kwargs": {"column": "age"}}))];
     let request = TaskRequest {
