@@ -46,6 +46,8 @@ pub(crate) struct RunProxy {
     run: LeasedRun,
     algorithm: Arc<Vec<u8>>,
     token: Zeroizing<String>,
+    /// When the token stops being accepted (its `exp`), even if the run were still going.
+    expires: std::time::Instant,
     /// Subtasks made through this proxy, with the seeds of their result keys.
     subtasks: Mutex<BTreeMap<String, Zeroizing<[u8; 32]>>>,
 }
@@ -90,7 +92,14 @@ impl RunProxy {
         );
         let tag = ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key[..]), signing.as_bytes());
         let token = Zeroizing::new(format!("{signing}.{}", URL_SAFE_NO_PAD.encode(tag.as_ref())));
-        RunProxy { client, run: run.clone(), algorithm, token, subtasks: Mutex::new(BTreeMap::new()) }
+        RunProxy {
+            client,
+            run: run.clone(),
+            algorithm,
+            token,
+            expires: std::time::Instant::now() + ttl,
+            subtasks: Mutex::new(BTreeMap::new()),
+        }
     }
 
     /// The run's token, for `TOKEN_FILE`.
@@ -131,7 +140,9 @@ impl RunProxy {
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
         let expected = self.token.as_bytes();
-        presented.len() == expected.len() && presented.bytes().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+        std::time::Instant::now() < self.expires
+            && presented.len() == expected.len()
+            && presented.bytes().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
     }
 
     /// The seed of subtask `id`'s result key, if this run made it.
@@ -405,5 +416,50 @@ async fn result(State(p): State<Shared>, headers: HeaderMap, Path(id): Path<Stri
             None => refusal(StatusCode::NOT_FOUND, "no such run"),
         },
         Err(e) => failure(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run() -> LeasedRun {
+        serde_json::from_value(json!({
+            "run": "0123456789abcdef0123456789abcdef-0", "task": "0123456789abcdef0123456789abcdef",
+            "job": "0123456789abcdef0123456789abcdef", "organisation": "o1", "collaboration": "c1",
+            "initiator": "u1", "initiator_organisation": "o1", "kind": "process", "algorithm": "ab",
+            "databases": ["trial"], "encrypted": true, "attested": false, "sealed": null, "plain": "{}",
+            "result_key": "", "lease": "l", "lease_ms": 1000
+        }))
+        .expect("a leased run")
+    }
+
+    fn bearer(token: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("authorization", format!("Bearer {token}").parse().expect("header"));
+        h
+    }
+
+    #[test]
+    fn only_the_runs_own_unexpired_token_is_accepted() {
+        let client = FedClient::new("http://127.0.0.1:9", None);
+        let algorithm = Arc::new(b"true".to_vec());
+        let proxy = RunProxy::new(client.clone(), &run(), "n1", algorithm.clone(), Duration::from_secs(60));
+        let other = RunProxy::new(client.clone(), &run(), "n1", algorithm.clone(), Duration::from_secs(60));
+        assert!(proxy.authorised(&bearer(proxy.token())));
+        assert!(!proxy.authorised(&bearer(other.token())), "another run's token");
+        assert!(!proxy.authorised(&HeaderMap::new()), "no token");
+        let mut cut = proxy.token().to_owned();
+        cut.pop();
+        assert!(!proxy.authorised(&bearer(&cut)));
+        let expired = RunProxy::new(client, &run(), "n1", algorithm, Duration::ZERO);
+        assert!(!expired.authorised(&bearer(expired.token())), "an expired token");
+        // The token is a JWT in vantage6's shape: its `sub` names the run's collaboration.
+        let payload = proxy.token().split('.').nth(1).expect("payload");
+        let claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).expect("base64")).expect("json");
+        assert_eq!(claims["sub"]["collaboration_id"], "c1");
+        assert_eq!(claims["sub"]["organization_id"], "o1");
+        assert!(claims["exp"].as_u64() > claims["iat"].as_u64());
+        assert!(!format!("{proxy:?}").contains(proxy.token()), "the token stays out of Debug");
     }
 }
