@@ -564,6 +564,53 @@ fn path_part(s: &str) -> Result<&str, Error> {
     }
 }
 
+/// The name of an image's manifest (`{"cmd": …}`) inside its archive; the root filesystem is
+/// under `rootfs/`.
+pub const IMAGE_MANIFEST: &str = "enclava-image.json";
+
+/// An `image` algorithm (vantage6's algorithm image): root filesystem folder `rootfs` and the
+/// command a node runs in it (`/bin/sh -c CMD`), packed into one tar archive. The same folder
+/// always packs to the same bytes (entries sorted, times, owners and modes normalised), so its
+/// SHA-256 names it as an image digest does.
+pub fn pack_image(rootfs: &std::path::Path, cmd: &str) -> Result<Vec<u8>, Error> {
+    let bad = |e: std::io::Error| Error::invalid(format!("cannot pack the image {}: {e}", rootfs.display()));
+    if !rootfs.is_dir() {
+        return Err(Error::invalid(format!("the image {} is not a folder", rootfs.display())));
+    }
+    let mut archive = tar::Builder::new(Vec::new());
+    archive.mode(tar::HeaderMode::Deterministic);
+    archive.follow_symlinks(false);
+    let manifest =
+        serde_json::to_vec(&serde_json::json!({ "cmd": cmd })).map_err(|e| Error::internal(e.to_string()))?;
+    let mut header = tar::Header::new_gnu();
+    header.set_size(manifest.len() as u64);
+    header.set_mode(0o644);
+    header.set_entry_type(tar::EntryType::Regular);
+    archive.append_data(&mut header, IMAGE_MANIFEST, manifest.as_slice()).map_err(bad)?;
+    let mut stack = vec![std::path::PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let mut entries: Vec<_> = std::fs::read_dir(rootfs.join(&rel))
+            .map_err(bad)?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<Result<_, _>>()
+            .map_err(bad)?;
+        entries.sort();
+        // Folders are visited in name order: pushed in reverse.
+        let mut folders = Vec::new();
+        for name in entries {
+            let rel = rel.join(&name);
+            let path = rootfs.join(&rel);
+            let meta = std::fs::symlink_metadata(&path).map_err(bad)?;
+            archive.append_path_with_name(&path, std::path::Path::new("rootfs").join(&rel)).map_err(bad)?;
+            if meta.is_dir() {
+                folders.push(rel);
+            }
+        }
+        stack.extend(folders.into_iter().rev());
+    }
+    archive.into_inner().map_err(bad)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -224,8 +224,8 @@ impl NewTask {
         if !hex(&self.algorithm, 64) {
             return Err("the algorithm is named by its SHA-256 (64 lowercase hex digits)".into());
         }
-        if !matches!(self.kind.as_str(), "wasm" | "process") {
-            return Err("an algorithm is a wasm module or a process command".into());
+        if !matches!(self.kind.as_str(), "wasm" | "process" | "image") {
+            return Err("an algorithm is a wasm module, a process command or an image".into());
         }
         if self.organisations.is_empty() || self.organisations.len() > 1000 {
             return Err("a task runs at 1 to 1000 organisations".into());

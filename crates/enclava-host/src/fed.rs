@@ -164,9 +164,10 @@ impl FedNode {
             Some(w) => w.clone(),
             None => Arc::new(enclava_wasm::WasmEngine::new(enclava_wasm::WasmConfig::default())?),
         };
+        // Images bring their own root filesystem: a node runs them wherever bubblewrap is.
         let process = match &config.rootfs {
             Some(_) => Some(enclava_process::ProcessSandbox::find()?),
-            None => None,
+            None => enclava_process::ProcessSandbox::find().ok(),
         };
         let jobs_dir = crate::jobs_dir(&config.work_dir, &format!("fed-{}", me.id));
         let shared = Arc::new(Shared { node: me.id.clone(), attested, jobs_dir, config, key, wasm, process });
@@ -537,12 +538,29 @@ async fn execute(shared: &Shared, client: &FedClient, run: &LeasedRun, work: &Pa
             };
             (report.outcome.success(), report.outcome.to_string(), report.stdout.to_vec(), report.stderr.to_vec(), done)
         }
-        "process" => {
-            let (Some(sandbox), Some(rootfs)) = (&shared.process, &config.rootfs) else {
-                return Err(Error::invalid("this node runs no process algorithms (start it with a root filesystem)"));
+        "process" | "image" => {
+            let Some(sandbox) = &shared.process else {
+                return Err(Error::invalid("this node runs no sandboxed algorithms (bubblewrap is not installed)"));
             };
-            let command = std::str::from_utf8(&algorithm)
-                .map_err(|_| Error::invalid("a process algorithm is a UTF-8 command"))?;
+            let (rootfs, command, mounts) = if run.kind == "image" {
+                let images = config.work_dir.join("images");
+                let (digest, bytes) = (run.algorithm.clone(), algorithm.clone());
+                let (rootfs, command) = tokio::task::spawn_blocking(move || unpack_image(&images, &digest, &bytes))
+                    .await
+                    .map_err(|e| Error::internal(format!("unpacking the image stopped: {e}")))??;
+                // An image carries everything it needs: the node's mounts are for its own root
+                // filesystem.
+                (rootfs, command, Vec::new())
+            } else {
+                let Some(rootfs) = &config.rootfs else {
+                    return Err(Error::invalid(
+                        "this node runs no process algorithms (start it with a root filesystem)",
+                    ));
+                };
+                let command = std::str::from_utf8(&algorithm)
+                    .map_err(|_| Error::invalid("a process algorithm is a UTF-8 command"))?;
+                (rootfs.clone(), command.to_owned(), config.mounts.clone())
+            };
             env.push(("PATH".into(), "/bin:/usr/bin".into()));
             let proxy = config.proxy.then(|| {
                 Arc::new(crate::proxy::RunProxy::new(
@@ -563,12 +581,12 @@ async fn execute(shared: &Shared, client: &FedClient, run: &LeasedRun, work: &Pa
                 ]);
             }
             let job = enclava_process::ProcessJob {
-                rootfs: rootfs.clone(),
-                argv: vec!["/bin/sh".into(), "-c".into(), command.to_owned(), "algorithm".into()],
+                rootfs,
+                argv: vec!["/bin/sh".into(), "-c".into(), command, "algorithm".into()],
                 env,
                 work: work.to_owned(),
                 shared: Some(job_tmp.clone()),
-                binds: config.mounts.clone(),
+                binds: mounts,
                 stdin: input.to_vec(),
                 limits: enclava_process::ProcessLimits { timeout: config.timeout, ..Default::default() },
             };
@@ -634,6 +652,46 @@ async fn execute(shared: &Shared, client: &FedClient, run: &LeasedRun, work: &Pa
         None => None,
     };
     Ok(RunDone { lease: run.lease.clone(), status: "completed".into(), reason: None, result, receipt })
+}
+
+/// Unpacks image `digest` (a tar archive made by [`enclava_client::fed::pack_image`]) into
+/// `images/DIGEST` once, and returns its root filesystem and command. The archive cannot write
+/// outside its folder (the `tar` crate refuses `..`, absolute paths and writes through links it
+/// made), and set-user-id bits and owners are not kept.
+fn unpack_image(images: &Path, digest: &str, bytes: &[u8]) -> Result<(PathBuf, String), Error> {
+    if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+        return Err(Error::invalid("an image is named by its SHA-256"));
+    }
+    let dir = images.join(digest);
+    let io = |e: std::io::Error| Error::unavailable(format!("cannot unpack the image: {e}"));
+    if !dir.join(".complete").exists() {
+        std::fs::create_dir_all(images).map_err(io)?;
+        let tmp = images.join(format!("{digest}.part-{}", hex::encode(rand::random::<[u8; 8]>())));
+        let mut archive = tar::Archive::new(bytes);
+        archive.set_preserve_permissions(false);
+        archive.set_preserve_ownerships(false);
+        archive.set_unpack_xattrs(false);
+        if let Err(e) = archive.unpack(&tmp) {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(Error::invalid(format!("the image is not an archive this node unpacks: {e}")));
+        }
+        std::fs::write(tmp.join(".complete"), b"").map_err(io)?;
+        // Another run may have unpacked it meanwhile: either copy is the same.
+        if std::fs::rename(&tmp, &dir).is_err() {
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+    }
+    let manifest = std::fs::read(dir.join(enclava_client::fed::IMAGE_MANIFEST))
+        .map_err(|_| Error::invalid("the image has no manifest (enclava-image.json)"))?;
+    let cmd = serde_json::from_slice::<serde_json::Value>(&manifest)
+        .ok()
+        .and_then(|m| m.get("cmd").and_then(|c| c.as_str()).map(str::to_owned))
+        .ok_or_else(|| Error::invalid("the image's manifest names no command"))?;
+    let rootfs = dir.join("rootfs");
+    if !rootfs.is_dir() {
+        return Err(Error::invalid("the image has no root filesystem (rootfs/)"));
+    }
+    Ok((rootfs, cmd))
 }
 
 /// What a run's executor reports, for its receipt.

@@ -98,9 +98,14 @@ pub enum TaskCommand {
         /// A Wasm module
         #[arg(long, conflicts_with = "cmd")]
         algorithm: Option<PathBuf>,
-        /// A command run by /bin/sh -c in a sandbox at each node
+        /// A command run by /bin/sh -c in a sandbox at each node (on the node's root filesystem,
+        /// or with --image on the image's)
         #[arg(long)]
         cmd: Option<String>,
+        /// An image: a root filesystem folder sent with the task and run with --cmd (vantage6's
+        /// algorithm image; named by the SHA-256 of its packed archive)
+        #[arg(long, conflicts_with = "algorithm", requires = "cmd")]
+        image: Option<PathBuf>,
         /// The input every organisation gets: {"method": …, "kwargs": {…}}
         #[arg(long, default_value = "{\"method\": \"main\"}")]
         input: String,
@@ -230,7 +235,7 @@ fn kept_path(dir: &std::path::Path, id: &str) -> anyhow::Result<PathBuf> {
 pub async fn task(a: TaskArgs, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<ExitCode> {
     let (c, dir) = client(&a.target, env)?;
     match a.command {
-        TaskCommand::Create { collab, orgs, algorithm, cmd, input, databases, name, wait, readable, policy } => {
+        TaskCommand::Create { collab, orgs, algorithm, cmd, image, input, databases, name, wait, readable, policy } => {
             let policy_text = policy
                 .map(|p| std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display())))
                 .transpose()?;
@@ -238,10 +243,13 @@ pub async fn task(a: TaskArgs, env: &dyn Fn(&str) -> Option<String>) -> anyhow::
                 .as_deref()
                 .map(|t| enclava_attest::Policy::parse(t).map_err(|e| anyhow::anyhow!("--policy: {e}")))
                 .transpose()?;
-            let (kind, program) = match (algorithm, cmd) {
-                (Some(p), None) => ("wasm", std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?),
-                (None, Some(c)) => ("process", c.into_bytes()),
-                _ => bail!("give --algorithm app.wasm or --cmd \"...\""),
+            let (kind, program) = match (algorithm, cmd, image) {
+                (_, Some(c), Some(dir)) => ("image", enclava_client::fed::pack_image(&dir, &c).map_err(said)?),
+                (Some(p), None, None) => {
+                    ("wasm", std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?)
+                }
+                (None, Some(c), None) => ("process", c.into_bytes()),
+                _ => bail!("give --algorithm app.wasm, --cmd \"...\", or --image DIR --cmd \"...\""),
             };
             let input: serde_json::Value = serde_json::from_str(&input).context("--input is not JSON")?;
             let inputs: Vec<(&str, serde_json::Value)> = orgs.iter().map(|o| (o.as_str(), input.clone())).collect();

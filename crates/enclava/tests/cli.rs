@@ -962,6 +962,28 @@ fn fed_node_new_start_list_files_attach_stop() {
         "--wait",
     ]));
     assert!(out.contains("\"sum\": 6") || out.contains("\"sum\":6"), "{out}");
+    // An image brings its own root filesystem.
+    let image = dir.path().join("image");
+    std::fs::create_dir_all(image.join("bin")).expect("image");
+    let busybox = ["/usr/bin/busybox", "/bin/busybox"].into_iter().find(|p| std::path::Path::new(p).exists());
+    std::fs::copy(busybox.expect("busybox-static (scripts/test installs it)"), image.join("bin/busybox"))
+        .expect("copy");
+    std::os::unix::fs::symlink("busybox", image.join("bin/sh")).expect("link");
+    std::fs::write(image.join("greeting"), "hello from the image").expect("file");
+    let out = ok_text(&fed(&[
+        "task",
+        "create",
+        "--collab",
+        "study1",
+        "--orgs",
+        "acme",
+        "--image",
+        image.to_str().expect("utf-8"),
+        "--cmd",
+        r#"read g < /greeting; echo "\"$g\"" > "$OUTPUT_FILE""#,
+        "--wait",
+    ]));
+    assert!(out.contains("hello from the image"), "{out}");
     let stopped = ok_text(&fed(&["fed-node", "stop", "acme-node"]));
     assert!(stopped.contains("node acme-node stopped"), "{stopped}");
     assert!(ok_text(&fed(&["fed-node", "list"])).contains("acme-node: stopped"));

@@ -740,3 +740,61 @@ wget -qO- --header "$A" --header "Content-Type: application/json" --post-data '{
     );
     node.shutdown().await;
 }
+
+/// An image (vantage6's algorithm image) brings its own root filesystem: a node with none of its
+/// own runs it, unpacked once by digest; an archive that would write outside its folder is
+/// refused and writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_brings_its_own_root_filesystem_and_cannot_write_outside_it() {
+    let n = network().await;
+    let mut config = node_config(&n, 0);
+    let image_dir = n.nodes[0].2.join("image");
+    let rootfs = enclava_process::busybox_root(&image_dir, &["sh", "awk", "cat"]).expect("busybox");
+    std::fs::write(rootfs.join("motto"), "from the image").expect("motto");
+    config.rootfs = None;
+    let work_dir = config.work_dir.clone();
+    let node = FedNode::start(config).await.expect("node starts");
+    let command = r#"cat /motto > "$OUTPUT_FILE""#;
+    let image = enclava_client::fed::pack_image(&rootfs, command).expect("pack");
+    assert_eq!(image, enclava_client::fed::pack_image(&rootfs, command).expect("pack"), "packing is reproducible");
+    let (_, acme) = &n.researchers[0];
+    let inputs = [("acme", serde_json::json!({}))];
+    let request = TaskRequest {
+        collaboration: &n.collab,
+        name: "image",
+        kind: "image",
+        algorithm: &image,
+        inputs: &inputs,
+        databases: &["trial"],
+        readable: false,
+        policy: None,
+        parent: None,
+    };
+    let (task, seed) = acme.start_task(&request).await.expect("task");
+    let done = acme.wait(&task.id, Duration::from_secs(60)).await.expect("ends");
+    assert_eq!(done.status, "completed", "{:?}", acme.runs(&task.id).await);
+    let out = acme.results(&task.id, &seed, false, None).await.expect("results");
+    assert_eq!(out[0].result.as_deref(), Some(&b"from the image"[..]));
+    assert!(work_dir.join("images").join(&task.algorithm).join(".complete").exists(), "unpacked once, by digest");
+
+    // A link inside the archive, then a file written through it: refused, nothing outside.
+    let outside = n.sandbox.dir().join("outside");
+    std::fs::create_dir_all(&outside).expect("dir");
+    let mut evil = tar::Builder::new(Vec::new());
+    let mut link = tar::Header::new_gnu();
+    link.set_entry_type(tar::EntryType::Symlink);
+    link.set_size(0);
+    evil.append_link(&mut link, "rootfs/escape", &outside).expect("link");
+    let mut file = tar::Header::new_gnu();
+    file.set_size(5);
+    file.set_mode(0o644);
+    evil.append_data(&mut file, "rootfs/escape/pwned", &b"pwned"[..]).expect("file");
+    let evil = evil.into_inner().expect("archive");
+    let (task, _) = acme.start_task(&TaskRequest { algorithm: &evil, ..request }).await.expect("task");
+    let done = acme.wait(&task.id, Duration::from_secs(60)).await.expect("ends");
+    let runs = acme.runs(&task.id).await.expect("runs");
+    assert_eq!(done.status, "failed", "{runs:?}");
+    assert!(runs[0].reasons.iter().any(|r| r.contains("not an archive this node unpacks")), "{runs:?}");
+    assert!(!outside.join("pwned").exists(), "nothing written outside the image's folder");
+    node.shutdown().await;
+}
