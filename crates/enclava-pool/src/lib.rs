@@ -1,0 +1,7 @@
+//! Function pools: a pool fronts instances (serving nodes) and routes each request for a model to
+//! the instance that should serve it. [`router`] is the routing decision itself, deterministic and
+//! clock-injected so every rule is tested exactly; [`fnpacker`] is MOSS's FnPacker algorithm,
+//! re-implemented as the baseline the pool is measured against.
+
+pub mod fnpacker;
+pub mod router;
