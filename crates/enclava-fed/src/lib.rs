@@ -120,6 +120,8 @@ pub struct Node {
 }
 
 const PREFIX: &str = "/fed/v1";
+/// How deep a node's subtasks may nest (a task's subtasks are at depth 1).
+const MAX_SUBTASK_DEPTH: usize = 8;
 
 /// A node with its admission, for [`Fed::node_view_row`].
 const NODE_SELECT: &str = "SELECT n.id, n.name, n.org, n.collab, n.last_seen_ms, a.pubkey, a.evidence, a.nonce, \
@@ -818,7 +820,19 @@ impl Fed {
         if row.try_get::<String, _>(2)? != t.algorithm || row.try_get::<String, _>(3)? != t.kind {
             return Err(forbidden("a subtask runs its parent's algorithm, no other"));
         }
-        Ok((row.try_get(0)?, row.try_get(1)?))
+        // An algorithm's subtasks may make subtasks, but not without end.
+        let mut above = parent.clone();
+        for _ in 0..MAX_SUBTASK_DEPTH {
+            let up: Option<Option<String>> = sqlx::query_scalar("SELECT parent FROM fed_tasks WHERE id = $1")
+                .bind(&above)
+                .fetch_optional(self.db.pool())
+                .await?;
+            match up.flatten() {
+                Some(p) => above = p,
+                None => return Ok((row.try_get(0)?, row.try_get(1)?)),
+            }
+        }
+        Err(forbidden(&format!("subtasks nest at most {MAX_SUBTASK_DEPTH} deep")))
     }
 
     async fn status_of(&self, task: &str) -> Result<&'static str, Error> {

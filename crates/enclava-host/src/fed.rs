@@ -45,8 +45,9 @@ pub struct FedNodeConfig {
     /// Host folders bound read-only into process algorithms' sandboxes (host path, path inside):
     /// an interpreter and its packages.
     pub mounts: Vec<(PathBuf, String)>,
-    /// Give process algorithms the local proxy (needs the node to run as root; without it an
-    /// algorithm cannot make subtasks).
+    /// Give process algorithms the local proxy (on by default where the node runs as root,
+    /// which opening a port inside a sandbox needs; without it an algorithm cannot make
+    /// subtasks).
     pub proxy: bool,
     /// Algorithms (SHA-256) this node runs; `None`: any.
     pub allowed_algorithms: Option<BTreeSet<String>>,
@@ -83,7 +84,7 @@ impl FedNodeConfig {
             work_dir: dir.join("runs"),
             rootfs: None,
             mounts: Vec::new(),
-            proxy: true,
+            proxy: crate::running_as_root(),
             allowed_algorithms: None,
             allowed_organisations: None,
             allowed_users: None,
@@ -157,6 +158,13 @@ impl FedNode {
                     config.key_file.display()
                 ),
             ));
+        }
+        let mut config = config;
+        if config.proxy && !crate::running_as_root() {
+            tracing::warn!(
+                "the local proxy needs this node to run as root: process algorithms run without it (no subtasks)"
+            );
+            config.proxy = false;
         }
         std::fs::create_dir_all(&config.work_dir)
             .map_err(|e| Error::unavailable(format!("cannot create {}: {e}", config.work_dir.display())))?;
@@ -657,39 +665,61 @@ async fn execute(shared: &Shared, client: &FedClient, run: &LeasedRun, work: &Pa
 /// Unpacks image `digest` (a tar archive made by [`enclava_client::fed::pack_image`]) into
 /// `images/DIGEST` once, and returns its root filesystem and command. The archive cannot write
 /// outside its folder (the `tar` crate refuses `..`, absolute paths and writes through links it
-/// made), and set-user-id bits and owners are not kept.
+/// made), set-user-id bits and owners are not kept, and nothing the archive made is followed on
+/// the host: its top level must be the manifest, a regular file, and `rootfs/`, a real folder
+/// (a link there would bind the host's own files into the sandbox).
 fn unpack_image(images: &Path, digest: &str, bytes: &[u8]) -> Result<(PathBuf, String), Error> {
     if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
         return Err(Error::invalid("an image is named by its SHA-256"));
     }
     let dir = images.join(digest);
     let io = |e: std::io::Error| Error::unavailable(format!("cannot unpack the image: {e}"));
-    if !dir.join(".complete").exists() {
+    let manifest_name = enclava_client::fed::IMAGE_MANIFEST;
+    if std::fs::symlink_metadata(&dir).is_err() {
         std::fs::create_dir_all(images).map_err(io)?;
         let tmp = images.join(format!("{digest}.part-{}", hex::encode(rand::random::<[u8; 8]>())));
         let mut archive = tar::Archive::new(bytes);
         archive.set_preserve_permissions(false);
         archive.set_preserve_ownerships(false);
         archive.set_unpack_xattrs(false);
-        if let Err(e) = archive.unpack(&tmp) {
+        let unpacked = archive.unpack(&tmp).map_err(|e| format!("{e}")).and_then(|()| {
+            let top: Vec<_> = std::fs::read_dir(&tmp)
+                .map_err(|e| e.to_string())?
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            let manifest = std::fs::symlink_metadata(tmp.join(manifest_name)).map_err(|e| e.to_string())?;
+            let rootfs = std::fs::symlink_metadata(tmp.join("rootfs")).map_err(|e| e.to_string())?;
+            if top.iter().any(|n| n != manifest_name && n != "rootfs") {
+                return Err(format!("its top level holds more than {manifest_name} and rootfs/"));
+            }
+            if !manifest.file_type().is_file() || !rootfs.file_type().is_dir() {
+                return Err(format!("{manifest_name} must be a regular file and rootfs/ a folder, not links"));
+            }
+            Ok(())
+        });
+        if let Err(e) = unpacked {
             let _ = std::fs::remove_dir_all(&tmp);
             return Err(Error::invalid(format!("the image is not an archive this node unpacks: {e}")));
         }
-        std::fs::write(tmp.join(".complete"), b"").map_err(io)?;
-        // Another run may have unpacked it meanwhile: either copy is the same.
+        // Another run may have unpacked it meanwhile: either copy is the same. The rename is
+        // atomic, so a folder under the digest's name is a complete one.
         if std::fs::rename(&tmp, &dir).is_err() {
             let _ = std::fs::remove_dir_all(&tmp);
         }
     }
-    let manifest = std::fs::read(dir.join(enclava_client::fed::IMAGE_MANIFEST))
-        .map_err(|_| Error::invalid("the image has no manifest (enclava-image.json)"))?;
+    // Read without following a link, at most 64 KiB.
+    let manifest = read_output(&dir.join(manifest_name), 64 << 10)
+        .ok()
+        .flatten()
+        .ok_or_else(|| Error::invalid("the image has no manifest (enclava-image.json) this node reads"))?;
     let cmd = serde_json::from_slice::<serde_json::Value>(&manifest)
         .ok()
         .and_then(|m| m.get("cmd").and_then(|c| c.as_str()).map(str::to_owned))
         .ok_or_else(|| Error::invalid("the image's manifest names no command"))?;
     let rootfs = dir.join("rootfs");
-    if !rootfs.is_dir() {
-        return Err(Error::invalid("the image has no root filesystem (rootfs/)"));
+    if !std::fs::symlink_metadata(&rootfs).is_ok_and(|m| m.file_type().is_dir()) {
+        return Err(Error::invalid("the image has no root filesystem folder (rootfs/)"));
     }
     Ok((rootfs, cmd))
 }

@@ -50,6 +50,8 @@ pub(crate) struct RunProxy {
     expires: std::time::Instant,
     /// Subtasks made through this proxy, with the seeds of their result keys.
     subtasks: Mutex<BTreeMap<String, Zeroizing<[u8; 32]>>>,
+    /// Subtasks asked for, made or under way: the limit is reserved before the server is asked.
+    asked: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for RunProxy {
@@ -99,6 +101,7 @@ impl RunProxy {
             token,
             expires: std::time::Instant::now() + ttl,
             subtasks: Mutex::new(BTreeMap::new()),
+            asked: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -271,7 +274,7 @@ async fn create_task(State(p): State<Shared>, headers: HeaderMap, Json(body): Js
     if body.get("collaboration_id").and_then(Value::as_str).is_some_and(|c| c != p.run.collaboration) {
         return refusal(StatusCode::FORBIDDEN, "a subtask runs in this run's collaboration");
     }
-    if p.subtasks.lock().unwrap_or_else(|e| e.into_inner()).len() >= MAX_SUBTASKS {
+    if p.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= MAX_SUBTASKS {
         return refusal(StatusCode::TOO_MANY_REQUESTS, "this run has made as many subtasks as it may");
     }
     let Some(orgs) = body.get("organizations").and_then(Value::as_array) else {

@@ -279,7 +279,7 @@ impl ProcessSandbox {
     pub async fn run_serving(&self, job: &ProcessJob, listen: Option<Listen>) -> Result<ProcessReport, Error> {
         let started = Instant::now();
         let (mut child, gate) = match listen {
-            None => (self.spawn(job, &[])?, None),
+            None => (self.spawn(&self.command_line_with(job, &[])?, &[])?, None),
             Some(listen) => {
                 let io = |e: std::io::Error| Error::unavailable(format!("cannot make the sandbox's pipes: {e}"));
                 let (info_r, info_w) = std::io::pipe().map_err(io)?;
@@ -291,19 +291,13 @@ impl ProcessSandbox {
                     "--block-fd".to_owned(),
                     block_r.as_raw_fd().to_string(),
                 ];
-                let child = {
-                    // The two descriptors bubblewrap needs are inherited only while this lock is
-                    // held, so no other sandbox started here gets them.
-                    let _one = SPAWNING.lock().unwrap_or_else(|e| e.into_inner());
-                    let inherit = rustix::io::FdFlags::empty();
-                    rustix::io::fcntl_setfd(&info_w, inherit).map_err(|e| io(e.into()))?;
-                    rustix::io::fcntl_setfd(&block_r, inherit).map_err(|e| io(e.into()))?;
-                    let child = self.spawn(job, &extra);
-                    drop(info_w);
-                    drop(block_r);
-                    child?
-                };
-                let mut child = child;
+                let argv = self.command_line_with(job, &extra)?;
+                use std::os::fd::AsFd;
+                let child = self.spawn(&argv, &[info_w.as_fd(), block_r.as_fd()]);
+                // Only bubblewrap holds its ends now.
+                drop(info_w);
+                drop(block_r);
+                let mut child = child?;
                 match open_inside(info_r, listen.port).await {
                     Ok(listener) => {
                         (listen.serve)(listener);
@@ -355,18 +349,28 @@ impl ProcessSandbox {
 }
 
 impl ProcessSandbox {
-    fn spawn(&self, job: &ProcessJob, extra: &[String]) -> Result<tokio::process::Child, Error> {
-        let argv = self.command_line_with(job, extra)?;
+    /// Starts `argv`, letting it inherit `inherit` (which stay closed-on-exec for everything
+    /// else: they are inheritable only while [`SPAWNING`] is held, and every sandbox starts
+    /// under it).
+    fn spawn(&self, argv: &[String], inherit: &[std::os::fd::BorrowedFd<'_>]) -> Result<tokio::process::Child, Error> {
         let (program, rest) = argv.split_first().ok_or_else(|| Error::internal("empty command line"))?;
-        tokio::process::Command::new(program)
-            .args(rest)
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.args(rest)
             .env_clear()
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| Error::unavailable(format!("the sandbox does not start: {e}")))
+            .kill_on_drop(true);
+        let flags = |f: rustix::io::FdFlags| {
+            inherit.iter().try_for_each(|fd| rustix::io::fcntl_setfd(fd, f)).map_err(|e| {
+                Error::unavailable(format!("cannot pass the sandbox its descriptors: {}", std::io::Error::from(e)))
+            })
+        };
+        let _one = SPAWNING.lock().unwrap_or_else(|e| e.into_inner());
+        flags(rustix::io::FdFlags::empty())?;
+        let child = cmd.spawn().map_err(|e| Error::unavailable(format!("the sandbox does not start: {e}")));
+        flags(rustix::io::FdFlags::CLOEXEC)?;
+        child
     }
 }
 
@@ -431,6 +435,13 @@ fn read_child_pid(mut info: std::io::PipeReader) -> Result<u32, Error> {
 fn bind_in(pid: u32, port: u16) -> Result<std::net::TcpListener, Error> {
     let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))
         .map_err(|e| Error::unavailable(format!("cannot find the sandbox's network: {e}")))?;
+    // Never this host's own network: a process that is not the sandbox's (a reused pid) is
+    // refused rather than joined.
+    use std::os::unix::fs::MetadataExt;
+    let own = std::fs::metadata("/proc/self/ns/net").map(|m| m.ino()).ok();
+    if ns.metadata().ok().map(|m| m.ino()) == own {
+        return Err(Error::unavailable("the sandbox's process is not in a network of its own"));
+    }
     rustix::thread::move_into_link_name_space(
         std::os::fd::AsFd::as_fd(&ns),
         Some(rustix::thread::LinkNameSpaceType::Network),

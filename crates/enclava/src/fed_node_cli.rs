@@ -133,9 +133,11 @@ fn load(dir: &Path, name: &str) -> anyhow::Result<Settings> {
 fn running(dir: &Path) -> Option<u32> {
     let pid: u32 = std::fs::read_to_string(dir.join("node.pid")).ok()?.trim().parse().ok()?;
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let dir_text = dir.file_name()?.to_string_lossy().into_owned();
-    let ours = String::from_utf8_lossy(&cmdline).contains("fed-node")
-        && cmdline.split(|b| *b == 0).any(|a| a == dir_text.as_bytes());
+    let name = dir.file_name()?.to_string_lossy().into_owned();
+    // Only `… fed-node … run NAME` is the node: not `start NAME` or `attach NAME`, nor an
+    // unrelated process that took over a stale pid.
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let ours = args.contains(&&b"fed-node"[..]) && args.windows(2).any(|w| w[0] == b"run" && w[1] == name.as_bytes());
     ours.then_some(pid)
 }
 
@@ -158,6 +160,9 @@ pub async fn fed_node(a: FedNodeArgs, env: &dyn Fn(&str) -> Option<String>) -> a
             let mut mounts = Vec::new();
             for m in &settings.mount {
                 let (host, inside) = m.split_once(':').context("--mount takes HOST:INSIDE")?;
+                if !inside.starts_with('/') || inside.split('/').any(|c| c == "..") {
+                    bail!("--mount: INSIDE is an absolute path inside the sandbox, without '..'");
+                }
                 let host = std::fs::canonicalize(host).with_context(|| format!("--mount: no folder {host}"))?;
                 mounts.push((host, inside.to_owned()));
             }
@@ -259,6 +264,8 @@ pub async fn fed_node(a: FedNodeArgs, env: &dyn Fn(&str) -> Option<String>) -> a
                     break;
                 }
                 if running(&dir).is_none() || std::time::Instant::now() > deadline {
+                    let _ = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+                    let _ = std::fs::remove_file(dir.join("node.pid"));
                     eprint!("{text}");
                     bail!("node {name} did not start: its log is above ({})", log_path.display());
                 }
@@ -312,6 +319,12 @@ pub async fn fed_node(a: FedNodeArgs, env: &dyn Fn(&str) -> Option<String>) -> a
         FedNodeCommand::Run { name } => {
             let dir = node_dir(&a.target, env, &name)?;
             let s = load(&dir, &name)?;
+            match running(&dir) {
+                Some(pid) if pid != std::process::id() => {
+                    bail!("node {name} is already running (pid {pid}); `enclava fed-node stop {name}` stops it")
+                }
+                _ => std::fs::write(dir.join("node.pid"), std::process::id().to_string())?,
+            }
             let key = std::fs::read_to_string(dir.join("api-key"))
                 .with_context(|| format!("no API key in {}", dir.display()))?;
             let mut config =

@@ -530,12 +530,17 @@ fn http(addr: &str, method: &str, path: &str, token: Option<&str>, body: &str) -
 }
 
 fn start_keys_server(database: &str, dir: &std::path::Path, port: u16) -> Proc {
+    start_server("keys", database, dir, port)
+}
+
+/// `enclava server` with `roles` on `database`, its data in `dir/srv`, once it answers /health.
+fn start_server(roles: &str, database: &str, dir: &std::path::Path, port: u16) -> Proc {
     let listen = format!("127.0.0.1:{port}");
     let srv = dir.join("srv");
     let p = spawn(&[
         "server",
         "--roles",
-        "keys",
+        roles,
         "--database",
         database,
         "--listen",
@@ -543,7 +548,7 @@ fn start_keys_server(database: &str, dir: &std::path::Path, port: u16) -> Proc {
         "--data-dir",
         srv.to_str().expect("utf-8"),
     ]);
-    wait_for("the key broker", Duration::from_secs(20), || {
+    wait_for("the server", Duration::from_secs(20), || {
         http(&listen, "GET", "/health", None, "").is_ok_and(|(s, _)| s == 200)
     });
     p
@@ -898,20 +903,8 @@ fn fed_node_new_start_list_files_attach_stop() {
     let port = free_port().expect("port");
     let listen = format!("127.0.0.1:{port}");
     let srv = dir.path().join("srv");
-    let _server = spawn(&[
-        "server",
-        "--roles",
-        "keys,federation",
-        "--database",
-        &format!("sqlite://{}", dir.path().join("fed.db").display()),
-        "--listen",
-        &listen,
-        "--data-dir",
-        srv.to_str().expect("utf-8"),
-    ]);
-    wait_for("the server", Duration::from_secs(20), || {
-        http(&listen, "GET", "/health", None, "").is_ok_and(|(s, _)| s == 200)
-    });
+    let database = format!("sqlite://{}", dir.path().join("fed.db").display());
+    let _server = start_server("keys,federation", &database, dir.path(), port);
     let url = format!("http://{listen}");
     let config = dir.path().join("config");
     let invite = std::fs::read_to_string(srv.join("admin-invite")).expect("admin invite");

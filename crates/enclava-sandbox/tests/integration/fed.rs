@@ -719,19 +719,12 @@ wget -qO- --header "$A" --header "Content-Type: application/json" --post-data '{
     let (_, acme) = &n.researchers[0];
     let inputs = [("acme", serde_json::json!({}))];
     let request = TaskRequest {
-        collaboration: &n.collab,
         name: "probe the proxy",
         kind: "process",
-        algorithm: script.as_bytes(),
-        inputs: &inputs,
         databases: &[],
-        readable: false,
-        policy: None,
-        parent: None,
+        ..sealed_task(&n, script.as_bytes(), &inputs)
     };
-    let (task, seed) = acme.start_task(&request).await.expect("task");
-    let done = acme.wait(&task.id, Duration::from_secs(60)).await.expect("ends");
-    assert_eq!(done.status, "completed", "{:?}", acme.runs(&task.id).await);
+    let (task, seed) = completed(acme, &request).await;
     let results = acme.results(&task.id, &seed, false, None).await.expect("results");
     let out = String::from_utf8(results[0].result.clone().expect("result")).expect("utf-8");
     assert_eq!(
@@ -759,23 +752,12 @@ async fn an_image_brings_its_own_root_filesystem_and_cannot_write_outside_it() {
     assert_eq!(image, enclava_client::fed::pack_image(&rootfs, command).expect("pack"), "packing is reproducible");
     let (_, acme) = &n.researchers[0];
     let inputs = [("acme", serde_json::json!({}))];
-    let request = TaskRequest {
-        collaboration: &n.collab,
-        name: "image",
-        kind: "image",
-        algorithm: &image,
-        inputs: &inputs,
-        databases: &["trial"],
-        readable: false,
-        policy: None,
-        parent: None,
-    };
-    let (task, seed) = acme.start_task(&request).await.expect("task");
-    let done = acme.wait(&task.id, Duration::from_secs(60)).await.expect("ends");
-    assert_eq!(done.status, "completed", "{:?}", acme.runs(&task.id).await);
+    let request =
+        TaskRequest { name: "image", kind: "image", databases: &["trial"], ..sealed_task(&n, &image, &inputs) };
+    let (task, seed) = completed(acme, &request).await;
     let out = acme.results(&task.id, &seed, false, None).await.expect("results");
     assert_eq!(out[0].result.as_deref(), Some(&b"from the image"[..]));
-    assert!(work_dir.join("images").join(&task.algorithm).join(".complete").exists(), "unpacked once, by digest");
+    assert!(work_dir.join("images").join(&task.algorithm).join("rootfs/motto").exists(), "unpacked once, by digest");
 
     // A link inside the archive, then a file written through it: refused, nothing outside.
     let outside = n.sandbox.dir().join("outside");
@@ -796,5 +778,61 @@ async fn an_image_brings_its_own_root_filesystem_and_cannot_write_outside_it() {
     assert_eq!(done.status, "failed", "{runs:?}");
     assert!(runs[0].reasons.iter().any(|r| r.contains("not an archive this node unpacks")), "{runs:?}");
     assert!(!outside.join("pwned").exists(), "nothing written outside the image's folder");
+
+    // Links the archive makes are never followed on the host: a root filesystem that is a link to
+    // the host's `/`, a manifest that is a link to `/dev/zero`.
+    for (name, target) in [("rootfs", "/"), (enclava_client::fed::IMAGE_MANIFEST, "/dev/zero")] {
+        let mut evil = tar::Builder::new(Vec::new());
+        if name != "rootfs" {
+            let mut dir = tar::Header::new_gnu();
+            dir.set_entry_type(tar::EntryType::Directory);
+            dir.set_mode(0o755);
+            dir.set_size(0);
+            evil.append_data(&mut dir, "rootfs", &b""[..]).expect("dir");
+        } else {
+            let manifest = br#"{"cmd": "cat /etc/shadow > \"$OUTPUT_FILE\""}"#;
+            let mut file = tar::Header::new_gnu();
+            file.set_size(manifest.len() as u64);
+            file.set_mode(0o644);
+            evil.append_data(&mut file, enclava_client::fed::IMAGE_MANIFEST, &manifest[..]).expect("manifest");
+        }
+        let mut link = tar::Header::new_gnu();
+        link.set_entry_type(tar::EntryType::Symlink);
+        link.set_size(0);
+        evil.append_link(&mut link, name, target).expect("link");
+        let evil = evil.into_inner().expect("archive");
+        let (task, _) = acme.start_task(&TaskRequest { algorithm: &evil, ..request }).await.expect("task");
+        let done = acme.wait(&task.id, Duration::from_secs(60)).await.expect("ends");
+        let runs = acme.runs(&task.id).await.expect("runs");
+        assert_eq!(done.status, "failed", "{name}: {runs:?}");
+        assert!(runs[0].reasons.iter().any(|r| r.contains("not links")), "{name}: {runs:?}");
+        assert!(runs[0].result.is_empty(), "{name}");
+    }
     node.shutdown().await;
+}
+
+/// A sealed task at the organisations of `inputs` in the network's collaboration.
+fn sealed_task<'a>(n: &'a Network, algorithm: &'a [u8], inputs: &'a [(&'a str, serde_json::Value)]) -> TaskRequest<'a> {
+    TaskRequest {
+        collaboration: &n.collab,
+        name: "task",
+        kind: "process",
+        algorithm,
+        inputs,
+        databases: &[],
+        readable: false,
+        policy: None,
+        parent: None,
+    }
+}
+
+/// Starts `request` and waits until it completed (failing with its runs otherwise).
+async fn completed(
+    client: &FedClient,
+    request: &TaskRequest<'_>,
+) -> (enclava_contracts::fed::TaskView, Zeroizing<[u8; 32]>) {
+    let (task, seed) = client.start_task(request).await.expect("task");
+    let done = client.wait(&task.id, Duration::from_secs(60)).await.expect("ends");
+    assert_eq!(done.status, "completed", "{:?}", client.runs(&task.id).await);
+    (task, seed)
 }
