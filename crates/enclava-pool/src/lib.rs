@@ -1,7 +1,9 @@
 //! Function pools: a pool fronts instances (serving nodes) and routes each request for a model to
 //! the instance that should serve it. [`router`] is the routing decision itself, deterministic and
 //! clock-injected so every rule is tested exactly; [`fnpacker`] is MOSS's FnPacker algorithm,
-//! re-implemented as the baseline the pool is measured against.
+//! re-implemented as the baseline the pool is measured against; [`pool`] puts the router behind
+//! async calls that wait in its queue under a deadline.
 
 pub mod fnpacker;
+pub mod pool;
 pub mod router;

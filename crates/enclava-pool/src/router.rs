@@ -210,6 +210,26 @@ impl Router {
         }
     }
 
+    /// While requests wait, how long until a claim that may be blocking them lapses: the caller
+    /// calls [`Router::poke`] then, since no request ending may come to hand them out.
+    pub fn next_lapse_ms(&self, now_ms: u64) -> Option<u64> {
+        if self.queue.is_empty() {
+            return None;
+        }
+        self.instances
+            .values()
+            .filter_map(|i| i.claim.as_ref())
+            .filter_map(|owner| self.models.get(owner))
+            .filter(|m| m.in_flight == 0)
+            .map(|m| (m.last_end_ms + self.config.takeover_factor * m.last_exec_ms.max(1)).saturating_sub(now_ms))
+            .min()
+    }
+
+    /// Hands out waiting requests that can go now (claims lapse with time, not only with events).
+    pub fn poke(&mut self, now_ms: u64) -> Vec<Dispatch> {
+        self.drain(now_ms)
+    }
+
     pub fn status(&self) -> PoolStatus {
         let mut models: BTreeMap<String, (u32, usize)> = BTreeMap::new();
         for (name, m) in &self.models {
@@ -418,6 +438,22 @@ mod tests {
         assert_eq!(handed[0].model, "d");
         assert_eq!(handed[0].instance, a0, "taken over once a was idle 2 × 100 ms");
         assert_eq!(r.status().instances.iter().find(|i| i.id == a0).and_then(|i| i.claimed_by.clone()), None);
+    }
+
+    #[test]
+    fn a_request_waiting_only_on_a_claim_is_handed_out_when_the_claim_lapses() {
+        let config = RouterConfig { concurrency: 2, ..RouterConfig::default() };
+        let mut r = pool(&["i0"], config);
+        let (i0, _) = run(r.route("a", 0));
+        run(r.route("a", 0));
+        r.finish(&i0, "a", 10, 10);
+        r.finish(&i0, "a", 10, 10);
+        // a claimed i0 and ran 10 ms: b waits until 30, and nothing else will end to free it.
+        assert!(matches!(r.route("b", 11), Decision::Queued { .. }));
+        assert_eq!(r.next_lapse_ms(11), Some(19));
+        assert!(r.poke(29).is_empty());
+        assert_eq!(r.poke(30).len(), 1);
+        assert_eq!(r.next_lapse_ms(30), None, "nothing waits");
     }
 
     #[test]
