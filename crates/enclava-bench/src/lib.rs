@@ -9,6 +9,7 @@
 //! - [`farm`]: the Wasm executor's warm and cold starts and fuel metering against a process spawn and unmetered runs.
 //! - [`evidence`]: verifications per second per platform, cold and warm, against the signature floor.
 //! - [`keys`]: attested key releases over gRPC against evidence verification plus one HPKE seal.
+//! - [`pools`]: the pool's routing against round-robin, random and FnPacker, simulated in virtual time.
 //! - [`serving`]: sealed inference against plain tract; encrypted model load against plaintext.
 
 pub mod discovery;
@@ -16,4 +17,5 @@ pub mod evidence;
 pub mod farm;
 pub mod federation;
 pub mod keys;
+pub mod pools;
 pub mod serving;

@@ -12,9 +12,12 @@
 //! 3. an instance where `m` is cold (a load), preferring one with a free model slot over one that
 //!    must evict, then the least loaded; a model is evicted only when nothing runs it there.
 //!
-//! A model with `claim_at` (2) requests in flight claims the instance it runs on: only it is
-//! routed there until it has been idle for `takeover_factor` (2) × its last execution time, after
-//! which any model may take the instance over (FnPacker's rule). When nothing is usable the
+//! A model with `claim_at` (2) requests in flight claims the instance it runs on: no other model
+//! loads there (which could evict it) until it has been idle for `takeover_factor` (2) × its last
+//! execution time, after which any model may take the instance over (FnPacker's rule). Unlike
+//! FnPacker's, a claim does not keep out a model already hot on the instance: instances here hold
+//! several models, and shutting out a co-resident one only makes it load elsewhere and evict
+//! (the simulation in `enclava bench pools` showed the thrashing). When nothing is usable the
 //! request waits in a bounded FIFO queue; only a full queue refuses, with a retry hint. Requests
 //! leave the queue as slots free, each the first that can be placed, so a cold model waiting for
 //! room does not hold back a hot one behind it.
@@ -277,11 +280,14 @@ impl Router {
         out
     }
 
-    /// Whether `model` may use instance `inst` now (not someone else's live claim).
+    /// Whether `model` may use instance `inst` now: not someone else's live claim. A claim keeps
+    /// other models from loading there (which could evict the claimant), not a model already
+    /// hot there from its share of the slots.
     fn claim_allows(&self, inst: &Instance, model: &str, now_ms: u64) -> bool {
         match &inst.claim {
             None => true,
             Some(owner) if owner == model => true,
+            Some(_) if inst.hot.iter().any(|h| h == model) => true,
             Some(owner) => self.claim_lapsed(owner, now_ms),
         }
     }
@@ -438,6 +444,18 @@ mod tests {
         assert_eq!(handed[0].model, "d");
         assert_eq!(handed[0].instance, a0, "taken over once a was idle 2 × 100 ms");
         assert_eq!(r.status().instances.iter().find(|i| i.id == a0).and_then(|i| i.claimed_by.clone()), None);
+    }
+
+    #[test]
+    fn a_claim_keeps_other_models_from_loading_there_not_a_model_already_hot_there() {
+        let mut r = Router::new(RouterConfig::default());
+        r.add_instance("i0", &["b", "a"], 0);
+        r.add_instance("i1", &[], 0);
+        run(r.route("a", 0));
+        run(r.route("a", 0));
+        assert_eq!(r.status().instances[0].claimed_by.as_deref(), Some("a"));
+        assert_eq!(run(r.route("b", 1)), ("i0".to_string(), false), "b is hot on i0: it shares it");
+        assert_eq!(run(r.route("c", 1)), ("i1".to_string(), true), "c would load on i0: it goes elsewhere");
     }
 
     #[test]

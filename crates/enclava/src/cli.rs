@@ -276,6 +276,8 @@ pub enum BenchCommand {
     Farm(enclava_bench::farm::FarmArgs),
     /// Federation: input sealing, a three-organisation round trip, a task over 100 organisations.
     Federation(enclava_bench::federation::FederationArgs),
+    /// Pools: the pool's routing against round-robin, random and FnPacker (simulated; no nodes yet).
+    Pools(enclava_bench::pools::PoolsArgs),
 }
 
 #[derive(Debug, Subcommand)]
