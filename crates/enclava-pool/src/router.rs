@@ -333,19 +333,18 @@ impl Router {
                 .map(|(id, _)| (id.clone(), true));
         }
         let (id, cold) = choice?;
+        // Taken over when another model's claim there has lapsed (a live one stays: a model
+        // hot there may share the instance without ending its claimant's claim).
+        let taken_over =
+            self.instances.get(&id)?.claim.as_ref().is_some_and(|c| c != model && self.claim_lapsed(c, now_ms));
         let claim_at = self.config.claim_at;
         let slots = self.config.models_per_instance;
         let m = self.models.entry(model.to_owned()).or_default();
         m.in_flight += 1;
         m.last_instance = Some(id.clone());
         let claims = m.in_flight >= claim_at;
-        let lapsed_claim = {
-            let inst = self.instances.get(&id)?;
-            inst.claim.as_ref().is_some_and(|c| c != model)
-        };
         let inst = self.instances.get_mut(&id)?;
-        if lapsed_claim {
-            // Taken over: the old claimant was idle long enough.
+        if taken_over {
             inst.claim = None;
         }
         if claims {
@@ -455,6 +454,7 @@ mod tests {
         run(r.route("a", 0));
         assert_eq!(r.status().instances[0].claimed_by.as_deref(), Some("a"));
         assert_eq!(run(r.route("b", 1)), ("i0".to_string(), false), "b is hot on i0: it shares it");
+        assert_eq!(r.status().instances[0].claimed_by.as_deref(), Some("a"), "sharing leaves a's claim");
         assert_eq!(run(r.route("c", 1)), ("i1".to_string(), true), "c would load on i0: it goes elsewhere");
     }
 
