@@ -144,80 +144,54 @@ fn simulate(policy: Policy, clients: usize, requests: usize, seed: u64) -> Outco
                     model
                 };
                 let first = if kind == 0 { now } else { started };
-                let start_on = |i: usize, cold: bool, events: &mut BinaryHeap<_>, out: &mut Outcome| {
-                    if cold {
-                        out.loads += 1;
-                    }
-                    let end = now + EXEC_MS + if cold { LOAD_MS } else { 0 };
-                    events.push(Reverse((end, 1, client, model, i, first)));
-                };
-                match policy {
+                let target = match policy {
                     Policy::Pool => match router.route(&format!("m{model}"), now) {
-                        Decision::Run { instance, cold } => start_on(index(&instance), cold, &mut events, &mut out),
+                        Decision::Run { instance, cold } => {
+                            start(&mut events, &mut out, now, (client, model, index(&instance), first), cold);
+                            continue;
+                        }
                         Decision::Queued { ticket, .. } => {
                             queued.insert(ticket, (client, model, first));
+                            continue;
                         }
-                        Decision::Full { .. } => {
-                            out.refusals += 1;
-                            events.push(Reverse((now + RETRY_MS, 3, client, model, 0, first)));
-                        }
+                        Decision::Full { .. } => None,
                     },
-                    Policy::FnPacker => match packer.pick(&format!("m{model}"), now) {
-                        Ok(i) => {
-                            if insts[i].in_flight < CONCURRENCY {
-                                insts[i].in_flight += 1;
-                                let cold = insts[i].touch(model);
-                                start_on(i, cold, &mut events, &mut out);
-                            } else {
-                                insts[i].waiting.push_back((client, first, model));
-                            }
-                        }
-                        Err(_) => {
-                            out.refusals += 1;
-                            events.push(Reverse((now + RETRY_MS, 3, client, model, 0, first)));
-                        }
-                    },
-                    Policy::RoundRobin | Policy::Random => {
-                        let i = if policy == Policy::RoundRobin {
-                            next_rr = (next_rr + 1) % INSTANCES;
-                            next_rr
-                        } else {
-                            ((rng.next() * INSTANCES as f64) as usize).min(INSTANCES - 1)
-                        };
-                        if insts[i].in_flight < CONCURRENCY {
-                            insts[i].in_flight += 1;
-                            let cold = insts[i].touch(model);
-                            start_on(i, cold, &mut events, &mut out);
-                        } else {
-                            insts[i].waiting.push_back((client, first, model));
-                        }
+                    Policy::FnPacker => packer.pick(&format!("m{model}"), now).ok(),
+                    Policy::RoundRobin => {
+                        next_rr = (next_rr + 1) % INSTANCES;
+                        Some(next_rr)
                     }
+                    Policy::Random => Some(((rng.next() * INSTANCES as f64) as usize).min(INSTANCES - 1)),
+                };
+                match target {
+                    // Refused (429, or FnPacker's "All Busy"): the client tries again shortly.
+                    None => {
+                        out.refusals += 1;
+                        events.push(Reverse((now + RETRY_MS, 3, client, model, 0, first)));
+                    }
+                    Some(i) if insts[i].in_flight < CONCURRENCY => {
+                        insts[i].in_flight += 1;
+                        let cold = insts[i].touch(model);
+                        start(&mut events, &mut out, now, (client, model, i, first), cold);
+                    }
+                    Some(i) => insts[i].waiting.push_back((client, first, model)),
                 }
             }
             2 => {
                 for d in router.poke(now) {
                     if let Some((c, m, first)) = queued.remove(&d.ticket) {
-                        if d.cold {
-                            out.loads += 1;
-                        }
-                        let end = now + EXEC_MS + if d.cold { LOAD_MS } else { 0 };
-                        events.push(Reverse((end, 1, c, m, index(&d.instance), first)));
+                        start(&mut events, &mut out, now, (c, m, index(&d.instance), first), d.cold);
                     }
                 }
             }
             _ => {
                 out.latencies.push(now - started);
                 events.push(Reverse((now, 0, client, 0, 0, 0)));
-                let exec = now - started;
                 match policy {
                     Policy::Pool => {
-                        for d in router.finish(&format!("i{inst}"), &format!("m{model}"), EXEC_MS.min(exec), now) {
+                        for d in router.finish(&format!("i{inst}"), &format!("m{model}"), EXEC_MS, now) {
                             if let Some((c, m, first)) = queued.remove(&d.ticket) {
-                                if d.cold {
-                                    out.loads += 1;
-                                }
-                                let end = now + EXEC_MS + if d.cold { LOAD_MS } else { 0 };
-                                events.push(Reverse((end, 1, c, m, index(&d.instance), first)));
+                                start(&mut events, &mut out, now, (c, m, index(&d.instance), first), d.cold);
                             }
                         }
                         if let Some(wait) = router.next_lapse_ms(now) {
@@ -234,11 +208,7 @@ fn simulate(policy: Policy, clients: usize, requests: usize, seed: u64) -> Outco
                         if let Some((c, first, m)) = i.waiting.pop_front() {
                             i.in_flight += 1;
                             let cold = i.touch(m);
-                            if cold {
-                                out.loads += 1;
-                            }
-                            let end = now + EXEC_MS + if cold { LOAD_MS } else { 0 };
-                            events.push(Reverse((end, 1, c, m, inst, first)));
+                            start(&mut events, &mut out, now, (c, m, inst, first), cold);
                         }
                     }
                 }
@@ -246,6 +216,23 @@ fn simulate(policy: Policy, clients: usize, requests: usize, seed: u64) -> Outco
         }
     }
     out
+}
+
+/// Starts request (client, model, instance, first sent) at `now`: it ends after a run, and a load
+/// first when the model is cold there.
+fn start(
+    events: &mut BinaryHeap<Reverse<Event>>,
+    out: &mut Outcome,
+    now: u64,
+    r: (usize, usize, usize, u64),
+    cold: bool,
+) {
+    let (client, model, instance, first) = r;
+    if cold {
+        out.loads += 1;
+    }
+    let end = now + EXEC_MS + if cold { LOAD_MS } else { 0 };
+    events.push(Reverse((end, 1, client, model, instance, first)));
 }
 
 fn percentile(sorted: &[u64], p: f64) -> u64 {
@@ -286,7 +273,7 @@ pub async fn pools(args: PoolsArgs) -> anyhow::Result<ExitCode> {
         let get = |p: Policy| results.iter().find(|r| r.0 == p).copied().expect("ran");
         let (pool, rr, fnp) = (get(Policy::Pool), get(Policy::RoundRobin), get(Policy::FnPacker));
         println!(
-            "pool: loads {:.2}× round-robin's (goal ≤ 0.5), p99 {:.2}× FnPacker's (goal ≤ 0.8), {} refusals below the \
+            "pool: loads {:.3}× round-robin's (goal ≤ 0.5), p99 {:.2}× FnPacker's (goal ≤ 0.8), {} refusals below the \
              queue bound (FnPacker: {}), {} of {} requests answered",
             pool.1 as f64 / rr.1.max(1) as f64,
             pool.3 as f64 / fnp.3.max(1) as f64,

@@ -378,6 +378,7 @@ impl FedClient {
                 _ => None,
             };
             out.push(RunOutcome {
+                run: r.id,
                 organisation: r.organisation.id,
                 status: r.status,
                 result,
@@ -478,6 +479,8 @@ pub struct TaskRequest<'a> {
 /// One organisation's run, as its initiator reads it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunOutcome {
+    /// The run's id (`{task}-{i}`).
+    pub run: String,
     pub organisation: String,
     pub status: String,
     pub result: Option<Vec<u8>>,

@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use enclava_client::fed::FedClient;
@@ -84,7 +84,7 @@ impl FedNodeConfig {
             work_dir: dir.join("runs"),
             rootfs: None,
             mounts: Vec::new(),
-            proxy: crate::running_as_root(),
+            proxy: enclava_process::running_as_root(),
             allowed_algorithms: None,
             allowed_organisations: None,
             allowed_users: None,
@@ -126,7 +126,7 @@ struct Shared {
 impl FedNode {
     /// Checks the organisation key against the server's copy (uploading it when the server has
     /// none) and starts pulling runs. Fails, with what to do, when the keys differ.
-    pub async fn start(config: FedNodeConfig) -> Result<FedNode, Error> {
+    pub async fn start(mut config: FedNodeConfig) -> Result<FedNode, Error> {
         let client = FedClient::new(&config.server, Some(config.api_key.clone()));
         let me = client.me().await?;
         let collab = client.collaboration(&me.collaboration.id).await?;
@@ -159,8 +159,7 @@ impl FedNode {
                 ),
             ));
         }
-        let mut config = config;
-        if config.proxy && !crate::running_as_root() {
+        if config.proxy && !enclava_process::running_as_root() {
             tracing::warn!(
                 "the local proxy needs this node to run as root: process algorithms run without it (no subtasks)"
             );
@@ -598,23 +597,12 @@ async fn execute(shared: &Shared, client: &FedClient, run: &LeasedRun, work: &Pa
                 stdin: input.to_vec(),
                 limits: enclava_process::ProcessLimits { timeout: config.timeout, ..Default::default() },
             };
-            let serving: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>> = Arc::default();
-            let listen = proxy.map(|proxy| {
-                let serving = serving.clone();
-                enclava_process::Listen {
-                    port: crate::proxy::PORT,
-                    serve: Box::new(move |listener| match proxy.serve(listener) {
-                        Ok(handle) => *serving.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle),
-                        Err(e) => tracing::warn!(error = %e, "the local proxy did not start"),
-                    }),
-                }
+            // The proxy, and with it the run's token, go when the job ends.
+            let listen = proxy.map(|proxy| enclava_process::Listen {
+                port: crate::proxy::PORT,
+                serve: Box::new(move |listener| proxy.serve(listener)),
             });
-            let report = sandbox.run_serving(&job, listen).await;
-            // The run is over: its proxy, and with it its token, go.
-            if let Some(handle) = serving.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                handle.abort();
-            }
-            let report = report?;
+            let report = sandbox.run_serving(&job, listen).await?;
             let done = WorkDone { fuel: 0, wall: report.wall, peak_memory: 0, isolation: enclava_process::ISOLATION };
             (report.outcome.success(), report.outcome.to_string(), report.stdout, report.stderr, done)
         }

@@ -11,12 +11,6 @@
 pub mod fed;
 mod proxy;
 
-/// Whether this process runs as root (its effective uid is 0).
-pub(crate) fn running_as_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0")))
-}
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -110,13 +110,8 @@ impl RunProxy {
         &self.token
     }
 
-    /// Serves `listener` until the returned task is aborted (when the run ends).
-    pub(crate) fn serve(
-        self: Arc<Self>,
-        listener: std::net::TcpListener,
-    ) -> Result<tokio::task::JoinHandle<()>, Error> {
-        let listener = tokio::net::TcpListener::from_std(listener)
-            .map_err(|e| Error::unavailable(format!("the local proxy cannot listen: {e}")))?;
+    /// Serves `listener` until the returned task is stopped (when the run ends).
+    pub(crate) fn serve(self: Arc<Self>, listener: std::net::TcpListener) -> tokio::task::JoinHandle<()> {
         let routes = Router::new()
             .route("/blobstream/status", get(|| async { Json(json!({"blob_store_enabled": false})) }))
             .route("/organization", get(organisations))
@@ -126,13 +121,20 @@ impl RunProxy {
             .route("/task/{id}", get(task))
             .route("/task/{id}/status", get(task_status))
             .route("/result", get(results))
-            .route("/run", get(runs))
+            .route("/run", get(results))
             .route("/result/{id}", get(result))
-            .fallback(|| async { refusal(StatusCode::NOT_FOUND, "the node's proxy does not offer this call") });
+            .fallback(|| async { refusal(StatusCode::NOT_FOUND, "the node's proxy does not offer this call") })
+            // Every call, known or not, carries the run's token.
+            .layer(axum::middleware::from_fn_with_state(self.clone(), token_required));
         let app = Router::new().nest(API_PATH, routes).with_state(self);
-        Ok(tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        }))
+        tokio::spawn(async move {
+            match tokio::net::TcpListener::from_std(listener) {
+                Ok(listener) => {
+                    let _ = axum::serve(listener, app).await;
+                }
+                Err(e) => tracing::warn!(error = %e, "the local proxy cannot listen"),
+            }
+        })
     }
 
     /// Whether `headers` carry this run's token.
@@ -166,8 +168,17 @@ fn refusal(status: StatusCode, msg: &str) -> Response {
     (status, Json(json!({"msg": msg}))).into_response()
 }
 
-fn unauthorised() -> Response {
-    refusal(StatusCode::UNAUTHORIZED, "this call does not carry the run's token")
+/// Refuses a call without the run's token.
+async fn token_required(
+    State(p): State<Shared>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if p.authorised(request.headers()) {
+        next.run(request).await
+    } else {
+        refusal(StatusCode::UNAUTHORIZED, "this call does not carry the run's token")
+    }
 }
 
 fn failure(e: Error) -> Response {
@@ -195,10 +206,7 @@ fn status_word(status: &str) -> &str {
     }
 }
 
-async fn organisations(State(p): State<Shared>, headers: HeaderMap) -> Response {
-    if !p.authorised(&headers) {
-        return unauthorised();
-    }
+async fn organisations(State(p): State<Shared>) -> Response {
     let listed = async {
         let collab = p.client.collaboration(&p.run.collaboration).await?;
         let all = p.client.organisations().await?;
@@ -219,10 +227,7 @@ fn org_json(o: &enclava_contracts::fed::OrganisationView, collab: &str) -> Value
     json!({"id": o.id, "name": o.name, "public_key": STANDARD.encode(&o.public_key), "collaborations": [{"id": collab}]})
 }
 
-async fn organisation(State(p): State<Shared>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if !p.authorised(&headers) {
-        return unauthorised();
-    }
+async fn organisation(State(p): State<Shared>, Path(id): Path<String>) -> Response {
     let found = async {
         let collab = p.client.collaboration(&p.run.collaboration).await?;
         if !collab.organisations.iter().any(|m| m.id == id) {
@@ -236,10 +241,7 @@ async fn organisation(State(p): State<Shared>, headers: HeaderMap, Path(id): Pat
     }
 }
 
-async fn collaboration(State(p): State<Shared>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if !p.authorised(&headers) {
-        return unauthorised();
-    }
+async fn collaboration(State(p): State<Shared>, Path(id): Path<String>) -> Response {
     if id != p.run.collaboration {
         return refusal(StatusCode::NOT_FOUND, "an algorithm sees only its own collaboration");
     }
@@ -256,10 +258,7 @@ async fn collaboration(State(p): State<Shared>, headers: HeaderMap, Path(id): Pa
 }
 
 /// `POST task`: a subtask of this run's task, with this run's algorithm, sealed per organisation.
-async fn create_task(State(p): State<Shared>, headers: HeaderMap, Json(body): Json<Value>) -> Response {
-    if !p.authorised(&headers) {
-        return unauthorised();
-    }
+async fn create_task(State(p): State<Shared>, Json(body): Json<Value>) -> Response {
     if p.run.attested {
         // The node would have to judge each target node's evidence under a policy of its own;
         // until it has one, it does not seal anything to them.
@@ -336,29 +335,25 @@ fn task_json(t: &enclava_contracts::fed::TaskView) -> Value {
     })
 }
 
-async fn task(State(p): State<Shared>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if !p.authorised(&headers) {
-        return unauthorised();
+/// Task `id`, if this run may see it: its own task or a subtask it made.
+async fn visible_task(p: &RunProxy, id: &str) -> Result<enclava_contracts::fed::TaskView, Response> {
+    if !p.sees(id) {
+        return Err(refusal(StatusCode::NOT_FOUND, "an algorithm sees only its own task and the subtasks it made"));
     }
-    if !p.sees(&id) {
-        return refusal(StatusCode::NOT_FOUND, "an algorithm sees only its own task and the subtasks it made");
-    }
-    match p.client.task(&id).await {
+    p.client.task(id).await.map_err(failure)
+}
+
+async fn task(State(p): State<Shared>, Path(id): Path<String>) -> Response {
+    match visible_task(&p, &id).await {
         Ok(t) => Json(task_json(&t)).into_response(),
-        Err(e) => failure(e),
+        Err(r) => r,
     }
 }
 
-async fn task_status(State(p): State<Shared>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if !p.authorised(&headers) {
-        return unauthorised();
-    }
-    if !p.sees(&id) {
-        return refusal(StatusCode::NOT_FOUND, "an algorithm sees only its own task and the subtasks it made");
-    }
-    match p.client.task(&id).await {
+async fn task_status(State(p): State<Shared>, Path(id): Path<String>) -> Response {
+    match visible_task(&p, &id).await {
         Ok(t) => Json(json!({"id": t.id, "status": status_word(&t.status)})).into_response(),
-        Err(e) => failure(e),
+        Err(r) => r,
     }
 }
 
@@ -368,30 +363,24 @@ async fn opened_runs(p: &RunProxy, task: &str) -> Result<Vec<Value>, Error> {
     let Some(seed) = p.seed_of(task) else {
         return Err(Error::not_found("an algorithm reads the results only of the subtasks it made"));
     };
-    let runs = p.client.runs(task).await?;
     let outcomes = p.client.results(task, &seed, false, None).await?;
-    Ok(runs
-        .iter()
-        .map(|r| {
-            let opened = outcomes.iter().find(|o| o.organisation == r.organisation.id);
-            let result = opened.and_then(|o| o.result.as_ref()).map(|b| STANDARD.encode(b));
+    Ok(outcomes
+        .into_iter()
+        .map(|o| {
             json!({
-                "id": r.id,
-                "status": status_word(&r.status),
+                "id": o.run,
+                "status": status_word(&o.status),
                 "task": {"id": task},
-                "organization": {"id": r.organisation.id},
-                "result": result,
-                "log": r.reasons.join("; "),
+                "organization": {"id": o.organisation},
+                "result": o.result.map(|b| STANDARD.encode(b)),
+                "log": o.reasons.join("; "),
                 "blob_storage_used": false,
             })
         })
         .collect())
 }
 
-async fn results(State(p): State<Shared>, headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Response {
-    if !p.authorised(&headers) {
-        return unauthorised();
-    }
+async fn results(State(p): State<Shared>, Query(q): Query<HashMap<String, String>>) -> Response {
     let Some(task) = q.get("task_id") else {
         return refusal(StatusCode::BAD_REQUEST, "name the subtask: result?task_id=…");
     };
@@ -401,14 +390,7 @@ async fn results(State(p): State<Shared>, headers: HeaderMap, Query(q): Query<Ha
     }
 }
 
-async fn runs(State(p): State<Shared>, headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Response {
-    results(State(p), headers, Query(q)).await
-}
-
-async fn result(State(p): State<Shared>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if !p.authorised(&headers) {
-        return unauthorised();
-    }
+async fn result(State(p): State<Shared>, Path(id): Path<String>) -> Response {
     // A run id is `{task}-{i}`.
     let Some((task, _)) = id.rsplit_once('-') else {
         return refusal(StatusCode::NOT_FOUND, "no such run");

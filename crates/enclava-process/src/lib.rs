@@ -299,10 +299,7 @@ impl ProcessSandbox {
                 drop(block_r);
                 let mut child = child?;
                 match open_inside(info_r, listen.port).await {
-                    Ok(listener) => {
-                        (listen.serve)(listener);
-                        (child, Some(block_w))
-                    }
+                    Ok(listener) => (child, Some(((listen.serve)(listener), block_w))),
                     Err(e) => {
                         let _ = child.kill().await;
                         return Err(e);
@@ -310,11 +307,12 @@ impl ProcessSandbox {
                 }
             }
         };
-        if let Some(mut gate) = gate {
+        let serving = gate.map(|(serving, mut gate)| {
             // One byte lets bubblewrap exec the job, now that its listener is there.
             use std::io::Write;
             let _ = gate.write_all(b"1");
-        }
+            serving
+        });
         let max = job.limits.max_output_bytes;
         let stdin = child.stdin.take();
         let input = job.stdin.clone();
@@ -341,6 +339,9 @@ impl ProcessSandbox {
         };
         let wall = started.elapsed();
         feed.abort();
+        if let Some(serving) = serving {
+            serving.abort();
+        }
         let stdout = out.await.unwrap_or_default();
         let stderr = err.await.unwrap_or_default();
         tracing::debug!(%outcome, ?wall, "sandboxed job ended");
@@ -381,8 +382,16 @@ static SPAWNING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 pub struct Listen {
     /// The port on the sandbox's loopback (any: the namespace is the sandbox's own).
     pub port: u16,
-    /// Takes the listener (non-blocking) and serves it; called before the job starts.
-    pub serve: Box<dyn FnOnce(std::net::TcpListener) + Send>,
+    /// Takes the listener (non-blocking) and starts serving it, before the job starts; the
+    /// task it returns is stopped when the job ends, so the way out never outlives the job.
+    pub serve: Box<dyn FnOnce(std::net::TcpListener) -> tokio::task::JoinHandle<()> + Send>,
+}
+
+/// Whether this process runs as root (its effective uid is 0): opening a listener inside a
+/// sandbox needs it.
+pub fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0")))
 }
 
 impl std::fmt::Debug for Listen {
@@ -394,17 +403,15 @@ impl std::fmt::Debug for Listen {
 /// Reads the sandbox's first process from bubblewrap's `--info-fd` and opens a listener at
 /// `127.0.0.1:port` in its network namespace.
 async fn open_inside(info: std::io::PipeReader, port: u16) -> Result<std::net::TcpListener, Error> {
-    let opened = tokio::task::spawn_blocking(move || {
-        let pid = read_child_pid(info)?;
-        // A thread of its own joins the namespace, binds, and ends: no other work ever runs in
-        // the sandbox's namespace.
-        std::thread::spawn(move || bind_in(pid, port))
-            .join()
-            .map_err(|_| Error::internal("the thread opening the sandbox's listener stopped"))?
+    // A thread of its own reads the sandbox's pid, joins its namespace, binds, and ends: no
+    // other work ever runs in the sandbox's namespace (a pool thread would be reused).
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(read_child_pid(info).and_then(|pid| bind_in(pid, port)));
     });
-    match tokio::time::timeout(Duration::from_secs(20), opened).await {
+    match tokio::time::timeout(Duration::from_secs(20), rx).await {
         Ok(Ok(r)) => r,
-        Ok(Err(e)) => Err(Error::internal(format!("opening the sandbox's listener stopped: {e}"))),
+        Ok(Err(_)) => Err(Error::internal("the thread opening the sandbox's listener stopped")),
         Err(_) => Err(Error::unavailable("the sandbox did not start within 20 s")),
     }
 }

@@ -193,7 +193,7 @@ async fn read_only_mounts_appear_inside_and_cannot_be_written() {
 /// the job starts. The job reaches it at once (no retry), and still reaches nothing else.
 #[tokio::test]
 async fn a_listener_opened_inside_the_sandbox_is_the_jobs_only_way_out() {
-    if !running_as_root() {
+    if !enclava_process::running_as_root() {
         eprintln!("skipped: opening a listener inside a sandbox needs root");
         return;
     }
@@ -203,15 +203,15 @@ async fn a_listener_opened_inside_the_sandbox_is_the_jobs_only_way_out() {
     let outside_port = outside.local_addr().expect("addr").port();
     let (tx, rx) = std::sync::mpsc::channel();
     let serve = Box::new(move |l: std::net::TcpListener| {
-        std::thread::spawn(move || {
-            l.set_nonblocking(false).expect("blocking");
-            use std::io::{Read, Write};
-            let (mut s, _) = l.accept().expect("accept");
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let l = tokio::net::TcpListener::from_std(l).expect("listener");
+            let (mut s, _) = l.accept().await.expect("accept");
             let mut buf = [0u8; 1024];
-            let n = s.read(&mut buf).expect("read");
+            let n = s.read(&mut buf).await.expect("read");
             let _ = tx.send(String::from_utf8_lossy(&buf[..n]).into_owned());
-            let _ = s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nhello");
-        });
+            let _ = s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nhello").await;
+        })
     });
     let script = format!(
         "wget -qO- http://127.0.0.1:7601/hi; echo; wget -T 2 -qO- http://127.0.0.1:{outside_port}/ || echo unreachable"
@@ -225,11 +225,4 @@ async fn a_listener_opened_inside_the_sandbox_is_the_jobs_only_way_out() {
     assert!(out.starts_with("hello\n"), "{out}");
     assert!(out.contains("unreachable"), "{out}");
     assert!(rx.recv_timeout(Duration::from_secs(5)).expect("request").starts_with("GET /hi "));
-}
-
-fn running_as_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0")))
-        .unwrap_or(false)
 }

@@ -463,9 +463,11 @@ async fn fed_demo(
     }
     // vantage6 Python algorithms, where this machine has what they need: the local proxy (which
     // opens a port inside each sandbox, so the node runs as root) and vantage6-algorithm-tools.
-    let root = std::fs::read_to_string("/proc/self/status")
-        .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0")));
-    let v6 = if root { enclava_sandbox::Vantage6Python::find() } else { Err("the local proxy needs root".into()) };
+    let v6 = if enclava_process::running_as_root() {
+        enclava_sandbox::Vantage6Python::find()
+    } else {
+        Err("the local proxy needs root".into())
+    };
     let algorithms = fed_dir.join("algorithms");
     if v6.is_ok() {
         std::fs::create_dir_all(algorithms.join("v6_mean"))?;

@@ -941,41 +941,23 @@ fn fed_node_new_start_list_files_attach_stop() {
     assert!(listed.contains("acme-node: running") && listed.contains("online"), "{listed}");
     let files = ok_text(&fed(&["fed-node", "files", "acme-node"]));
     assert!(files.contains("node.log") && files.contains(&format!("database trial: {}", data.display())), "{files}");
-    let out = ok_text(&fed(&[
-        "task",
-        "create",
-        "--collab",
-        "study1",
-        "--orgs",
-        "acme",
+    let task = |args: &[&str]| {
+        let mut all = vec!["task", "create", "--collab", "study1", "--orgs", "acme", "--wait"];
+        all.extend_from_slice(args);
+        ok_text(&fed(&all))
+    };
+    let out = task(&[
         "--cmd",
         r#"awk '{ s += $1 } END { printf "{\"sum\": %d}", s }' "$TRIAL_DATABASE_URI" > "$OUTPUT_FILE""#,
         "--database",
         "trial",
-        "--wait",
-    ]));
+    ]);
     assert!(out.contains("\"sum\": 6") || out.contains("\"sum\":6"), "{out}");
     // An image brings its own root filesystem.
-    let image = dir.path().join("image");
-    std::fs::create_dir_all(image.join("bin")).expect("image");
-    let busybox = ["/usr/bin/busybox", "/bin/busybox"].into_iter().find(|p| std::path::Path::new(p).exists());
-    std::fs::copy(busybox.expect("busybox-static (scripts/test installs it)"), image.join("bin/busybox"))
-        .expect("copy");
-    std::os::unix::fs::symlink("busybox", image.join("bin/sh")).expect("link");
+    let image = enclava_process::busybox_root(&dir.path().join("image"), &["sh"]).expect("busybox-static");
     std::fs::write(image.join("greeting"), "hello from the image").expect("file");
-    let out = ok_text(&fed(&[
-        "task",
-        "create",
-        "--collab",
-        "study1",
-        "--orgs",
-        "acme",
-        "--image",
-        image.to_str().expect("utf-8"),
-        "--cmd",
-        r#"read g < /greeting; echo "\"$g\"" > "$OUTPUT_FILE""#,
-        "--wait",
-    ]));
+    let image = image.to_str().expect("utf-8");
+    let out = task(&["--image", image, "--cmd", r#"read g < /greeting; echo "\"$g\"" > "$OUTPUT_FILE""#]);
     assert!(out.contains("hello from the image"), "{out}");
     let stopped = ok_text(&fed(&["fed-node", "stop", "acme-node"]));
     assert!(stopped.contains("node acme-node stopped"), "{stopped}");

@@ -80,6 +80,32 @@ fn node_config(n: &Network, i: usize) -> FedNodeConfig {
     c
 }
 
+/// A sealed process task at the organisations of `inputs` in the network's collaboration.
+fn sealed_task<'a>(n: &'a Network, algorithm: &'a [u8], inputs: &'a [(&'a str, serde_json::Value)]) -> TaskRequest<'a> {
+    TaskRequest {
+        collaboration: &n.collab,
+        name: "task",
+        kind: "process",
+        algorithm,
+        inputs,
+        databases: &[],
+        readable: false,
+        policy: None,
+        parent: None,
+    }
+}
+
+/// Starts `request` and waits until it completed (failing with its runs otherwise).
+async fn completed(
+    client: &FedClient,
+    request: &TaskRequest<'_>,
+) -> (enclava_contracts::fed::TaskView, Zeroizing<[u8; 32]>) {
+    let (task, seed) = client.start_task(request).await.expect("task");
+    let done = client.wait(&task.id, Duration::from_secs(60)).await.expect("ends");
+    assert_eq!(done.status, "completed", "{:?}", client.runs(&task.id).await);
+    (task, seed)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_federated_mean_over_three_organisations_sealed_end_to_end() {
     let n = network().await;
@@ -92,17 +118,7 @@ async fn a_federated_mean_over_three_organisations_sealed_end_to_end() {
         .iter()
         .map(|(o, _)| (*o, serde_json::json!({"method": "partial_mean", "kwargs": {"column": 0}})))
         .collect();
-    let request = TaskRequest {
-        collaboration: &n.collab,
-        name: "mean",
-        kind: "process",
-        algorithm: PARTIAL.as_bytes(),
-        inputs: &inputs,
-        databases: &["trial"],
-        readable: false,
-        policy: None,
-        parent: None,
-    };
+    let request = TaskRequest { name: "mean", databases: &["trial"], ..sealed_task(&n, PARTIAL.as_bytes(), &inputs) };
     let (task, seed) = acme.start_task(&request).await.expect("task");
     assert_eq!(task.job, task.id, "a top-level task starts its own job");
     assert!(task.runs.ends_with(&format!("runs?task={}", task.id)), "linked: {task:?}");
@@ -338,17 +354,7 @@ async fn a_server_restarted_mid_run_loses_nothing_and_runs_nothing_twice() {
     let inputs: Vec<(&str, serde_json::Value)> =
         SHARES.iter().map(|(o, _)| (*o, serde_json::json!({"method": "partial_mean"}))).collect();
     let slow = format!("sleep 1; {PARTIAL}");
-    let request = TaskRequest {
-        collaboration: &n.collab,
-        name: "mean",
-        kind: "process",
-        algorithm: slow.as_bytes(),
-        inputs: &inputs,
-        databases: &["trial"],
-        readable: false,
-        policy: None,
-        parent: None,
-    };
+    let request = TaskRequest { name: "mean", databases: &["trial"], ..sealed_task(&n, slow.as_bytes(), &inputs) };
     let (task, seed) = acme.start_task(&request).await.expect("task");
     crate::support::eventually("the runs start", Duration::from_secs(10), || async {
         acme.runs(&task.id).await.is_ok_and(|r| r.iter().any(|r| r.status == "active"))
@@ -545,17 +551,7 @@ async fn the_federation_runs_on_postgresql_too() {
     let (_, acme) = &n.researchers[0];
     let inputs: Vec<(&str, serde_json::Value)> =
         SHARES.iter().map(|(o, _)| (*o, serde_json::json!({"method": "partial_mean"}))).collect();
-    let request = TaskRequest {
-        collaboration: &n.collab,
-        name: "mean",
-        kind: "process",
-        algorithm: PARTIAL.as_bytes(),
-        inputs: &inputs,
-        databases: &["trial"],
-        readable: false,
-        policy: None,
-        parent: None,
-    };
+    let request = TaskRequest { name: "mean", databases: &["trial"], ..sealed_task(&n, PARTIAL.as_bytes(), &inputs) };
     // Several tasks at once: every run leased once (SKIP LOCKED), every task completed.
     let mut tasks = Vec::new();
     for _ in 0..4 {
@@ -647,11 +643,10 @@ fn python_node(n: &Network, i: usize) -> (FedNodeConfig, enclava_sandbox::Vantag
 /// answers only with the run's token, and only for the run's own subtasks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vantage6_python_algorithm_runs_unchanged_with_its_subtasks_through_the_local_proxy() {
-    if !std::fs::read_to_string("/proc/self/status")
-        .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0")))
-    {
-        panic!("the local proxy needs the node to run as root (scripts/test runs as root in CI)");
-    }
+    assert!(
+        enclava_process::running_as_root(),
+        "the local proxy needs the node to run as root (scripts/test runs as root in CI)"
+    );
     let n = network().await;
     let mut running = Vec::new();
     let mut command = String::new();
@@ -662,17 +657,8 @@ async fn a_vantage6_python_algorithm_runs_unchanged_with_its_subtasks_through_th
     }
     let (_, acme) = &n.researchers[0];
     let inputs = [("acme", serde_json::json!({"method": "central", "kwargs": {"column": "age"}}))];
-    let request = TaskRequest {
-        collaboration: &n.collab,
-        name: "vantage6 mean",
-        kind: "process",
-        algorithm: command.as_bytes(),
-        inputs: &inputs,
-        databases: &["cohort"],
-        readable: false,
-        policy: None,
-        parent: None,
-    };
+    let request =
+        TaskRequest { name: "vantage6 mean", databases: &["cohort"], ..sealed_task(&n, command.as_bytes(), &inputs) };
     let (task, seed) = acme.start_task(&request).await.expect("task");
     let done = acme.wait(&task.id, Duration::from_secs(240)).await.expect("ends");
     let runs = acme.runs(&task.id).await.expect("runs");
@@ -718,12 +704,7 @@ wget -qO- --header "$A" --header "Content-Type: application/json" --post-data '{
 } > "$OUTPUT_FILE""#;
     let (_, acme) = &n.researchers[0];
     let inputs = [("acme", serde_json::json!({}))];
-    let request = TaskRequest {
-        name: "probe the proxy",
-        kind: "process",
-        databases: &[],
-        ..sealed_task(&n, script.as_bytes(), &inputs)
-    };
+    let request = TaskRequest { name: "probe the proxy", ..sealed_task(&n, script.as_bytes(), &inputs) };
     let (task, seed) = completed(acme, &request).await;
     let results = acme.results(&task.id, &seed, false, None).await.expect("results");
     let out = String::from_utf8(results[0].result.clone().expect("result")).expect("utf-8");
@@ -809,30 +790,4 @@ async fn an_image_brings_its_own_root_filesystem_and_cannot_write_outside_it() {
         assert!(runs[0].result.is_empty(), "{name}");
     }
     node.shutdown().await;
-}
-
-/// A sealed task at the organisations of `inputs` in the network's collaboration.
-fn sealed_task<'a>(n: &'a Network, algorithm: &'a [u8], inputs: &'a [(&'a str, serde_json::Value)]) -> TaskRequest<'a> {
-    TaskRequest {
-        collaboration: &n.collab,
-        name: "task",
-        kind: "process",
-        algorithm,
-        inputs,
-        databases: &[],
-        readable: false,
-        policy: None,
-        parent: None,
-    }
-}
-
-/// Starts `request` and waits until it completed (failing with its runs otherwise).
-async fn completed(
-    client: &FedClient,
-    request: &TaskRequest<'_>,
-) -> (enclava_contracts::fed::TaskView, Zeroizing<[u8; 32]>) {
-    let (task, seed) = client.start_task(request).await.expect("task");
-    let done = client.wait(&task.id, Duration::from_secs(60)).await.expect("ends");
-    assert_eq!(done.status, "completed", "{:?}", client.runs(&task.id).await);
-    (task, seed)
 }
