@@ -95,6 +95,18 @@ fn sealed_task<'a>(n: &'a Network, algorithm: &'a [u8], inputs: &'a [(&'a str, s
     }
 }
 
+/// The sum of the partial sums (`{"sum": …}`) in `results`.
+fn summed(results: &[enclava_client::fed::RunOutcome]) -> i64 {
+    results
+        .iter()
+        .map(|r| {
+            serde_json::from_slice::<serde_json::Value>(r.result.as_deref().expect("result")).expect("json")["sum"]
+                .as_i64()
+                .expect("sum")
+        })
+        .sum()
+}
+
 /// Starts `request` and waits until it completed (failing with its runs otherwise).
 async fn completed(
     client: &FedClient,
@@ -373,14 +385,7 @@ async fn a_server_restarted_mid_run_loses_nothing_and_runs_nothing_twice() {
         assert_eq!(r.attempts, 1, "run {} ran more than once: {:?}", r.id, r.reasons);
     }
     let results = acme.results(&task.id, &seed, false, None).await.expect("results");
-    let sum: i64 = results
-        .iter()
-        .map(|r| {
-            serde_json::from_slice::<serde_json::Value>(r.result.as_deref().expect("result")).expect("json")["sum"]
-                .as_i64()
-                .expect("sum")
-        })
-        .sum();
+    let sum = summed(&results);
     assert_eq!(sum, 136, "{researchers:?}");
     for node in running {
         node.shutdown().await;
@@ -561,14 +566,7 @@ async fn the_federation_runs_on_postgresql_too() {
         let done = acme.wait(&task.id, Duration::from_secs(60)).await.expect("ends");
         assert_eq!(done.status, "completed", "{:?}", acme.runs(&task.id).await);
         let results = acme.results(&task.id, seed, false, None).await.expect("results");
-        let sum: i64 = results
-            .iter()
-            .map(|r| {
-                serde_json::from_slice::<serde_json::Value>(r.result.as_deref().expect("result")).expect("json")["sum"]
-                    .as_i64()
-                    .expect("sum")
-            })
-            .sum();
+        let sum = summed(&results);
         assert_eq!(sum, 136);
         for r in acme.runs(&task.id).await.expect("runs") {
             assert_eq!(r.attempts, 1, "{r:?}");
