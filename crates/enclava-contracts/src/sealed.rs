@@ -451,6 +451,25 @@ impl InferRequest {
     }
 }
 
+/// What a router reads of a sealed request without opening it (or copying its ciphertext): the
+/// model it is for, its mode and, in serverless mode, the measurement it is sealed for.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct RequestHead {
+    #[serde(default)]
+    pub mode: Mode,
+    pub model: String,
+    #[serde(default)]
+    pub measurement: Option<String>,
+}
+
+/// The [`RequestHead`] of a request body in either encoding.
+pub fn request_head(body: &[u8], binary: bool) -> Result<RequestHead, String> {
+    if binary {
+        return unframe::<RequestHead>(body).map(|(head, _)| head);
+    }
+    serde_json::from_slice(body).map_err(|e| format!("not a sealed inference request: {e}"))
+}
+
 /// OpenWhisk's `/run` body: the sealed request is its `value`; its other fields (namespace, action
 /// name, activation id, …) are not used.
 #[derive(serde::Deserialize)]

@@ -2,8 +2,11 @@
 //! the instance that should serve it. [`router`] is the routing decision itself, deterministic and
 //! clock-injected so every rule is tested exactly; [`fnpacker`] is MOSS's FnPacker algorithm,
 //! re-implemented as the baseline the pool is measured against; [`pool`] puts the router behind
-//! async calls that wait in its queue under a deadline.
+//! async calls that wait in its queue under a deadline, its state shared by every replica through a
+//! [`store`]; [`role`] is the `pools` role of `enclava server`: the API, forwarding, the metrics.
 
 pub mod fnpacker;
 pub mod pool;
+pub mod role;
 pub mod router;
+pub mod store;

@@ -24,8 +24,11 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
+use serde::{Deserialize, Serialize};
+
 /// How a pool routes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct RouterConfig {
     /// Requests one instance serves at once.
     pub concurrency: u32,
@@ -57,7 +60,7 @@ pub enum Decision {
 }
 
 /// A queued request that now has an instance.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Dispatch {
     pub ticket: u64,
     pub model: String,
@@ -65,7 +68,7 @@ pub struct Dispatch {
     pub cold: bool,
 }
 
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct Instance {
     in_flight: u32,
     /// Requests running per model.
@@ -75,22 +78,25 @@ struct Instance {
     claim: Option<String>,
 }
 
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct Model {
     in_flight: u32,
     last_instance: Option<String>,
     last_exec_ms: u64,
     last_end_ms: u64,
+    /// Times it was loaded.
+    #[serde(default)]
+    loads: u64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Waiting {
     ticket: u64,
     model: String,
 }
 
 /// One instance as [`Router::status`] shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceStatus {
     pub id: String,
     pub in_flight: u32,
@@ -99,19 +105,30 @@ pub struct InstanceStatus {
     pub claimed_by: Option<String>,
 }
 
+/// One model as [`Router::status`] shows it: its part of the scaling signal.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelStatus {
+    pub in_flight: u32,
+    pub queued: usize,
+    /// Instances where it is loaded.
+    pub hot_on: usize,
+    /// Times it was loaded.
+    pub cold_loads: u64,
+}
+
 /// The pool at a glance: the scaling signal.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PoolStatus {
     pub instances: Vec<InstanceStatus>,
     pub queued: usize,
-    /// Per model: in flight, queued.
-    pub models: BTreeMap<String, (u32, usize)>,
+    /// Per model that ran or waits.
+    pub models: BTreeMap<String, ModelStatus>,
     /// Model loads so far.
     pub cold_loads: u64,
 }
 
-/// The routing state of one pool.
-#[derive(Debug, Clone)]
+/// The routing state of one pool (serializable: replicas share it through a store).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Router {
     config: RouterConfig,
     instances: BTreeMap<String, Instance>,
@@ -145,6 +162,11 @@ impl Router {
         hot.drain(..keep);
         self.instances.entry(id.to_owned()).or_insert(Instance { hot, ..Instance::default() });
         self.drain(now_ms)
+    }
+
+    /// The ids of its instances.
+    pub fn instance_ids(&self) -> impl Iterator<Item = &str> {
+        self.instances.keys().map(String::as_str)
     }
 
     /// Removes an instance (it failed or left). Returns the models of the requests that were
@@ -234,14 +256,19 @@ impl Router {
     }
 
     pub fn status(&self) -> PoolStatus {
-        let mut models: BTreeMap<String, (u32, usize)> = BTreeMap::new();
+        let mut models: BTreeMap<String, ModelStatus> = BTreeMap::new();
         for (name, m) in &self.models {
-            if m.in_flight > 0 {
-                models.entry(name.clone()).or_default().0 = m.in_flight;
-            }
+            let s = models.entry(name.clone()).or_default();
+            s.in_flight = m.in_flight;
+            s.cold_loads = m.loads;
         }
         for w in &self.queue {
-            models.entry(w.model.clone()).or_default().1 += 1;
+            models.entry(w.model.clone()).or_default().queued += 1;
+        }
+        for inst in self.instances.values() {
+            for h in &inst.hot {
+                models.entry(h.clone()).or_default().hot_on += 1;
+            }
         }
         PoolStatus {
             instances: self
@@ -341,6 +368,7 @@ impl Router {
         let slots = self.config.models_per_instance;
         let m = self.models.entry(model.to_owned()).or_default();
         m.in_flight += 1;
+        m.loads += u64::from(cold);
         m.last_instance = Some(id.clone());
         let claims = m.in_flight >= claim_at;
         let inst = self.instances.get_mut(&id)?;
@@ -567,7 +595,8 @@ mod tests {
         let (retry, cold) = run(r.route("a", 2));
         assert_ne!(retry, first);
         assert!(cold, "the model loads on the instance that is left");
-        assert_eq!(r.status().models.get("a"), Some(&(1, 0)));
+        let a = r.status().models.get("a").cloned().unwrap_or_default();
+        assert_eq!((a.in_flight, a.queued), (1, 0));
     }
 
     #[test]

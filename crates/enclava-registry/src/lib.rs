@@ -97,6 +97,17 @@ pub trait Registry: Send + Sync + std::fmt::Debug {
     /// Every index that currently exists in this namespace and service.
     async fn indexes(&self) -> Result<Vec<Index>>;
 
+    /// A versioned document ([`Keys::doc`]; the pools' shared state): its version (≥ 1) and
+    /// bytes, or `None`.
+    async fn doc_get(&self, name: &str) -> Result<Option<(u64, Vec<u8>)>>;
+
+    /// Writes a document if its version is still `expect` (0: absent), atomically (compare and
+    /// set); `false` when someone wrote it meanwhile, and nothing was written.
+    async fn doc_put(&self, name: &str, expect: u64, value: &[u8]) -> Result<bool>;
+
+    /// Removes a document; whether it was there.
+    async fn doc_delete(&self, name: &str) -> Result<bool>;
+
     /// Checks that the store answers.
     async fn ping(&self) -> Result<()>;
 

@@ -64,6 +64,8 @@ struct State {
     strings: HashMap<String, (String, Instant)>,
     /// key → hash
     hashes: HashMap<String, Hash>,
+    /// key → (version, document)
+    docs: HashMap<String, (u64, Vec<u8>)>,
 }
 
 impl State {
@@ -174,6 +176,25 @@ impl Registry for MemoryRegistry {
     async fn indexes(&self) -> Result<Vec<Index>> {
         let s = self.state();
         Ok(s.hashes.keys().filter_map(|k| self.keys.parse_index(k)).collect())
+    }
+
+    async fn doc_get(&self, name: &str) -> Result<Option<(u64, Vec<u8>)>> {
+        Ok(self.state().docs.get(&self.keys.doc(name)).cloned())
+    }
+
+    async fn doc_put(&self, name: &str, expect: u64, value: &[u8]) -> Result<bool> {
+        let key = self.keys.doc(name);
+        let mut s = self.state();
+        let version = s.docs.get(&key).map_or(0, |d| d.0);
+        if version != expect {
+            return Ok(false);
+        }
+        s.docs.insert(key, (version + 1, value.to_vec()));
+        Ok(true)
+    }
+
+    async fn doc_delete(&self, name: &str) -> Result<bool> {
+        Ok(self.state().docs.remove(&self.keys.doc(name)).is_some())
     }
 
     async fn ping(&self) -> Result<()> {

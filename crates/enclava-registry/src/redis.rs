@@ -236,6 +236,12 @@ impl RedisRegistry {
     }
 }
 
+/// Compare-and-set of a document kept as a hash `{v: version, d: bytes}`: writes only if the
+/// version is still the expected one (0: absent). One key, so it runs on a Cluster too.
+const DOC_PUT: &str = "local v = tonumber(redis.call('HGET', KEYS[1], 'v') or '0') \
+    if v ~= tonumber(ARGV[1]) then return 0 end \
+    redis.call('HSET', KEYS[1], 'v', v + 1, 'd', ARGV[2]) return 1";
+
 /// Host and port of each connected primary in `CLUSTER NODES` output.
 fn parse_cluster_primaries(text: &str) -> Vec<(String, u16)> {
     text.lines()
@@ -409,6 +415,30 @@ impl Registry for RedisRegistry {
         out.sort();
         out.dedup();
         Ok(out)
+    }
+
+    async fn doc_get(&self, name: &str) -> Result<Option<(u64, Vec<u8>)>> {
+        let mut c = cmd("HMGET");
+        c.arg(self.keys.doc(name)).arg("v").arg("d");
+        let mut replies = self.batch(vec![c]).await?;
+        let (version, doc): (Option<u64>, Option<Vec<u8>>) = self.decode(replies.pop().unwrap_or(Ok(Value::Nil)))?;
+        Ok(version.zip(doc))
+    }
+
+    async fn doc_put(&self, name: &str, expect: u64, value: &[u8]) -> Result<bool> {
+        let mut c = cmd("EVAL");
+        c.arg(DOC_PUT).arg(1).arg(self.keys.doc(name)).arg(expect).arg(value);
+        let mut replies = self.batch(vec![c]).await?;
+        let written: i64 = self.decode(replies.pop().unwrap_or(Ok(Value::Nil)))?;
+        Ok(written == 1)
+    }
+
+    async fn doc_delete(&self, name: &str) -> Result<bool> {
+        let mut c = cmd("DEL");
+        c.arg(self.keys.doc(name));
+        let mut replies = self.batch(vec![c]).await?;
+        let removed: i64 = self.decode(replies.pop().unwrap_or(Ok(Value::Nil)))?;
+        Ok(removed > 0)
     }
 
     async fn ping(&self) -> Result<()> {

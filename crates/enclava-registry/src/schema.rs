@@ -58,6 +58,11 @@ impl Keys {
         format!("{}:{}:service:{id}:info", self.namespace, self.service)
     }
 
+    /// `N:S:doc:{name}`: a versioned document (a pool's shared state).
+    pub fn doc(&self, name: &str) -> String {
+        format!("{}:{}:doc:{name}", self.namespace, self.service)
+    }
+
     /// `N:S:byplatform:{p}`, `N:S:bymrenclave:{m}` or `N:S:bydataaccess:{d}`.
     pub fn index(&self, index: &Index) -> String {
         format!("{}{}{}", self.index_prefix(), index.kind(), index.value())

@@ -74,6 +74,7 @@ pub async fn run_all(make: &Factory) {
         "hints",
         "claim",
         "defer",
+        "docs",
     ];
     let r: Vec<Arc<dyn Registry>> =
         cases.iter().map(|case| make(&format!("conf{}-{case}", std::process::id()))).collect();
@@ -92,7 +93,25 @@ pub async fn run_all(make: &Factory) {
         hot_hints_keep_hot_enclaves_first(r[11].as_ref()),
         list_shows_info_under_its_own_key(r[12].as_ref()),
         find_defers_pruning_to_a_pruner(r[13].clone()),
+        documents_are_written_only_over_the_version_read(r[14].as_ref()),
     );
+}
+
+/// Documents (the pools' shared state) are compare-and-set: a write over a version someone else
+/// already replaced changes nothing.
+pub async fn documents_are_written_only_over_the_version_read(reg: &dyn Registry) {
+    assert_eq!(reg.doc_get("pool:p").await.expect("get"), None);
+    assert!(!reg.doc_put("pool:p", 1, b"x").await.expect("put"), "no version 1 yet");
+    assert!(reg.doc_put("pool:p", 0, b"first").await.expect("put"));
+    assert!(!reg.doc_put("pool:p", 0, b"again").await.expect("put"), "it exists now");
+    assert_eq!(reg.doc_get("pool:p").await.expect("get"), Some((1, b"first".to_vec())));
+    let binary: Vec<u8> = (0..=255).collect();
+    assert!(reg.doc_put("pool:p", 1, &binary).await.expect("put"));
+    assert!(!reg.doc_put("pool:p", 1, b"stale").await.expect("put"), "a stale writer loses");
+    assert_eq!(reg.doc_get("pool:p").await.expect("get"), Some((2, binary)));
+    assert!(reg.doc_delete("pool:p").await.expect("delete"));
+    assert!(!reg.doc_delete("pool:p").await.expect("delete"));
+    assert_eq!(reg.doc_get("pool:p").await.expect("get"), None);
 }
 
 /// Presence lives 3 s; a heartbeat says whether the registry still had it.

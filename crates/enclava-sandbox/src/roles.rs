@@ -42,7 +42,7 @@ pub type BuildRole = for<'a> fn(&'a RoleContext<'a>) -> BoxFuture<'a, anyhow::Re
 
 /// Every role, by the name `--roles` uses.
 pub const ROLES: &[(&str, BuildRole)] =
-    &[("manager", manager), ("keys", keys), ("farm", farm), ("federation", federation)];
+    &[("manager", manager), ("keys", keys), ("farm", farm), ("federation", federation), ("pools", pools)];
 
 /// The executors every node runs, the default kind first.
 pub fn executors() -> enclava_executor::Executors {
@@ -142,5 +142,16 @@ fn federation<'a>(ctx: &'a RoleContext<'a>) -> BoxFuture<'a, anyhow::Result<Arc<
         let fed = enclava_fed::Fed::open(broker.store().audit().clone(), broker.identity().clone(), config).await?;
         tracing::info!("federation role");
         Ok(Arc::new(enclava_fed::role::FedRole::new(Arc::new(fed))) as Arc<dyn Role>)
+    })
+}
+
+fn pools<'a>(ctx: &'a RoleContext<'a>) -> BoxFuture<'a, anyhow::Result<Arc<dyn Role>>> {
+    Box::pin(async move {
+        let broker = ctx.broker.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let broker = broker.context("the pools role needs the keys role (its users)")?;
+        tracing::info!(registry = ?ctx.registry, "pools role");
+        let config = enclava_pool::role::PoolsConfig::default();
+        Ok(Arc::new(enclava_pool::role::PoolsRole::new(ctx.registry.clone(), broker.identity().clone(), config))
+            as Arc<dyn Role>)
     })
 }

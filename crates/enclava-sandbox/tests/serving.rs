@@ -670,3 +670,242 @@ async fn serverless_tampering_replays_and_openwhisk() {
     assert_eq!((status, error_code(&body).code.as_str()), (400, "tampered"));
     assert_eq!(node.metrics().user_key_fetches.get(), 1);
 }
+
+/// One HTTP/1.1 request on loopback with an optional bearer token; (status, lowercase head, body).
+async fn call(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, body: &[u8]) -> (u16, String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.expect("write");
+    s.write_all(body).await.expect("write");
+    let mut buf = Vec::new();
+    tokio::time::timeout(TIMEOUT, s.read_to_end(&mut buf)).await.expect("in time").expect("read");
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let (h, b) = text.split_once("\r\n\r\n").map(|(h, b)| (h.to_lowercase(), b.to_owned())).unwrap_or_default();
+    (status, h, b)
+}
+
+/// The pool's view (`GET /pools/NAME`).
+async fn pool_view(env: &Env, token: &str, name: &str) -> serde_json::Value {
+    let (status, _, body) = call(env.sandbox.addr(), "GET", &format!("/pools/{name}"), Some(token), b"").await;
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).expect("json")
+}
+
+async fn wait_instances(env: &Env, token: &str, name: &str, n: usize) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = pool_view(env, token, name).await;
+        if v["status"]["instances"].as_array().map_or(0, Vec::len) == n {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "pool {name} never had {n} instances: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_keeps_sequential_requests_where_their_model_is_hot_and_routes_around_a_killed_node() {
+    let env = Env::new().await;
+    let (a, b) = (generate::tiny(31), generate::tiny(32));
+    env.upload("acme/pa", &a, &measurement()).await;
+    env.upload("acme/pb", &b, &measurement()).await;
+    let n1 = env.node("n1", &["acme/pa", "acme/pb"]).await;
+    let n2 = env.node("n2", &["acme/pa", "acme/pb"]).await;
+    for n in [&n1, &n2] {
+        n.wait_hot("acme/pa", WAIT).await.expect("hot");
+        n.wait_hot("acme/pb", WAIT).await.expect("hot");
+    }
+    let (_, token) = env.broker.register(None).await.expect("register");
+    let create =
+        serde_json::json!({ "name": "vision", "models": ["acme/pa", "acme/pb"], "measurement": measurement() });
+    let (status, _, body) =
+        call(env.sandbox.addr(), "POST", "/pools/create", Some(&token), create.to_string().as_bytes()).await;
+    assert_eq!(status, 201, "{body}");
+    let (status, _, _) =
+        call(env.sandbox.addr(), "POST", "/pools/create", Some(&token), create.to_string().as_bytes()).await;
+    assert_eq!(status, 409, "a pool is created once");
+    let (status, _, _) = call(env.sandbox.addr(), "POST", "/pools/create", None, create.to_string().as_bytes()).await;
+    assert_eq!(status, 401, "creating a pool needs a credential");
+    wait_instances(&env, &token, "vision", 2).await;
+
+    // Sealed serverless requests through the pool: the answers are the model's, and sequential
+    // requests for one model all go to one node.
+    let alice = serverless_user(&env, "acme/pa", &measurement(), true).await;
+    let endpoint = format!("{}/pools/vision/invoke", env.url);
+    let opts = infer::ServerlessOptions::new(endpoint.clone(), "acme/pa", alice.clone());
+    for seed in 0..6 {
+        let x = input(seed);
+        assert_eq!(tensor(&infer::infer_serverless(&opts, &x).await.expect("through the pool")), direct(&a, &x));
+    }
+    let served = [n1.metrics().requests.get(), n2.metrics().requests.get()];
+    assert!(served == [6, 0] || served == [0, 6], "sequential requests stay on one node: {served:?}");
+    let (hot, cold) = if served[0] == 6 { (n1, n2) } else { (n2, n1) };
+    let ranked = call(env.sandbox.addr(), "GET", "/pools/vision/instances?model=acme/pa", None, b"").await;
+    let ranked: serde_json::Value = serde_json::from_str(&ranked.2).expect("json");
+    assert_eq!(ranked["instances"][0]["id"], hot.instance_id(), "direct mode is offered the hot instance first");
+    let (_, _, metrics) = call(env.sandbox.addr(), "GET", "/metrics", None, b"").await;
+    assert!(metrics.contains("enclava_pool_queued{"), "the scaling signal is exported");
+
+    // The node that served them is killed (its registry entry lingers for seconds): requests
+    // routed there are retried on the other node, which is then the only one in the pool.
+    let killed = hot.instance_id().to_owned();
+    hot.abort();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for seed in 10..13 {
+        let x = input(seed);
+        assert_eq!(tensor(&infer::infer_serverless(&opts, &x).await.expect("retried elsewhere")), direct(&a, &x));
+    }
+    assert_eq!(cold.metrics().requests.get(), 3);
+    let v = pool_view(&env, &token, "vision").await;
+    assert_eq!(v["down"], serde_json::json!([killed]), "{v}");
+
+    // Another user sees nothing of it; its owner deletes it; then it serves nothing.
+    let (_, other) = env.broker.register(None).await.expect("register");
+    assert_eq!(call(env.sandbox.addr(), "GET", "/pools/vision", Some(&other), b"").await.0, 404);
+    let (_, _, list) = call(env.sandbox.addr(), "GET", "/pools/list", Some(&other), b"").await;
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&list).expect("json")["pools"], serde_json::json!([]));
+    assert_eq!(call(env.sandbox.addr(), "DELETE", "/pools/vision", Some(&other), b"").await.0, 404);
+    assert_eq!(call(env.sandbox.addr(), "DELETE", "/pools/vision", Some(&token), b"").await.0, 204);
+    let (req, _) = infer::seal_serverless(&alice, "acme/pa", &input(1)).expect("seal");
+    let body = serde_json::to_vec(&req).expect("json");
+    assert_eq!(call(env.sandbox.addr(), "POST", "/pools/vision/invoke", None, &body).await.0, 404);
+}
+
+/// A stand-in instance: answers `/v1/infer` after `delay` (counting requests), or, when `drop`,
+/// reads the request and closes the connection without answering (it died mid-request).
+async fn fake_instance(delay: Duration, drop: bool) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 << 10];
+                let _ = s.read(&mut buf).await;
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if drop {
+                    return;
+                }
+                tokio::time::sleep(delay).await;
+                let body = b"{\"ok\":true}";
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = s.write_all(head.as_bytes()).await;
+                let _ = s.write_all(body).await;
+            });
+        }
+    });
+    (addr, count)
+}
+
+/// Lists a stand-in instance in the registry for `model`, kept alive until the test ends.
+async fn list_instance(env: &Env, id: &str, addr: SocketAddr, model: &str) {
+    let info = serde_json::json!({
+        "instanceId": id, "platform": "sim", "policy": { "mrenclave": measurement() },
+        "connectionString": addr.to_string(), "dataAccess": { model: { "hot": true } },
+    });
+    let info = enclava_registry::EnclaveInfoJson::parse(&info.to_string()).expect("info");
+    let reg = env.sandbox.registry().clone();
+    reg.publish(id, &info.to_json(), &info.index_entries()).await.expect("publish");
+    let id = id.to_owned();
+    tokio::spawn(async move {
+        loop {
+            let _ = reg.heartbeat(&id).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+}
+
+fn fake_request(model: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({ "model": model, "requestId": "00".repeat(16), "timeMs": 1 })).expect("json")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_pool_queues_then_answers_429_with_retry_after_and_no_request_is_lost_or_doubled() {
+    let env = Env::new().await;
+    let (addr, count) = fake_instance(Duration::from_millis(300), false).await;
+    list_instance(&env, "slow1", addr, "acme/slow").await;
+    let (_, token) = env.broker.register(None).await.expect("register");
+    let create = serde_json::json!({
+        "name": "tight", "models": ["acme/slow"], "measurement": measurement(), "concurrency": 1, "queue": 2,
+    });
+    let (status, _, body) =
+        call(env.sandbox.addr(), "POST", "/pools/create", Some(&token), create.to_string().as_bytes()).await;
+    assert_eq!(status, 201, "{body}");
+    wait_instances(&env, &token, "tight", 1).await;
+    // One runs, two wait, the rest are refused with a hint; every accepted one is answered once.
+    let addr = env.sandbox.addr();
+    let first =
+        tokio::spawn(async move { call(addr, "POST", "/pools/tight/invoke", None, &fake_request("acme/slow")).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut calls = Vec::new();
+    for _ in 0..5 {
+        calls.push(tokio::spawn(async move {
+            call(addr, "POST", "/pools/tight/invoke", None, &fake_request("acme/slow")).await
+        }));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut outcomes = vec![first.await.expect("task")];
+    for c in calls {
+        outcomes.push(c.await.expect("task"));
+    }
+    let ok = outcomes.iter().filter(|(s, _, _)| *s == 200).count();
+    let full: Vec<_> = outcomes.iter().filter(|(s, _, _)| *s == 429).collect();
+    assert_eq!((ok, full.len()), (3, 3), "{outcomes:?}");
+    for (_, head, body) in &full {
+        assert!(head.contains("retry-after: "), "{head}");
+        assert!(body.contains("\"code\":\"rate_limited\""), "{body}");
+    }
+    assert!(outcomes.iter().filter(|o| o.0 == 200).all(|(_, h, _)| h.contains("x-enclava-instance: slow1")));
+    assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 3, "each accepted request reached the instance once");
+    // A model the pool does not serve, and a body that is not a request, change nothing.
+    assert_eq!(call(addr, "POST", "/pools/tight/invoke", None, &fake_request("acme/other")).await.0, 404);
+    assert_eq!(call(addr, "POST", "/pools/tight/invoke", None, b"<script>").await.0, 400);
+    let v = pool_view(&env, &token, "tight").await;
+    assert_eq!((v["status"]["queued"].as_u64(), v["status"]["instances"][0]["in_flight"].as_u64()), (Some(0), Some(0)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_on_an_instance_that_dies_mid_request_complete_on_another() {
+    let env = Env::new().await;
+    let (dead, dead_count) = fake_instance(Duration::ZERO, true).await;
+    let (live, live_count) = fake_instance(Duration::from_millis(5), false).await;
+    list_instance(&env, "dies", dead, "acme/m").await;
+    list_instance(&env, "lives", live, "acme/m").await;
+    let (_, token) = env.broker.register(None).await.expect("register");
+    let create = serde_json::json!({ "name": "p", "models": ["acme/m"], "platform": "sim" });
+    let (status, _, body) =
+        call(env.sandbox.addr(), "POST", "/pools/create", Some(&token), create.to_string().as_bytes()).await;
+    assert_eq!(status, 201, "{body}");
+    wait_instances(&env, &token, "p", 2).await;
+    let addr = env.sandbox.addr();
+    let calls: Vec<_> = (0..8)
+        .map(|_| {
+            tokio::spawn(async move { call(addr, "POST", "/pools/p/invoke", None, &fake_request("acme/m")).await })
+        })
+        .collect();
+    for c in calls {
+        let (status, head, body) = c.await.expect("task");
+        assert_eq!(status, 200, "{body}");
+        assert!(head.contains("x-enclava-instance: lives"), "{head}");
+    }
+    assert!(dead_count.load(std::sync::atomic::Ordering::SeqCst) >= 1, "the dying instance took a request");
+    assert_eq!(
+        live_count.load(std::sync::atomic::Ordering::SeqCst),
+        8,
+        "every request was answered once, by the live one"
+    );
+    let v = pool_view(&env, &token, "p").await;
+    assert_eq!(v["down"], serde_json::json!(["dies"]), "{v}");
+}

@@ -45,7 +45,7 @@ pub async fn dev(
     let dir = config.data_dir.clone().unwrap_or_else(|| PathBuf::from("enclava-dev"));
     config.data_dir = Some(dir.join("server"));
     // The demo needs every role, whatever the file says.
-    config.roles = vec!["manager".into(), "keys".into(), "farm".into(), "federation".into()];
+    config.roles = vec!["manager".into(), "keys".into(), "farm".into(), "federation".into(), "pools".into()];
     let listen = config.listen.clone();
     let registry = config.registry.clone();
     let database = config.database.clone();

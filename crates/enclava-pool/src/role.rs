@@ -1,0 +1,626 @@
+//! The `pools` role of `enclava server`: MOSS's FnPacker API (`/create`, `/list`, `/invoke`,
+//! `/delete`) with Enclava's fields under `/pools`, the pools' instances kept in line with the
+//! registry, serverless requests forwarded to the instance the router picks, the "which
+//! instance" answer for direct mode, and the scaling signal as Prometheus metrics.
+//!
+//! # Routes (under `/pools`)
+//!
+//! - `POST /create` `{name, models, measurement?, platform?, concurrency?, queue?,
+//!   modelsPerInstance?, min?, max?}` (signed in): a pool. Its instances are the live nodes in the
+//!   registry with that measurement (and platform) that serve every one of its models.
+//! - `GET /list` (signed in): the caller's pools (an admin sees all), each with its instances, the
+//!   models hot on each, claims, in flight and queued, per model and in all.
+//! - `GET /{name}`: one of them. `POST /delete` `{name}` or `DELETE /{name}`: deletes it.
+//! - `POST /{name}/invoke`: a sealed serverless request, in the body and content type a node's
+//!   `/v1/infer` takes; the answer is the node's, unchanged. `POST /invoke` `{name, request}`:
+//!   the same in MOSS's shape (JSON only). A request waits in the pool's queue for at most
+//!   `X-Enclava-Queue-Ms` (default 30 s); a full queue answers 429 with `Retry-After`. An instance
+//!   that does not answer, or answers that it does not serve the request's model or measurement,
+//!   is taken out of the pool for a while and the request is sent once more, elsewhere.
+//! - `GET /{name}/instances?model=M`: the pool's instances for a direct-mode request, best first
+//!   (hot, then least loaded), with where each is reached; the client verifies the one it picks.
+//!
+//! Invocations need no credential: the request is sealed with the user's request key, which only
+//! enclaves the key broker attested and found granted can obtain; the pool sees only the model id.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use enclava_contracts::sealed as proto;
+use enclava_core::text::quote;
+use enclava_core::{Error, ErrorCode};
+use enclava_identity::http::Caller;
+use enclava_identity::{Identity, Principal};
+use enclava_registry::schema::{EnclaveInfoJson, check_measurement, check_name, is_known_platform};
+use enclava_registry::{Index, Registry};
+use enclava_server::{Health, Role, StopSignal};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use serde::Deserialize;
+use tokio::task::JoinHandle;
+
+use crate::pool::{self, Found, Lease, Pool, PoolError, PoolSpec, PoolView, Refused};
+use crate::router::RouterConfig;
+use crate::store::Store;
+
+/// Where the role's routes are mounted.
+pub const PREFIX: &str = "/pools";
+/// The largest request an invocation takes.
+pub const MAX_REQUEST_BYTES: usize = 64 << 20;
+/// The header that bounds a request's wait in the queue (milliseconds).
+pub const QUEUE_HEADER: &str = "x-enclava-queue-ms";
+/// The header naming the instance that served a request.
+pub const INSTANCE_HEADER: &str = "x-enclava-instance";
+
+/// The registry as the pools' document store.
+#[derive(Debug, Clone)]
+pub struct RegistryStore(pub Arc<dyn Registry>);
+
+#[async_trait]
+impl Store for RegistryStore {
+    async fn get(&self, key: &str) -> Result<Option<(u64, Vec<u8>)>, String> {
+        self.0.doc_get(key).await.map_err(|e| e.to_string())
+    }
+    async fn put(&self, key: &str, expect: u64, value: Vec<u8>) -> Result<bool, String> {
+        self.0.doc_put(key, expect, &value).await.map_err(|e| e.to_string())
+    }
+    async fn delete(&self, key: &str) -> Result<bool, String> {
+        self.0.doc_delete(key).await.map_err(|e| e.to_string())
+    }
+}
+
+/// How the role runs.
+#[derive(Debug, Clone)]
+pub struct PoolsConfig {
+    /// How often pools are brought in line with the registry (and metrics refreshed).
+    pub sync_every: Duration,
+    /// Time allowed for an instance to answer one request.
+    pub request_timeout: Duration,
+    /// A request's longest wait in the queue, unless it asks for less.
+    pub queue_wait: Duration,
+}
+
+impl Default for PoolsConfig {
+    fn default() -> PoolsConfig {
+        PoolsConfig {
+            sync_every: Duration::from_millis(500),
+            request_timeout: Duration::from_secs(60),
+            queue_wait: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolLabel {
+    pool: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelLabel {
+    pool: String,
+    model: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    pool: String,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Metrics {
+    instances: Family<PoolLabel, Gauge>,
+    queued: Family<ModelLabel, Gauge>,
+    in_flight: Family<ModelLabel, Gauge>,
+    hot_instances: Family<ModelLabel, Gauge>,
+    cold_loads: Family<ModelLabel, Gauge>,
+    requests: Family<OutcomeLabel, Counter>,
+}
+
+impl Metrics {
+    fn show(&self, view: &PoolView) {
+        let pool = view.spec.name.clone();
+        self.instances.get_or_create(&PoolLabel { pool: pool.clone() }).set(view.status.instances.len() as i64);
+        for model in &view.spec.models {
+            let s = view.status.models.get(model).cloned().unwrap_or_default();
+            let l = ModelLabel { pool: pool.clone(), model: model.clone() };
+            self.queued.get_or_create(&l).set(s.queued as i64);
+            self.in_flight.get_or_create(&l).set(i64::from(s.in_flight));
+            self.hot_instances.get_or_create(&l).set(s.hot_on as i64);
+            self.cold_loads.get_or_create(&l).set(s.cold_loads as i64);
+        }
+    }
+
+    fn count(&self, pool: &str, outcome: &'static str) {
+        self.requests.get_or_create(&OutcomeLabel { pool: pool.to_owned(), outcome }).inc();
+    }
+}
+
+struct Inner {
+    registry: Arc<dyn Registry>,
+    store: Arc<dyn Store>,
+    identity: Arc<Identity>,
+    replica: String,
+    config: PoolsConfig,
+    opened: Mutex<HashMap<String, Arc<Pool>>>,
+    http: Client<HttpConnector, Full<Bytes>>,
+    metrics: Metrics,
+}
+
+/// The pools role.
+#[derive(Clone)]
+pub struct PoolsRole {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for PoolsRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolsRole").field("replica", &self.inner.replica).finish_non_exhaustive()
+    }
+}
+
+impl PoolsRole {
+    /// The role on `registry` (instances and the pools' shared state), signing users in with
+    /// `identity`.
+    pub fn new(registry: Arc<dyn Registry>, identity: Arc<Identity>, config: PoolsConfig) -> PoolsRole {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(3)));
+        connector.set_nodelay(true);
+        let http = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector);
+        let replica = format!("{}-{:016x}", std::process::id(), rand::random::<u64>());
+        PoolsRole {
+            inner: Arc::new(Inner {
+                store: Arc::new(RegistryStore(registry.clone())),
+                registry,
+                identity,
+                replica,
+                config,
+                opened: Mutex::new(HashMap::new()),
+                http,
+                metrics: Metrics::default(),
+            }),
+        }
+    }
+
+    /// Brings every pool in line with the registry now (the background task does it every
+    /// [`PoolsConfig::sync_every`]).
+    pub async fn sync_all(&self) -> Result<(), PoolError> {
+        self.inner.sync_all().await
+    }
+}
+
+impl Inner {
+    fn pool(&self, name: &str) -> Arc<Pool> {
+        let mut opened = self.opened.lock().unwrap_or_else(|e| e.into_inner());
+        opened
+            .entry(name.to_owned())
+            .or_insert_with(|| Pool::open(self.store.clone(), "", name, &self.replica, Pool::system_clock()))
+            .clone()
+    }
+
+    /// The live registry instances a pool takes.
+    async fn find(&self, spec: &PoolSpec) -> Result<Vec<Found>, PoolError> {
+        let index = match (&spec.measurement, &spec.platform) {
+            (Some(m), _) => Index::Measurement(m.clone()),
+            (None, Some(p)) => Index::Platform(p.clone()),
+            (None, None) => Index::Data(spec.models.first().cloned().unwrap_or_default()),
+        };
+        let store = |e: enclava_registry::RegistryError| PoolError::Store(e.to_string());
+        let ids: Vec<String> =
+            self.registry.index(&index).await.map_err(store)?.into_iter().map(|(id, _)| id).collect();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let probes = self.registry.probe(&ids, true).await.map_err(store)?;
+        let mut found = Vec::new();
+        for (id, probe) in ids.iter().zip(probes) {
+            let (Some(_), Some(raw)) = (probe.presence_ttl, probe.info) else { continue };
+            let Ok(info) = EnclaveInfoJson::parse(&raw) else { continue };
+            let fits = &info.instance_id == id
+                && spec.measurement.as_ref().is_none_or(|m| m.eq_ignore_ascii_case(&info.policy.mrenclave))
+                && spec.platform.as_ref().is_none_or(|p| p == &info.platform)
+                && spec.models.iter().all(|m| info.data_access.contains_key(m));
+            if fits {
+                let hot =
+                    spec.models.iter().filter(|m| info.data_access.get(*m).is_some_and(|a| a.hot)).cloned().collect();
+                found.push(Found { id: id.clone(), endpoint: info.connection_string.clone(), hot });
+            }
+        }
+        Ok(found)
+    }
+
+    async fn sync_all(&self) -> Result<(), PoolError> {
+        let names = pool::names(self.store.as_ref(), "").await?;
+        self.opened.lock().unwrap_or_else(|e| e.into_inner()).retain(|n, _| names.contains(n));
+        for name in names {
+            let pool = self.pool(&name);
+            let spec = match pool.view().await {
+                Ok(v) => v.spec,
+                Err(PoolError::Gone(_)) => continue,
+                Err(e) => return Err(e),
+            };
+            let found = self.find(&spec).await?;
+            let (joined, left) = pool.sync(&found).await?;
+            for id in &joined {
+                tracing::info!(pool = %name, instance = %id, "instance joined the pool");
+            }
+            for id in &left {
+                tracing::info!(pool = %name, instance = %id, "instance left the pool (gone from the registry)");
+            }
+            if let Ok(view) = pool.view().await {
+                self.metrics.show(&view);
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one sealed request through pool `name`: an instance from the router, the request
+    /// forwarded to it, once more elsewhere if that instance failed.
+    async fn invoke(&self, name: &str, headers: &HeaderMap, body: Bytes) -> Result<Response, Error> {
+        let binary = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with(proto::BINARY_CONTENT_TYPE));
+        let head = proto::request_head(&body, binary)
+            .map_err(|e| Error::new(ErrorCode::InvalidArgument, enclava_core::text::prefix(&e, 160).to_string()))?;
+        let pool = self.pool(name);
+        let view = pool.view().await.map_err(pool_error)?;
+        if !view.spec.models.contains(&head.model) {
+            return Err(Error::new(
+                ErrorCode::NotServed,
+                format!(
+                    "pool {name} does not serve model {}; it serves {}",
+                    quote(&head.model),
+                    view.spec.models.join(", ")
+                ),
+            ));
+        }
+        let wait = headers
+            .get(QUEUE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map_or(self.config.queue_wait, |ms| Duration::from_millis(ms).min(self.config.queue_wait));
+        let mut tries = Vec::new();
+        for attempt in 0..2 {
+            let lease = match pool.acquire(&head.model, wait).await {
+                Ok(l) => l,
+                Err(Refused::Full { retry_after_ms }) => {
+                    self.metrics.count(name, "full");
+                    let secs = retry_after_ms.div_ceil(1000).max(1);
+                    return Err(Error {
+                        code: ErrorCode::RateLimited,
+                        message: format!(
+                            "pool {name} is full (every instance busy, the queue at its bound): try again in {secs} s"
+                        ),
+                        retry_after: Some(secs),
+                    });
+                }
+                Err(Refused::Deadline) => {
+                    self.metrics.count(name, "deadline");
+                    return Err(Error::unavailable(format!(
+                        "no instance of pool {name} was free within {} ms",
+                        wait.as_millis()
+                    )));
+                }
+                Err(Refused::Pool(e)) => return Err(pool_error(e)),
+            };
+            match self.forward(&lease, binary, body.clone()).await {
+                Ok(resp) => {
+                    lease.finish().await.map_err(pool_error)?;
+                    self.metrics.count(name, if attempt == 0 { "served" } else { "served_on_retry" });
+                    return Ok(resp);
+                }
+                Err(why) => {
+                    tracing::warn!(pool = %name, instance = %lease.instance, reason = %why, "instance failed a request: taken out of the pool, retrying elsewhere");
+                    tries.push(format!("{}: {why}", lease.instance));
+                    lease.failed().await.map_err(pool_error)?;
+                }
+            }
+        }
+        self.metrics.count(name, "failed");
+        Err(Error::new(
+            ErrorCode::Unavailable,
+            format!("pool {name}: two instances failed the request ({}); try again", tries.join("; ")),
+        ))
+    }
+
+    /// Sends the request to the lease's instance. `Err`: the instance failed it (no answer, or
+    /// it does not serve this model or measurement); any other answer is the caller's.
+    async fn forward(&self, lease: &Lease, binary: bool, body: Bytes) -> Result<Response, String> {
+        let uri = format!("http://{}{}", lease.endpoint, proto::PATH);
+        let content_type = if binary { proto::BINARY_CONTENT_TYPE } else { "application/json" };
+        let req = axum::http::Request::post(&uri)
+            .header(header::CONTENT_TYPE, content_type)
+            .body(Full::new(body))
+            .map_err(|e| format!("bad instance address {}: {e}", quote(&lease.endpoint)))?;
+        let resp = tokio::time::timeout(self.config.request_timeout, async {
+            let resp = self.http.request(req).await.map_err(|e| format!("no answer: {e}"))?;
+            let (parts, body) = resp.into_parts();
+            let bytes = Limited::new(body, proto::MAX_RESPONSE_BYTES)
+                .collect()
+                .await
+                .map_err(|e| format!("the answer broke off: {e}"))?
+                .to_bytes();
+            Ok::<_, String>((parts, bytes))
+        })
+        .await
+        .map_err(|_| format!("no answer within {} s", self.config.request_timeout.as_secs()))??;
+        let (parts, bytes) = resp;
+        let status = parts.status.as_u16();
+        if matches!(status, 404 | 421 | 502 | 504) {
+            let code =
+                serde_json::from_slice::<enclava_core::ErrorBody>(&bytes).map(|b| b.code.as_str()).unwrap_or("?");
+            return Err(format!("answered {status} ({code})"));
+        }
+        let mut out = Response::new(axum::body::Body::from(bytes));
+        *out.status_mut() = parts.status;
+        if let Some(ct) = parts.headers.get(header::CONTENT_TYPE) {
+            out.headers_mut().insert(header::CONTENT_TYPE, ct.clone());
+        }
+        if let Some(ra) = parts.headers.get(header::RETRY_AFTER) {
+            out.headers_mut().insert(header::RETRY_AFTER, ra.clone());
+        }
+        if let Ok(v) = HeaderValue::from_str(&lease.instance) {
+            out.headers_mut().insert(INSTANCE_HEADER, v);
+        }
+        Ok(out)
+    }
+
+    /// Pool `name` if `caller` may see it (its owner, or an admin).
+    async fn visible(&self, caller: &Principal, name: &str) -> Result<PoolView, Error> {
+        let view = self.pool(name).view().await.map_err(pool_error)?;
+        if view.spec.owner != caller.id && !caller.is_admin() {
+            return Err(Error::not_found(format!("no pool {}", quote(name))));
+        }
+        Ok(view)
+    }
+}
+
+fn pool_error(e: PoolError) -> Error {
+    match e {
+        PoolError::Gone(name) => Error::not_found(format!("no pool {}", quote(&name))),
+        PoolError::Exists(name) => {
+            Error::new(ErrorCode::AlreadyExists, format!("a pool {} already exists", quote(&name)))
+        }
+        PoolError::Contended => Error::unavailable(e.to_string()),
+        PoolError::Store(_) => Error::unavailable(e.to_string()),
+        PoolError::Corrupt(_) => Error::internal(e.to_string()),
+    }
+}
+
+/// `POST /create`'s body.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateBody {
+    pub name: String,
+    pub models: Vec<String>,
+    #[serde(default)]
+    pub measurement: Option<String>,
+    #[serde(default)]
+    pub platform: Option<String>,
+    #[serde(default)]
+    pub concurrency: Option<u32>,
+    #[serde(default)]
+    pub queue: Option<usize>,
+    #[serde(default)]
+    pub models_per_instance: Option<usize>,
+    #[serde(default)]
+    pub min: Option<u32>,
+    #[serde(default)]
+    pub max: Option<u32>,
+}
+
+impl CreateBody {
+    /// The pool it asks for, checked.
+    fn spec(self, owner: &str) -> Result<PoolSpec, Error> {
+        check_name("a pool name", &self.name).map_err(Error::invalid)?;
+        if self.models.is_empty() || self.models.len() > 64 {
+            return Err(Error::invalid("a pool serves 1 to 64 models"));
+        }
+        for m in &self.models {
+            check_name("a model id", m).map_err(Error::invalid)?;
+        }
+        let measurement = self.measurement.map(|m| m.to_ascii_lowercase());
+        if let Some(m) = &measurement {
+            check_measurement(m).map_err(Error::invalid)?;
+        }
+        if let Some(p) = &self.platform
+            && !is_known_platform(p)
+        {
+            return Err(Error::invalid(format!("unknown platform {}", quote(p))));
+        }
+        let d = RouterConfig::default();
+        let config = RouterConfig {
+            concurrency: self.concurrency.unwrap_or(d.concurrency),
+            queue: self.queue.unwrap_or(d.queue),
+            models_per_instance: self.models_per_instance.unwrap_or(d.models_per_instance),
+            ..d
+        };
+        if !(1..=1024).contains(&config.concurrency) {
+            return Err(Error::invalid("concurrency is 1 to 1024 requests per instance"));
+        }
+        if config.queue > 100_000 {
+            return Err(Error::invalid("the queue holds at most 100000 requests"));
+        }
+        if !(1..=64).contains(&config.models_per_instance) {
+            return Err(Error::invalid("modelsPerInstance is 1 to 64"));
+        }
+        let (min, max) = (self.min.unwrap_or(0), self.max.unwrap_or(0));
+        if min > max || max > 256 {
+            return Err(Error::invalid("min ≤ max ≤ 256"));
+        }
+        let mut models = self.models;
+        models.dedup();
+        Ok(PoolSpec {
+            name: self.name,
+            models,
+            measurement,
+            platform: self.platform,
+            config,
+            min,
+            max,
+            owner: owner.to_owned(),
+        })
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NameBody {
+    name: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct MossInvoke {
+    name: String,
+    request: Box<serde_json::value::RawValue>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RankQuery {
+    model: String,
+}
+
+type S = State<Arc<Inner>>;
+
+async fn create(State(s): S, Caller(caller): Caller, body: Bytes) -> Result<Response, Error> {
+    let spec = enclava_core::json_body::<CreateBody>(&body)?.spec(&caller.id)?;
+    let name = spec.name.clone();
+    pool::create(s.store.as_ref(), "", spec).await.map_err(pool_error)?;
+    tracing::info!(pool = %name, owner = %caller.id, "pool created");
+    if let Err(e) = s.sync_all().await {
+        tracing::warn!(error = %e, "pools not brought in line with the registry yet; retrying");
+    }
+    let view = s.pool(&name).view().await.map_err(pool_error)?;
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+async fn list(State(s): S, Caller(caller): Caller) -> Result<Json<serde_json::Value>, Error> {
+    let mut pools = Vec::new();
+    for name in pool::names(s.store.as_ref(), "").await.map_err(pool_error)? {
+        match s.visible(&caller, &name).await {
+            Ok(v) => pools.push(v),
+            Err(e) if e.code == ErrorCode::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Json(serde_json::json!({ "pools": pools })))
+}
+
+async fn show(State(s): S, Caller(caller): Caller, Path(name): Path<String>) -> Result<Json<PoolView>, Error> {
+    s.visible(&caller, &name).await.map(Json)
+}
+
+async fn remove(s: &Inner, caller: &Principal, name: &str) -> Result<Response, Error> {
+    s.visible(caller, name).await?;
+    pool::delete(s.store.as_ref(), "", name).await.map_err(pool_error)?;
+    tracing::info!(pool = %name, by = %caller.id, "pool deleted");
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn delete_moss(State(s): S, Caller(caller): Caller, body: Bytes) -> Result<Response, Error> {
+    let body = enclava_core::json_body::<NameBody>(&body)?;
+    remove(&s, &caller, &body.name).await
+}
+
+async fn delete_rest(State(s): S, Caller(caller): Caller, Path(name): Path<String>) -> Result<Response, Error> {
+    remove(&s, &caller, &name).await
+}
+
+async fn invoke(State(s): S, Path(name): Path<String>, headers: HeaderMap, body: Bytes) -> Result<Response, Error> {
+    s.invoke(&name, &headers, body).await
+}
+
+async fn invoke_moss(State(s): S, headers: HeaderMap, body: Bytes) -> Result<Response, Error> {
+    let call = enclava_core::json_body::<MossInvoke>(&body)?;
+    let mut headers = headers;
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    s.invoke(&call.name, &headers, Bytes::from(call.request.get().to_owned())).await
+}
+
+async fn rank(
+    State(s): S,
+    Path(name): Path<String>,
+    Query(q): Query<RankQuery>,
+) -> Result<Json<serde_json::Value>, Error> {
+    let instances = s.pool(&name).rank(&q.model).await.map_err(pool_error)?;
+    Ok(Json(serde_json::json!({ "pool": name, "model": q.model, "instances": instances })))
+}
+
+/// The role's REST routes (relative to [`PREFIX`]).
+fn router(inner: Arc<Inner>) -> Router {
+    let identity = inner.identity.clone();
+    Router::new()
+        .route("/create", post(create))
+        .route("/list", get(list))
+        .route("/delete", post(delete_moss))
+        .route("/invoke", post(invoke_moss))
+        .route("/{name}", get(show).delete(delete_rest))
+        .route("/{name}/invoke", post(invoke))
+        .route("/{name}/instances", get(rank))
+        .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
+        .layer(enclava_identity::http::layer(identity))
+        .with_state(inner)
+}
+
+#[async_trait]
+impl Role for PoolsRole {
+    fn name(&self) -> &'static str {
+        "pools"
+    }
+
+    fn prefix(&self) -> String {
+        PREFIX.into()
+    }
+
+    fn rest(&self) -> Option<Router> {
+        Some(router(self.inner.clone()))
+    }
+
+    fn metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        let m = &self.inner.metrics;
+        let r = registry.sub_registry_with_prefix("enclava_pool");
+        r.register("instances", "Instances in each pool", m.instances.clone());
+        r.register("queued", "Requests waiting per pool and model (the scaling signal)", m.queued.clone());
+        r.register("in_flight", "Requests running per pool and model", m.in_flight.clone());
+        r.register("hot_instances", "Instances where each model is loaded", m.hot_instances.clone());
+        r.register("cold_loads", "Model loads per pool and model", m.cold_loads.clone());
+        r.register("requests", "Requests through this replica by outcome", m.requests.clone());
+    }
+
+    fn start(&self, mut stop: StopSignal) -> Vec<JoinHandle<()>> {
+        let inner = self.inner.clone();
+        vec![tokio::spawn(async move {
+            loop {
+                if let Err(e) = inner.sync_all().await {
+                    tracing::warn!(error = %e, "pools not brought in line with the registry; retrying");
+                }
+                tokio::select! {
+                    _ = stop.stopped() => return,
+                    _ = tokio::time::sleep(inner.config.sync_every) => {}
+                }
+            }
+        })]
+    }
+
+    async fn health(&self) -> Health {
+        match self.inner.registry.ping().await {
+            Ok(()) => Health::ok(),
+            Err(e) => Health::failing(format!("the pools' store does not answer: {e}")),
+        }
+    }
+}
