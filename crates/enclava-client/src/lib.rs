@@ -8,6 +8,7 @@ pub mod fed;
 pub mod infer;
 pub mod keys;
 pub mod model;
+pub mod pools;
 pub mod rest;
 
 use std::time::Duration;

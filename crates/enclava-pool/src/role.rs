@@ -1,9 +1,9 @@
 //! The `pools` role of `enclava server`: MOSS's FnPacker API (`/create`, `/list`, `/invoke`,
-//! `/delete`) with Enclava's fields under `/pools`, the pools' instances kept in line with the
+//! `/delete`) with Enclava's fields under `/pools/v1`, the pools' instances kept in line with the
 //! registry, serverless requests forwarded to the instance the router picks, the "which
 //! instance" answer for direct mode, and the scaling signal as Prometheus metrics.
 //!
-//! # Routes (under `/pools`)
+//! # Routes (under `/pools/v1`)
 //!
 //! - `POST /create` `{name, models, measurement?, platform?, concurrency?, queue?,
 //!   modelsPerInstance?, min?, max?}` (signed in): a pool. Its instances are the live nodes in the
@@ -428,6 +428,9 @@ impl CreateBody {
     /// The pool it asks for, checked.
     fn spec(self, owner: &str) -> Result<PoolSpec, Error> {
         check_name("a pool name", &self.name).map_err(Error::invalid)?;
+        if ["create", "list", "delete", "invoke"].contains(&self.name.as_str()) || self.name.contains('/') {
+            return Err(Error::invalid(format!("{} cannot name a pool (it names a route)", quote(&self.name))));
+        }
         if self.models.is_empty() || self.models.len() > 64 {
             return Err(Error::invalid("a pool serves 1 to 64 models"));
         }
@@ -565,13 +568,13 @@ async fn rank(
 fn router(inner: Arc<Inner>) -> Router {
     let identity = inner.identity.clone();
     Router::new()
-        .route("/create", post(create))
-        .route("/list", get(list))
-        .route("/delete", post(delete_moss))
-        .route("/invoke", post(invoke_moss))
-        .route("/{name}", get(show).delete(delete_rest))
-        .route("/{name}/invoke", post(invoke))
-        .route("/{name}/instances", get(rank))
+        .route("/v1/create", post(create))
+        .route("/v1/list", get(list))
+        .route("/v1/delete", post(delete_moss))
+        .route("/v1/invoke", post(invoke_moss))
+        .route("/v1/{name}", get(show).delete(delete_rest))
+        .route("/v1/{name}/invoke", post(invoke))
+        .route("/v1/{name}/instances", get(rank))
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
         .layer(enclava_identity::http::layer(identity))
         .with_state(inner)

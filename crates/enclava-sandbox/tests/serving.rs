@@ -692,7 +692,7 @@ async fn call(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, b
 
 /// The pool's view (`GET /pools/NAME`).
 async fn pool_view(env: &Env, token: &str, name: &str) -> serde_json::Value {
-    let (status, _, body) = call(env.sandbox.addr(), "GET", &format!("/pools/{name}"), Some(token), b"").await;
+    let (status, _, body) = call(env.sandbox.addr(), "GET", &format!("/pools/v1/{name}"), Some(token), b"").await;
     assert_eq!(status, 200, "{body}");
     serde_json::from_str(&body).expect("json")
 }
@@ -725,19 +725,20 @@ async fn a_pool_keeps_sequential_requests_where_their_model_is_hot_and_routes_ar
     let create =
         serde_json::json!({ "name": "vision", "models": ["acme/pa", "acme/pb"], "measurement": measurement() });
     let (status, _, body) =
-        call(env.sandbox.addr(), "POST", "/pools/create", Some(&token), create.to_string().as_bytes()).await;
+        call(env.sandbox.addr(), "POST", "/pools/v1/create", Some(&token), create.to_string().as_bytes()).await;
     assert_eq!(status, 201, "{body}");
     let (status, _, _) =
-        call(env.sandbox.addr(), "POST", "/pools/create", Some(&token), create.to_string().as_bytes()).await;
+        call(env.sandbox.addr(), "POST", "/pools/v1/create", Some(&token), create.to_string().as_bytes()).await;
     assert_eq!(status, 409, "a pool is created once");
-    let (status, _, _) = call(env.sandbox.addr(), "POST", "/pools/create", None, create.to_string().as_bytes()).await;
+    let (status, _, _) =
+        call(env.sandbox.addr(), "POST", "/pools/v1/create", None, create.to_string().as_bytes()).await;
     assert_eq!(status, 401, "creating a pool needs a credential");
     wait_instances(&env, &token, "vision", 2).await;
 
     // Sealed serverless requests through the pool: the answers are the model's, and sequential
     // requests for one model all go to one node.
     let alice = serverless_user(&env, "acme/pa", &measurement(), true).await;
-    let endpoint = format!("{}/pools/vision/invoke", env.url);
+    let endpoint = format!("{}/pools/v1/vision/invoke", env.url);
     let opts = infer::ServerlessOptions::new(endpoint.clone(), "acme/pa", alice.clone());
     for seed in 0..6 {
         let x = input(seed);
@@ -746,7 +747,7 @@ async fn a_pool_keeps_sequential_requests_where_their_model_is_hot_and_routes_ar
     let served = [n1.metrics().requests.get(), n2.metrics().requests.get()];
     assert!(served == [6, 0] || served == [0, 6], "sequential requests stay on one node: {served:?}");
     let (hot, cold) = if served[0] == 6 { (n1, n2) } else { (n2, n1) };
-    let ranked = call(env.sandbox.addr(), "GET", "/pools/vision/instances?model=acme/pa", None, b"").await;
+    let ranked = call(env.sandbox.addr(), "GET", "/pools/v1/vision/instances?model=acme/pa", None, b"").await;
     let ranked: serde_json::Value = serde_json::from_str(&ranked.2).expect("json");
     assert_eq!(ranked["instances"][0]["id"], hot.instance_id(), "direct mode is offered the hot instance first");
     let (_, _, metrics) = call(env.sandbox.addr(), "GET", "/metrics", None, b"").await;
@@ -767,14 +768,14 @@ async fn a_pool_keeps_sequential_requests_where_their_model_is_hot_and_routes_ar
 
     // Another user sees nothing of it; its owner deletes it; then it serves nothing.
     let (_, other) = env.broker.register(None).await.expect("register");
-    assert_eq!(call(env.sandbox.addr(), "GET", "/pools/vision", Some(&other), b"").await.0, 404);
-    let (_, _, list) = call(env.sandbox.addr(), "GET", "/pools/list", Some(&other), b"").await;
+    assert_eq!(call(env.sandbox.addr(), "GET", "/pools/v1/vision", Some(&other), b"").await.0, 404);
+    let (_, _, list) = call(env.sandbox.addr(), "GET", "/pools/v1/list", Some(&other), b"").await;
     assert_eq!(serde_json::from_str::<serde_json::Value>(&list).expect("json")["pools"], serde_json::json!([]));
-    assert_eq!(call(env.sandbox.addr(), "DELETE", "/pools/vision", Some(&other), b"").await.0, 404);
-    assert_eq!(call(env.sandbox.addr(), "DELETE", "/pools/vision", Some(&token), b"").await.0, 204);
+    assert_eq!(call(env.sandbox.addr(), "DELETE", "/pools/v1/vision", Some(&other), b"").await.0, 404);
+    assert_eq!(call(env.sandbox.addr(), "DELETE", "/pools/v1/vision", Some(&token), b"").await.0, 204);
     let (req, _) = infer::seal_serverless(&alice, "acme/pa", &input(1)).expect("seal");
     let body = serde_json::to_vec(&req).expect("json");
-    assert_eq!(call(env.sandbox.addr(), "POST", "/pools/vision/invoke", None, &body).await.0, 404);
+    assert_eq!(call(env.sandbox.addr(), "POST", "/pools/v1/vision/invoke", None, &body).await.0, 404);
 }
 
 /// A stand-in instance: answers `/v1/infer` after `delay` (counting requests), or, when `drop`,
@@ -841,18 +842,20 @@ async fn a_full_pool_queues_then_answers_429_with_retry_after_and_no_request_is_
         "name": "tight", "models": ["acme/slow"], "measurement": measurement(), "concurrency": 1, "queue": 2,
     });
     let (status, _, body) =
-        call(env.sandbox.addr(), "POST", "/pools/create", Some(&token), create.to_string().as_bytes()).await;
+        call(env.sandbox.addr(), "POST", "/pools/v1/create", Some(&token), create.to_string().as_bytes()).await;
     assert_eq!(status, 201, "{body}");
     wait_instances(&env, &token, "tight", 1).await;
     // One runs, two wait, the rest are refused with a hint; every accepted one is answered once.
     let addr = env.sandbox.addr();
     let first =
-        tokio::spawn(async move { call(addr, "POST", "/pools/tight/invoke", None, &fake_request("acme/slow")).await });
+        tokio::spawn(
+            async move { call(addr, "POST", "/pools/v1/tight/invoke", None, &fake_request("acme/slow")).await },
+        );
     tokio::time::sleep(Duration::from_millis(100)).await;
     let mut calls = Vec::new();
     for _ in 0..5 {
         calls.push(tokio::spawn(async move {
-            call(addr, "POST", "/pools/tight/invoke", None, &fake_request("acme/slow")).await
+            call(addr, "POST", "/pools/v1/tight/invoke", None, &fake_request("acme/slow")).await
         }));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -870,8 +873,8 @@ async fn a_full_pool_queues_then_answers_429_with_retry_after_and_no_request_is_
     assert!(outcomes.iter().filter(|o| o.0 == 200).all(|(_, h, _)| h.contains("x-enclava-instance: slow1")));
     assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 3, "each accepted request reached the instance once");
     // A model the pool does not serve, and a body that is not a request, change nothing.
-    assert_eq!(call(addr, "POST", "/pools/tight/invoke", None, &fake_request("acme/other")).await.0, 404);
-    assert_eq!(call(addr, "POST", "/pools/tight/invoke", None, b"<script>").await.0, 400);
+    assert_eq!(call(addr, "POST", "/pools/v1/tight/invoke", None, &fake_request("acme/other")).await.0, 404);
+    assert_eq!(call(addr, "POST", "/pools/v1/tight/invoke", None, b"<script>").await.0, 400);
     let v = pool_view(&env, &token, "tight").await;
     assert_eq!((v["status"]["queued"].as_u64(), v["status"]["instances"][0]["in_flight"].as_u64()), (Some(0), Some(0)));
 }
@@ -886,13 +889,13 @@ async fn requests_on_an_instance_that_dies_mid_request_complete_on_another() {
     let (_, token) = env.broker.register(None).await.expect("register");
     let create = serde_json::json!({ "name": "p", "models": ["acme/m"], "platform": "sim" });
     let (status, _, body) =
-        call(env.sandbox.addr(), "POST", "/pools/create", Some(&token), create.to_string().as_bytes()).await;
+        call(env.sandbox.addr(), "POST", "/pools/v1/create", Some(&token), create.to_string().as_bytes()).await;
     assert_eq!(status, 201, "{body}");
     wait_instances(&env, &token, "p", 2).await;
     let addr = env.sandbox.addr();
     let calls: Vec<_> = (0..8)
         .map(|_| {
-            tokio::spawn(async move { call(addr, "POST", "/pools/p/invoke", None, &fake_request("acme/m")).await })
+            tokio::spawn(async move { call(addr, "POST", "/pools/v1/p/invoke", None, &fake_request("acme/m")).await })
         })
         .collect();
     for c in calls {

@@ -74,6 +74,8 @@ pub enum Command {
     Task(crate::fed_cli::TaskArgs),
     /// Federation diagnostics: `test features` runs a built-in check at every online node.
     Test(crate::fed_cli::TestArgs),
+    /// Function pools: create, list (instances, hot models, in flight, queued), delete.
+    Pool(crate::pool_cli::PoolArgs),
     /// Measure Enclava against its floors.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -105,7 +107,7 @@ pub struct ServerArgs {
     /// its jobs to others after this [default: 10000]
     #[arg(long, env = "ENCLAVA_FARM_LEASE_MS")]
     pub farm_lease_ms: Option<u64>,
-    /// Roles to run, comma-separated: manager, keys, farm, federation [default: all four]
+    /// Roles to run, comma-separated: manager, keys, farm, federation, pools [default: all five]
     #[arg(long, env = "ENCLAVA_ROLES", value_delimiter = ',')]
     pub roles: Vec<String>,
     /// Key broker database: sqlite://FILE or postgres://USER@HOST/DB [default: sqlite://DATA_DIR/keys.db]

@@ -19,7 +19,7 @@ use enclava_sandbox::{NodeSpec, SandboxBuilder};
 const DEMO_MODEL: &str = "demo/tiny-classifier";
 /// The Wasm workload the demo serves beside it: a WASI command that reverses its input.
 const DEMO_WASM: &str = "demo/reverse";
-const STEPS: usize = 11;
+const STEPS: usize = 12;
 
 /// `enclava dev`: the server's options (flags, `ENCLAVA_*`, the config file's `[server]` table)
 /// apply, with `--data-dir` the folder for everything the demo keeps [default: ./enclava-dev].
@@ -206,7 +206,10 @@ pub async fn dev(
     anyhow::ensure!(served.data() == output.data(), "the serverless answer differs from the direct one");
     println!("      sent to {endpoint} (the platform's choice, not verified by the client); identical answer");
 
-    step(9, &format!("a Wasm workload ({DEMO_WASM}): sealed in, run by wasmtime with fuel metering, sealed out"));
+    step(9, "a function pool (MOSS's FnPacker, done properly): requests go where their model is hot (enclava pool)");
+    pool_demo(&sandbox, &url, &config_dir, &measurement, &sl, &input.to_npy(), output.data()).await?;
+
+    step(10, &format!("a Wasm workload ({DEMO_WASM}): sealed in, run by wasmtime with fuel metering, sealed out"));
     let policy = Policy::parse(&policy_text).map_err(anyhow::Error::msg)?;
     let wopts = enclava_client::infer::InferOptions::new(url.clone(), DEMO_WASM, policy);
     let said = b"!msaw morf olleh";
@@ -221,13 +224,13 @@ pub async fn dev(
         out.platform
     );
 
-    step(10, "the farm: a confidential Wasm job on a sim host, a sandboxed plaintext job and a VM job, with receipts");
+    step(11, "the farm: a confidential Wasm job on a sim host, a sandboxed plaintext job and a VM job, with receipts");
     let farm_policy = dir.join("farm-policy.toml");
     // Any sim host of this deployment: the farm hosts run the node program, not the model.
     std::fs::write(&farm_policy, sandbox.sim_policy(&[]))?;
     let farm = farm_demo(&sandbox, &url, &config_dir, &farm_policy).await?;
 
-    step(11, "federation (vantage6): a mean over a CSV split across three organisations, each input sealed to its own");
+    step(12, "federation (vantage6): a mean over a CSV split across three organisations, each input sealed to its own");
     let fed_nodes = fed_demo(&sandbox, &url, &dir, &user).await?;
     println!(
         "demo done: register → encrypt → grant → release → find → verify → sealed inference, direct and serverless, ONNX and Wasm; farm jobs with verified receipts; a federated mean sealed end to end"
@@ -249,6 +252,11 @@ pub async fn dev(
             "  enclava find --server {url} --data {DEMO_MODEL} --limit 2 --verify --policy {}",
             policy_path.display()
         );
+        println!(
+            "  ENCLAVA_CONFIG_DIR={cfg} enclava infer --server {url} --model {DEMO_MODEL} --input {} --pool demo",
+            dir.join("input.npy").display()
+        );
+        println!("  ENCLAVA_CONFIG_DIR={cfg} enclava pool --server {url} list");
         println!("  ENCLAVA_CONFIG_DIR={cfg} enclava keys --server {url} list");
         println!("  ENCLAVA_CONFIG_DIR={cfg} enclava keys --server {url} audit --verify");
         println!("  ENCLAVA_CONFIG_DIR={cfg} enclava hosts --server {url} --policy {}", farm_policy.display());
@@ -271,7 +279,61 @@ pub async fn dev(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Step 10: two farm hosts (sim, and plaintext when this machine has a process sandbox), a
+/// Step 9: a pool over the two nodes (by measurement); sequential serverless requests through it
+/// all go to the node where the model is hot, and `pool list` shows it.
+async fn pool_demo(
+    sandbox: &enclava_sandbox::Sandbox,
+    url: &str,
+    config_dir: &std::path::Path,
+    measurement: &str,
+    direct: &enclava_client::infer::ServerlessOptions,
+    input_npy: &[u8],
+    expected: &[f32],
+) -> anyhow::Result<()> {
+    let token = crate::keys_cli::token(url, config_dir)?;
+    let pools = enclava_client::pools::PoolClient::new(url, Some(token));
+    let spec = serde_json::json!({ "name": "demo", "models": [DEMO_MODEL], "measurement": measurement });
+    pools.create(&spec).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut view = serde_json::Value::Null;
+    while tokio::time::Instant::now() < deadline {
+        view = pools.list().await.map_err(|e| anyhow::anyhow!("{e}"))?.into_iter().next().unwrap_or_default();
+        if view["status"]["instances"].as_array().map_or(0, Vec::len) == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "      pool demo: {} instance(s) with measurement {}… serving {DEMO_MODEL} (enclava pool create demo --models {DEMO_MODEL} --select measurement=…)",
+        view["status"]["instances"].as_array().map_or(0, Vec::len),
+        &measurement[..16]
+    );
+    let before: Vec<u64> = sandbox.nodes().iter().map(|n| n.metrics().requests.get()).collect();
+    let mut opts = direct.clone();
+    opts.endpoint = enclava_client::pools::invoke_url(url, "demo");
+    for _ in 0..5 {
+        let out =
+            enclava_client::infer::infer_serverless(&opts, input_npy).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let served = Tensor::from_npy(&out).map_err(|e| anyhow::anyhow!("{e}"))?;
+        anyhow::ensure!(served.data() == expected, "the pool's answer differs from the direct one");
+    }
+    let took: Vec<String> = sandbox
+        .nodes()
+        .iter()
+        .zip(before)
+        .map(|(n, b)| format!("{} served {}", n.instance_id(), n.metrics().requests.get() - b))
+        .collect();
+    println!("      5 sequential sealed requests through {}: {}; identical answers", opts.endpoint, took.join(", "));
+    let view = pools.list().await.map_err(|e| anyhow::anyhow!("{e}"))?.into_iter().next().unwrap_or_default();
+    let m = &view["status"]["models"][DEMO_MODEL];
+    println!(
+        "      scaling signal (enclava pool list, /metrics enclava_pool_*): {} in flight, {} queued, hot on {} instance(s)",
+        m["in_flight"], m["queued"], m["hot_on"]
+    );
+    Ok(())
+}
+
+/// Step 11: two farm hosts (sim, and plaintext when this machine has a process sandbox), a
 /// confidential Wasm job and a plaintext sandboxed job, each with its receipt checked.
 async fn farm_demo(
     sandbox: &enclava_sandbox::Sandbox,
@@ -409,7 +471,7 @@ const FED_SHARES: [(&str, &str); 3] = [("acme", "61\n74\n58\n"), ("globex", "80\
 /// `trial` database.
 const FED_PARTIAL: &str = r#"awk '{ s += $1; n += 1 } END { printf "{\"sum\": %d, \"count\": %d}", s, n }' "$TRIAL_DATABASE_URI" > "$OUTPUT_FILE""#;
 
-/// Step 11: three organisations with a node each in collaboration `demo`, the demo user as a
+/// Step 12: three organisations with a node each in collaboration `demo`, the demo user as a
 /// researcher of the first; a task whose inputs are sealed to each organisation and whose
 /// results come back sealed to the user. Re-running reuses what the last run made.
 async fn fed_demo(

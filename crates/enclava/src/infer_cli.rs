@@ -3,8 +3,9 @@
 //! Direct mode (the default): finds an enclave through the enclave manager, verifies its evidence
 //! against your policy before sending anything, seals the input to its attested key, and opens the
 //! sealed answer; a refused or unreachable enclave is denied and the next one tried, a bounded
-//! number of times. Serverless mode (`--serverless URL`): seals with your request key for the
-//! model and measurement and sends it to the platform, which picks the instance.
+//! number of times. Serverless mode (`--serverless URL`, or `--pool NAME` for a function pool on
+//! the server): seals with your request key for the model and measurement and sends it to the
+//! platform, which picks the instance.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -24,7 +25,7 @@ pub struct InferArgs {
     pub input: PathBuf,
     /// What the enclave must prove (TOML or JSON policy); required in direct mode: nothing is sent
     /// unverified (serverless mode does not use it)
-    #[arg(long, env = "ENCLAVA_POLICY", required_unless_present = "serverless")]
+    #[arg(long, env = "ENCLAVA_POLICY", required_unless_present_any = ["serverless", "pool"])]
     pub policy: Option<PathBuf>,
     /// Collateral for verifying real platforms' evidence: an Intel PCS/PCCS- and AMD KDS-style
     /// service (http://HOST:PORT, or intel=URL,amd=URL), a collateral.json, or a folder
@@ -36,17 +37,21 @@ pub struct InferArgs {
     /// Serverless mode (MOSS): send to this platform URL (a node's http://HOST:PORT/v1/infer, an
     /// OpenWhisk web action), sealed with your request key; only enclaves the key broker attested
     /// with a measurement granted for you can open it
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", conflicts_with = "pool")]
     pub serverless: Option<String>,
+    /// Serverless mode through function pool NAME on --server (`enclava pool create`): the pool
+    /// sends it to an instance where the model is hot, queueing it when all are busy
+    #[arg(long, value_name = "NAME")]
+    pub pool: Option<String>,
     /// Serverless: the measurement your request key is for [default: the only one you have a key
     /// for]
-    #[arg(long, requires = "serverless")]
+    #[arg(long)]
     pub measurement: Option<String>,
     /// Serverless: your request key file [default: the one `enclava keys request-key` kept]
-    #[arg(long, requires = "serverless")]
+    #[arg(long)]
     pub request_key: Option<PathBuf>,
     /// Serverless: your key broker user id [default: your identity for --server]
-    #[arg(long, requires = "serverless")]
+    #[arg(long)]
     pub user: Option<String>,
     /// Folder holding your credentials and keys [default: ~/.config/enclava]
     #[arg(long, env = "ENCLAVA_CONFIG_DIR")]
@@ -93,8 +98,22 @@ fn top_line(output: &Tensor, top: &[(usize, f32)]) -> String {
 
 pub async fn run(a: InferArgs, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<ExitCode> {
     let input = read_input(&a.input)?;
-    if let Some(endpoint) = a.serverless.clone() {
+    let endpoint = match (&a.serverless, &a.pool) {
+        (Some(url), _) => Some(url.clone()),
+        (None, Some(pool)) => Some(enclava_client::pools::invoke_url(&a.server, pool)),
+        (None, None) => None,
+    };
+    if let Some(endpoint) = endpoint {
         return serverless(a, endpoint, input, env).await;
+    }
+    for (given, name) in [
+        (a.measurement.is_some(), "--measurement"),
+        (a.request_key.is_some(), "--request-key"),
+        (a.user.is_some(), "--user"),
+    ] {
+        if given {
+            anyhow::bail!("{name} is for serverless mode: add --serverless URL or --pool NAME");
+        }
     }
     let policy_path = a.policy.clone().context("--policy is required in direct mode")?;
     let policy = Policy::load(&policy_path).map_err(anyhow::Error::msg)?;

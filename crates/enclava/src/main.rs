@@ -18,6 +18,7 @@ mod fed_node_cli;
 mod infer_cli;
 mod keys_cli;
 mod model_cli;
+mod pool_cli;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -81,6 +82,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::FedNode(a) => fed_node_cli::fed_node(a, &env).await,
         Command::Task(a) => fed_cli::task(a, &env).await,
         Command::Test(a) => fed_cli::test(a, &env).await,
+        Command::Pool(a) => pool_cli::pool(a, &env).await,
         Command::Bench(cli::BenchCommand::Discovery(a)) => enclava_bench::discovery::discovery(a).await,
         Command::Bench(cli::BenchCommand::Evidence(a)) => enclava_bench::evidence::evidence(a),
         Command::Bench(cli::BenchCommand::Keys(a)) => enclava_bench::keys::keys(a).await,
