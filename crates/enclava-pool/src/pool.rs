@@ -785,47 +785,6 @@ mod tests {
         assert!(!again.cold);
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn two_replicas_on_one_store_route_as_one_router() {
-        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
-        let config = RouterConfig { concurrency: 2, queue: 64, ..RouterConfig::default() };
-        create(store.as_ref(), "t:", spec("p", config)).await.expect("create");
-        let r1 = Pool::open(store.clone(), "t:", "p", "r1", Pool::system_clock());
-        let r2 = Pool::open(store.clone(), "t:", "p", "r2", Pool::system_clock());
-        r1.sync(&found(&["i0", "i1"])).await.expect("sync");
-        // Affinity across replicas: a request through r2 goes where r1's went.
-        let first = r1.acquire("a", Duration::from_secs(1)).await.expect("runs");
-        let at = first.instance.clone();
-        first.finish().await.expect("finish");
-        let second = r2.acquire("a", Duration::from_secs(1)).await.expect("runs");
-        assert_eq!((second.instance.as_str(), second.cold), (at.as_str(), false));
-        second.finish().await.expect("finish");
-        // Load through both: never more than the capacity in flight, every request served once.
-        let in_flight = Arc::new(AtomicU64::new(0));
-        let peak = Arc::new(AtomicU64::new(0));
-        let mut tasks = Vec::new();
-        for n in 0..40 {
-            let p = if n % 2 == 0 { r1.clone() } else { r2.clone() };
-            let (in_flight, peak) = (in_flight.clone(), peak.clone());
-            tasks.push(tokio::spawn(async move {
-                let lease = p.acquire(["a", "b"][n % 2], Duration::from_secs(30)).await.expect("served");
-                let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-                peak.fetch_max(now, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(3)).await;
-                in_flight.fetch_sub(1, Ordering::SeqCst);
-                lease.finish().await.expect("finish");
-            }));
-        }
-        for t in tasks {
-            t.await.expect("task");
-        }
-        assert!(peak.load(Ordering::SeqCst) <= 4, "capacity is 2 instances × 2: peak {}", peak.load(Ordering::SeqCst));
-        let view = r1.view().await.expect("view");
-        assert_eq!(view.status.queued, 0);
-        assert!(view.status.instances.iter().all(|i| i.in_flight == 0), "{view:?}");
-        assert_eq!(view.replicas, 2);
-    }
-
     #[tokio::test]
     async fn a_replica_that_stops_gives_back_its_slots_after_its_ttl() {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
