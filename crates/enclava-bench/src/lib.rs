@@ -18,4 +18,5 @@ pub mod farm;
 pub mod federation;
 pub mod keys;
 pub mod pools;
+pub mod pools_live;
 pub mod serving;

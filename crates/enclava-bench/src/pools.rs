@@ -1,10 +1,9 @@
 //! `enclava bench pools`, first stage: the routing decisions alone, simulated in virtual time (no
-//! nodes, no network). Six models on four instances whose memory holds two models each, request
+//! nodes, no network); the live stage over sim nodes is [`crate::pools_live`]. Six models on four instances whose memory holds two models each, request
 //! popularity Zipf(1.0), 8 and 64 closed-loop clients; Enclava's pool router against round-robin,
 //! random and FnPacker's own algorithm. A hot request takes `EXEC_MS`, a model load `LOAD_MS`
 //! more; the floor is a hot request that never waits. It reports model loads, refusals (429 or
-//! FnPacker's "All Busy", retried by the client after 10 ms) and latency percentiles. The live
-//! run over sim nodes comes with the `pools` role.
+//! FnPacker's "All Busy", retried by the client after 10 ms) and latency percentiles.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -22,9 +21,15 @@ pub struct PoolsArgs {
     /// Random seed
     #[arg(long, default_value_t = 7)]
     seed: u64,
+    /// Requests per row of the live stage over sim nodes (0: skip it)
+    #[arg(long, default_value_t = 1000)]
+    live_requests: usize,
+    /// Live stage with the tiny classifier instead of MobileNetV2
+    #[arg(long)]
+    small: bool,
 }
 
-const MODELS: usize = 6;
+pub(crate) const MODELS: usize = 6;
 const INSTANCES: usize = 4;
 const SLOTS: usize = 2;
 const CONCURRENCY: u32 = 8;
@@ -41,10 +46,10 @@ enum Policy {
 }
 
 /// A small deterministic generator (xorshift64*), so every policy sees the same requests.
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> f64 {
+    pub(crate) fn next(&mut self) -> f64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
@@ -53,7 +58,7 @@ impl Rng {
 }
 
 /// Model `i` with probability ∝ 1 / (i + 1).
-fn zipf(rng: &mut Rng) -> usize {
+pub(crate) fn zipf(rng: &mut Rng) -> usize {
     let total: f64 = (1..=MODELS).map(|k| 1.0 / k as f64).sum();
     let mut x = rng.next() * total;
     for k in 0..MODELS {
@@ -282,6 +287,9 @@ pub async fn pools(args: PoolsArgs) -> anyhow::Result<ExitCode> {
             pool.4,
             args.requests
         );
+    }
+    if args.live_requests > 0 {
+        crate::pools_live::live(args.live_requests, args.seed, args.small).await?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -82,6 +82,8 @@ pub enum Refused {
     Full { retry_after_ms: u64 },
     /// Its deadline passed while it waited.
     Deadline,
+    /// The pool does not serve the model; these are the models it serves.
+    NotServed(Vec<String>),
     /// The pool could not be read or written.
     Pool(PoolError),
 }
@@ -267,6 +269,7 @@ enum Routed {
     Run(Granted),
     Queued(u64),
     Full(u64),
+    NotServed(Vec<String>),
 }
 
 #[derive(Default)]
@@ -566,23 +569,29 @@ impl Pool {
         let start = (self.clock)();
         let me = self.replica.clone();
         let routed = self
-            .txn(|doc, now| match doc.router.route(model, now) {
-                Decision::Run { instance, cold } => {
-                    let lease = doc.new_lease(&me, &instance, model);
-                    let endpoint = doc.endpoints.get(&instance).cloned().unwrap_or_default();
-                    Routed::Run(Granted { lease, instance, cold, endpoint })
+            .txn(|doc, now| {
+                if !doc.spec.models.iter().any(|m| m == model) {
+                    return Routed::NotServed(doc.spec.models.clone());
                 }
-                Decision::Queued { ticket, .. } => {
-                    doc.tickets.insert(ticket, me.clone());
-                    Routed::Queued(ticket)
+                match doc.router.route(model, now) {
+                    Decision::Run { instance, cold } => {
+                        let lease = doc.new_lease(&me, &instance, model);
+                        let endpoint = doc.endpoints.get(&instance).cloned().unwrap_or_default();
+                        Routed::Run(Granted { lease, instance, cold, endpoint })
+                    }
+                    Decision::Queued { ticket, .. } => {
+                        doc.tickets.insert(ticket, me.clone());
+                        Routed::Queued(ticket)
+                    }
+                    Decision::Full { retry_after_ms } => Routed::Full(retry_after_ms),
                 }
-                Decision::Full { retry_after_ms } => Routed::Full(retry_after_ms),
             })
             .await?;
         let ticket = match routed {
             Routed::Run(g) => return Ok(self.lease(g, model, start)),
             Routed::Full(retry_after_ms) => return Err(Refused::Full { retry_after_ms }),
             Routed::Queued(t) => t,
+            Routed::NotServed(models) => return Err(Refused::NotServed(models)),
         };
         let (tx, mut rx) = oneshot::channel();
         self.local().waiters.insert(ticket, tx);

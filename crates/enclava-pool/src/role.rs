@@ -316,6 +316,16 @@ impl Inner {
                         wait.as_millis()
                     )));
                 }
+                Err(Refused::NotServed(models)) => {
+                    return Err(Error::new(
+                        ErrorCode::NotServed,
+                        format!(
+                            "pool {name} does not serve model {}; it serves {}",
+                            quote(&head.model),
+                            models.join(", ")
+                        ),
+                    ));
+                }
                 Err(Refused::Pool(e)) => return Err(pool_error(e)),
             };
             match self.forward(&lease, binary, body.clone()).await {
