@@ -1,6 +1,10 @@
 //! Compiles the protobuf contracts with `protox` (pure Rust, no `protoc`) and generates tonic code.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/enclava/discovery/v1/discovery.proto", "proto/enclava/keys/v1/keys.proto"];
+    let protos = [
+        "proto/enclava/discovery/v1/discovery.proto",
+        "proto/enclava/keys/v1/keys.proto",
+        "proto/enclava/pools/v1/pools.proto",
+    ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }

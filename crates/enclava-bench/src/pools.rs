@@ -150,17 +150,25 @@ fn simulate(policy: Policy, clients: usize, requests: usize, seed: u64) -> Outco
                 };
                 let first = if kind == 0 { now } else { started };
                 let target = match policy {
-                    Policy::Pool => match router.route(&format!("m{model}"), now) {
-                        Decision::Run { instance, cold } => {
-                            start(&mut events, &mut out, now, (client, model, index(&instance), first), cold);
-                            continue;
+                    Policy::Pool => {
+                        let decision = router.route(&format!("m{model}"), now);
+                        for d in router.take_handed() {
+                            if let Some((c, m, first)) = queued.remove(&d.ticket) {
+                                start(&mut events, &mut out, now, (c, m, index(&d.instance), first), d.cold);
+                            }
                         }
-                        Decision::Queued { ticket, .. } => {
-                            queued.insert(ticket, (client, model, first));
-                            continue;
+                        match decision {
+                            Decision::Run { instance, cold } => {
+                                start(&mut events, &mut out, now, (client, model, index(&instance), first), cold);
+                                continue;
+                            }
+                            Decision::Queued { ticket, .. } => {
+                                queued.insert(ticket, (client, model, first));
+                                continue;
+                            }
+                            Decision::Full { .. } => None,
                         }
-                        Decision::Full { .. } => None,
-                    },
+                    }
                     Policy::FnPacker => packer.pick(&format!("m{model}"), now).ok(),
                     Policy::RoundRobin => {
                         next_rr = (next_rr + 1) % INSTANCES;

@@ -7,6 +7,8 @@
 //! - [`sealed`]: sealed inference requests and answers (direct and serverless), both encodings,
 //!   OpenWhisk's envelope.
 //! - `discovery::v1`: the enclave manager (`FindEnclave`, `ListEnclaves`), from `proto/enclava/discovery/v1`.
+//! - `pools::v1`: function pools (`Create`, `List`, `Delete`, `Invoke`, `Instances`), from
+//!   `proto/enclava/pools/v1`.
 //! - `keys::v1`: the key broker's node protocol (`Challenge`, `Release`), from `proto/enclava/keys/v1`;
 //!   `keys::payload`: the sealed release payload inside a `ReleaseResponse`; `keys::rest`: the REST
 //!   bodies of the key broker.
@@ -21,6 +23,13 @@ pub mod discovery {
 pub mod farm;
 pub mod fed;
 pub mod sealed;
+
+pub mod pools {
+    pub mod v1 {
+        #![allow(missing_debug_implementations, clippy::all)]
+        tonic::include_proto!("enclava.pools.v1");
+    }
+}
 
 pub mod keys {
     /// The key broker's REST bodies (JSON, camelCase) with their OpenAPI schemas.

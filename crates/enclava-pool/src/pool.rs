@@ -73,6 +73,10 @@ pub enum PoolError {
     Corrupt(String),
     #[error("the pool's state changed under every one of {TRIES} attempts; try again")]
     Contended,
+    #[error(
+        "this replica was presumed dead (silent for {REPLICA_TTL_MS} ms) and its waiting requests were dropped; try again"
+    )]
+    Dropped,
 }
 
 /// Why a request got no instance.
@@ -84,6 +88,8 @@ pub enum Refused {
     Deadline,
     /// The pool does not serve the model; these are the models it serves.
     NotServed(Vec<String>),
+    /// The request is sealed for another measurement than the one the pool selects (this one).
+    OtherMeasurement(String),
     /// The pool could not be read or written.
     Pool(PoolError),
 }
@@ -136,6 +142,13 @@ struct LeaseRec {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Doc {
     spec: PoolSpec,
+    /// Random, fresh for each pool created under a name: a replica that kept a deleted pool's
+    /// state (its leases, its waiting requests) finds it does not belong to the new pool.
+    #[serde(default)]
+    epoch: u64,
+    /// Random, fresh for each write: a writer whose reply was lost learns its write landed.
+    #[serde(default)]
+    nonce: u64,
     router: Router,
     endpoints: BTreeMap<String, String>,
     down: BTreeMap<String, u64>,
@@ -152,6 +165,8 @@ impl Doc {
         Doc {
             router: Router::new(spec.config),
             spec,
+            epoch: rand::random(),
+            nonce: 0,
             endpoints: BTreeMap::new(),
             down: BTreeMap::new(),
             leases: BTreeMap::new(),
@@ -168,7 +183,7 @@ impl Doc {
             if self.tickets.contains_key(&d.ticket) {
                 self.dispatched.insert(d.ticket, d);
             } else {
-                handed.extend(self.router.finish(&d.instance, &d.model, 0, now));
+                handed.extend(self.router.release(&d.instance, &d.model, now));
             }
         }
     }
@@ -183,9 +198,13 @@ impl Doc {
         id
     }
 
-    fn end_lease(&mut self, id: u64, exec_ms: u64, now: u64) {
+    /// A lease ends: its request ran `exec_ms` (`None`: it did not run, or nobody knows how long).
+    fn end_lease(&mut self, id: u64, exec_ms: Option<u64>, now: u64) {
         if let Some(l) = self.leases.remove(&id) {
-            let handed = self.router.finish(&l.instance, &l.model, exec_ms, now);
+            let handed = match exec_ms {
+                Some(ms) => self.router.finish(&l.instance, &l.model, ms, now),
+                None => self.router.release(&l.instance, &l.model, now),
+            };
             self.handed(handed, now);
         }
     }
@@ -196,7 +215,7 @@ impl Doc {
         if !self.router.cancel(ticket)
             && let Some(d) = self.dispatched.remove(&ticket)
         {
-            let handed = self.router.finish(&d.instance, &d.model, 0, now);
+            let handed = self.router.release(&d.instance, &d.model, now);
             self.handed(handed, now);
         }
     }
@@ -206,19 +225,19 @@ impl Doc {
         self.router.remove_instance(id);
         self.endpoints.remove(id);
         self.leases.retain(|_, l| l.instance != id);
-        // Dispatches to it are re-queued as new routing decisions are not possible for a ticket
-        // already handed out: give them back to their holders as a retry (they route again).
+        // Requests handed to it but not yet taken wait again, first in line, under their tickets.
         let gone: Vec<u64> = self.dispatched.iter().filter(|(_, d)| d.instance == id).map(|(t, _)| *t).collect();
         for t in gone {
-            self.dispatched.remove(&t);
-            self.tickets.remove(&t);
+            if let Some(d) = self.dispatched.remove(&t) {
+                self.router.requeue(t, &d.model);
+            }
         }
         let handed = self.router.poke(now);
         self.handed(handed, now);
     }
 
-    /// Notes this replica alive; gives back what replicas silent too long held; pokes the router
-    /// when a claim blocking the queue has lapsed.
+    /// Notes this replica alive; gives back what replicas silent too long held; hands out what
+    /// can go now (claims lapse with time, not only with events).
     fn housekeep(&mut self, me: &str, now: u64) {
         self.replicas.insert(me.to_owned(), now);
         let dead: Vec<String> = self
@@ -231,7 +250,7 @@ impl Doc {
             self.replicas.remove(&r);
             let leases: Vec<u64> = self.leases.iter().filter(|(_, l)| l.replica == r).map(|(id, _)| *id).collect();
             for id in leases {
-                self.end_lease(id, 0, now);
+                self.end_lease(id, None, now);
             }
             let tickets: Vec<u64> = self.tickets.iter().filter(|(_, h)| **h == r).map(|(t, _)| *t).collect();
             for t in tickets {
@@ -239,10 +258,8 @@ impl Doc {
             }
         }
         self.down.retain(|_, until| *until > now);
-        if self.router.next_lapse_ms(now) == Some(0) {
-            let handed = self.router.poke(now);
-            self.handed(handed, now);
-        }
+        let handed = self.router.poke(now);
+        self.handed(handed, now);
     }
 
     fn view(&self) -> PoolView {
@@ -256,8 +273,8 @@ impl Doc {
     }
 }
 
-/// What a waiting request is given.
-#[derive(Debug)]
+/// What a request is given.
+#[derive(Debug, Clone)]
 struct Granted {
     lease: u64,
     instance: String,
@@ -265,21 +282,28 @@ struct Granted {
     endpoint: String,
 }
 
+/// Where a request's outcome goes: its instance, or why it has none.
+type Reply = oneshot::Sender<Result<Granted, Refused>>;
+
 enum Routed {
     Run(Granted),
     Queued(u64),
     Full(u64),
     NotServed(Vec<String>),
+    OtherMeasurement(String),
 }
 
+/// This replica's side of a pool: its waiting requests and what it has to give back.
 #[derive(Default)]
 struct Local {
     /// Queued tickets of this replica → their callers.
-    waiters: HashMap<u64, oneshot::Sender<Granted>>,
+    waiters: HashMap<u64, Reply>,
     /// Leases dropped unfinished, to give back.
     dropped: Vec<u64>,
     /// A watcher task is running.
     watching: bool,
+    /// The epoch of the pool this state belongs to.
+    epoch: Option<u64>,
 }
 
 /// One pool, as one replica sees it.
@@ -320,16 +344,16 @@ impl Lease {
     pub async fn finish(mut self) -> Result<(), PoolError> {
         self.ended = true;
         let (id, started) = (self.id, self.started_ms);
-        self.pool.txn(|doc, now| doc.end_lease(id, now.saturating_sub(started), now)).await
+        self.pool.end(id, move |doc, now| doc.end_lease(id, Some(now.saturating_sub(started)), now)).await
     }
 
-    /// The instance failed this request (it did not answer, or answered that it cannot serve):
-    /// it is taken out of the pool for [`DOWN_MS`]; the caller retries elsewhere.
+    /// The instance failed this request (it did not answer): it is taken out of the pool for
+    /// [`DOWN_MS`]; the caller retries elsewhere.
     pub async fn failed(mut self) -> Result<(), PoolError> {
         self.ended = true;
         let (id, instance) = (self.id, self.instance.clone());
         self.pool
-            .txn(|doc, now| {
+            .end(id, move |doc, now| {
                 doc.leases.remove(&id);
                 doc.take_out(&instance, now);
                 doc.down.insert(instance.clone(), now + DOWN_MS);
@@ -409,6 +433,15 @@ pub async fn names(store: &dyn Store, prefix: &str) -> Result<Vec<String>, PoolE
     }
 }
 
+/// What one transaction did to this replica's side, applied once its write landed.
+struct Effects {
+    nonce: u64,
+    dropped: Vec<u64>,
+    left: Vec<u64>,
+    granted: Vec<(u64, Granted)>,
+    lost: Vec<u64>,
+}
+
 impl Pool {
     /// Pool `name` under `prefix`, as replica `replica` (unique per process) sees it.
     pub fn open(store: Arc<dyn Store>, prefix: &str, name: &str, replica: &str, clock: Clock) -> Arc<Pool> {
@@ -454,94 +487,178 @@ impl Pool {
         Ok(self.read().await?.1.view())
     }
 
+    /// Runs [`Pool::txn_now`] in a task of its own, so a caller that goes away mid-write cannot
+    /// leave it half done (a write that landed always has its effects on this replica).
+    async fn txn<R: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnMut(&mut Doc, u64) -> R + Send + 'static,
+        after: impl FnOnce(&R, &mut Local) + Send + 'static,
+    ) -> Result<R, PoolError> {
+        let pool = self.clone();
+        tokio::spawn(async move { pool.txn_now(f, after).await })
+            .await
+            .unwrap_or_else(|e| Err(PoolError::Store(format!("a pool transaction stopped: {e}"))))
+    }
+
     /// Applies `f` to the pool's state and writes it back if nobody wrote it meanwhile (else
-    /// again, on what they wrote). Along the way: this replica is noted alive, what dead replicas
-    /// held is given back, leases this replica dropped are given back, tickets whose caller left
-    /// are dropped, and dispatches for this replica's waiting requests become their leases.
-    async fn txn<R>(&self, mut f: impl FnMut(&mut Doc, u64) -> R) -> Result<R, PoolError> {
+    /// again, on what they wrote); once the write landed, `after` updates this replica's side.
+    /// Along the way: this replica is noted alive, what dead replicas held is given back, leases
+    /// this replica dropped are given back, tickets whose caller left are dropped, and dispatches
+    /// for this replica's waiting requests become their leases.
+    async fn txn_now<R>(
+        &self,
+        mut f: impl FnMut(&mut Doc, u64) -> R,
+        after: impl FnOnce(&R, &mut Local),
+    ) -> Result<R, PoolError> {
         let _serial = self.serial.lock().await;
+        let mut pending: Option<(R, Effects)> = None;
         for attempt in 0..TRIES {
             let (version, mut doc) = self.read().await?;
+            // A write whose answer was lost may have landed after all.
+            if let Some((r, fx)) = pending.take()
+                && doc.nonce == fx.nonce
+            {
+                return Ok(self.settle(r, fx, after));
+            }
             let now = (self.clock)();
-            doc.housekeep(&self.replica, now);
-            let (dropped, left, waiting): (Vec<u64>, Vec<u64>, Vec<u64>) = {
-                let local = self.local();
-                let left = local.waiters.iter().filter(|(_, tx)| tx.is_closed()).map(|(t, _)| *t).collect();
-                (local.dropped.clone(), left, local.waiters.keys().copied().collect())
+            let (dropped, left, waiting) = {
+                let mut local = self.local();
+                if local.epoch.is_some_and(|e| e != doc.epoch) {
+                    // The pool was deleted and made again: nothing here belongs to the new one.
+                    for (_, tx) in local.waiters.drain() {
+                        let _ = tx.send(Err(Refused::Pool(PoolError::Gone(self.name.clone()))));
+                    }
+                    local.dropped.clear();
+                }
+                local.epoch = Some(doc.epoch);
+                let left: Vec<u64> = local.waiters.iter().filter(|(_, tx)| tx.is_closed()).map(|(t, _)| *t).collect();
+                let waiting: Vec<u64> = local.waiters.keys().filter(|t| !left.contains(t)).copied().collect();
+                (local.dropped.clone(), left, waiting)
             };
+            doc.housekeep(&self.replica, now);
             for id in &dropped {
-                doc.end_lease(*id, 0, now);
+                doc.end_lease(*id, None, now);
             }
             for t in &left {
                 doc.drop_ticket(*t, now);
             }
             let r = f(&mut doc, now);
+            let handed = doc.router.take_handed();
+            doc.handed(handed, now);
             let mut granted = Vec::new();
-            for t in waiting.iter().filter(|t| !left.contains(t)) {
+            let mut lost = Vec::new();
+            for t in &waiting {
                 if let Some(d) = doc.dispatched.remove(t) {
                     doc.tickets.remove(t);
                     let lease = doc.new_lease(&self.replica, &d.instance, &d.model);
                     let endpoint = doc.endpoints.get(&d.instance).cloned().unwrap_or_default();
                     granted.push((*t, Granted { lease, instance: d.instance, cold: d.cold, endpoint }));
+                } else if !doc.tickets.contains_key(t) {
+                    // Dropped while this replica was presumed dead.
+                    lost.push(*t);
                 }
             }
+            doc.nonce = rand::random();
+            let fx = Effects { nonce: doc.nonce, dropped, left, granted, lost };
             let raw = serde_json::to_vec(&doc).map_err(corrupt)?;
-            if self.store.put(&self.key, version, raw).await.map_err(PoolError::Store)? {
-                let mut local = self.local();
-                local.dropped.retain(|id| !dropped.contains(id));
-                for t in &left {
-                    local.waiters.remove(t);
+            match self.store.put(&self.key, version, raw).await {
+                Ok(true) => return Ok(self.settle(r, fx, after)),
+                Ok(false) => pending = Some((r, fx)),
+                Err(e) => {
+                    tracing::debug!(pool = %self.name, error = %e, "pool write failed; reading again");
+                    pending = Some((r, fx));
                 }
-                for (t, g) in granted {
-                    let lease = g.lease;
-                    match local.waiters.remove(&t) {
-                        Some(tx) => {
-                            if tx.send(g).is_err() {
-                                local.dropped.push(lease);
-                            }
-                        }
-                        None => local.dropped.push(lease),
-                    }
-                }
-                return Ok(r);
             }
-            // Someone else wrote: back off a little, more each time, and read again.
+            // Someone else wrote (or the answer was lost): back off a little, more each time.
             let pause = 50 + u64::from(attempt) * 50 + (now % 97);
             tokio::time::sleep(Duration::from_micros(pause.min(5_000))).await;
         }
         Err(PoolError::Contended)
     }
 
+    /// A transaction's write landed: this replica's side follows.
+    fn settle<R>(&self, r: R, fx: Effects, after: impl FnOnce(&R, &mut Local)) -> R {
+        let mut local = self.local();
+        local.dropped.retain(|id| !fx.dropped.contains(id));
+        for t in &fx.left {
+            local.waiters.remove(t);
+        }
+        for (t, g) in fx.granted {
+            let lease = g.lease;
+            let delivered = local.waiters.remove(&t).is_some_and(|tx| tx.send(Ok(g)).is_ok());
+            if !delivered {
+                local.dropped.push(lease);
+            }
+        }
+        for t in fx.lost {
+            if let Some(tx) = local.waiters.remove(&t) {
+                let _ = tx.send(Err(Refused::Pool(PoolError::Dropped)));
+            }
+        }
+        after(&r, &mut local);
+        let busy = !local.dropped.is_empty();
+        drop(local);
+        if busy {
+            self.wake.notify_one();
+        }
+        r
+    }
+
+    /// Ends lease `id` by `f` in a task of its own; if that fails, the lease is given back later.
+    async fn end(self: &Arc<Self>, id: u64, f: impl FnMut(&mut Doc, u64) + Send + 'static) -> Result<(), PoolError> {
+        let pool = self.clone();
+        tokio::spawn(async move {
+            let r = pool.txn_now(f, |_, _| {}).await;
+            if r.is_err() {
+                pool.local().dropped.push(id);
+                pool.clone().watch();
+            }
+            r
+        })
+        .await
+        .unwrap_or_else(|e| Err(PoolError::Store(format!("a pool transaction stopped: {e}"))))
+    }
+
     /// Brings the pool's instances in line with what the registry lists: new ones join (with the
     /// models they have loaded), missing ones leave; instances kept out after a failure stay out
     /// until their time is up. Also this replica's sign of life. Returns (joined, left).
-    pub async fn sync(&self, found: &[Found]) -> Result<(Vec<String>, Vec<String>), PoolError> {
-        self.txn(|doc, now| {
-            let present: Vec<String> = doc.router.instance_ids().map(str::to_owned).collect();
-            let mut left = Vec::new();
-            for id in &present {
-                if !found.iter().any(|f| &f.id == id) {
-                    doc.take_out(id, now);
-                    left.push(id.clone());
+    pub async fn sync(self: &Arc<Self>, found: &[Found]) -> Result<(Vec<String>, Vec<String>), PoolError> {
+        let found = found.to_vec();
+        self.txn(
+            move |doc, now| {
+                let present: Vec<String> = doc.router.instance_ids().map(str::to_owned).collect();
+                let mut left = Vec::new();
+                for id in &present {
+                    if !found.iter().any(|f| &f.id == id) {
+                        doc.take_out(id, now);
+                        left.push(id.clone());
+                    }
                 }
-            }
-            let mut joined = Vec::new();
-            for f in found {
-                if doc.down.contains_key(&f.id) {
-                    continue;
+                let mut joined = Vec::new();
+                for f in &found {
+                    if doc.down.contains_key(&f.id) {
+                        continue;
+                    }
+                    doc.endpoints.insert(f.id.clone(), f.endpoint.clone());
+                    if !present.contains(&f.id) {
+                        let hot: Vec<&str> =
+                            f.hot.iter().filter(|m| doc.spec.models.contains(m)).map(String::as_str).collect();
+                        let handed = doc.router.add_instance(&f.id, &hot, now);
+                        doc.handed(handed, now);
+                        joined.push(f.id.clone());
+                    }
                 }
-                doc.endpoints.insert(f.id.clone(), f.endpoint.clone());
-                if !present.contains(&f.id) {
-                    let hot: Vec<&str> =
-                        f.hot.iter().filter(|m| doc.spec.models.contains(m)).map(String::as_str).collect();
-                    let handed = doc.router.add_instance(&f.id, &hot, now);
-                    doc.handed(handed, now);
-                    joined.push(f.id.clone());
-                }
-            }
-            (joined, left)
-        })
+                (joined, left)
+            },
+            |_, _| {},
+        )
         .await
+    }
+
+    /// Takes an instance out now (it is being stopped); requests handed to it wait again.
+    pub async fn remove(self: &Arc<Self>, id: &str) -> Result<(), PoolError> {
+        let id = id.to_owned();
+        self.txn(move |doc, now| doc.take_out(&id, now), |_, _| {}).await
     }
 
     /// The pool's instances for a direct-mode request for `model`, best first: hot before cold,
@@ -564,18 +681,39 @@ impl Pool {
         Ok(out)
     }
 
-    /// An instance for a request for `model`, waiting at most `deadline` in the queue.
+    /// An instance for a request for `model`, waiting at most `deadline` in the queue. A caller
+    /// that goes away leaves nothing behind: its place in the queue, or the slot it was given, is
+    /// given back.
     pub async fn acquire(self: &Arc<Self>, model: &str, deadline: Duration) -> Result<Lease, Refused> {
+        self.acquire_sealed(model, None, deadline).await
+    }
+
+    /// [`Pool::acquire`] for a request sealed for `measurement`: refused at once when the pool
+    /// selects another (no instance of it could open the request).
+    pub async fn acquire_sealed(
+        self: &Arc<Self>,
+        model: &str,
+        measurement: Option<&str>,
+        deadline: Duration,
+    ) -> Result<Lease, Refused> {
+        let sealed_for = measurement.map(str::to_ascii_lowercase);
+        let until = tokio::time::Instant::now() + deadline;
         let start = (self.clock)();
-        let me = self.replica.clone();
-        let routed = self
-            .txn(|doc, now| {
-                if !doc.spec.models.iter().any(|m| m == model) {
+        let (tx, mut rx) = oneshot::channel::<Result<Granted, Refused>>();
+        let (me, wanted) = (self.replica.clone(), model.to_owned());
+        let routing = self.txn(
+            move |doc, now| {
+                if !doc.spec.models.contains(&wanted) {
                     return Routed::NotServed(doc.spec.models.clone());
                 }
-                match doc.router.route(model, now) {
+                if let (Some(asked), Some(m)) = (&sealed_for, &doc.spec.measurement)
+                    && asked != m
+                {
+                    return Routed::OtherMeasurement(m.clone());
+                }
+                match doc.router.route(&wanted, now) {
                     Decision::Run { instance, cold } => {
-                        let lease = doc.new_lease(&me, &instance, model);
+                        let lease = doc.new_lease(&me, &instance, &wanted);
                         let endpoint = doc.endpoints.get(&instance).cloned().unwrap_or_default();
                         Routed::Run(Granted { lease, instance, cold, endpoint })
                     }
@@ -585,46 +723,52 @@ impl Pool {
                     }
                     Decision::Full { retry_after_ms } => Routed::Full(retry_after_ms),
                 }
-            })
-            .await?;
-        let ticket = match routed {
-            Routed::Run(g) => return Ok(self.lease(g, model, start)),
-            Routed::Full(retry_after_ms) => return Err(Refused::Full { retry_after_ms }),
-            Routed::Queued(t) => t,
-            Routed::NotServed(models) => return Err(Refused::NotServed(models)),
+            },
+            move |routed, local| match routed {
+                Routed::Run(g) => {
+                    if let Err(Ok(g)) = tx.send(Ok(g.clone())) {
+                        local.dropped.push(g.lease);
+                    }
+                }
+                Routed::Queued(t) => {
+                    local.waiters.insert(*t, tx);
+                }
+                Routed::Full(ms) => {
+                    let _ = tx.send(Err(Refused::Full { retry_after_ms: *ms }));
+                }
+                Routed::NotServed(models) => {
+                    let _ = tx.send(Err(Refused::NotServed(models.clone())));
+                }
+                Routed::OtherMeasurement(m) => {
+                    let _ = tx.send(Err(Refused::OtherMeasurement(m.clone())));
+                }
+            },
+        );
+        let routed = match tokio::time::timeout_at(until, routing).await {
+            Ok(Ok(routed)) => routed,
+            Ok(Err(e)) => return Err(Refused::Pool(e)),
+            Err(_) => {
+                // The write goes on in its task; what it gets is given back (the receiver is gone).
+                drop(rx);
+                self.clone().watch();
+                return Err(Refused::Deadline);
+            }
         };
-        let (tx, mut rx) = oneshot::channel();
-        self.local().waiters.insert(ticket, tx);
-        self.clone().watch();
-        match tokio::time::timeout(deadline, &mut rx).await {
-            Ok(Ok(g)) => Ok(self.lease(g, model, (self.clock)())),
+        if matches!(routed, Routed::Queued(_)) {
+            self.clone().watch();
+        }
+        match tokio::time::timeout_at(until, &mut rx).await {
+            Ok(Ok(Ok(g))) => {
+                Ok(self.lease(g, model, if matches!(routed, Routed::Run(_)) { start } else { (self.clock)() }))
+            }
+            Ok(Ok(Err(refused))) => Err(refused),
             Ok(Err(_)) => Err(Refused::Deadline),
             Err(_) => {
-                // Out of the queue, unless it was handed out just now: then it is this request's.
-                if self.local().waiters.remove(&ticket).is_none() {
-                    return match rx.try_recv() {
-                        Ok(g) => Ok(self.lease(g, model, (self.clock)())),
-                        Err(_) => Err(Refused::Deadline),
-                    };
-                }
-                let me = self.replica.clone();
-                let taken = self
-                    .txn(|doc, now| {
-                        if doc.dispatched.contains_key(&ticket) {
-                            let d = doc.dispatched.remove(&ticket)?;
-                            doc.tickets.remove(&ticket);
-                            let lease = doc.new_lease(&me, &d.instance, &d.model);
-                            let endpoint = doc.endpoints.get(&d.instance).cloned().unwrap_or_default();
-                            return Some(Granted { lease, instance: d.instance, cold: d.cold, endpoint });
-                        }
-                        doc.drop_ticket(ticket, now);
-                        None
-                    })
-                    .await?;
-                match taken {
-                    Some(g) => Ok(self.lease(g, model, (self.clock)())),
-                    None => Err(Refused::Deadline),
-                }
+                // Out of the queue: the watcher sees the caller left and drops the ticket (or
+                // gives back the slot it was handed just now).
+                drop(rx);
+                self.clone().watch();
+                Err(Refused::Deadline)
             }
         }
     }
@@ -649,6 +793,7 @@ impl Pool {
         {
             let mut local = self.local();
             if local.watching {
+                drop(local);
                 self.wake.notify_one();
                 return;
             }
@@ -659,6 +804,7 @@ impl Pool {
             return;
         };
         runtime.spawn(async move {
+            let mut poke_at: Option<u64> = None;
             loop {
                 let busy = {
                     let mut local = self.local();
@@ -674,16 +820,28 @@ impl Pool {
                 let due = match self.read().await {
                     Ok((_, doc)) => {
                         let now = (self.clock)();
+                        if let Some(ms) = doc.router.next_lapse_ms(now) {
+                            poke_at = Some(poke_at.map_or(now + ms, |p| p.min(now + ms)));
+                        }
+                        let stale = doc
+                            .replicas
+                            .get(&self.replica)
+                            .is_none_or(|seen| now.saturating_sub(*seen) > REPLICA_TTL_MS / 2);
                         let local = self.local();
                         !local.dropped.is_empty()
-                            || local.waiters.iter().any(|(t, tx)| tx.is_closed() || doc.dispatched.contains_key(t))
-                            || doc.router.next_lapse_ms(now) == Some(0)
-                            || doc.replicas.values().any(|seen| now.saturating_sub(*seen) > REPLICA_TTL_MS)
+                            || local.epoch != Some(doc.epoch)
+                            || local.waiters.iter().any(|(t, tx)| {
+                                tx.is_closed() || doc.dispatched.contains_key(t) || !doc.tickets.contains_key(t)
+                            })
+                            || poke_at.is_some_and(|at| at <= now)
+                            || stale
                     }
                     Err(PoolError::Gone(_)) => {
                         // Deleted: its waiting requests are refused.
                         let mut local = self.local();
-                        local.waiters.clear();
+                        for (_, tx) in local.waiters.drain() {
+                            let _ = tx.send(Err(Refused::Pool(PoolError::Gone(self.name.clone()))));
+                        }
                         local.dropped.clear();
                         local.watching = false;
                         return;
@@ -693,8 +851,11 @@ impl Pool {
                         false
                     }
                 };
-                if due && let Err(e) = self.txn(|_, _| ()).await {
-                    tracing::warn!(pool = %self.name, error = %e, "pool watcher cannot write the pool; retrying");
+                if due {
+                    poke_at = None;
+                    if let Err(e) = self.txn_now(|_, _| (), |_, _| {}).await {
+                        tracing::warn!(pool = %self.name, error = %e, "pool watcher cannot write the pool; retrying");
+                    }
                 }
                 tokio::select! {
                     _ = self.wake.notified() => {}
@@ -782,16 +943,56 @@ mod tests {
         assert_eq!(waiter.await.expect("task").expect("served"), "i0");
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_deadline_takes_a_request_out_of_the_queue_and_a_dropped_lease_frees_its_slot() {
         let config = RouterConfig { concurrency: 1, queue: 4, ..RouterConfig::default() };
         let p = pool(&["i0"], config).await;
         let held = p.acquire("a", Duration::from_secs(1)).await.expect("runs");
         assert_eq!(p.acquire("a", Duration::from_millis(20)).await.err(), Some(Refused::Deadline));
-        assert_eq!(p.view().await.expect("view").status.queued, 0);
+        // The watcher takes it out of the queue within a poll or two.
+        let mut polls = 0;
+        while p.view().await.expect("view").status.queued > 0 {
+            polls += 1;
+            assert!(polls < 200, "the abandoned request stays queued");
+            tokio::time::sleep(POLL).await;
+        }
         drop(held);
         let again = p.acquire("a", Duration::from_millis(500)).await.expect("the slot came back");
         assert!(!again.cold);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn callers_that_go_away_mid_call_leave_no_slot_or_place_behind() {
+        let config = RouterConfig { concurrency: 1, queue: 8, ..RouterConfig::default() };
+        let p = pool(&["i0"], config).await;
+        let held = p.acquire("a", Duration::from_secs(1)).await.expect("runs");
+        // Callers cancelled at every point: while routing, while waiting, while finishing.
+        for n in 0..20u64 {
+            let q = p.clone();
+            let task =
+                tokio::spawn(async move { q.acquire("a", Duration::from_secs(5)).await.map(|l| l.instance.clone()) });
+            tokio::time::sleep(Duration::from_micros(50 * n)).await;
+            task.abort();
+        }
+        let finishing = {
+            let p = p.clone();
+            tokio::spawn(async move { p.acquire("b", Duration::from_secs(5)).await.expect("b runs").finish().await })
+        };
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        held.finish().await.expect("finish");
+        finishing.abort();
+        let mut polls = 0;
+        loop {
+            let s = p.view().await.expect("view").status;
+            if s.queued == 0 && s.instances[0].in_flight == 0 {
+                break;
+            }
+            polls += 1;
+            assert!(polls < 400, "left behind: {s:?}");
+            tokio::time::sleep(POLL).await;
+        }
+        let again = p.acquire("a", Duration::from_millis(500)).await.expect("every slot came back");
+        again.finish().await.expect("finish");
     }
 
     #[tokio::test]
@@ -828,6 +1029,28 @@ mod tests {
         let view = p.view().await.expect("view");
         assert_eq!(view.down, vec![bad]);
         assert_eq!(view.status.instances.len(), 1);
+    }
+
+    #[test]
+    fn a_request_handed_to_an_instance_that_goes_before_it_was_taken_waits_again_first_in_line() {
+        let config = RouterConfig { concurrency: 1, queue: 8, ..RouterConfig::default() };
+        let mut doc = Doc::new(spec("p", config));
+        doc.router.add_instance("i0", &[], 0);
+        doc.router.add_instance("i1", &[], 0);
+        let Decision::Run { instance: busy, .. } = doc.router.route("a", 1) else { panic!("runs") };
+        let first = doc.new_lease("r1", &busy, "a");
+        let Decision::Run { instance: other, .. } = doc.router.route("b", 2) else { panic!("runs") };
+        let second = doc.new_lease("r1", &other, "b");
+        let Decision::Queued { ticket, .. } = doc.router.route("a", 3) else { panic!("waits") };
+        doc.tickets.insert(ticket, "r2".into());
+        doc.end_lease(second, Some(5), 10);
+        assert_eq!(doc.dispatched.get(&ticket).map(|d| d.instance.clone()), Some(other.clone()));
+        // Its instance goes before r2 took it: the request waits again, and takes the next slot.
+        doc.take_out(&other, 11);
+        assert!(doc.dispatched.is_empty());
+        assert_eq!(doc.router.status().queued, 1);
+        doc.end_lease(first, Some(5), 12);
+        assert_eq!(doc.dispatched.get(&ticket).map(|d| d.instance.clone()), Some(busy));
     }
 
     #[tokio::test]

@@ -20,12 +20,24 @@
 //! - `GET /{name}/instances?model=M`: the pool's instances for a direct-mode request, best first
 //!   (hot, then least loaded), with where each is reached; the client verifies the one it picks.
 //!
+//! # Scaling
+//!
+//! The scaling signal (per pool and model: queued, in flight, hot instances, loads) is on
+//! `/metrics` for an external autoscaler. With a [`Backend`] (the local backend: nodes started in
+//! this process by `enclava dev` and the sandbox, or node processes from `--pool-node-command`),
+//! the role acts on it itself for pools with `max > 0`: it starts a node while the pool has fewer
+//! than `min` instances, or while requests wait and it has fewer than `max` (one start at a time),
+//! and stops a node it started once the pool has been idle for [`PoolsConfig::scale_down_after`]
+//! and has more than `min`. It scales only from one replica: the local backend is for one host.
+//!
+//! The same operations over gRPC: [`crate::grpc`].
+//!
 //! Invocations need no credential: the request is sealed with the user's request key, which only
 //! enclaves the key broker attested and found granted can obtain; the pool sees only the model id.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use axum::body::Bytes;
@@ -92,6 +104,8 @@ pub struct PoolsConfig {
     pub request_timeout: Duration,
     /// A request's longest wait in the queue, unless it asks for less.
     pub queue_wait: Duration,
+    /// With a [`Backend`], a pool idle this long gives back a node it started (down to `min`).
+    pub scale_down_after: Duration,
 }
 
 impl Default for PoolsConfig {
@@ -100,6 +114,7 @@ impl Default for PoolsConfig {
             sync_every: Duration::from_millis(500),
             request_timeout: Duration::from_secs(60),
             queue_wait: Duration::from_secs(30),
+            scale_down_after: Duration::from_secs(30),
         }
     }
 }
@@ -150,15 +165,97 @@ impl Metrics {
     }
 }
 
-struct Inner {
+/// Starts and stops serving nodes for pools (the local backend).
+#[async_trait]
+pub trait Backend: Send + Sync + std::fmt::Debug {
+    /// Starts the `n`-th node for pool `spec.name`, serving its models. Returns a handle to stop it
+    /// by and, when known at once, the instance id it registers under.
+    async fn start(&self, spec: &PoolSpec, n: u64) -> Result<(String, Option<String>), String>;
+    /// Stops a node this backend started.
+    async fn stop(&self, handle: &str);
+}
+
+/// How long a started node may take to join its pool before it no longer counts as starting.
+const JOIN_GRACE: Duration = Duration::from_secs(30);
+
+#[derive(Debug)]
+struct Started {
+    handle: String,
+    instance: Option<String>,
+    at: Instant,
+}
+
+/// What the scaler knows of one pool.
+#[derive(Debug, Default)]
+struct Scale {
+    started: Vec<Started>,
+    idle_since: Option<Instant>,
+    next: u64,
+}
+
+/// The local backend's processes: `enclava node …` (or any command) per started node, from a
+/// template whose `{pool}`, `{n}` and `{models}` (comma-separated) are filled in; stopped by
+/// killing the process. Its output goes to this process's stderr.
+#[derive(Debug)]
+pub struct ProcessBackend {
+    template: Vec<String>,
+    children: tokio::sync::Mutex<HashMap<String, tokio::process::Child>>,
+}
+
+impl ProcessBackend {
+    /// A backend running `template` (split on whitespace; the program first).
+    pub fn new(template: &str) -> Result<ProcessBackend, String> {
+        let template: Vec<String> = template.split_whitespace().map(str::to_owned).collect();
+        if template.is_empty() {
+            return Err("the pool node command is empty".into());
+        }
+        if !template.iter().any(|t| t.contains("{models}")) {
+            return Err(
+                "the pool node command must serve the pool's models: put {models} in it (e.g. --serve-model {models})"
+                    .into(),
+            );
+        }
+        Ok(ProcessBackend { template, children: tokio::sync::Mutex::new(HashMap::new()) })
+    }
+}
+
+#[async_trait]
+impl Backend for ProcessBackend {
+    async fn start(&self, spec: &PoolSpec, n: u64) -> Result<(String, Option<String>), String> {
+        let fill = |t: &String| {
+            t.replace("{pool}", &spec.name).replace("{n}", &n.to_string()).replace("{models}", &spec.models.join(","))
+        };
+        let args: Vec<String> = self.template.iter().map(fill).collect();
+        let child = tokio::process::Command::new(&args[0])
+            .args(&args[1..])
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", quote(&args[0])))?;
+        let handle = format!("{}-{n}-{}", spec.name, child.id().unwrap_or(0));
+        self.children.lock().await.insert(handle.clone(), child);
+        Ok((handle, None))
+    }
+
+    async fn stop(&self, handle: &str) {
+        if let Some(mut child) = self.children.lock().await.remove(handle) {
+            let _ = child.kill().await;
+        }
+    }
+}
+
+pub(crate) struct Inner {
     registry: Arc<dyn Registry>,
     store: Arc<dyn Store>,
-    identity: Arc<Identity>,
+    pub(crate) identity: Arc<Identity>,
     replica: String,
     config: PoolsConfig,
     opened: Mutex<HashMap<String, Arc<Pool>>>,
     http: Client<HttpConnector, Full<Bytes>>,
     metrics: Metrics,
+    backend: OnceLock<Arc<dyn Backend>>,
+    scale: Mutex<HashMap<String, Scale>>,
+    syncing: tokio::sync::Mutex<()>,
 }
 
 /// The pools role.
@@ -192,7 +289,28 @@ impl PoolsRole {
                 opened: Mutex::new(HashMap::new()),
                 http,
                 metrics: Metrics::default(),
+                backend: OnceLock::new(),
+                scale: Mutex::new(HashMap::new()),
+                syncing: tokio::sync::Mutex::new(()),
             }),
+        }
+    }
+
+    /// Lets the role start and stop nodes for pools with `max > 0` (once; `false` if it had one).
+    pub fn set_backend(&self, backend: Arc<dyn Backend>) -> bool {
+        self.inner.backend.set(backend).is_ok()
+    }
+
+    /// Stops every node the backend started for any pool.
+    pub async fn stop_started(&self) {
+        let all: Vec<String> = {
+            let mut scale = self.inner.scale.lock().unwrap_or_else(|e| e.into_inner());
+            scale.drain().flat_map(|(_, s)| s.started.into_iter().map(|n| n.handle)).collect()
+        };
+        if let Some(b) = self.inner.backend.get() {
+            for h in all {
+                b.stop(&h).await;
+            }
         }
     }
 
@@ -244,59 +362,145 @@ impl Inner {
     }
 
     async fn sync_all(&self) -> Result<(), PoolError> {
+        // One at a time (the loop, and a pool just created): the scaler decides on what it saw.
+        let _one = self.syncing.lock().await;
         let names = pool::names(self.store.as_ref(), "").await?;
         self.opened.lock().unwrap_or_else(|e| e.into_inner()).retain(|n, _| names.contains(n));
-        for name in names {
-            let pool = self.pool(&name);
-            let spec = match pool.view().await {
-                Ok(v) => v.spec,
-                Err(PoolError::Gone(_)) => continue,
-                Err(e) => return Err(e),
-            };
-            let found = self.find(&spec).await?;
-            let (joined, left) = pool.sync(&found).await?;
-            for id in &joined {
-                tracing::info!(pool = %name, instance = %id, "instance joined the pool");
-            }
-            for id in &left {
-                tracing::info!(pool = %name, instance = %id, "instance left the pool (gone from the registry)");
-            }
-            if let Ok(view) = pool.view().await {
-                self.metrics.show(&view);
+        // Nodes started for pools since deleted go.
+        let orphaned: Vec<String> = {
+            let mut scale = self.scale.lock().unwrap_or_else(|e| e.into_inner());
+            let gone: Vec<String> = scale.keys().filter(|n| !names.contains(n)).cloned().collect();
+            gone.iter().filter_map(|n| scale.remove(n)).flat_map(|s| s.started.into_iter().map(|n| n.handle)).collect()
+        };
+        if let Some(b) = self.backend.get() {
+            for h in orphaned {
+                tracing::info!(node = %h, "stopping a node started for a deleted pool");
+                b.stop(&h).await;
             }
         }
+        let mut failed = None;
+        for name in names {
+            if let Err(e) = self.sync_one(&name).await {
+                tracing::warn!(pool = %name, error = %e, "pool not brought in line with the registry; retrying");
+                failed = Some(e);
+            }
+        }
+        failed.map_or(Ok(()), Err)
+    }
+
+    async fn sync_one(&self, name: &str) -> Result<(), PoolError> {
+        let pool = self.pool(name);
+        let spec = match pool.view().await {
+            Ok(v) => v.spec,
+            Err(PoolError::Gone(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let found = self.find(&spec).await?;
+        let (joined, left) = pool.sync(&found).await?;
+        for id in &joined {
+            tracing::info!(pool = %name, instance = %id, "instance joined the pool");
+        }
+        for id in &left {
+            tracing::info!(pool = %name, instance = %id, "instance left the pool (gone from the registry)");
+        }
+        let view = pool.view().await?;
+        self.metrics.show(&view);
+        self.scale(&pool, &view).await;
         Ok(())
+    }
+
+    /// With a backend, starts or stops one node of pool `view` as the scaling signal says.
+    async fn scale(&self, pool: &Arc<Pool>, view: &PoolView) {
+        let Some(backend) = self.backend.get() else { return };
+        let spec = &view.spec;
+        if spec.max == 0 {
+            return;
+        }
+        enum Act {
+            Start(u64, &'static str),
+            Stop(String, Option<String>),
+        }
+        let act = {
+            let mut scale = self.scale.lock().unwrap_or_else(|e| e.into_inner());
+            let s = scale.entry(spec.name.clone()).or_default();
+            let joined =
+                |i: &Option<String>| i.as_ref().is_some_and(|i| view.status.instances.iter().any(|x| &x.id == i));
+            let starting = s.started.iter().filter(|x| !joined(&x.instance) && x.at.elapsed() < JOIN_GRACE).count();
+            let n = view.status.instances.len() + starting;
+            let busy = view.status.queued > 0 || view.status.instances.iter().any(|i| i.in_flight > 0);
+            if busy {
+                s.idle_since = None;
+            } else if s.idle_since.is_none() {
+                s.idle_since = Some(Instant::now());
+            }
+            let idle_long = s.idle_since.is_some_and(|t| t.elapsed() >= self.config.scale_down_after);
+            if n < spec.min as usize && starting == 0 {
+                s.next += 1;
+                Some(Act::Start(s.next - 1, "below --min"))
+            } else if view.status.queued > 0 && n < spec.max as usize && starting == 0 {
+                s.next += 1;
+                Some(Act::Start(s.next - 1, "requests are waiting"))
+            } else if idle_long && n > spec.min as usize && !s.started.is_empty() {
+                s.idle_since = Some(Instant::now());
+                s.started.pop().map(|x| Act::Stop(x.handle, x.instance))
+            } else {
+                None
+            }
+        };
+        match act {
+            Some(Act::Start(n, why)) => match backend.start(spec, n).await {
+                Ok((handle, instance)) => {
+                    tracing::info!(pool = %spec.name, node = %handle, why, "local backend started a node");
+                    let mut scale = self.scale.lock().unwrap_or_else(|e| e.into_inner());
+                    scale.entry(spec.name.clone()).or_default().started.push(Started {
+                        handle,
+                        instance,
+                        at: Instant::now(),
+                    });
+                }
+                Err(e) => tracing::warn!(pool = %spec.name, error = %e, "local backend could not start a node"),
+            },
+            Some(Act::Stop(handle, instance)) => {
+                tracing::info!(pool = %spec.name, node = %handle, "pool idle: local backend stops a node it started");
+                if let Some(id) = instance
+                    && let Err(e) = pool.remove(&id).await
+                {
+                    tracing::warn!(pool = %spec.name, error = %e, "could not take the node out of the pool first");
+                }
+                backend.stop(&handle).await;
+            }
+            None => {}
+        }
+    }
+
+    /// How long a request may wait in the queue: what it asked for (ms), at most the server's.
+    pub(crate) fn queue_wait(&self, asked_ms: Option<u64>) -> Duration {
+        asked_ms
+            .filter(|ms| *ms > 0)
+            .map_or(self.config.queue_wait, |ms| Duration::from_millis(ms).min(self.config.queue_wait))
     }
 
     /// Runs one sealed request through pool `name`: an instance from the router, the request
     /// forwarded to it, once more elsewhere if that instance failed.
-    async fn invoke(&self, name: &str, headers: &HeaderMap, body: Bytes) -> Result<Response, Error> {
-        let binary = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with(proto::BINARY_CONTENT_TYPE));
+    pub(crate) async fn invoke(&self, name: &str, binary: bool, body: Bytes, wait: Duration) -> Result<Answer, Error> {
+        if check_name("a pool name", name).is_err() {
+            return Err(Error::not_found(format!("no pool {}", quote(name))));
+        }
         let head = proto::request_head(&body, binary)
             .map_err(|e| Error::new(ErrorCode::InvalidArgument, enclava_core::text::prefix(&e, 160).to_string()))?;
-        let pool = self.pool(name);
-        let view = pool.view().await.map_err(pool_error)?;
-        if !view.spec.models.contains(&head.model) {
+        if head.mode == proto::Mode::Direct {
             return Err(Error::new(
-                ErrorCode::NotServed,
+                ErrorCode::InvalidArgument,
                 format!(
-                    "pool {name} does not serve model {}; it serves {}",
-                    quote(&head.model),
-                    view.spec.models.join(", ")
+                    "a direct-mode request is sealed to one enclave: ask GET /pools/v1/{name}/instances?model=… for one, \
+                     verify it, and send it there; through a pool, seal in serverless mode"
                 ),
             ));
         }
-        let wait = headers
-            .get(QUEUE_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map_or(self.config.queue_wait, |ms| Duration::from_millis(ms).min(self.config.queue_wait));
+        let pool = self.pool(name);
         let mut tries = Vec::new();
         for attempt in 0..2 {
-            let lease = match pool.acquire(&head.model, wait).await {
+            let lease = match pool.acquire_sealed(&head.model, head.measurement.as_deref(), wait).await {
                 Ok(l) => l,
                 Err(Refused::Full { retry_after_ms }) => {
                     self.metrics.count(name, "full");
@@ -326,15 +530,34 @@ impl Inner {
                         ),
                     ));
                 }
+                Err(Refused::OtherMeasurement(m)) => {
+                    return Err(Error::new(
+                        ErrorCode::OtherMeasurement,
+                        format!(
+                            "pool {name} runs measurement {}…; the request is sealed for another",
+                            enclava_core::text::prefix(&m, 16)
+                        ),
+                    ));
+                }
                 Err(Refused::Pool(e)) => return Err(pool_error(e)),
             };
             match self.forward(&lease, binary, body.clone()).await {
-                Ok(resp) => {
-                    lease.finish().await.map_err(pool_error)?;
+                Forwarded::Answer(answer) => {
+                    let instance = lease.instance.clone();
+                    if let Err(e) = lease.finish().await {
+                        // Answered all the same; the slot is given back later.
+                        tracing::warn!(pool = %name, %instance, error = %e, "could not record the end of a request");
+                    }
                     self.metrics.count(name, if attempt == 0 { "served" } else { "served_on_retry" });
-                    return Ok(resp);
+                    return Ok(answer);
                 }
-                Err(why) => {
+                Forwarded::NotHere(why) => {
+                    // The instance is up but not for this request (another measurement, or it no
+                    // longer serves the model): try another, keep this one.
+                    tries.push(format!("{}: {why}", lease.instance));
+                    let _ = lease.finish().await;
+                }
+                Forwarded::Failed(why) => {
                     tracing::warn!(pool = %name, instance = %lease.instance, reason = %why, "instance failed a request: taken out of the pool, retrying elsewhere");
                     tries.push(format!("{}: {why}", lease.instance));
                     lease.failed().await.map_err(pool_error)?;
@@ -348,16 +571,32 @@ impl Inner {
         ))
     }
 
-    /// Sends the request to the lease's instance. `Err`: the instance failed it (no answer, or
-    /// it does not serve this model or measurement); any other answer is the caller's.
-    async fn forward(&self, lease: &Lease, binary: bool, body: Bytes) -> Result<Response, String> {
+    /// Sends the request to the lease's instance.
+    async fn forward(&self, lease: &Lease, binary: bool, body: Bytes) -> Forwarded {
+        match self.send(lease, binary, body).await {
+            Ok(answer) if matches!(answer.status.as_u16(), 404 | 421) => {
+                let code = serde_json::from_slice::<enclava_core::ErrorBody>(&answer.body)
+                    .map(|b| b.code.as_str())
+                    .unwrap_or("?");
+                Forwarded::NotHere(format!("answered {} ({code})", answer.status.as_u16()))
+            }
+            Ok(answer) if matches!(answer.status.as_u16(), 502 | 504) => {
+                Forwarded::Failed(format!("answered {}", answer.status.as_u16()))
+            }
+            Ok(answer) => Forwarded::Answer(answer),
+            Err(why) => Forwarded::Failed(why),
+        }
+    }
+
+    /// One HTTP exchange with the lease's instance. `Err`: no (whole) answer.
+    async fn send(&self, lease: &Lease, binary: bool, body: Bytes) -> Result<Answer, String> {
         let uri = format!("http://{}{}", lease.endpoint, proto::PATH);
         let content_type = if binary { proto::BINARY_CONTENT_TYPE } else { "application/json" };
         let req = axum::http::Request::post(&uri)
             .header(header::CONTENT_TYPE, content_type)
             .body(Full::new(body))
             .map_err(|e| format!("bad instance address {}: {e}", quote(&lease.endpoint)))?;
-        let resp = tokio::time::timeout(self.config.request_timeout, async {
+        let (parts, bytes) = tokio::time::timeout(self.config.request_timeout, async {
             let resp = self.http.request(req).await.map_err(|e| format!("no answer: {e}"))?;
             let (parts, body) = resp.into_parts();
             let bytes = Limited::new(body, proto::MAX_RESPONSE_BYTES)
@@ -369,29 +608,56 @@ impl Inner {
         })
         .await
         .map_err(|_| format!("no answer within {} s", self.config.request_timeout.as_secs()))??;
-        let (parts, bytes) = resp;
-        let status = parts.status.as_u16();
-        if matches!(status, 404 | 421 | 502 | 504) {
-            let code =
-                serde_json::from_slice::<enclava_core::ErrorBody>(&bytes).map(|b| b.code.as_str()).unwrap_or("?");
-            return Err(format!("answered {status} ({code})"));
+        Ok(Answer {
+            status: parts.status,
+            content_type: parts.headers.get(header::CONTENT_TYPE).cloned(),
+            retry_after: parts.headers.get(header::RETRY_AFTER).cloned(),
+            body: bytes,
+            instance: lease.instance.clone(),
+        })
+    }
+
+    /// Creates a pool for `caller`, then brings it in line with the registry at once.
+    pub(crate) async fn create_pool(self: &Arc<Self>, caller: &Principal, body: CreateBody) -> Result<PoolView, Error> {
+        let spec = body.spec(&caller.id)?;
+        let name = spec.name.clone();
+        pool::create(self.store.as_ref(), "", spec).await.map_err(pool_error)?;
+        tracing::info!(pool = %name, owner = %caller.id, "pool created");
+        // In a task of its own: the scaler may start a node, which must not be left half-started.
+        let inner = self.clone();
+        let synced = tokio::spawn(async move { inner.sync_all().await }).await;
+        if let Ok(Err(e)) | Err(e) = synced.map_err(|e| PoolError::Store(e.to_string())) {
+            tracing::warn!(error = %e, "pools not brought in line with the registry yet; retrying");
         }
-        let mut out = Response::new(axum::body::Body::from(bytes));
-        *out.status_mut() = parts.status;
-        if let Some(ct) = parts.headers.get(header::CONTENT_TYPE) {
-            out.headers_mut().insert(header::CONTENT_TYPE, ct.clone());
+        self.pool(&name).view().await.map_err(pool_error)
+    }
+
+    /// The pools `caller` may see.
+    pub(crate) async fn list_pools(&self, caller: &Principal) -> Result<Vec<PoolView>, Error> {
+        let mut pools = Vec::new();
+        for name in pool::names(self.store.as_ref(), "").await.map_err(pool_error)? {
+            match self.visible(caller, &name).await {
+                Ok(v) => pools.push(v),
+                Err(e) if e.code == ErrorCode::NotFound => {}
+                Err(e) => return Err(e),
+            }
         }
-        if let Some(ra) = parts.headers.get(header::RETRY_AFTER) {
-            out.headers_mut().insert(header::RETRY_AFTER, ra.clone());
-        }
-        if let Ok(v) = HeaderValue::from_str(&lease.instance) {
-            out.headers_mut().insert(INSTANCE_HEADER, v);
-        }
-        Ok(out)
+        Ok(pools)
+    }
+
+    pub(crate) async fn delete_pool(&self, caller: &Principal, name: &str) -> Result<(), Error> {
+        self.visible(caller, name).await?;
+        pool::delete(self.store.as_ref(), "", name).await.map_err(pool_error)?;
+        tracing::info!(pool = %name, by = %caller.id, "pool deleted");
+        Ok(())
+    }
+
+    pub(crate) async fn rank(&self, name: &str, model: &str) -> Result<Vec<crate::pool::Ranked>, Error> {
+        self.pool(name).rank(model).await.map_err(pool_error)
     }
 
     /// Pool `name` if `caller` may see it (its owner, or an admin).
-    async fn visible(&self, caller: &Principal, name: &str) -> Result<PoolView, Error> {
+    pub(crate) async fn visible(&self, caller: &Principal, name: &str) -> Result<PoolView, Error> {
         let view = self.pool(name).view().await.map_err(pool_error)?;
         if view.spec.owner != caller.id && !caller.is_admin() {
             return Err(Error::not_found(format!("no pool {}", quote(name))));
@@ -400,20 +666,57 @@ impl Inner {
     }
 }
 
-fn pool_error(e: PoolError) -> Error {
+/// How a forwarded request went.
+enum Forwarded {
+    /// The instance's answer, for the caller.
+    Answer(Answer),
+    /// The instance answered that the request is not for it.
+    NotHere(String),
+    /// The instance did not answer (or its gateway said so).
+    Failed(String),
+}
+
+/// An instance's answer to a forwarded request, passed on unchanged.
+pub(crate) struct Answer {
+    pub status: StatusCode,
+    pub content_type: Option<HeaderValue>,
+    pub retry_after: Option<HeaderValue>,
+    pub body: Bytes,
+    /// The instance that gave it.
+    pub instance: String,
+}
+
+impl IntoResponse for Answer {
+    fn into_response(self) -> Response {
+        let mut out = Response::new(axum::body::Body::from(self.body));
+        *out.status_mut() = self.status;
+        if let Some(ct) = self.content_type {
+            out.headers_mut().insert(header::CONTENT_TYPE, ct);
+        }
+        if let Some(ra) = self.retry_after {
+            out.headers_mut().insert(header::RETRY_AFTER, ra);
+        }
+        if let Ok(v) = HeaderValue::from_str(&self.instance) {
+            out.headers_mut().insert(INSTANCE_HEADER, v);
+        }
+        out
+    }
+}
+
+pub(crate) fn pool_error(e: PoolError) -> Error {
     match e {
         PoolError::Gone(name) => Error::not_found(format!("no pool {}", quote(&name))),
         PoolError::Exists(name) => {
             Error::new(ErrorCode::AlreadyExists, format!("a pool {} already exists", quote(&name)))
         }
-        PoolError::Contended => Error::unavailable(e.to_string()),
+        PoolError::Contended | PoolError::Dropped => Error::unavailable(e.to_string()),
         PoolError::Store(_) => Error::unavailable(e.to_string()),
         PoolError::Corrupt(_) => Error::internal(e.to_string()),
     }
 }
 
 /// `POST /create`'s body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateBody {
     pub name: String,
@@ -476,8 +779,12 @@ impl CreateBody {
         if min > max || max > 256 {
             return Err(Error::invalid("min ≤ max ≤ 256"));
         }
-        let mut models = self.models;
-        models.dedup();
+        let mut models: Vec<String> = Vec::new();
+        for m in self.models {
+            if !models.contains(&m) {
+                models.push(m);
+            }
+        }
         Ok(PoolSpec {
             name: self.name,
             models,
@@ -511,58 +818,41 @@ struct RankQuery {
 type S = State<Arc<Inner>>;
 
 async fn create(State(s): S, Caller(caller): Caller, body: Bytes) -> Result<Response, Error> {
-    let spec = enclava_core::json_body::<CreateBody>(&body)?.spec(&caller.id)?;
-    let name = spec.name.clone();
-    pool::create(s.store.as_ref(), "", spec).await.map_err(pool_error)?;
-    tracing::info!(pool = %name, owner = %caller.id, "pool created");
-    if let Err(e) = s.sync_all().await {
-        tracing::warn!(error = %e, "pools not brought in line with the registry yet; retrying");
-    }
-    let view = s.pool(&name).view().await.map_err(pool_error)?;
+    let body = enclava_core::json_body::<CreateBody>(&body)?;
+    let view = s.create_pool(&caller, body).await?;
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
 async fn list(State(s): S, Caller(caller): Caller) -> Result<Json<serde_json::Value>, Error> {
-    let mut pools = Vec::new();
-    for name in pool::names(s.store.as_ref(), "").await.map_err(pool_error)? {
-        match s.visible(&caller, &name).await {
-            Ok(v) => pools.push(v),
-            Err(e) if e.code == ErrorCode::NotFound => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(Json(serde_json::json!({ "pools": pools })))
+    Ok(Json(serde_json::json!({ "pools": s.list_pools(&caller).await? })))
 }
 
 async fn show(State(s): S, Caller(caller): Caller, Path(name): Path<String>) -> Result<Json<PoolView>, Error> {
     s.visible(&caller, &name).await.map(Json)
 }
 
-async fn remove(s: &Inner, caller: &Principal, name: &str) -> Result<Response, Error> {
-    s.visible(caller, name).await?;
-    pool::delete(s.store.as_ref(), "", name).await.map_err(pool_error)?;
-    tracing::info!(pool = %name, by = %caller.id, "pool deleted");
-    Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-async fn delete_moss(State(s): S, Caller(caller): Caller, body: Bytes) -> Result<Response, Error> {
+async fn delete_moss(State(s): S, Caller(caller): Caller, body: Bytes) -> Result<StatusCode, Error> {
     let body = enclava_core::json_body::<NameBody>(&body)?;
-    remove(&s, &caller, &body.name).await
+    s.delete_pool(&caller, &body.name).await.map(|()| StatusCode::NO_CONTENT)
 }
 
-async fn delete_rest(State(s): S, Caller(caller): Caller, Path(name): Path<String>) -> Result<Response, Error> {
-    remove(&s, &caller, &name).await
+async fn delete_rest(State(s): S, Caller(caller): Caller, Path(name): Path<String>) -> Result<StatusCode, Error> {
+    s.delete_pool(&caller, &name).await.map(|()| StatusCode::NO_CONTENT)
 }
 
-async fn invoke(State(s): S, Path(name): Path<String>, headers: HeaderMap, body: Bytes) -> Result<Response, Error> {
-    s.invoke(&name, &headers, body).await
+async fn invoke(State(s): S, Path(name): Path<String>, headers: HeaderMap, body: Bytes) -> Result<Answer, Error> {
+    let binary = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with(proto::BINARY_CONTENT_TYPE));
+    let asked = headers.get(QUEUE_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
+    s.invoke(&name, binary, body, s.queue_wait(asked)).await
 }
 
-async fn invoke_moss(State(s): S, headers: HeaderMap, body: Bytes) -> Result<Response, Error> {
+async fn invoke_moss(State(s): S, headers: HeaderMap, body: Bytes) -> Result<Answer, Error> {
     let call = enclava_core::json_body::<MossInvoke>(&body)?;
-    let mut headers = headers;
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    s.invoke(&call.name, &headers, Bytes::from(call.request.get().to_owned())).await
+    let asked = headers.get(QUEUE_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
+    s.invoke(&call.name, false, Bytes::from(call.request.get().to_owned()), s.queue_wait(asked)).await
 }
 
 async fn rank(
@@ -570,7 +860,7 @@ async fn rank(
     Path(name): Path<String>,
     Query(q): Query<RankQuery>,
 ) -> Result<Json<serde_json::Value>, Error> {
-    let instances = s.pool(&name).rank(&q.model).await.map_err(pool_error)?;
+    let instances = s.rank(&name, &q.model).await?;
     Ok(Json(serde_json::json!({ "pool": name, "model": q.model, "instances": instances })))
 }
 
@@ -604,6 +894,14 @@ impl Role for PoolsRole {
         Some(router(self.inner.clone()))
     }
 
+    fn grpc(&self, routes: &mut tonic::service::RoutesBuilder) {
+        let service = crate::grpc::PoolsService { inner: self.inner.clone() };
+        routes.add_service(enclava_contracts::pools::v1::pools_server::PoolsServer::with_interceptor(
+            service,
+            enclava_identity::grpc::interceptor,
+        ));
+    }
+
     fn metrics(&self, registry: &mut prometheus_client::registry::Registry) {
         let m = &self.inner.metrics;
         let r = registry.sub_registry_with_prefix("enclava_pool");
@@ -628,6 +926,10 @@ impl Role for PoolsRole {
                 }
             }
         })]
+    }
+
+    async fn stop(&self) {
+        self.stop_started().await;
     }
 
     async fn health(&self) -> Health {

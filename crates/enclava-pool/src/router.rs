@@ -20,7 +20,8 @@
 //! (the simulation in `enclava bench pools` showed the thrashing). When nothing is usable the
 //! request waits in a bounded FIFO queue; only a full queue refuses, with a retry hint. Requests
 //! leave the queue as slots free, each the first that can be placed, so a cold model waiting for
-//! room does not hold back a hot one behind it.
+//! room does not hold back a hot one behind it; a newcomer runs at once when it can after every
+//! waiting request that can go has gone.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -136,6 +137,9 @@ pub struct Router {
     queue: VecDeque<Waiting>,
     next_ticket: u64,
     cold_loads: u64,
+    /// Waiting requests handed out by `route`, for the caller to collect.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    handed: Vec<Dispatch>,
 }
 
 impl Router {
@@ -147,6 +151,7 @@ impl Router {
             queue: VecDeque::new(),
             next_ticket: 1,
             cold_loads: 0,
+            handed: Vec::new(),
         }
     }
 
@@ -187,12 +192,14 @@ impl Router {
         lost
     }
 
-    /// Routes a request for `model`.
+    /// Routes a request for `model`. Waiting requests that can go now go first (collect them with
+    /// [`Router::take_handed`]); then the newcomer runs if it can, else waits at the back.
     pub fn route(&mut self, model: &str, now_ms: u64) -> Decision {
-        // Behind a queue, a newcomer waits its turn (no overtaking what already waits).
-        if self.queue.is_empty()
-            && let Some((instance, cold)) = self.place(model, now_ms)
-        {
+        if !self.queue.is_empty() {
+            let handed = self.drain(now_ms);
+            self.handed.extend(handed);
+        }
+        if let Some((instance, cold)) = self.place(model, now_ms) {
             return Decision::Run { instance, cold };
         }
         if self.queue.len() >= self.config.queue {
@@ -204,9 +211,30 @@ impl Router {
         Decision::Queued { ticket, position: self.queue.len() }
     }
 
+    /// Waiting requests [`Router::route`] handed out on its way.
+    pub fn take_handed(&mut self) -> Vec<Dispatch> {
+        std::mem::take(&mut self.handed)
+    }
+
+    /// Gives back a slot whose request never ran (its caller left, or its holder died): like
+    /// [`Router::finish`], without teaching the router a run time.
+    pub fn release(&mut self, instance: &str, model: &str, now_ms: u64) -> Vec<Dispatch> {
+        self.unbook(instance, model);
+        self.drain(now_ms)
+    }
+
     /// A request that ran on `instance` finished after `exec_ms`. Returns the waiting requests
     /// that now have an instance.
     pub fn finish(&mut self, instance: &str, model: &str, exec_ms: u64, now_ms: u64) -> Vec<Dispatch> {
+        self.unbook(instance, model);
+        let m = self.models.entry(model.to_owned()).or_default();
+        m.last_exec_ms = exec_ms;
+        m.last_end_ms = now_ms;
+        self.drain(now_ms)
+    }
+
+    /// Takes one request for `model` off `instance`'s books.
+    fn unbook(&mut self, instance: &str, model: &str) {
         if let Some(i) = self.instances.get_mut(instance)
             && let Some(n) = i.running.get_mut(model)
         {
@@ -216,11 +244,15 @@ impl Router {
             }
             i.in_flight = i.in_flight.saturating_sub(1);
         }
-        let m = self.models.entry(model.to_owned()).or_default();
-        m.in_flight = m.in_flight.saturating_sub(1);
-        m.last_exec_ms = exec_ms;
-        m.last_end_ms = now_ms;
-        self.drain(now_ms)
+        if let Some(m) = self.models.get_mut(model) {
+            m.in_flight = m.in_flight.saturating_sub(1);
+        }
+    }
+
+    /// Puts a request handed out to an instance that has since gone back at the head of the queue,
+    /// under its ticket (its slot there went with the instance); the caller then pokes.
+    pub fn requeue(&mut self, ticket: u64, model: &str) {
+        self.queue.push_front(Waiting { ticket, model: model.to_owned() });
     }
 
     /// Takes a waiting request out of the queue (its deadline passed or its caller left).
@@ -235,8 +267,9 @@ impl Router {
         }
     }
 
-    /// While requests wait, how long until a claim that may be blocking them lapses: the caller
-    /// calls [`Router::poke`] then, since no request ending may come to hand them out.
+    /// While requests wait, how long until a claim that may be blocking them lapses (claims that
+    /// lapsed already block nothing): the caller calls [`Router::poke`] then, since no request
+    /// ending may come to hand them out.
     pub fn next_lapse_ms(&self, now_ms: u64) -> Option<u64> {
         if self.queue.is_empty() {
             return None;
@@ -246,7 +279,9 @@ impl Router {
             .filter_map(|i| i.claim.as_ref())
             .filter_map(|owner| self.models.get(owner))
             .filter(|m| m.in_flight == 0)
-            .map(|m| (m.last_end_ms + self.config.takeover_factor * m.last_exec_ms.max(1)).saturating_sub(now_ms))
+            .map(|m| m.last_end_ms + self.config.takeover_factor * m.last_exec_ms.max(1))
+            .filter(|at| *at > now_ms)
+            .map(|at| at - now_ms)
             .min()
     }
 
@@ -597,6 +632,19 @@ mod tests {
         assert!(cold, "the model loads on the instance that is left");
         let a = r.status().models.get("a").cloned().unwrap_or_default();
         assert_eq!((a.in_flight, a.queued), (1, 0));
+    }
+
+    #[test]
+    fn a_newcomer_that_can_run_is_not_held_behind_a_request_that_cannot() {
+        let config = RouterConfig { concurrency: 4, models_per_instance: 1, ..RouterConfig::default() };
+        let mut r = pool(&["i0"], config);
+        run(r.route("a", 0));
+        run(r.route("a", 1)); // a claims i0: b may not load there
+        assert!(matches!(r.route("b", 2), Decision::Queued { .. }));
+        let (at, cold) = run(r.route("a", 3));
+        assert_eq!((at.as_str(), cold), ("i0", false), "a is hot with free slots: it runs now");
+        assert!(r.take_handed().is_empty());
+        assert_eq!(r.status().queued, 1, "b still waits for the claim to end");
     }
 
     #[test]

@@ -36,6 +36,11 @@ pub struct ServerConfig {
     pub accept_rollback: bool,
     /// How long a farm host's lease on a job, and a federation node's on a run, lasts without renewal.
     pub farm_lease_ms: u64,
+    /// The pools' local backend outside the sandbox: the command that starts one node for a pool
+    /// (`{pool}`, `{n}`, `{models}` filled in); `None`: pools scale only by an external autoscaler.
+    pub pool_node_command: Option<String>,
+    /// How long a pool stays idle before the local backend stops a node it started.
+    pub pool_idle_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -58,6 +63,8 @@ impl Default for ServerConfig {
             release_rate: 100,
             accept_rollback: false,
             farm_lease_ms: 10_000,
+            pool_node_command: None,
+            pool_idle_ms: 30_000,
         }
     }
 }

@@ -47,6 +47,7 @@ pub async fn bind(listen: &str) -> anyhow::Result<TcpListener> {
 struct Built {
     server: Server,
     broker: Option<Arc<Broker>>,
+    pools: Option<enclava_pool::role::PoolsRole>,
 }
 
 async fn build_server(
@@ -59,7 +60,16 @@ async fn build_server(
     extra: Vec<Arc<dyn Role>>,
 ) -> anyhow::Result<Built> {
     config.validate().map_err(anyhow::Error::msg)?;
-    let ctx = roles::RoleContext { config, data_dir, registry, env, tune_broker, kek, broker: Mutex::new(None) };
+    let ctx = roles::RoleContext {
+        config,
+        data_dir,
+        registry,
+        env,
+        tune_broker,
+        kek,
+        broker: Mutex::new(None),
+        pools: Mutex::new(None),
+    };
     let mut server = Server::new();
     for role in roles::build(&ctx).await? {
         server = server.role(role);
@@ -68,7 +78,8 @@ async fn build_server(
         server = server.role(role);
     }
     let broker = ctx.broker.lock().unwrap_or_else(|p| p.into_inner()).take();
-    Ok(Built { server, broker })
+    let pools = ctx.pools.lock().unwrap_or_else(|p| p.into_inner()).take();
+    Ok(Built { server, broker, pools })
 }
 
 /// `enclava server`: the configured roles on `config.listen` until `shutdown`; `data_dir` is the
@@ -425,7 +436,17 @@ impl SandboxBuilder {
         }));
         let sim_root_dir = dir.join("sim-root");
         let sim_root = SimRoot::load_or_init(&sim_root_dir).map_err(anyhow::Error::msg)?;
+        let launcher = Launcher {
+            url: format!("http://{addr}"),
+            sim_root_dir: sim_root_dir.clone(),
+            dir: dir.clone(),
+            registry: registry.clone(),
+        };
+        if let Some(pools) = &built.pools {
+            pools.set_backend(Arc::new(PoolNodes { launcher: launcher.clone(), nodes: Default::default() }));
+        }
         Ok(Sandbox {
+            launcher,
             url: format!("http://{addr}"),
             addr,
             roles,
@@ -440,6 +461,72 @@ impl SandboxBuilder {
             stop: Some(stop),
             task: Some(task),
         })
+    }
+}
+
+/// What starting a node in a sandbox takes (the sandbox's and its pools' local backend's).
+#[derive(Clone)]
+struct Launcher {
+    url: String,
+    sim_root_dir: PathBuf,
+    dir: PathBuf,
+    registry: Arc<dyn Registry>,
+}
+
+impl Launcher {
+    async fn launch(&self, spec: NodeSpec) -> anyhow::Result<NodeHandle> {
+        let settings = NodeSettings {
+            platform: spec.platform.clone(),
+            data: spec.data.clone(),
+            sim_root: Some(spec.sim_root.clone().unwrap_or_else(|| self.sim_root_dir.clone())),
+            serve_model: spec.serve.clone(),
+            key_broker: self.url.clone(),
+            openwhisk: spec.openwhisk,
+            advertise: spec.advertise,
+            ..Default::default()
+        };
+        let mut config = node_config(&settings, &self.dir.join(&spec.name), &self.dir.join("blobs"))?;
+        if let Some(serve) = &mut config.serve {
+            serve.memory_budget = spec.memory_budget;
+            for e in spec.executors {
+                serve.executors = std::mem::take(&mut serve.executors).with(e);
+            }
+        }
+        launch_node(config, &settings.listen, self.registry.clone()).await
+    }
+}
+
+/// The pools' local backend in a sandbox: sim nodes in this process, named `pool-NAME-N`.
+struct PoolNodes {
+    launcher: Launcher,
+    nodes: tokio::sync::Mutex<std::collections::HashMap<String, NodeHandle>>,
+}
+
+impl std::fmt::Debug for PoolNodes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolNodes").finish_non_exhaustive()
+    }
+}
+
+#[async_trait::async_trait]
+impl enclava_pool::role::Backend for PoolNodes {
+    async fn start(&self, spec: &enclava_pool::pool::PoolSpec, n: u64) -> Result<(String, Option<String>), String> {
+        let models: Vec<&str> = spec.models.iter().map(String::as_str).collect();
+        let node = self
+            .launcher
+            .launch(NodeSpec::new(format!("pool-{}-{n}", spec.name)).serve(&models))
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        let id = node.instance_id().to_owned();
+        self.nodes.lock().await.insert(id.clone(), node);
+        Ok((id.clone(), Some(id)))
+    }
+
+    async fn stop(&self, handle: &str) {
+        let node = self.nodes.lock().await.remove(handle);
+        if let Some(node) = node {
+            node.shutdown().await;
+        }
     }
 }
 
@@ -520,6 +607,7 @@ impl NodeSpec {
 
 /// The system in one process: the server's roles, a registry, a sim root, and nodes.
 pub struct Sandbox {
+    launcher: Launcher,
     url: String,
     addr: std::net::SocketAddr,
     roles: Vec<&'static str>,
@@ -614,24 +702,7 @@ impl Sandbox {
 
     /// Starts a node the caller owns (to stop, kill or restart it).
     pub async fn detached_node(&self, spec: NodeSpec) -> anyhow::Result<NodeHandle> {
-        let settings = NodeSettings {
-            platform: spec.platform.clone(),
-            data: spec.data.clone(),
-            sim_root: Some(spec.sim_root.clone().unwrap_or_else(|| self.sim_root_dir.clone())),
-            serve_model: spec.serve.clone(),
-            key_broker: self.url.clone(),
-            openwhisk: spec.openwhisk,
-            advertise: spec.advertise,
-            ..Default::default()
-        };
-        let mut config = node_config(&settings, &self.dir.join(&spec.name), &self.blobs())?;
-        if let Some(serve) = &mut config.serve {
-            serve.memory_budget = spec.memory_budget;
-            for e in spec.executors {
-                serve.executors = std::mem::take(&mut serve.executors).with(e);
-            }
-        }
-        launch_node(config, &settings.listen, self.registry.clone()).await
+        self.launcher.launch(spec).await
     }
 
     /// Starts a node the caller owns with a farm host agent taking jobs from this sandbox's farm,

@@ -29,6 +29,8 @@ pub struct RoleContext<'a> {
     pub kek: Option<KekSource>,
     /// The key broker, once built (the sandbox hands it to tests).
     pub broker: Mutex<Option<Arc<Broker>>>,
+    /// The pools role, once built (the sandbox gives it its local backend).
+    pub pools: Mutex<Option<enclava_pool::role::PoolsRole>>,
 }
 
 impl std::fmt::Debug for RoleContext<'_> {
@@ -150,8 +152,17 @@ fn pools<'a>(ctx: &'a RoleContext<'a>) -> BoxFuture<'a, anyhow::Result<Arc<dyn R
         let broker = ctx.broker.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let broker = broker.context("the pools role needs the keys role (its users)")?;
         tracing::info!(registry = ?ctx.registry, "pools role");
-        let config = enclava_pool::role::PoolsConfig::default();
-        Ok(Arc::new(enclava_pool::role::PoolsRole::new(ctx.registry.clone(), broker.identity().clone(), config))
-            as Arc<dyn Role>)
+        let config = enclava_pool::role::PoolsConfig {
+            scale_down_after: std::time::Duration::from_millis(ctx.config.pool_idle_ms),
+            ..Default::default()
+        };
+        let role = enclava_pool::role::PoolsRole::new(ctx.registry.clone(), broker.identity().clone(), config);
+        if let Some(command) = &ctx.config.pool_node_command {
+            let backend = enclava_pool::role::ProcessBackend::new(command)
+                .map_err(|e| anyhow::anyhow!("--pool-node-command: {e}"))?;
+            role.set_backend(Arc::new(backend));
+        }
+        *ctx.pools.lock().unwrap_or_else(|p| p.into_inner()) = Some(role.clone());
+        Ok(Arc::new(role) as Arc<dyn Role>)
     })
 }

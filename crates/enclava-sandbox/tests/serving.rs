@@ -41,8 +41,12 @@ const OTHER_MEASUREMENT: &str =
 
 impl Env {
     async fn new() -> Env {
+        Env::with(|_| {}).await
+    }
+
+    async fn with(configure: impl FnOnce(&mut enclava_sandbox::ServerConfig)) -> Env {
         let kek = enclava_keys::KekSource::Key(Arc::new(LocalKek::from_bytes(&[9; 32], "test")));
-        let sandbox = SandboxBuilder::new().kek(kek).start().await.expect("sandbox starts");
+        let sandbox = SandboxBuilder::new().kek(kek).configure(configure).start().await.expect("sandbox starts");
         let broker = sandbox.broker().expect("keys role").clone();
         let (owner, _) = broker.register(None).await.expect("register");
         Env { url: sandbox.url().to_owned(), blobs: sandbox.blobs(), broker, owner, sandbox }
@@ -829,7 +833,10 @@ async fn list_instance(env: &Env, id: &str, addr: SocketAddr, model: &str) {
 }
 
 fn fake_request(model: &str) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({ "model": model, "requestId": "00".repeat(16), "timeMs": 1 })).expect("json")
+    serde_json::to_vec(&serde_json::json!({
+        "mode": "serverless", "model": model, "requestId": "00".repeat(16), "timeMs": 1,
+    }))
+    .expect("json")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -875,8 +882,21 @@ async fn a_full_pool_queues_then_answers_429_with_retry_after_and_no_request_is_
     // A model the pool does not serve, and a body that is not a request, change nothing.
     assert_eq!(call(addr, "POST", "/pools/v1/tight/invoke", None, &fake_request("acme/other")).await.0, 404);
     assert_eq!(call(addr, "POST", "/pools/v1/tight/invoke", None, b"<script>").await.0, 400);
+    // Sealed for another measurement: refused by the pool; the instance is not blamed for it.
+    let other = serde_json::json!({
+        "mode": "serverless", "model": "acme/slow", "requestId": "00".repeat(16), "timeMs": 1,
+        "measurement": OTHER_MEASUREMENT, "user": "u",
+    });
+    let (status, _, body) = call(addr, "POST", "/pools/v1/tight/invoke", None, other.to_string().as_bytes()).await;
+    assert_eq!(status, 421, "{body}");
+    // A direct-mode request is sealed to one enclave: the pool says where to ask instead.
+    let direct_mode = serde_json::json!({ "model": "acme/slow", "requestId": "00".repeat(16), "timeMs": 1 });
+    let (status, _, body) =
+        call(addr, "POST", "/pools/v1/tight/invoke", None, direct_mode.to_string().as_bytes()).await;
+    assert!(status == 400 && body.contains("instances"), "{status} {body}");
     let v = pool_view(&env, &token, "tight").await;
     assert_eq!((v["status"]["queued"].as_u64(), v["status"]["instances"][0]["in_flight"].as_u64()), (Some(0), Some(0)));
+    assert_eq!(v["down"], serde_json::json!([]), "{v}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -911,4 +931,108 @@ async fn requests_on_an_instance_that_dies_mid_request_complete_on_another() {
     );
     let v = pool_view(&env, &token, "p").await;
     assert_eq!(v["down"], serde_json::json!(["dies"]), "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_backend_keeps_min_starts_a_node_while_requests_wait_and_stops_it_when_idle() {
+    let env = Env::with(|c| c.pool_idle_ms = 1000).await;
+    let onnx = generate::tiny(41);
+    env.upload("acme/auto", &onnx, &measurement()).await;
+    let (owner, token) = env.broker.register(None).await.expect("register");
+    let create = serde_json::json!({
+        "name": "auto", "models": ["acme/auto"], "measurement": measurement(), "concurrency": 1, "min": 1, "max": 2,
+    });
+    let (status, _, body) =
+        call(env.sandbox.addr(), "POST", "/pools/v1/create", Some(&token), create.to_string().as_bytes()).await;
+    assert_eq!(status, 201, "{body}");
+    // No node serves the model: the backend starts one to reach --min, and it serves.
+    wait_instances(&env, &token, "auto", 1).await;
+    let alice = serverless_user(&env, "acme/auto", &measurement(), true).await;
+    let opts = infer::ServerlessOptions::new(format!("{}/pools/v1/auto/invoke", env.url), "acme/auto", alice);
+    let x = input(2);
+    assert_eq!(
+        tensor(&infer::infer_serverless(&opts, &x).await.expect("served by the started node")),
+        direct(&onnx, &x)
+    );
+    let _ = owner;
+
+    // Another replica holds the only slot and a second request waits: the backend starts a node,
+    // which takes the waiting request.
+    let store: Arc<dyn enclava_pool::store::Store> =
+        Arc::new(enclava_pool::role::RegistryStore(env.sandbox.registry().clone()));
+    let replica =
+        enclava_pool::pool::Pool::open(store, "", "auto", "test-replica", enclava_pool::pool::Pool::system_clock());
+    let held = replica.acquire("acme/auto", Duration::from_secs(1)).await.expect("the slot");
+    let waiting = {
+        let replica = replica.clone();
+        tokio::spawn(
+            async move { replica.acquire("acme/auto", Duration::from_secs(20)).await.map(|l| l.instance.clone()) },
+        )
+    };
+    let v = wait_instances(&env, &token, "auto", 2).await;
+    let second = waiting.await.expect("task").expect("the waiting request got the new node");
+    assert_ne!(second, held.instance, "{v}");
+    held.finish().await.expect("finish");
+
+    // Idle for the idle time: it stops the node it started beyond --min.
+    wait_instances(&env, &token, "auto", 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pools_over_grpc_create_list_invoke_rank_and_delete_with_the_rest_apis_rules() {
+    use enclava_contracts::pools::v1 as pb;
+    let env = Env::new().await;
+    let onnx = generate::tiny(51);
+    env.upload("acme/g", &onnx, &measurement()).await;
+    let node = env.node("g1", &["acme/g"]).await;
+    node.wait_hot("acme/g", WAIT).await.expect("hot");
+    let (_, token) = env.broker.register(None).await.expect("register");
+    let mut client = pb::pools_client::PoolsClient::connect(env.url.clone()).await.expect("connect");
+    fn signed<T>(token: &str, msg: T) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(msg);
+        req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("ascii"));
+        req
+    }
+    let create = pb::CreateRequest {
+        name: "g".into(),
+        models: vec!["acme/g".into()],
+        measurement: measurement(),
+        ..Default::default()
+    };
+    let refused = client.create(tonic::Request::new(create.clone())).await.expect_err("needs a credential");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    let made = client.create(signed(&token, create.clone())).await.expect("created").into_inner();
+    assert_eq!((made.name.as_str(), made.concurrency, made.queue), ("g", 8, 256));
+    assert_eq!(client.create(signed(&token, create)).await.expect_err("twice").code(), tonic::Code::AlreadyExists);
+    wait_instances(&env, &token, "g", 1).await;
+    let listed = client.list(signed(&token, pb::ListRequest {})).await.expect("list").into_inner();
+    assert_eq!(listed.pools.len(), 1);
+    assert_eq!(listed.pools[0].instances[0].id, node.instance_id());
+
+    // A sealed request in the binary encoding, answered sealed: it opens to the model's output.
+    let alice = serverless_user(&env, "acme/g", &measurement(), true).await;
+    let x = input(4);
+    let (req, pending) = infer::seal_serverless(&alice, "acme/g", &x).expect("seal");
+    let answer = client
+        .invoke(pb::InvokeRequest { name: "g".into(), request: req.clone().to_binary(), queue_ms: 0 })
+        .await
+        .expect("invoked")
+        .into_inner();
+    assert_eq!(answer.instance, node.instance_id());
+    let resp = InferResponse::from_binary(&answer.response).expect("binary answer");
+    assert_eq!(tensor(&pending.open(&resp).expect("opens")), direct(&onnx, &x));
+    let bad = client
+        .invoke(pb::InvokeRequest { name: "g".into(), request: b"junk".to_vec(), queue_ms: 0 })
+        .await
+        .expect_err("not a request");
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    let ranked = client
+        .instances(pb::InstancesRequest { name: "g".into(), model: "acme/g".into() })
+        .await
+        .expect("instances")
+        .into_inner();
+    assert!(ranked.instances[0].hot);
+    client.delete(signed(&token, pb::DeleteRequest { name: "g".into() })).await.expect("deleted");
+    let gone = client.invoke(pb::InvokeRequest { name: "g".into(), request: req.to_binary(), queue_ms: 0 }).await;
+    assert_eq!(gone.expect_err("deleted").code(), tonic::Code::NotFound);
 }

@@ -107,6 +107,16 @@ pub struct ServerArgs {
     /// its jobs to others after this [default: 10000]
     #[arg(long, env = "ENCLAVA_FARM_LEASE_MS")]
     pub farm_lease_ms: Option<u64>,
+    /// The pools' local backend: the command that starts one serving node for a pool with
+    /// `--max` above 0, with `{pool}`, `{n}` and `{models}` filled in, e.g. `enclava node
+    /// --platform sim --sim-root ROOT --registry redis://… --listen 127.0.0.1:0 --data-dir
+    /// nodes/{pool}-{n} --serve-model {models}` [default: none; scale on the metrics instead]
+    #[arg(long, env = "ENCLAVA_POOL_NODE_COMMAND")]
+    pub pool_node_command: Option<String>,
+    /// How long a pool stays idle before the local backend stops a node it started, in ms
+    /// [default: 30000]
+    #[arg(long, env = "ENCLAVA_POOL_IDLE_MS")]
+    pub pool_idle_ms: Option<u64>,
     /// Roles to run, comma-separated: manager, keys, farm, federation, pools [default: all five]
     #[arg(long, env = "ENCLAVA_ROLES", value_delimiter = ',')]
     pub roles: Vec<String>,

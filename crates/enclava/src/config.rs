@@ -123,8 +123,8 @@ impl ServerArgs {
     pub fn over(self, mut c: ServerConfig) -> ServerConfig {
         let a = self;
         overlay!(c, a; registry, listen, namespace, service, cache_ttl_ms, sweep_interval_ms, registration,
-            register_rate, release_rate, accept_rollback, farm_lease_ms;
-            opt database, data_dir, kek_file, policy, collateral;
+            register_rate, release_rate, accept_rollback, farm_lease_ms, pool_idle_ms;
+            opt database, data_dir, kek_file, policy, collateral, pool_node_command;
             list roles);
         c
     }

@@ -330,6 +330,27 @@ async fn pool_demo(
         "      scaling signal (enclava pool list, /metrics enclava_pool_*): {} in flight, {} queued, hot on {} instance(s)",
         m["in_flight"], m["queued"], m["hot_on"]
     );
+    // The local backend: a pool that wants three instances gets a third node started for it.
+    let spec =
+        serde_json::json!({ "name": "scaled", "models": [DEMO_MODEL], "measurement": measurement, "min": 3, "max": 4 });
+    pools.create(&spec).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut instances = 0;
+    while tokio::time::Instant::now() < deadline {
+        let listed = pools.list().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let scaled = listed.iter().find(|p| p["spec"]["name"] == "scaled");
+        instances = scaled.and_then(|p| p["status"]["instances"].as_array().map(Vec::len)).unwrap_or(0);
+        if instances == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::ensure!(instances == 3, "the local backend did not bring pool scaled to 3 instances ({instances})");
+    println!(
+        "      pool scaled (--min 3 --max 4): the local backend started a third node for it; it starts more while \
+         requests wait and stops what it started after 30 s idle"
+    );
+    pools.delete("scaled").await.map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(())
 }
 
