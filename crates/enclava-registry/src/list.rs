@@ -25,6 +25,8 @@ pub struct ListQuery {
 pub struct Listed {
     pub instance_id: String,
     pub present: bool,
+    /// Time left on its presence (a heartbeat renews it to the full TTL).
+    pub presence_ttl: Option<std::time::Duration>,
     /// `None` when the info has expired, is malformed, or names another instance.
     pub info: Option<EnclaveInfoJson>,
 }
@@ -74,7 +76,12 @@ pub async fn list(reg: &dyn Registry, q: &ListQuery) -> Result<ListPage> {
                 continue;
             }
         }
-        items.push(Listed { instance_id: id.clone(), present: probe.presence_ttl.is_some(), info });
+        items.push(Listed {
+            instance_id: id.clone(),
+            present: probe.presence_ttl.is_some(),
+            presence_ttl: probe.presence_ttl,
+            info,
+        });
     }
     Ok(ListPage { items, next_after: more.then(|| page.last().cloned()).flatten() })
 }

@@ -52,7 +52,14 @@ impl Default for ServerConfig {
             service: "enclava".into(),
             cache_ttl_ms: 1000,
             sweep_interval_ms: 10_000,
-            roles: vec!["manager".into(), "keys".into(), "farm".into(), "federation".into(), "pools".into()],
+            roles: vec![
+                "manager".into(),
+                "keys".into(),
+                "farm".into(),
+                "federation".into(),
+                "pools".into(),
+                "ui".into(),
+            ],
             database: None,
             data_dir: None,
             kek_file: None,
@@ -91,6 +98,9 @@ impl ServerConfig {
         self.registration.parse::<enclava_keys::Registration>().map_err(|e| format!("--registration: {e}"))?;
         if self.runs("farm") && !self.runs("keys") {
             return Err("the farm role needs the keys role (its users and database): add keys to --roles".into());
+        }
+        if self.runs("ui") && !self.runs("keys") {
+            return Err("the ui role needs the keys role (its users): add keys to --roles".into());
         }
         if self.runs("pools") && !self.runs("keys") {
             return Err("the pools role needs the keys role (its users): add keys to --roles".into());

@@ -43,11 +43,18 @@ pub async fn bind(listen: &str) -> anyhow::Result<TcpListener> {
     })
 }
 
+/// The URL the server reaches itself on (loopback when it listens on every address).
+fn self_url(addr: std::net::SocketAddr) -> String {
+    let host = if addr.ip().is_unspecified() { std::net::IpAddr::from([127, 0, 0, 1]) } else { addr.ip() };
+    format!("http://{}", std::net::SocketAddr::new(host, addr.port()))
+}
+
 /// What the roles were built with, and the broker among them.
 struct Built {
     server: Server,
     broker: Option<Arc<Broker>>,
     pools: Option<enclava_pool::role::PoolsRole>,
+    ui: Option<enclava_ui::UiRole>,
 }
 
 async fn build_server(
@@ -69,6 +76,7 @@ async fn build_server(
         kek,
         broker: Mutex::new(None),
         pools: Mutex::new(None),
+        ui: Mutex::new(None),
     };
     let mut server = Server::new();
     for role in roles::build(&ctx).await? {
@@ -79,7 +87,8 @@ async fn build_server(
     }
     let broker = ctx.broker.lock().unwrap_or_else(|p| p.into_inner()).take();
     let pools = ctx.pools.lock().unwrap_or_else(|p| p.into_inner()).take();
-    Ok(Built { server, broker, pools })
+    let ui = ctx.ui.lock().unwrap_or_else(|p| p.into_inner()).take();
+    Ok(Built { server, broker, pools, ui })
 }
 
 /// `enclava server`: the configured roles on `config.listen` until `shutdown`; `data_dir` is the
@@ -93,6 +102,9 @@ pub async fn serve(
     let registry = open_registry(&config.registry, &config.namespace, &config.service)?;
     let built = build_server(config, data_dir, registry, env, None, None, Vec::new()).await?;
     let listener = bind(&config.listen).await?;
+    if let Some(ui) = &built.ui {
+        ui.set_self_url(&self_url(listener.local_addr()?));
+    }
     built.server.run(listener, shutdown).await?;
     Ok(())
 }
@@ -444,6 +456,14 @@ impl SandboxBuilder {
         };
         if let Some(pools) = &built.pools {
             pools.set_backend(Arc::new(PoolNodes { launcher: launcher.clone(), nodes: Default::default() }));
+        }
+        if let Some(ui) = &built.ui {
+            ui.set_self_url(&self_url(addr));
+            // The deployment's own sim root: the dashboard shows what each enclave's evidence proves.
+            if self.config.policy.is_none() {
+                let policy = format!("[sim]\nroot = \"{}\"\nany_measurement = true\n", sim_root.public().to_hex());
+                ui.set_policy(enclava_attest::Policy::parse(&policy).map_err(anyhow::Error::msg)?);
+            }
         }
         Ok(Sandbox {
             launcher,

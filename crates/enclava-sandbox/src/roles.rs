@@ -31,6 +31,8 @@ pub struct RoleContext<'a> {
     pub broker: Mutex<Option<Arc<Broker>>>,
     /// The pools role, once built (the sandbox gives it its local backend).
     pub pools: Mutex<Option<enclava_pool::role::PoolsRole>>,
+    /// The dashboard, once built (told the server's URL once it listens).
+    pub ui: Mutex<Option<enclava_ui::UiRole>>,
 }
 
 impl std::fmt::Debug for RoleContext<'_> {
@@ -44,7 +46,7 @@ pub type BuildRole = for<'a> fn(&'a RoleContext<'a>) -> BoxFuture<'a, anyhow::Re
 
 /// Every role, by the name `--roles` uses.
 pub const ROLES: &[(&str, BuildRole)] =
-    &[("manager", manager), ("keys", keys), ("farm", farm), ("federation", federation), ("pools", pools)];
+    &[("manager", manager), ("keys", keys), ("farm", farm), ("federation", federation), ("pools", pools), ("ui", ui)];
 
 /// The executors every node runs, the default kind first.
 pub fn executors() -> enclava_executor::Executors {
@@ -163,6 +165,20 @@ fn pools<'a>(ctx: &'a RoleContext<'a>) -> BoxFuture<'a, anyhow::Result<Arc<dyn R
             role.set_backend(Arc::new(backend));
         }
         *ctx.pools.lock().unwrap_or_else(|p| p.into_inner()) = Some(role.clone());
+        Ok(Arc::new(role) as Arc<dyn Role>)
+    })
+}
+
+fn ui<'a>(ctx: &'a RoleContext<'a>) -> BoxFuture<'a, anyhow::Result<Arc<dyn Role>>> {
+    Box::pin(async move {
+        let broker = ctx.broker.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let broker = broker.context("the ui role needs the keys role (its users)")?;
+        let role = enclava_ui::UiRole::new(ctx.registry.clone(), broker.identity().clone());
+        if let Some(p) = &ctx.config.policy {
+            role.set_policy(enclava_attest::Policy::load(p).map_err(anyhow::Error::msg)?);
+        }
+        tracing::info!("dashboard role (/ui)");
+        *ctx.ui.lock().unwrap_or_else(|p| p.into_inner()) = Some(role.clone());
         Ok(Arc::new(role) as Arc<dyn Role>)
     })
 }

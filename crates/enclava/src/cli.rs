@@ -117,7 +117,7 @@ pub struct ServerArgs {
     /// [default: 30000]
     #[arg(long, env = "ENCLAVA_POOL_IDLE_MS")]
     pub pool_idle_ms: Option<u64>,
-    /// Roles to run, comma-separated: manager, keys, farm, federation, pools [default: all five]
+    /// Roles to run, comma-separated: manager, keys, farm, federation, pools, ui [default: all six]
     #[arg(long, env = "ENCLAVA_ROLES", value_delimiter = ',')]
     pub roles: Vec<String>,
     /// Key broker database: sqlite://FILE or postgres://USER@HOST/DB [default: sqlite://DATA_DIR/keys.db]
@@ -288,8 +288,10 @@ pub enum BenchCommand {
     Farm(enclava_bench::farm::FarmArgs),
     /// Federation: input sealing, a three-organisation round trip, a task over 100 organisations.
     Federation(enclava_bench::federation::FederationArgs),
-    /// Pools: the pool's routing against round-robin, random and FnPacker (simulated; no nodes yet).
+    /// Pools: the pool's routing against round-robin, random and FnPacker, simulated then live over sim nodes.
     Pools(enclava_bench::pools::PoolsArgs),
+    /// The dashboard with 10,000 enclaves: first screen and change-to-page latency.
+    Dashboard(enclava_bench::dashboard::DashboardArgs),
 }
 
 #[derive(Debug, Subcommand)]

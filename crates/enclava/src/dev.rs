@@ -19,7 +19,7 @@ use enclava_sandbox::{NodeSpec, SandboxBuilder};
 const DEMO_MODEL: &str = "demo/tiny-classifier";
 /// The Wasm workload the demo serves beside it: a WASI command that reverses its input.
 const DEMO_WASM: &str = "demo/reverse";
-const STEPS: usize = 12;
+const STEPS: usize = 13;
 
 /// `enclava dev`: the server's options (flags, `ENCLAVA_*`, the config file's `[server]` table)
 /// apply, with `--data-dir` the folder for everything the demo keeps [default: ./enclava-dev].
@@ -45,7 +45,8 @@ pub async fn dev(
     let dir = config.data_dir.clone().unwrap_or_else(|| PathBuf::from("enclava-dev"));
     config.data_dir = Some(dir.join("server"));
     // The demo needs every role, whatever the file says.
-    config.roles = vec!["manager".into(), "keys".into(), "farm".into(), "federation".into(), "pools".into()];
+    config.roles =
+        vec!["manager".into(), "keys".into(), "farm".into(), "federation".into(), "pools".into(), "ui".into()];
     let listen = config.listen.clone();
     let registry = config.registry.clone();
     let database = config.database.clone();
@@ -232,12 +233,23 @@ pub async fn dev(
 
     step(12, "federation (vantage6): a mean over a CSV split across three organisations, each input sealed to its own");
     let fed_nodes = fed_demo(&sandbox, &url, &dir, &user).await?;
+    step(13, "the dashboard: every enclave and what its evidence proved, your models, the farm, federation and pools");
+    let (status, body) = http_get(sandbox.addr(), "/ui/api/enclaves").await?;
+    anyhow::ensure!(status == 200, "the dashboard answered {status}");
+    let listed: serde_json::Value = serde_json::from_str(&body)?;
     println!(
-        "demo done: register → encrypt → grant → release → find → verify → sealed inference, direct and serverless, ONNX and Wasm; farm jobs with verified receipts; a federated mean sealed end to end"
+        "      {url}/ui lists {} live enclaves (first screen served in {:.1} ms); sign in there with the token in {}",
+        listed["items"].as_array().map_or(0, Vec::len),
+        listed["servedMs"].as_f64().unwrap_or(0.0),
+        config_dir.join("credentials.json").display()
+    );
+    println!(
+        "demo done: register → encrypt → grant → release → find → verify → sealed inference, direct and serverless, ONNX and Wasm; a function pool; farm jobs with verified receipts; a federated mean sealed end to end; the dashboard"
     );
 
     if !a.demo_only {
         let cfg = config_dir.display();
+        println!("\ndashboard: {url}/ui (sign in with the token in {}/credentials.json)", cfg);
         println!("\nserving; try, in another terminal:");
         println!(
             "  enclava infer --server {url} --model {DEMO_MODEL} --input {} --policy {}",
@@ -277,6 +289,18 @@ pub async fn dev(
     }
     sandbox.stop().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A plain HTTP/1.1 GET on loopback: (status, body).
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await??;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    Ok((status, text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default()))
 }
 
 /// Step 9: a pool over the two nodes (by measurement); sequential serverless requests through it

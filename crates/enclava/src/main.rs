@@ -90,6 +90,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(cli::BenchCommand::Farm(a)) => enclava_bench::farm::run(a).await,
         Command::Bench(cli::BenchCommand::Federation(a)) => enclava_bench::federation::federation(a).await,
         Command::Bench(cli::BenchCommand::Pools(a)) => enclava_bench::pools::pools(a).await,
+        Command::Bench(cli::BenchCommand::Dashboard(a)) => enclava_bench::dashboard::dashboard(a).await,
     }
 }
 

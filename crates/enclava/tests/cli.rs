@@ -234,8 +234,9 @@ fn dev_demo_runs_green_from_a_clean_folder() {
         .stdin(Stdio::null()));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("[12/12]") && text.contains("demo done") && text.contains("identical"), "{text}");
+    assert!(text.contains("[13/13]") && text.contains("demo done") && text.contains("identical"), "{text}");
     assert!(text.contains("federated mean: 536 / 8 = 67.00"), "the federation step: {text}");
+    assert!(text.contains("/ui lists") && text.contains("live enclaves"), "the dashboard step: {text}");
     assert!(
         text.contains("5 sequential sealed requests through") && text.contains("served 5") && text.contains("served 0"),
         "the pool step: {text}"

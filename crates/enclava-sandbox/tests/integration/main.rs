@@ -11,4 +11,5 @@ mod keys;
 mod receipts;
 mod reliability;
 mod support;
+mod ui;
 mod wasm;
