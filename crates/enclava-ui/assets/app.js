@@ -123,8 +123,9 @@ async function drawEnclaves() {
   const fleet = Object.entries(d.fleet || {}).map(([p, f]) => ({
     label: p + " — " + (f.label || "unknown"), value: f.count, color: f.confidential ? "#1b7a3a" : "#9a6700",
   }));
-  const search = el("input", { type: "search", placeholder: "filter by id, model, measurement", value: filter, id: "filter" });
-  search.addEventListener("change", () => { state.filter = search.value; state.after = [null]; redraw(); });
+  const search = el("input", { type: "search", placeholder: "filter by id, model, measurement", value: state.typing ?? filter, id: "filter" });
+  search.addEventListener("input", () => { state.typing = search.value; });
+  search.addEventListener("change", () => { state.filter = search.value; state.typing = undefined; state.after = [null]; redraw(); });
   const pick = el("select", { id: "platform" }, el("option", { value: "" }, "every platform"),
     Object.keys(d.fleet || {}).map((p) => el("option", { value: p, selected: p === platform }, p)));
   pick.addEventListener("change", () => { state.platform = pick.value; state.after = [null]; redraw(); });
@@ -228,7 +229,7 @@ async function drawPools() {
   const d = await api("pools");
   const now = Date.now();
   const parts = [];
-  for (const p of list(d.pools)) {
+  for (const p of list(d && d.pools)) {
     const name = p.spec.name;
     const series = state.queue[name] || (state.queue[name] = []);
     series.push({ t: now, v: p.status.queued });
@@ -259,7 +260,13 @@ async function redraw() {
     parts = [el("p", { class: "error" }, "could not load: " + e.message)];
   }
   if (seq !== state.seq) return;
+  // A live redraw keeps the filter box's focus and caret for whoever is typing in it.
+  const typing = document.activeElement && document.activeElement.id === "filter" ? document.activeElement.selectionStart : null;
   view.replaceChildren(...parts);
+  if (typing !== null) {
+    const f = document.getElementById("filter");
+    if (f) { f.focus(); f.setSelectionRange(typing, typing); }
+  }
   view.dataset.drawn = String(Date.now()) + "-" + seq;
 }
 
@@ -281,7 +288,8 @@ function showApp(who) {
   redraw();
   if (!state.events) {
     state.events = new EventSource("/ui/api/events");
-    state.events.addEventListener("open", () => { document.getElementById("live").textContent = "live"; });
+    // On (re)connecting, redraw: changes made while disconnected sent no event.
+    state.events.addEventListener("open", () => { document.getElementById("live").textContent = "live"; redraw(); });
     state.events.addEventListener("error", () => { document.getElementById("live").textContent = "reconnecting…"; });
     state.events.addEventListener("changed", () => {
       clearTimeout(state.timer);
@@ -298,23 +306,29 @@ document.addEventListener("DOMContentLoaded", async () => {
     ev.preventDefault();
     const err = document.getElementById("signin-error");
     err.textContent = "";
-    try {
-      const token = document.getElementById("token").value;
-      const who = await api("session", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ token }) });
-      document.getElementById("token").value = "";
-      showApp(who);
-    } catch (e) {
-      err.textContent = "sign-in refused: " + e.message;
-    }
+    const token = document.getElementById("token").value;
+    const r = await fetch("/ui/api/session", { method: "POST", credentials: "same-origin",
+      headers: { "Content-Type": "application/json" }, body: JSON.stringify({ token }) });
+    const body = await r.json().catch(() => ({}));
+    if (!r.ok) { err.textContent = "sign-in refused: " + (body.message || r.statusText); return; }
+    document.getElementById("token").value = "";
+    showApp(body);
   });
   document.getElementById("signout").addEventListener("click", async () => {
-    await fetch("/ui/api/session/end", { method: "POST", credentials: "same-origin",
+    const r = await fetch("/ui/api/session/end", { method: "POST", credentials: "same-origin",
       headers: { "Content-Type": "application/json", "X-CSRF-Token": state.csrf }, body: "{}" });
-    if (state.events) { state.events.close(); state.events = null; }
-    showSignIn();
+    if (!r.ok) { alert("sign-out failed: " + r.statusText); return; }
+    // A fresh page: nothing of this user's state (tabs, filters, samples) stays for the next.
+    location.reload();
   });
-  // The pools' queues are sampled every second while their tab is open.
-  setInterval(() => { if (state.tab === "pools" && !document.getElementById("view").hidden) redraw(); }, 1000);
+  // The pools' queues are sampled every second while their tab is open; the other tabs are
+  // also redrawn every 5 s, in case an event was lost while the stream reconnected.
+  let ticks = 0;
+  setInterval(() => {
+    if (document.getElementById("view").hidden) return;
+    ticks++;
+    if (state.tab === "pools" || ticks % 5 === 0) redraw();
+  }, 1000);
   try {
     const r = await fetch("/ui/api/session", { credentials: "same-origin" });
     if (r.ok) showApp(await r.json()); else showSignIn();

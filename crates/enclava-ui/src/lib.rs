@@ -58,6 +58,8 @@ pub const PREFIX: &str = "/ui";
 pub const COOKIE: &str = "enclava_ui";
 /// How long a session lasts.
 pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
+/// Sessions one user may hold at once.
+pub const MAX_SESSIONS: usize = 16;
 /// The page size of the enclaves list, unless asked otherwise (at most 500).
 pub const PAGE: usize = 50;
 /// The Content-Security-Policy of every answer.
@@ -103,6 +105,8 @@ struct Ui {
     verdicts: Mutex<HashMap<String, Verdict>>,
     http: Client<HttpConnector, Empty<Bytes>>,
     changes: watch::Sender<u64>,
+    /// The server's stop signal: event streams end when it drains (else it would wait on them).
+    stop: OnceLock<StopSignal>,
 }
 
 /// The dashboard role.
@@ -131,6 +135,7 @@ impl UiRole {
                 verdicts: Mutex::new(HashMap::new()),
                 http,
                 changes: watch::Sender::new(0),
+                stop: OnceLock::new(),
             }),
         }
     }
@@ -204,7 +209,7 @@ fn same_origin_json(headers: &HeaderMap) -> Result<(), Error> {
     if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
         let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
         let origin_host = origin.split("://").nth(1).unwrap_or("");
-        if origin_host != host {
+        if host.is_empty() || origin_host != host {
             return Err(Error::forbidden("a request from another site is refused"));
         }
     }
@@ -228,6 +233,13 @@ async fn sign_in(State(ui): State<Arc<Ui>>, headers: HeaderMap, body: Bytes) -> 
     {
         let mut sessions = lock(&ui.sessions);
         sessions.retain(|_, s| s.expires > Instant::now());
+        // At most MAX_SESSIONS per user: signing in again ends the oldest.
+        let mut mine: Vec<(Instant, String)> =
+            sessions.iter().filter(|(_, s)| s.user == who.id).map(|(k, s)| (s.expires, k.clone())).collect();
+        mine.sort();
+        for (_, k) in mine.iter().take((mine.len() + 1).saturating_sub(MAX_SESSIONS)) {
+            sessions.remove(k);
+        }
         sessions.insert(
             enclava_identity::token_hash(&cookie),
             Session {
@@ -304,7 +316,14 @@ impl Ui {
         let Some(policy) = self.policy.get() else {
             return json!({ "state": "unchecked", "why": "the server has no --policy to verify against" });
         };
-        let key = format!("{}:{}", info.instance_id, enclava_identity::token_hash(&hex::encode(&info.attestation)));
+        // Everything the verdict depends on: the evidence, the key it must bind, the measurement.
+        let key = enclava_identity::token_hash(&format!(
+            "{}:{}:{}:{}",
+            info.instance_id,
+            hex::encode(&info.attestation),
+            hex::encode(&info.pubkey),
+            info.policy.mrenclave
+        ));
         let cached = lock(&self.verdicts).get(&key).filter(|v| v.at.elapsed() < VERDICT_TTL).cloned();
         let v = match cached {
             Some(v) => v,
@@ -350,7 +369,8 @@ impl Ui {
     async fn digest(&self) -> Option<u64> {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        let indexes = self.registry.indexes().await.ok()?;
+        let mut indexes = self.registry.indexes().await.ok()?;
+        indexes.sort();
         for index in indexes.iter().filter(|i| !matches!(i, Index::Measurement(_))) {
             let mut entries = self.registry.index(index).await.ok()?;
             entries.sort();
@@ -363,9 +383,13 @@ impl Ui {
                 live.hash(&mut h);
             }
         }
+        // A pool's routing state (not its liveness notes, rewritten every sync).
         for name in enclava_pool_names(&*self.registry).await {
-            if let Ok(Some((version, _))) = self.registry.doc_get(&format!("pool:{name}")).await {
-                version.hash(&mut h);
+            if let Ok(Some((_, raw))) = self.registry.doc_get(&format!("pool:{name}")).await
+                && let Ok(doc) = serde_json::from_slice::<Value>(&raw)
+            {
+                doc.get("router").map(Value::to_string).hash(&mut h);
+                doc.get("endpoints").map(Value::to_string).hash(&mut h);
             }
         }
         Some(h.finish())
@@ -399,7 +423,7 @@ async fn enclaves(State(ui): State<Arc<Ui>>, Query(q): Query<EnclavesQuery>) -> 
         return Err(Error::invalid(format!("unknown platform {}", enclava_core::text::quote(p))));
     }
     let filter = q.q.unwrap_or_default().to_ascii_lowercase();
-    let size = q.size.unwrap_or(PAGE).clamp(1, 500);
+    let size = q.size.unwrap_or(PAGE).clamp(1, 200);
     let registry_error = |e: enclava_registry::RegistryError| Error::unavailable(e.to_string());
     // Counts for the fleet picture: every platform index's size.
     let mut fleet = serde_json::Map::new();
@@ -415,15 +439,21 @@ async fn enclaves(State(ui): State<Arc<Ui>>, Query(q): Query<EnclavesQuery>) -> 
     }
     let mut items = Vec::new();
     let mut after = q.after.filter(|a| !a.is_empty());
-    // Pages until this one is full of live matches (a filter may skip many).
-    for _ in 0..20 {
+    // Pages until this one is full of live matches (a filter may skip many), a bounded number.
+    for _ in 0..5 {
         let page = list(
             &*ui.registry,
             &ListQuery { platform: platform.clone(), page_size: size, after: after.clone(), ..Default::default() },
         )
         .await
         .map_err(registry_error)?;
+        let mut full = false;
         for l in page.items {
+            if full {
+                break;
+            }
+            // The next page starts after the last entry looked at, shown or not.
+            after = Some(l.instance_id.clone());
             let ttl = l.presence_ttl;
             let Some(info) = l.info.filter(|_| l.present) else { continue };
             if !filter.is_empty() {
@@ -455,12 +485,13 @@ async fn enclaves(State(ui): State<Arc<Ui>>, Query(q): Query<EnclavesQuery>) -> 
                 "evidence": evidence,
                 "extra": extra,
             }));
-            if items.len() >= size {
-                break;
-            }
+            full = items.len() >= size;
+        }
+        if full {
+            break;
         }
         after = page.next_after;
-        if items.len() >= size || after.is_none() {
+        if after.is_none() {
             break;
         }
     }
@@ -498,13 +529,20 @@ async fn models(State(ui): State<Arc<Ui>>, s: Signed) -> Result<Json<Value>, Err
             }
         }
         let mut m = m;
-        m["hotOn"] = json!(hot_on);
-        m["coldOn"] = json!(cold_on);
-        models.push(m);
+        if let Some(o) = m.as_object_mut() {
+            o.insert("hotOn".into(), json!(hot_on));
+            o.insert("coldOn".into(), json!(cold_on));
+            models.push(m);
+        }
     }
     let audit = ui.api(&s.token, "/keys/v1/audit?limit=200").await.unwrap_or(Value::Null);
     let chain = ui.api(&s.token, "/keys/v1/audit/verify").await.unwrap_or(Value::Null);
     Ok(Json(json!({ "user": s.user, "models": models, "audit": audit, "auditChain": chain })))
+}
+
+/// An id that may go into a URL path as it is.
+fn plain_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// The items of a list answer: a JSON array, or the `data`/`items` of a page.
@@ -532,7 +570,7 @@ async fn farm(State(ui): State<Arc<Ui>>, s: Signed) -> Result<Json<Value>, Error
         let finished = matches!(j.get("state").and_then(Value::as_str), Some("succeeded" | "failed"));
         let Some(id) = j.get("id").and_then(Value::as_str).map(str::to_owned) else { continue };
         if finished
-            && enclava_registry::schema::check_name("a job id", &id).is_ok()
+            && plain_id(&id)
             && let Ok(out) = ui.api(&s.token, &format!("/farm/v1/jobs/{id}/output")).await
         {
             let receipt = out
@@ -540,7 +578,9 @@ async fn farm(State(ui): State<Arc<Ui>>, s: Signed) -> Result<Json<Value>, Error
                 .and_then(Value::as_str)
                 .and_then(|r| serde_json::from_str::<Value>(r).ok());
             let signed = out.pointer("/receipt/evidence").and_then(Value::as_str).is_some_and(|e| !e.is_empty());
-            j["receipt"] = json!({ "fields": receipt, "signedByEvidence": signed });
+            if let Some(o) = j.as_object_mut() {
+                o.insert("receipt".into(), json!({ "fields": receipt, "signedByEvidence": signed }));
+            }
         }
     }
     Ok(Json(json!({ "hosts": hosts, "jobs": jobs })))
@@ -554,7 +594,7 @@ async fn fed(State(ui): State<Arc<Ui>>, s: Signed) -> Result<Json<Value>, Error>
     let mut tasks = items(&ui.api(&s.token, "/fed/v1/tasks").await?);
     for t in tasks.iter_mut().take(20) {
         let Some(id) = t.get("id").and_then(Value::as_str).map(str::to_owned) else { continue };
-        if enclava_registry::schema::check_name("a task id", &id).is_err() {
+        if !plain_id(&id) {
             continue;
         }
         let mut runs = items(&ui.api(&s.token, &format!("/fed/v1/runs?task={id}")).await.unwrap_or(Value::Null));
@@ -563,7 +603,9 @@ async fn fed(State(ui): State<Arc<Ui>>, s: Signed) -> Result<Json<Value>, Error>
                 o.remove("result");
             }
         }
-        t["runs"] = json!(runs);
+        if let Some(o) = t.as_object_mut() {
+            o.insert("runs".into(), json!(runs));
+        }
     }
     Ok(Json(json!({ "organisations": organisations, "collaborations": collaborations, "tasks": tasks })))
 }
@@ -575,12 +617,26 @@ async fn pools(State(ui): State<Arc<Ui>>, s: Signed) -> Result<Json<Value>, Erro
 /// `changed` events whenever the watcher sees the enclaves or the pools change.
 async fn events(
     State(ui): State<Arc<Ui>>,
+    _signed: Signed,
 ) -> Sse<impl futures::Stream<Item = Result<Event, std::convert::Infallible>>> {
     let rx = ui.changes.subscribe();
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
-        rx.changed().await.ok()?;
-        let n = *rx.borrow_and_update();
-        Some((Ok(Event::default().event("changed").data(n.to_string())), rx))
+    let stop = ui.stop.get().cloned();
+    let stream = futures::stream::unfold((rx, stop), |(mut rx, stop)| async move {
+        loop {
+            tokio::select! {
+                changed = rx.changed() => {
+                    changed.ok()?;
+                    let n = *rx.borrow_and_update();
+                    return Some((Ok(Event::default().event("changed").data(n.to_string())), (rx, stop)));
+                }
+                // The server is draining: end the stream so it can stop (the page reconnects).
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {
+                    if stop.as_ref().is_some_and(StopSignal::is_draining) {
+                        return None;
+                    }
+                }
+            }
+        }
     });
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }
@@ -634,6 +690,7 @@ impl Role for UiRole {
 
     fn start(&self, mut stop: StopSignal) -> Vec<tokio::task::JoinHandle<()>> {
         let ui = self.ui.clone();
+        let _ = ui.stop.set(stop.clone());
         vec![tokio::spawn(async move {
             let mut last: Option<u64> = None;
             loop {

@@ -78,6 +78,16 @@ async fn publish(sandbox: &Sandbox, owner: &str) -> enclava_client::infer::UserK
     enclava_client::infer::UserKey::new(owner, &measurement(), request_key.as_bytes())
 }
 
+/// Reads an event stream up to its next `changed` event.
+async fn next_change(events: &mut tokio::io::Lines<BufReader<tokio::net::TcpStream>>) {
+    loop {
+        let line = events.next_line().await.expect("read").expect("open");
+        if line.starts_with("event: changed") {
+            return;
+        }
+    }
+}
+
 /// An enclave someone listed with markup in its info, kept alive until the test ends.
 async fn list_injected(sandbox: &Sandbox) {
     let info = serde_json::json!({
@@ -123,6 +133,7 @@ async fn sessions_are_http_only_same_site_csrf_checked_and_end_on_sign_out() {
     assert_eq!(who(format!("{cookie_a}0")).await.0, 401, "a guessed cookie is nobody's");
     assert_eq!(who("enclava_ui=".into()).await.0, 401);
     assert_eq!(call(&sandbox, "GET", "/ui/api/models", &[], b"").await.0, 401, "no cookie, no models");
+    assert_eq!(call(&sandbox, "GET", "/ui/api/events", &[], b"").await.0, 401, "no cookie, no live feed");
 
     // Signing in from another site, or as a form, is refused; signing out needs the CSRF token.
     let body = serde_json::json!({ "token": token_a }).to_string();
@@ -145,6 +156,23 @@ async fn sessions_are_http_only_same_site_csrf_checked_and_end_on_sign_out() {
     assert_eq!(call(&sandbox, "POST", "/ui/api/session/end", &headers, b"{}").await.0, 204);
     assert_eq!(who(cookie_a).await.0, 401, "a session ended is over for whoever holds its cookie");
     assert_eq!(who(cookie_b).await.0, 200, "other sessions go on");
+
+    // A signed-in page's event stream says when a model turns hot on an enclave.
+    let (cookie_c, _, _) = sign_in(&sandbox, &token_b).await;
+    let mut stream = tokio::net::TcpStream::connect(sandbox.addr()).await.expect("connect");
+    let get = format!("GET /ui/api/events HTTP/1.1\r\nHost: {}\r\nCookie: {cookie_c}\r\n\r\n", sandbox.addr());
+    stream.write_all(get.as_bytes()).await.expect("write");
+    let mut events = BufReader::new(stream).lines();
+    tokio::time::timeout(Duration::from_secs(5), next_change(&mut events)).await.expect("the first look");
+    let hot = serde_json::json!({
+        "instanceId": "evil-1", "platform": "sim", "policy": { "mrenclave": measurement() },
+        "connectionString": "127.0.0.1:9", "dataAccess": { "acme/x": { "hot": true } },
+        "hostname": "<script>window.pwned = 1</script>",
+    });
+    let hot = enclava_registry::EnclaveInfoJson::parse(&hot.to_string()).expect("info");
+    sandbox.registry().publish("evil-1", &hot.to_json(), &hot.index_entries()).await.expect("publish");
+    tokio::time::timeout(Duration::from_secs(2), next_change(&mut events)).await.expect("a change event within 2 s");
+    drop(events);
 
     // The injected entry comes back as data (the browser test shows it is never run).
     let (_, _, body) = call(&sandbox, "GET", "/ui/api/enclaves", &[], b"").await;
@@ -214,6 +242,7 @@ async fn in_chromium_a_user_sees_enclaves_models_turn_hot_a_killed_node_go_a_rec
     let script = node_dir.join("ui_browser.mjs");
     std::fs::write(&script, include_str!("ui_browser.mjs")).expect("script");
     let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("ui-screenshots");
+    let _ = std::fs::remove_dir_all(&shots); // only this run's screenshots
     std::fs::create_dir_all(&shots).expect("screenshots folder");
     let mut child = tokio::process::Command::new("node")
         .arg(&script)

@@ -60,6 +60,11 @@ try {
   check(await page.evaluate(() => window.pwned === undefined), "no injected script ran");
   await shot("2-enclaves");
 
+  // A second listener records when change events arrive (for the failure report).
+  await page.evaluate(() => {
+    window.__events = [];
+    new EventSource("/ui/api/events").addEventListener("changed", () => window.__events.push(Date.now()));
+  });
   // A model evicted turns cold, then hot when a request loads it again.
   await step("evict");
   await rowHas(NODE2, MODEL + " (cold)");
@@ -102,6 +107,7 @@ try {
   await page.click("#signin-form button");
   await page.waitForSelector("#tabs:not([hidden])");
   await tab("models");
+  await page.waitForFunction(() => document.getElementById("view").textContent.includes("My models ("));
   check(!(await page.textContent("#view")).includes(MODEL), "another user's model is not shown");
   const asB = await page.evaluate(async () => (await fetch("/ui/api/models")).text());
   check(!asB.includes(MODEL), "nor given by the API: " + asB.slice(0, 200));
@@ -113,6 +119,12 @@ try {
   process.exit(0); // stdin stays open otherwise
 } catch (e) {
   await shot("failure").catch(() => {});
+  // What the page shows and what the API says now, to tell a late event from a wrong answer.
+  const shown = await page.evaluate((id) => (document.querySelector(`tr[data-id="${id}"]`) || {}).textContent, NODE2).catch(() => "?");
+  const api = await page.evaluate(async () => (await fetch("/ui/api/enclaves")).text()).catch(() => "?");
+  console.log("SHOWN " + shown);
+  console.log("EVENTS " + (await page.evaluate(() => JSON.stringify({ now: Date.now(), events: window.__events, drawn: document.getElementById("view").dataset.drawn })).catch(() => "?")));
+  console.log("API " + api.slice(0, 3000));
   console.log("FAILED " + e.message);
   await browser.close();
   process.exit(1);
