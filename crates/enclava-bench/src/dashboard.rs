@@ -95,19 +95,24 @@ pub async fn dashboard(a: DashboardArgs) -> anyhow::Result<ExitCode> {
     for i in 0..a.enclaves {
         register(&*registry, i).await?;
     }
-    // Presence lives 3 s: keep every bench enclave alive while measuring.
-    let alive = {
-        let reg = registry.clone();
-        let n = a.enclaves;
-        tokio::spawn(async move {
-            loop {
-                for i in 0..n {
-                    let _ = reg.heartbeat(&format!("bench-{i:06}")).await;
+    // Presence lives 3 s: keep every bench enclave alive while measuring, in 16 concurrent
+    // loops (one loop over 10,000 Redis round trips would outlast the TTL, and enclaves flapping
+    // would be changes of their own).
+    let alive: Vec<_> = (0..16)
+        .map(|part| {
+            let reg = registry.clone();
+            // And the ones that join while measuring: one expiring would be a change of its own.
+            let n = a.enclaves + 10;
+            tokio::spawn(async move {
+                loop {
+                    for i in (part..n).step_by(16) {
+                        let _ = reg.heartbeat(&format!("bench-{i:06}")).await;
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
                 }
-                tokio::time::sleep(Duration::from_millis(1000)).await;
-            }
+            })
         })
-    };
+        .collect();
     let tmp = tempfile::tempdir()?;
     let sandbox = enclava_sandbox::SandboxBuilder::new().dir(tmp.path()).registry(registry.clone()).start().await?;
     let addr = sandbox.addr();
@@ -137,13 +142,28 @@ pub async fn dashboard(a: DashboardArgs) -> anyhow::Result<ExitCode> {
     let mut s = tokio::net::TcpStream::connect(addr).await?;
     s.write_all(format!("GET /ui/api/events HTTP/1.1\r\nHost: {addr}\r\nCookie: {cookie}\r\n\r\n").as_bytes()).await?;
     let mut events = BufReader::new(s).lines();
-    tokio::time::sleep(Duration::from_millis(800)).await; // the watcher's first look
+    // The watcher's first look tells the page to draw once: read past it.
+    let settle = Instant::now() + Duration::from_millis(1500);
+    while let Ok(line) = tokio::time::timeout_at(settle.into(), events.next_line()).await {
+        line?.ok_or_else(|| anyhow::anyhow!("the event stream ended"))?;
+    }
+    // With nothing changing, nothing should be pushed (else "reach" would measure noise).
+    let mut idle = 0;
+    let quiet = Instant::now() + Duration::from_secs(3);
+    while let Ok(line) = tokio::time::timeout_at(quiet.into(), events.next_line()).await {
+        if line?.is_some_and(|l| l.starts_with("event: changed")) {
+            idle += 1;
+        }
+    }
     let mut reach = Vec::new();
     for k in 0..a.samples.min(10) {
         // Whatever the stream still holds is not this change's.
         while let Ok(line) = tokio::time::timeout(Duration::from_millis(350), events.next_line()).await {
             line?.ok_or_else(|| anyhow::anyhow!("the event stream ended"))?;
         }
+        // At a random point of the watcher's cycle (the drain above ends in step with it).
+        let jitter = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.subsec_nanos() % 700;
+        tokio::time::sleep(Duration::from_millis(u64::from(jitter))).await;
         let t = Instant::now();
         register(&*registry, a.enclaves + k).await?;
         loop {
@@ -158,7 +178,9 @@ pub async fn dashboard(a: DashboardArgs) -> anyhow::Result<ExitCode> {
         reach.push(t.elapsed().as_secs_f64() * 1e3);
     }
     drop(events);
-    alive.abort();
+    for task in alive {
+        task.abort();
+    }
     sandbox.stop().await;
 
     let (floor, screen, reach) = (p50(floor), p50(screen), p50(reach));
@@ -175,8 +197,8 @@ pub async fn dashboard(a: DashboardArgs) -> anyhow::Result<ExitCode> {
         if screen <= 300.0 { "met" } else { "MISSED" }
     );
     println!(
-        "  a change reaching an open page's event stream: {reach:.0} ms (goal <= 1000 ms: {})",
-        if reach <= 1000.0 { "met" } else { "MISSED" }
+        "  a change reaching an open page's event stream: {reach:.0} ms (goal <= 1000 ms: {}); {idle} events in 3 s with nothing changing",
+        if reach <= 1000.0 && idle == 0 { "met" } else { "MISSED" }
     );
     Ok(ExitCode::SUCCESS)
 }
