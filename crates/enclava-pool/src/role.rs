@@ -861,7 +861,26 @@ async fn rank(
     Query(q): Query<RankQuery>,
 ) -> Result<Json<serde_json::Value>, Error> {
     let instances = s.rank(&name, &q.model).await?;
-    Ok(Json(serde_json::json!({ "pool": name, "model": q.model, "instances": instances })))
+    // With each its registry info (evidence, key, measurement): the client verifies the one it
+    // picks before sending anything. Instances whose presence has gone are left out.
+    let ids: Vec<String> = instances.iter().map(|i| i.id.clone()).collect();
+    let probes = if ids.is_empty() {
+        Vec::new()
+    } else {
+        s.registry.probe(&ids, true).await.map_err(|e| Error::unavailable(e.to_string()))?
+    };
+    let listed: Vec<serde_json::Value> = instances
+        .into_iter()
+        .zip(probes)
+        .filter_map(|(i, p)| {
+            let info = EnclaveInfoJson::parse(p.info.as_deref()?).ok().filter(|info| info.instance_id == i.id)?;
+            p.presence_ttl?;
+            let mut v = serde_json::to_value(&i).ok()?;
+            v["info"] = serde_json::to_value(&info).ok()?;
+            Some(v)
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "pool": name, "model": q.model, "instances": listed })))
 }
 
 /// The role's REST routes (relative to [`PREFIX`]).

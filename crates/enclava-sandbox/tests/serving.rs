@@ -754,6 +754,15 @@ async fn a_pool_keeps_sequential_requests_where_their_model_is_hot_and_routes_ar
     let ranked = call(env.sandbox.addr(), "GET", "/pools/v1/vision/instances?model=acme/pa", None, b"").await;
     let ranked: serde_json::Value = serde_json::from_str(&ranked.2).expect("json");
     assert_eq!(ranked["instances"][0]["id"], hot.instance_id(), "direct mode is offered the hot instance first");
+    // Direct mode through the pool: the pool names the enclave, the client verifies it, then seals
+    // to its key.
+    let mut direct_opts = env.options("acme/pa");
+    direct_opts.pool = Some("vision".into());
+    let x = input(9);
+    let out = infer::infer(&direct_opts, &x).await.expect("direct through the pool");
+    assert_eq!(tensor(&out.output_npy), direct(&a, &x));
+    assert_eq!(out.instance_id, hot.instance_id());
+    assert_eq!(out.platform, "sim", "verified before sending");
     let (_, _, metrics) = call(env.sandbox.addr(), "GET", "/metrics", None, b"").await;
     assert!(metrics.contains("enclava_pool_queued{"), "the scaling signal is exported");
 
@@ -766,7 +775,7 @@ async fn a_pool_keeps_sequential_requests_where_their_model_is_hot_and_routes_ar
         let x = input(seed);
         assert_eq!(tensor(&infer::infer_serverless(&opts, &x).await.expect("retried elsewhere")), direct(&a, &x));
     }
-    assert_eq!(cold.metrics().requests.get(), 3);
+    assert_eq!(cold.metrics().requests.get(), 3, "the killed node's requests completed on the other");
     let v = pool_view(&env, &token, "vision").await;
     assert_eq!(v["down"], serde_json::json!([killed]), "{v}");
 

@@ -131,7 +131,8 @@ async function drawEnclaves() {
   pick.addEventListener("change", () => { state.platform = pick.value; state.after = [null]; redraw(); });
   const rows = d.items.map((e) => el("tr", { "data-id": e.id },
     el("td", { class: "mono" }, e.id, el("br"), el("span", { class: "muted" }, e.address), el("br"),
-      el("span", { class: "muted" }, e.heartbeatAgoMs === null || e.heartbeatAgoMs === undefined ? "" : `heartbeat ${(e.heartbeatAgoMs / 1000).toFixed(1)} s ago`)),
+      el("span", { class: "muted" }, e.heartbeatAgoMs === null || e.heartbeatAgoMs === undefined ? "" : `heartbeat ${(e.heartbeatAgoMs / 1000).toFixed(1)} s ago`),
+      e.inFlight === null || e.inFlight === undefined ? null : el("div", { class: "muted" }, `load: ${e.inFlight} in flight through pools`)),
     el("td", {}, e.platform, el("br"), el("span", { class: statusClass(e.status) }, e.status ? e.status.label : "unknown platform")),
     el("td", { class: "mono" }, short(e.measurement, 24)),
     el("td", {}, evidenceText(e.evidence)),

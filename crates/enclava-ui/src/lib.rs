@@ -437,6 +437,18 @@ async fn enclaves(State(ui): State<Arc<Ui>>, Query(q): Query<EnclavesQuery>) -> 
             );
         }
     }
+    // Load: requests in flight on each instance through the pools (nodes publish no load).
+    let mut load: HashMap<String, u64> = HashMap::new();
+    for name in enclava_pool_names(&*ui.registry).await {
+        if let Ok(Some((_, raw))) = ui.registry.doc_get(&format!("pool:{name}")).await
+            && let Ok(doc) = serde_json::from_slice::<Value>(&raw)
+            && let Some(instances) = doc.pointer("/router/instances").and_then(Value::as_object)
+        {
+            for (id, i) in instances {
+                *load.entry(id.clone()).or_default() += i.get("in_flight").and_then(Value::as_u64).unwrap_or(0);
+            }
+        }
+    }
     let mut items = Vec::new();
     let mut after = q.after.filter(|a| !a.is_empty());
     // Pages until this one is full of live matches (a filter may skip many), a bounded number.
@@ -482,6 +494,7 @@ async fn enclaves(State(ui): State<Arc<Ui>>, Query(q): Query<EnclavesQuery>) -> 
                 "evidenceBytes": info.attestation.len(),
                 // A heartbeat renews presence to its full TTL: how long ago the last one was.
                 "heartbeatAgoMs": ttl.map(|t| PRESENCE_TTL.saturating_sub(t).as_millis() as u64),
+                "inFlight": load.get(&info.instance_id),
                 "evidence": evidence,
                 "extra": extra,
             }));

@@ -3,9 +3,10 @@
 //! Direct mode (the default): finds an enclave through the enclave manager, verifies its evidence
 //! against your policy before sending anything, seals the input to its attested key, and opens the
 //! sealed answer; a refused or unreachable enclave is denied and the next one tried, a bounded
-//! number of times. Serverless mode (`--serverless URL`, or `--pool NAME` for a function pool on
-//! the server): seals with your request key for the model and measurement and sends it to the
-//! platform, which picks the instance.
+//! number of times (`--pool NAME --direct`: the pool names the enclave instead, verified all the
+//! same). Serverless mode (`--serverless URL`, or `--pool NAME` for a function pool on the server):
+//! seals with your request key for the model and measurement and sends it to the platform, which
+//! picks the instance.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -43,6 +44,11 @@ pub struct InferArgs {
     /// sends it to an instance where the model is hot, queueing it when all are busy
     #[arg(long, value_name = "NAME")]
     pub pool: Option<String>,
+    /// With --pool: direct mode through the pool instead: the pool names the enclave (where the
+    /// model is hot, least loaded), and the input is sealed to that enclave's key only after its
+    /// evidence passes --policy
+    #[arg(long, requires = "pool", requires = "policy")]
+    pub direct: bool,
     /// Serverless: the measurement your request key is for [default: the only one you have a key
     /// for]
     #[arg(long)]
@@ -100,8 +106,8 @@ pub async fn run(a: InferArgs, env: &dyn Fn(&str) -> Option<String>) -> anyhow::
     let input = read_input(&a.input)?;
     let endpoint = match (&a.serverless, &a.pool) {
         (Some(url), _) => Some(url.clone()),
-        (None, Some(pool)) => Some(enclava_client::pools::invoke_url(&a.server, pool)),
-        (None, None) => None,
+        (None, Some(pool)) if !a.direct => Some(enclava_client::pools::invoke_url(&a.server, pool)),
+        _ => None,
     };
     if let Some(endpoint) = endpoint {
         return serverless(a, endpoint, input, env).await;
@@ -120,6 +126,7 @@ pub async fn run(a: InferArgs, env: &dyn Fn(&str) -> Option<String>) -> anyhow::
     let mut opts = enclava_client::infer::InferOptions::new(a.server.clone(), a.model.clone(), policy);
     opts.verifier = crate::verifier(a.collateral.as_deref())?;
     opts.max_attempts = a.attempts.max(1);
+    opts.pool = a.pool.clone();
     let out = enclava_client::infer::infer(&opts, &input.to_npy()).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let (output, top) = finish(&a, &out.output_npy)?;
     if a.json {

@@ -32,6 +32,10 @@ pub struct InferOptions {
     /// How long an [`InferSession`] sends to an enclave it verified without finding and verifying
     /// again; zero: every request finds and verifies.
     pub reuse_verified: Duration,
+    /// Direct mode through a function pool on the manager's server: the pool names the enclave
+    /// (where the model is hot, least loaded first) instead of FindEnclave; it is verified all the
+    /// same before anything is sent.
+    pub pool: Option<String>,
 }
 
 /// [`InferOptions::reuse_verified`] by default: the discovery presence TTL.
@@ -48,6 +52,7 @@ impl InferOptions {
             max_attempts: 3,
             request_timeout: Duration::from_secs(60),
             reuse_verified: REUSE_VERIFIED,
+            pool: None,
         }
     }
 }
@@ -178,13 +183,19 @@ impl InferSession {
             let (info, claims, at) = match reuse {
                 Some(v) => (v.info, v.claims, v.at),
                 None => {
-                    let req = FindEnclaveRequest {
-                        dataaccess: opts.model.clone(),
-                        limit: 1,
-                        enclave_deny_list: tried.iter().map(|a| a.instance_id.clone()).collect(),
-                        ..Default::default()
+                    let found = match &opts.pool {
+                        Some(pool) => pool_candidate(&self.http, opts, pool, &tried).await?,
+                        None => {
+                            let req = FindEnclaveRequest {
+                                dataaccess: opts.model.clone(),
+                                limit: 1,
+                                enclave_deny_list: tried.iter().map(|a| a.instance_id.clone()).collect(),
+                                ..Default::default()
+                            };
+                            self.manager.find(req).await?.found.into_iter().next()
+                        }
                     };
-                    let Some(info) = self.manager.find(req).await?.found.into_iter().next() else {
+                    let Some(info) = found else {
                         return Err(InferError::NoEnclave { model: opts.model.clone(), tried });
                     };
                     let now = super::now_ms() / 1000;
@@ -228,6 +239,71 @@ impl InferSession {
         }
         Err(InferError::Exhausted { model: opts.model.clone(), tried })
     }
+}
+
+/// A pool's instance as `GET /pools/v1/{pool}/instances` lists it, with its registry info.
+#[derive(serde::Deserialize)]
+struct Ranked {
+    id: String,
+    info: Option<RankedInfo>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RankedInfo {
+    instance_id: String,
+    platform: String,
+    policy: RankedPolicy,
+    #[serde(default, with = "enclava_contracts::base64_bytes")]
+    attestation: Vec<u8>,
+    #[serde(default, with = "enclava_contracts::base64_bytes")]
+    pubkey: Vec<u8>,
+    connection_string: String,
+}
+
+#[derive(serde::Deserialize)]
+struct RankedPolicy {
+    mrenclave: String,
+}
+
+/// The best instance pool `pool` offers for the model that was not tried yet, as an enclave to
+/// verify.
+async fn pool_candidate(
+    http: &HttpClient,
+    opts: &InferOptions,
+    pool: &str,
+    tried: &[Attempt],
+) -> Result<Option<EnclaveInfo>, InferError> {
+    let url = format!("{}/pools/v1/{pool}/instances?model={}", opts.manager.trim_end_matches('/'), opts.model);
+    let (status, body) = super::http::get_with(http, &url, opts.request_timeout)
+        .await
+        .map_err(|e| InferError::Options(format!("pool {pool}: {e}")))?;
+    if status != 200 {
+        let why =
+            serde_json::from_slice::<ErrorBody>(&body).map(|e| e.message).unwrap_or_else(|_| format!("HTTP {status}"));
+        return Err(InferError::Options(format!("pool {pool}: {}", why.chars().take(300).collect::<String>())));
+    }
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        instances: Vec<Ranked>,
+    }
+    let answer: Answer = serde_json::from_slice(&body)
+        .map_err(|e| InferError::Options(format!("pool {pool} answered something else: {e}")))?;
+    Ok(answer
+        .instances
+        .into_iter()
+        .filter(|r| !tried.iter().any(|t| t.instance_id == r.id))
+        .filter_map(|r| r.info.filter(|i| i.instance_id == r.id))
+        .map(|i| EnclaveInfo {
+            instance_id: i.instance_id,
+            platform: i.platform,
+            policy: Some(enclava_contracts::discovery::v1::EnclavePolicy { mrenclave: i.policy.mrenclave }),
+            attestation: i.attestation,
+            pubkey: i.pubkey,
+            connection_string: i.connection_string,
+            ..Default::default()
+        })
+        .next())
 }
 
 fn attempt(info: &EnclaveInfo, outcome: String) -> Attempt {

@@ -53,6 +53,21 @@ pub async fn post_with(
         .header(hyper::header::CONTENT_TYPE, content_type)
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| PostError::Url(e.to_string()))?;
+    exchange(client, req, timeout).await
+}
+
+/// GETs `url` on `client`, reusing its open connections.
+pub async fn get_with(client: &HttpClient, url: &str, timeout: Duration) -> Result<(u16, Vec<u8>), PostError> {
+    let req = hyper::Request::get(url).body(Full::new(Bytes::new())).map_err(|e| PostError::Url(e.to_string()))?;
+    exchange(client, req, timeout).await
+}
+
+/// Sends `req` and reads the status and the body (at most [`MAX_RESPONSE_BYTES`]) within `timeout`.
+async fn exchange(
+    client: &HttpClient,
+    req: hyper::Request<Full<Bytes>>,
+    timeout: Duration,
+) -> Result<(u16, Vec<u8>), PostError> {
     let exchange = async {
         let resp = client.request(req).await.map_err(|e| {
             if e.is_connect() {
