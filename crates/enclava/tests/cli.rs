@@ -942,7 +942,15 @@ fn fed_node_new_start_list_files_attach_stop() {
     assert!(ok_text(&fed(&["fed-node", "list"])).contains("acme-node: stopped"));
     let started = ok_text(&fed(&["fed-node", "start", "acme-node"]));
     assert!(started.contains("node acme-node started"), "{started}");
-    let listed = ok_text(&fed(&["fed-node", "list"]));
+    // The server marks it online at its first call, just after it says it runs.
+    let mut listed = String::new();
+    for _ in 0..50 {
+        listed = ok_text(&fed(&["fed-node", "list"]));
+        if listed.contains("online") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     assert!(listed.contains("acme-node: running") && listed.contains("online"), "{listed}");
     let files = ok_text(&fed(&["fed-node", "files", "acme-node"]));
     assert!(files.contains("node.log") && files.contains(&format!("database trial: {}", data.display())), "{files}");

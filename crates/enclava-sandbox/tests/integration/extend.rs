@@ -95,7 +95,7 @@ async fn a_test_role_joins_with_one_line() {
     let (sick, ticks, stopped) = (greeter.sick.clone(), greeter.ticks.clone(), greeter.stopped.clone());
     let sandbox = SandboxBuilder::new().role(greeter).start().await.expect("starts");
     let addr = sandbox.addr();
-    assert_eq!(sandbox.roles(), ["manager", "keys", "farm", "federation", "greeter"]);
+    assert_eq!(sandbox.roles(), ["manager", "keys", "farm", "federation", "pools", "ui", "greeter"]);
 
     assert_eq!(http_get(addr, "/greeter/hello").await, (200, "hello".into()));
     let (_, doc) = http_get(addr, "/openapi.json").await;
