@@ -534,7 +534,7 @@ impl Inner {
                     return Err(Error::new(
                         ErrorCode::OtherMeasurement,
                         format!(
-                            "pool {name} runs measurement {}…; the request is sealed for another",
+                            "pool {name} runs measurement {}; the request is sealed for another",
                             enclava_core::text::prefix(&m, 16)
                         ),
                     ));

@@ -128,7 +128,7 @@ fn print_pool(v: &serde_json::Value) {
     let status = &v["status"];
     let cut = |t: String, n| enclava_core::text::prefix(&t, n).to_owned();
     let select = [
-        spec["measurement"].as_str().map(|m| format!("measurement {}…", cut(m.to_owned(), 16))),
+        spec["measurement"].as_str().map(|m| format!("measurement {}", cut(m.to_owned(), 16))),
         spec["platform"].as_str().map(|p| format!("platform {p}")),
     ]
     .into_iter()
