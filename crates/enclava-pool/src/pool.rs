@@ -282,8 +282,31 @@ struct Granted {
     endpoint: String,
 }
 
+/// A slot on its way to its caller. Dropped unread (the caller went away between the send and
+/// the read), it gives the slot back.
+struct Grant {
+    granted: Option<Granted>,
+    pool: std::sync::Weak<Pool>,
+}
+
+impl Grant {
+    /// The slot, for its caller.
+    fn take(mut self) -> Option<Granted> {
+        self.granted.take()
+    }
+}
+
+impl Drop for Grant {
+    fn drop(&mut self) {
+        if let (Some(g), Some(pool)) = (self.granted.take(), self.pool.upgrade()) {
+            pool.local().dropped.push(g.lease);
+            pool.watch();
+        }
+    }
+}
+
 /// Where a request's outcome goes: its instance, or why it has none.
-type Reply = oneshot::Sender<Result<Granted, Refused>>;
+type Reply = oneshot::Sender<Result<Grant, Refused>>;
 
 enum Routed {
     Run(Granted),
@@ -506,7 +529,7 @@ impl Pool {
     /// this replica dropped are given back, tickets whose caller left are dropped, and dispatches
     /// for this replica's waiting requests become their leases.
     async fn txn_now<R>(
-        &self,
+        self: &Arc<Self>,
         mut f: impl FnMut(&mut Doc, u64) -> R,
         after: impl FnOnce(&R, &mut Local),
     ) -> Result<R, PoolError> {
@@ -577,7 +600,7 @@ impl Pool {
     }
 
     /// A transaction's write landed: this replica's side follows.
-    fn settle<R>(&self, r: R, fx: Effects, after: impl FnOnce(&R, &mut Local)) -> R {
+    fn settle<R>(self: &Arc<Self>, r: R, fx: Effects, after: impl FnOnce(&R, &mut Local)) -> R {
         let mut local = self.local();
         local.dropped.retain(|id| !fx.dropped.contains(id));
         for t in &fx.left {
@@ -585,9 +608,19 @@ impl Pool {
         }
         for (t, g) in fx.granted {
             let lease = g.lease;
-            let delivered = local.waiters.remove(&t).is_some_and(|tx| tx.send(Ok(g)).is_ok());
-            if !delivered {
-                local.dropped.push(lease);
+            let grant = Grant { granted: Some(g), pool: Arc::downgrade(self) };
+            match local.waiters.remove(&t) {
+                Some(tx) => {
+                    // Not delivered: taken back here (the lock is held: no Drop may take it).
+                    if let Err(Ok(grant)) = tx.send(Ok(grant)) {
+                        grant.take();
+                        local.dropped.push(lease);
+                    }
+                }
+                None => {
+                    grant.take();
+                    local.dropped.push(lease);
+                }
             }
         }
         for t in fx.lost {
@@ -598,8 +631,10 @@ impl Pool {
         after(&r, &mut local);
         let busy = !local.dropped.is_empty();
         drop(local);
+        // Slots to give back (a grant whose caller had gone): the watcher does it, now, rather
+        // than whenever this replica next writes.
         if busy {
-            self.wake.notify_one();
+            self.clone().watch();
         }
         r
     }
@@ -699,8 +734,9 @@ impl Pool {
         let sealed_for = measurement.map(str::to_ascii_lowercase);
         let until = tokio::time::Instant::now() + deadline;
         let start = (self.clock)();
-        let (tx, mut rx) = oneshot::channel::<Result<Granted, Refused>>();
+        let (tx, mut rx) = oneshot::channel::<Result<Grant, Refused>>();
         let (me, wanted) = (self.replica.clone(), model.to_owned());
+        let weak = Arc::downgrade(self);
         let routing = self.txn(
             move |doc, now| {
                 if !doc.spec.models.contains(&wanted) {
@@ -726,7 +762,9 @@ impl Pool {
             },
             move |routed, local| match routed {
                 Routed::Run(g) => {
-                    if let Err(Ok(g)) = tx.send(Ok(g.clone())) {
+                    let grant = Grant { granted: Some(g.clone()), pool: weak };
+                    if let Err(Ok(grant)) = tx.send(Ok(grant)) {
+                        grant.take();
                         local.dropped.push(g.lease);
                     }
                 }
@@ -758,9 +796,12 @@ impl Pool {
             self.clone().watch();
         }
         match tokio::time::timeout_at(until, &mut rx).await {
-            Ok(Ok(Ok(g))) => {
-                Ok(self.lease(g, model, if matches!(routed, Routed::Run(_)) { start } else { (self.clock)() }))
-            }
+            Ok(Ok(Ok(grant))) => match grant.take() {
+                Some(g) => {
+                    Ok(self.lease(g, model, if matches!(routed, Routed::Run(_)) { start } else { (self.clock)() }))
+                }
+                None => Err(Refused::Deadline),
+            },
             Ok(Ok(Err(refused))) => Err(refused),
             Ok(Err(_)) => Err(Refused::Deadline),
             Err(_) => {
