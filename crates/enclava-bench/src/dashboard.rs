@@ -42,15 +42,6 @@ async fn register(reg: &dyn Registry, i: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<(u16, usize)> {
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).await?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await?;
-    let text = String::from_utf8_lossy(&buf);
-    Ok((text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0), buf.len()))
-}
-
 /// Signs in to the dashboard; the session cookie (`enclava_ui=…`).
 async fn sign_in(addr: std::net::SocketAddr, token: &str) -> anyhow::Result<String> {
     let body = serde_json::json!({ "token": token }).to_string();
@@ -116,6 +107,8 @@ pub async fn dashboard(a: DashboardArgs) -> anyhow::Result<ExitCode> {
     let tmp = tempfile::tempdir()?;
     let sandbox = enclava_sandbox::SandboxBuilder::new().dir(tmp.path()).registry(registry.clone()).start().await?;
     let addr = sandbox.addr();
+    let http = enclava_client::infer::http_client(Duration::from_secs(3));
+    let (page_url, api_url) = (format!("http://{addr}/ui"), format!("http://{addr}/ui/api/enclaves"));
 
     eprintln!("measuring the first screen…");
     // The floor: one page straight from the registry.
@@ -129,9 +122,9 @@ pub async fn dashboard(a: DashboardArgs) -> anyhow::Result<ExitCode> {
     let mut screen = Vec::new();
     for _ in 0..a.samples {
         let t = Instant::now();
-        let (s1, _) = get(addr, "/ui").await?;
-        let (s2, bytes) = get(addr, "/ui/api/enclaves").await?;
-        anyhow::ensure!(s1 == 200 && s2 == 200 && bytes > 1000, "the dashboard answered {s1}/{s2}");
+        let (s1, _) = enclava_client::infer::get_with(&http, &page_url, Duration::from_secs(10)).await?;
+        let (s2, body) = enclava_client::infer::get_with(&http, &api_url, Duration::from_secs(10)).await?;
+        anyhow::ensure!(s1 == 200 && s2 == 200 && body.len() > 1000, "the dashboard answered {s1}/{s2}");
         screen.push(t.elapsed().as_secs_f64() * 1e3);
     }
 

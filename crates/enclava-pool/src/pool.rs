@@ -123,6 +123,15 @@ pub struct PoolView {
     pub replicas: usize,
 }
 
+/// What [`Pool::sync`] did.
+#[derive(Debug, Clone)]
+pub struct Synced {
+    pub joined: Vec<String>,
+    pub left: Vec<String>,
+    /// The pool after it.
+    pub view: PoolView,
+}
+
 /// One instance as the "which instance" answer ranks it (direct mode).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ranked {
@@ -448,6 +457,23 @@ pub async fn delete(store: &dyn Store, prefix: &str, name: &str) -> Result<(), P
     if existed { Ok(()) } else { Err(PoolError::Gone(name.to_owned())) }
 }
 
+/// The outcome of a transaction run in a task of its own.
+async fn joined<R>(task: tokio::task::JoinHandle<Result<R, PoolError>>) -> Result<R, PoolError> {
+    task.await.unwrap_or_else(|e| Err(PoolError::Store(format!("a pool transaction stopped: {e}"))))
+}
+
+/// A pool's document and its version.
+async fn read_doc(store: &dyn Store, key: &str, name: &str) -> Result<(u64, Doc), PoolError> {
+    let (version, raw) =
+        store.get(key).await.map_err(PoolError::Store)?.ok_or_else(|| PoolError::Gone(name.to_owned()))?;
+    Ok((version, serde_json::from_slice(&raw).map_err(corrupt)?))
+}
+
+/// Pool `name` now, read without joining it as a replica (dashboards, tools).
+pub async fn view(store: &dyn Store, prefix: &str, name: &str) -> Result<PoolView, PoolError> {
+    Ok(read_doc(store, &pool_key(prefix, name), name).await?.1.view())
+}
+
 /// The names of every pool.
 pub async fn names(store: &dyn Store, prefix: &str) -> Result<Vec<String>, PoolError> {
     match store.get(&catalog_key(prefix)).await.map_err(PoolError::Store)? {
@@ -496,13 +522,7 @@ impl Pool {
     }
 
     async fn read(&self) -> Result<(u64, Doc), PoolError> {
-        let (version, raw) = self
-            .store
-            .get(&self.key)
-            .await
-            .map_err(PoolError::Store)?
-            .ok_or_else(|| PoolError::Gone(self.name.clone()))?;
-        Ok((version, serde_json::from_slice(&raw).map_err(corrupt)?))
+        read_doc(self.store.as_ref(), &self.key, &self.name).await
     }
 
     /// The pool now: its spec, instances, hot models, in flight and queued.
@@ -518,9 +538,7 @@ impl Pool {
         after: impl FnOnce(&R, &mut Local) + Send + 'static,
     ) -> Result<R, PoolError> {
         let pool = self.clone();
-        tokio::spawn(async move { pool.txn_now(f, after).await })
-            .await
-            .unwrap_or_else(|e| Err(PoolError::Store(format!("a pool transaction stopped: {e}"))))
+        joined(tokio::spawn(async move { pool.txn_now(f, after).await })).await
     }
 
     /// Applies `f` to the pool's state and writes it back if nobody wrote it meanwhile (else
@@ -642,22 +660,22 @@ impl Pool {
     /// Ends lease `id` by `f` in a task of its own; if that fails, the lease is given back later.
     async fn end(self: &Arc<Self>, id: u64, f: impl FnMut(&mut Doc, u64) + Send + 'static) -> Result<(), PoolError> {
         let pool = self.clone();
-        tokio::spawn(async move {
+        joined(tokio::spawn(async move {
             let r = pool.txn_now(f, |_, _| {}).await;
             if r.is_err() {
                 pool.local().dropped.push(id);
                 pool.clone().watch();
             }
             r
-        })
+        }))
         .await
-        .unwrap_or_else(|e| Err(PoolError::Store(format!("a pool transaction stopped: {e}"))))
     }
 
     /// Brings the pool's instances in line with what the registry lists: new ones join (with the
     /// models they have loaded), missing ones leave; instances kept out after a failure stay out
-    /// until their time is up. Also this replica's sign of life. Returns (joined, left).
-    pub async fn sync(self: &Arc<Self>, found: &[Found]) -> Result<(Vec<String>, Vec<String>), PoolError> {
+    /// until their time is up. Also this replica's sign of life. Returns who joined and left, and
+    /// the pool as this write left it.
+    pub async fn sync(self: &Arc<Self>, found: &[Found]) -> Result<Synced, PoolError> {
         let found = found.to_vec();
         self.txn(
             move |doc, now| {
@@ -683,7 +701,7 @@ impl Pool {
                         joined.push(f.id.clone());
                     }
                 }
-                (joined, left)
+                Synced { joined, left, view: doc.view() }
             },
             |_, _| {},
         )

@@ -303,15 +303,7 @@ impl PoolsRole {
 
     /// Stops every node the backend started for any pool.
     pub async fn stop_started(&self) {
-        let all: Vec<String> = {
-            let mut scale = self.inner.scale.lock().unwrap_or_else(|e| e.into_inner());
-            scale.drain().flat_map(|(_, s)| s.started.into_iter().map(|n| n.handle)).collect()
-        };
-        if let Some(b) = self.inner.backend.get() {
-            for h in all {
-                b.stop(&h).await;
-            }
-        }
+        self.inner.stop_started(|_| true).await;
     }
 
     /// Brings every pool in line with the registry now (the background task does it every
@@ -367,17 +359,7 @@ impl Inner {
         let names = pool::names(self.store.as_ref(), "").await?;
         self.opened.lock().unwrap_or_else(|e| e.into_inner()).retain(|n, _| names.contains(n));
         // Nodes started for pools since deleted go.
-        let orphaned: Vec<String> = {
-            let mut scale = self.scale.lock().unwrap_or_else(|e| e.into_inner());
-            let gone: Vec<String> = scale.keys().filter(|n| !names.contains(n)).cloned().collect();
-            gone.iter().filter_map(|n| scale.remove(n)).flat_map(|s| s.started.into_iter().map(|n| n.handle)).collect()
-        };
-        if let Some(b) = self.backend.get() {
-            for h in orphaned {
-                tracing::info!(node = %h, "stopping a node started for a deleted pool");
-                b.stop(&h).await;
-            }
-        }
+        self.stop_started(|pool| !names.iter().any(|n| n == pool)).await;
         let mut failed = None;
         for name in names {
             if let Err(e) = self.sync_one(&name).await {
@@ -388,6 +370,21 @@ impl Inner {
         failed.map_or(Ok(()), Err)
     }
 
+    /// Stops the nodes the backend started for the pools `which` names.
+    async fn stop_started(&self, which: impl Fn(&str) -> bool) {
+        let handles: Vec<String> = {
+            let mut scale = self.scale.lock().unwrap_or_else(|e| e.into_inner());
+            let pools: Vec<String> = scale.keys().filter(|p| which(p)).cloned().collect();
+            pools.iter().filter_map(|p| scale.remove(p)).flat_map(|s| s.started.into_iter().map(|n| n.handle)).collect()
+        };
+        if let Some(b) = self.backend.get() {
+            for h in handles {
+                tracing::info!(node = %h, "stopping a node the local backend started");
+                b.stop(&h).await;
+            }
+        }
+    }
+
     async fn sync_one(&self, name: &str) -> Result<(), PoolError> {
         let pool = self.pool(name);
         let spec = match pool.view().await {
@@ -396,16 +393,15 @@ impl Inner {
             Err(e) => return Err(e),
         };
         let found = self.find(&spec).await?;
-        let (joined, left) = pool.sync(&found).await?;
-        for id in &joined {
+        let synced = pool.sync(&found).await?;
+        for id in &synced.joined {
             tracing::info!(pool = %name, instance = %id, "instance joined the pool");
         }
-        for id in &left {
+        for id in &synced.left {
             tracing::info!(pool = %name, instance = %id, "instance left the pool (gone from the registry)");
         }
-        let view = pool.view().await?;
-        self.metrics.show(&view);
-        self.scale(&pool, &view).await;
+        self.metrics.show(&synced.view);
+        self.scale(&pool, &synced.view).await;
         Ok(())
     }
 

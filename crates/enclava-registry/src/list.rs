@@ -35,6 +35,9 @@ pub struct Listed {
 #[derive(Debug, Clone, Default)]
 pub struct ListPage {
     pub items: Vec<Listed>,
+    /// How many instances each index the page was read from names (every platform index, when
+    /// the query names no platform, measurement or data).
+    pub sizes: Vec<(Index, usize)>,
     pub next_after: Option<String>,
 }
 
@@ -50,8 +53,11 @@ pub async fn list(reg: &dyn Registry, q: &ListQuery) -> Result<ListPage> {
         reg.indexes().await?.into_iter().filter(|i| matches!(i, Index::Platform(_))).collect()
     };
     let mut ids = BTreeSet::new();
-    for src in &sources {
-        ids.extend(reg.index(src).await?.into_iter().map(|(id, _)| id));
+    let mut sizes = Vec::with_capacity(sources.len());
+    for src in sources {
+        let entries = reg.index(&src).await?;
+        sizes.push((src, entries.len()));
+        ids.extend(entries.into_iter().map(|(id, _)| id));
     }
     let page_size = q.page_size.clamp(1, MAX_PAGE);
     let page: Vec<String> =
@@ -83,5 +89,5 @@ pub async fn list(reg: &dyn Registry, q: &ListQuery) -> Result<ListPage> {
             info,
         });
     }
-    Ok(ListPage { items, next_after: more.then(|| page.last().cloned()).flatten() })
+    Ok(ListPage { items, sizes, next_after: more.then(|| page.last().cloned()).flatten() })
 }

@@ -448,12 +448,7 @@ impl SandboxBuilder {
         }));
         let sim_root_dir = dir.join("sim-root");
         let sim_root = SimRoot::load_or_init(&sim_root_dir).map_err(anyhow::Error::msg)?;
-        let launcher = Launcher {
-            url: format!("http://{addr}"),
-            sim_root_dir: sim_root_dir.clone(),
-            dir: dir.clone(),
-            registry: registry.clone(),
-        };
+        let launcher = Launcher { url: format!("http://{addr}"), sim_root_dir, dir, registry };
         if let Some(pools) = &built.pools {
             pools.set_backend(Arc::new(PoolNodes { launcher: launcher.clone(), nodes: Default::default() }));
         }
@@ -461,26 +456,32 @@ impl SandboxBuilder {
             ui.set_self_url(&self_url(addr));
             // The deployment's own sim root: the dashboard shows what each enclave's evidence proves.
             if self.config.policy.is_none() {
-                let policy = format!("[sim]\nroot = \"{}\"\nany_measurement = true\n", sim_root.public().to_hex());
-                ui.set_policy(enclava_attest::Policy::parse(&policy).map_err(anyhow::Error::msg)?);
+                ui.set_policy(enclava_attest::Policy::parse(&sim_policy(&sim_root, &[])).map_err(anyhow::Error::msg)?);
             }
         }
         Ok(Sandbox {
             launcher,
-            url: format!("http://{addr}"),
             addr,
             roles,
-            registry,
             broker: built.broker,
             sim_root,
-            sim_root_dir,
-            dir,
             data_dir,
             _temp: temp,
             nodes: Vec::new(),
             stop: Some(stop),
             task: Some(task),
         })
+    }
+}
+
+/// A policy accepting sim evidence from `root`, for `measurements` (any when empty).
+fn sim_policy(root: &SimRoot, measurements: &[&str]) -> String {
+    let root = root.public().to_hex();
+    if measurements.is_empty() {
+        format!("[sim]\nroot = \"{root}\"\nany_measurement = true\n")
+    } else {
+        let list: Vec<String> = measurements.iter().map(|m| format!("\"{m}\"")).collect();
+        format!("[sim]\nroot = \"{root}\"\nmeasurements = [{}]\n", list.join(", "))
     }
 }
 
@@ -494,6 +495,11 @@ struct Launcher {
 }
 
 impl Launcher {
+    /// Where model packages are kept.
+    fn blobs(&self) -> PathBuf {
+        self.dir.join("blobs")
+    }
+
     async fn launch(&self, spec: NodeSpec) -> anyhow::Result<NodeHandle> {
         let settings = NodeSettings {
             platform: spec.platform.clone(),
@@ -505,7 +511,7 @@ impl Launcher {
             advertise: spec.advertise,
             ..Default::default()
         };
-        let mut config = node_config(&settings, &self.dir.join(&spec.name), &self.dir.join("blobs"))?;
+        let mut config = node_config(&settings, &self.dir.join(&spec.name), &self.blobs())?;
         if let Some(serve) = &mut config.serve {
             serve.memory_budget = spec.memory_budget;
             for e in spec.executors {
@@ -627,15 +633,12 @@ impl NodeSpec {
 
 /// The system in one process: the server's roles, a registry, a sim root, and nodes.
 pub struct Sandbox {
+    /// Its URL, folder, sim root folder and registry, as nodes are started with them.
     launcher: Launcher,
-    url: String,
     addr: std::net::SocketAddr,
     roles: Vec<&'static str>,
-    registry: Arc<dyn Registry>,
     broker: Option<Arc<Broker>>,
     sim_root: SimRoot,
-    sim_root_dir: PathBuf,
-    dir: PathBuf,
     data_dir: PathBuf,
     _temp: Option<tempfile::TempDir>,
     nodes: Vec<NodeHandle>,
@@ -645,14 +648,14 @@ pub struct Sandbox {
 
 impl std::fmt::Debug for Sandbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sandbox").field("url", &self.url).field("roles", &self.roles).finish_non_exhaustive()
+        f.debug_struct("Sandbox").field("url", &self.launcher.url).field("roles", &self.roles).finish_non_exhaustive()
     }
 }
 
 impl Sandbox {
     /// `http://127.0.0.1:PORT`: gRPC, REST, `/health`, `/metrics`.
     pub fn url(&self) -> &str {
-        &self.url
+        &self.launcher.url
     }
 
     pub fn addr(&self) -> std::net::SocketAddr {
@@ -664,7 +667,7 @@ impl Sandbox {
     }
 
     pub fn registry(&self) -> &Arc<dyn Registry> {
-        &self.registry
+        &self.launcher.registry
     }
 
     /// The key broker, when the `keys` role runs.
@@ -685,12 +688,12 @@ impl Sandbox {
 
     /// The sandbox's folder.
     pub fn dir(&self) -> &Path {
-        &self.dir
+        &self.launcher.dir
     }
 
     /// Where model packages are kept.
     pub fn blobs(&self) -> PathBuf {
-        self.dir.join("blobs")
+        self.launcher.blobs()
     }
 
     /// The deployment's sim root and its folder.
@@ -699,18 +702,12 @@ impl Sandbox {
     }
 
     pub fn sim_root_dir(&self) -> &Path {
-        &self.sim_root_dir
+        &self.launcher.sim_root_dir
     }
 
     /// A policy accepting sim evidence from this sandbox's root, for `measurements` (any when empty).
     pub fn sim_policy(&self, measurements: &[&str]) -> String {
-        let root = self.sim_root.public().to_hex();
-        if measurements.is_empty() {
-            format!("[sim]\nroot = \"{root}\"\nany_measurement = true\n")
-        } else {
-            let list: Vec<String> = measurements.iter().map(|m| format!("\"{m}\"")).collect();
-            format!("[sim]\nroot = \"{root}\"\nmeasurements = [{}]\n", list.join(", "))
-        }
+        sim_policy(&self.sim_root, measurements)
     }
 
     /// Starts a node the sandbox keeps (and stops with itself); returns it.
@@ -749,9 +746,9 @@ impl Sandbox {
         spec: NodeSpec,
         settings: NodeSettings,
     ) -> anyhow::Result<(NodeHandle, enclava_host::HostAgent)> {
-        let dir = self.dir.join(&spec.name);
+        let dir = self.launcher.dir.join(&spec.name);
         let node = self.detached_node(spec).await?;
-        let settings = NodeSettings { farm: Some(self.url.clone()), ..settings };
+        let settings = NodeSettings { farm: Some(self.launcher.url.clone()), ..settings };
         let agent = start_host(&node, &settings, &dir).await?;
         Ok((node, agent))
     }

@@ -383,24 +383,24 @@ impl Ui {
                 live.hash(&mut h);
             }
         }
-        // A pool's routing state (not its liveness notes, rewritten every sync).
-        for name in enclava_pool_names(&*self.registry).await {
-            if let Ok(Some((_, raw))) = self.registry.doc_get(&format!("pool:{name}")).await
-                && let Ok(doc) = serde_json::from_slice::<Value>(&raw)
-            {
-                doc.get("router").map(Value::to_string).hash(&mut h);
-                doc.get("endpoints").map(Value::to_string).hash(&mut h);
-            }
+        // The pools as their pages show them (not their liveness notes, rewritten every sync).
+        for view in self.pool_views().await {
+            serde_json::to_string(&view.status).ok().hash(&mut h);
+            view.endpoints.hash(&mut h);
         }
         Some(h.finish())
     }
-}
 
-/// The pools' names (the pools role keeps them as the `pools` document).
-async fn enclava_pool_names(reg: &dyn Registry) -> Vec<String> {
-    match reg.doc_get("pools").await {
-        Ok(Some((_, raw))) => serde_json::from_slice(&raw).unwrap_or_default(),
-        _ => Vec::new(),
+    /// Every pool as the pools role keeps it (read only; this role does not route).
+    async fn pool_views(&self) -> Vec<enclava_pool::pool::PoolView> {
+        let store = enclava_pool::role::RegistryStore(self.registry.clone());
+        let mut views = Vec::new();
+        for name in enclava_pool::pool::names(&store, "").await.unwrap_or_default() {
+            if let Ok(view) = enclava_pool::pool::view(&store, "", &name).await {
+                views.push(view);
+            }
+        }
+        views
     }
 }
 
@@ -425,28 +425,14 @@ async fn enclaves(State(ui): State<Arc<Ui>>, Query(q): Query<EnclavesQuery>) -> 
     let filter = q.q.unwrap_or_default().to_ascii_lowercase();
     let size = q.size.unwrap_or(PAGE).clamp(1, 200);
     let registry_error = |e: enclava_registry::RegistryError| Error::unavailable(e.to_string());
-    // Counts for the fleet picture: every platform index's size.
-    let mut fleet = serde_json::Map::new();
-    for index in ui.registry.indexes().await.map_err(registry_error)? {
-        if let Index::Platform(p) = &index {
-            let n = ui.registry.index(&index).await.map_err(registry_error)?.len();
-            let status = p.parse::<Platform>().map(|pl| pl.security()).ok();
-            fleet.insert(
-                p.clone(),
-                json!({ "count": n, "label": status.map(|s| s.label), "confidential": status.map(|s| s.confidential) }),
-            );
-        }
-    }
+    // The fleet picture: every platform index's size (read by the first page when it reads them
+    // all anyway).
+    let mut sizes: Option<Vec<(Index, usize)>> = None;
     // Load: requests in flight on each instance through the pools (nodes publish no load).
     let mut load: HashMap<String, u64> = HashMap::new();
-    for name in enclava_pool_names(&*ui.registry).await {
-        if let Ok(Some((_, raw))) = ui.registry.doc_get(&format!("pool:{name}")).await
-            && let Ok(doc) = serde_json::from_slice::<Value>(&raw)
-            && let Some(instances) = doc.pointer("/router/instances").and_then(Value::as_object)
-        {
-            for (id, i) in instances {
-                *load.entry(id.clone()).or_default() += i.get("in_flight").and_then(Value::as_u64).unwrap_or(0);
-            }
+    for view in ui.pool_views().await {
+        for i in view.status.instances {
+            *load.entry(i.id).or_default() += u64::from(i.in_flight);
         }
     }
     let mut items = Vec::new();
@@ -459,6 +445,9 @@ async fn enclaves(State(ui): State<Arc<Ui>>, Query(q): Query<EnclavesQuery>) -> 
         )
         .await
         .map_err(registry_error)?;
+        if sizes.is_none() && platform.is_none() {
+            sizes = Some(page.sizes.clone());
+        }
         let mut full = false;
         for l in page.items {
             if full {
@@ -507,6 +496,27 @@ async fn enclaves(State(ui): State<Arc<Ui>>, Query(q): Query<EnclavesQuery>) -> 
         if after.is_none() {
             break;
         }
+    }
+    let sizes = match sizes {
+        Some(s) => s,
+        None => {
+            let mut s = Vec::new();
+            for index in ui.registry.indexes().await.map_err(registry_error)? {
+                if matches!(index, Index::Platform(_)) {
+                    let n = ui.registry.index(&index).await.map_err(registry_error)?.len();
+                    s.push((index, n));
+                }
+            }
+            s
+        }
+    };
+    let mut fleet = serde_json::Map::new();
+    for (index, n) in sizes {
+        let status = index.value().parse::<Platform>().map(|pl| pl.security()).ok();
+        fleet.insert(
+            index.value().to_owned(),
+            json!({ "count": n, "label": status.map(|s| s.label), "confidential": status.map(|s| s.confidential) }),
+        );
     }
     Ok(Json(json!({
         "items": items,

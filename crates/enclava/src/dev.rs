@@ -234,9 +234,11 @@ pub async fn dev(
     step(12, "federation (vantage6): a mean over a CSV split across three organisations, each input sealed to its own");
     let fed_nodes = fed_demo(&sandbox, &url, &dir, &user).await?;
     step(13, "the dashboard: every enclave and what its evidence proved, your models, the farm, federation and pools");
-    let (status, body) = http_get(sandbox.addr(), "/ui/api/enclaves").await?;
+    let http = enclava_client::infer::http_client(Duration::from_secs(3));
+    let (status, body) =
+        enclava_client::infer::get_with(&http, &format!("{url}/ui/api/enclaves"), Duration::from_secs(10)).await?;
     anyhow::ensure!(status == 200, "the dashboard answered {status}");
-    let listed: serde_json::Value = serde_json::from_str(&body)?;
+    let listed: serde_json::Value = serde_json::from_slice(&body)?;
     println!(
         "      {url}/ui lists {} live enclaves (first screen served in {:.1} ms); sign in there with the token in {}",
         listed["items"].as_array().map_or(0, Vec::len),
@@ -289,18 +291,6 @@ pub async fn dev(
     }
     sandbox.stop().await;
     Ok(ExitCode::SUCCESS)
-}
-
-/// A plain HTTP/1.1 GET on loopback: (status, body).
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).await?;
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await??;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    Ok((status, text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default()))
 }
 
 /// Step 9: a pool over the two nodes (by measurement); sequential serverless requests through it
